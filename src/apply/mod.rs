@@ -1,0 +1,138 @@
+//! Converge: take the lock, recover what a crashed run left, observe and diff,
+//! then apply each change through the journal. Emits events; rendering is the
+//! caller's.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::config::Desired;
+use crate::error::{Error, Result};
+use crate::fsops::digest::StatIndex;
+use crate::plan::{self, Plan};
+use crate::resource::{self, ApplyContext, Change, Context};
+use crate::source::Fetcher;
+use crate::state::journal::{Journal, Recovered};
+use crate::state::{lock, now_rfc3339, LastApply, StateDir};
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub verify: bool,
+    pub targets: Vec<glob::Pattern>,
+    pub lock_timeout: Option<Duration>,
+    pub saved_plan: Option<PathBuf>,
+    pub progress: bool,
+    /// Shown to a command waiting for the lock.
+    pub command: String,
+}
+
+/// What happens during an apply, in order.
+pub enum Event<'a> {
+    Recovered(&'a Recovered),
+    Planned(&'a Plan),
+    Applying { address: &'a str, changes: &'a [Change] },
+    Applied { address: &'a str, took: Duration },
+    Failed { address: &'a str, error: &'a Error },
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub changes: usize,
+    pub failed: Vec<String>,
+}
+
+pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) -> Result<Outcome> {
+    let started = Instant::now();
+    let state = StateDir::create(&desired.state_dir)?;
+    let _lock = lock::acquire(&state, &opts.command, opts.lock_timeout)?;
+    let (mut journal, recovered) = Journal::open_and_recover(&state)?;
+    for r in &recovered {
+        on(Event::Recovered(r));
+    }
+    let index = StatIndex::load(&state.stat_index_path());
+    let cx = Context {
+        desired,
+        state: &state,
+        fetcher: Fetcher { cache_dir: state.cache_dir(), index: &index, lock: &desired.lock, progress: opts.progress, verify: opts.verify },
+        roots: state.roots(),
+        verify: opts.verify,
+    };
+    let resources = resource::all(&cx)?;
+    let (plan, planned) = plan::make(resources, &cx, &opts.targets)?;
+    if let Some(saved) = &opts.saved_plan {
+        let reasons = Plan::load(saved)?.staleness(&plan);
+        if !reasons.is_empty() {
+            return Err(Error::StalePlan { reasons });
+        }
+    }
+    on(Event::Planned(&plan));
+
+    let mut roots = cx.roots.clone();
+    let mut outcome = Outcome::default();
+    for p in planned.iter().filter(|p| !p.changes.is_empty()) {
+        let address = p.resource.address();
+        on(Event::Applying { address, changes: &p.changes });
+        let t = Instant::now();
+        let mut acx = ApplyContext { cx: &cx, journal: &mut journal, roots: &mut roots };
+        match p.resource.apply(&p.observed, &mut acx) {
+            Ok(()) => {
+                outcome.changes += p.changes.len();
+                on(Event::Applied { address, took: t.elapsed() });
+            }
+            Err(error) => {
+                on(Event::Failed { address, error: &error });
+                outcome.failed.push(address.to_string());
+            }
+        }
+    }
+    if roots != cx.roots {
+        state.save_roots(&roots)?;
+    }
+    index.save().map_err(|e| Error::io(state.stat_index_path(), e))?;
+    state.save_last_apply(&LastApply {
+        finished: now_rfc3339(),
+        desired_file: desired.path.clone(),
+        desired_sha256: desired.digest.clone(),
+        changes: outcome.changes,
+        duration_ms: started.elapsed().as_millis(),
+        result: if outcome.failed.is_empty() { "converged".into() } else { format!("{} resource(s) failed", outcome.failed.len()) },
+    })?;
+    Ok(outcome)
+}
+
+/// Observe and diff without changing anything outside the state dir.
+pub fn dry_run(desired: &Desired, verify: bool, targets: &[glob::Pattern]) -> Result<Plan> {
+    let state = StateDir::create(&desired.state_dir)?;
+    let index = StatIndex::load(&state.stat_index_path());
+    let cx = Context {
+        desired,
+        state: &state,
+        fetcher: Fetcher { cache_dir: state.cache_dir(), index: &index, lock: &desired.lock, progress: false, verify },
+        roots: state.roots(),
+        verify,
+    };
+    let resources = resource::all(&cx)?;
+    let (plan, _) = plan::make(resources, &cx, targets)?;
+    // the stat index is a cache inside the state dir; failing to save it loses nothing
+    let _ = index.save();
+    Ok(plan)
+}
+
+/// Observe for `status`: writes nothing at all, not even the state dir.
+pub fn observe_all(desired: &Desired) -> Result<Vec<serde_json::Value>> {
+    let state = StateDir::existing(&desired.state_dir);
+    let index = StatIndex::ephemeral();
+    let cx = Context {
+        desired,
+        state: &state,
+        fetcher: Fetcher { cache_dir: state.cache_dir(), index: &index, lock: &desired.lock, progress: false, verify: false },
+        roots: state.roots(),
+        verify: false,
+    };
+    let mut out = Vec::new();
+    for r in resource::all(&cx)? {
+        let o = r.observe(&cx)?;
+        out.push(r.status(&o));
+    }
+    out.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
+    Ok(out)
+}

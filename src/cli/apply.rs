@@ -1,0 +1,72 @@
+use super::{render, targets, ApplyArgs, Cli};
+use crate::apply::{self, Event};
+use crate::config;
+use crate::error::{exit, Error, Result};
+use crate::output::{Printer, Style};
+
+pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
+    let desired = config::load(&cli.file)?;
+    if a.locked {
+        let problems = desired.unlocked_sources();
+        if !problems.is_empty() {
+            return Err(Error::Locked(format!("--locked: {}; run `reconcile lock`", problems.join("; "))));
+        }
+    }
+    let opts = apply::Options {
+        verify: a.verify,
+        targets: targets(&a.target)?,
+        lock_timeout: a.lock_timeout,
+        saved_plan: a.plan.clone(),
+        progress: p.progress(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let mut events = Vec::new();
+    let outcome = apply::converge(&desired, &opts, &mut |e| match e {
+        Event::Recovered(r) => {
+            p.info(&format!("recovered {}: interrupted at step `{}`, {}", r.address, r.last_step, r.outcome));
+            events.push(serde_json::json!({ "event": "recovered", "address": r.address, "outcome": r.outcome, "step": r.last_step }));
+        }
+        Event::Planned(plan) => {
+            if !p.json {
+                render::plan(p, plan);
+            }
+        }
+        Event::Applying { address, changes } => {
+            for c in changes {
+                p.detail(&format!("{} {address}: {}", render::action(p, c.action), c.reason));
+            }
+        }
+        Event::Applied { address, took } => {
+            p.info(&format!("{} {address} ({} ms)", p.paint(Style::Create, "done"), took.as_millis()));
+            events.push(serde_json::json!({ "event": "applied", "address": address, "ms": took.as_millis() }));
+        }
+        Event::Failed { address, error } => {
+            let msg = error.to_string();
+            let msg = if msg.starts_with(address) { msg } else { format!("{address}: {msg}") };
+            eprintln!("{} {msg}", p.paint(Style::Error, "failed:"));
+            if let Some(h) = error.help() {
+                eprintln!("  {} {h}", p.paint(Style::Dim, "help:"));
+            }
+            events.push(serde_json::json!({ "event": "failed", "address": address, "error": error.to_string() }));
+        }
+    })?;
+    let has_tests = desired.model.run.as_ref().is_some_and(|r| !r.suites.is_empty() || !r.tests.is_empty());
+    if has_tests && !a.no_test {
+        p.warn("[run] names tests, but this version of reconcile does not run tests yet; nothing was tested");
+    }
+    let code = if outcome.failed.is_empty() { exit::OK } else { exit::ERROR };
+    if p.json {
+        p.json_doc(&serde_json::json!({
+            "format_version": 1,
+            "result": if code == exit::OK { "converged" } else { "failed" },
+            "changes": outcome.changes,
+            "failed": outcome.failed,
+            "events": events,
+        }));
+    } else if code == exit::OK {
+        p.out(&format!("Converged: {} change(s) applied.", outcome.changes));
+    } else {
+        p.out(&format!("Apply failed for {}; everything else converged. The failed resources keep their previous state.", outcome.failed.join(", ")));
+    }
+    Ok(code)
+}

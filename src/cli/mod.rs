@@ -1,0 +1,154 @@
+//! Command-line interface: argument definitions (the one source of `--help`,
+//! the man page and shell completions) and dispatch. One file per subcommand.
+
+mod apply;
+mod lock;
+mod plan;
+mod render;
+mod status;
+mod validate;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::error::{exit, Error};
+use crate::output::{ColorChoice, Printer};
+
+/// Declarative reconciler for build and test farms.
+///
+/// One TOML file declares machines, netboot images, plugins and test suites;
+/// reconcile observes the host, shows the difference and converges it with
+/// atomic, journaled, crash-safe steps.
+#[derive(Debug, Parser)]
+#[command(name = "reconcile", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The desired-state file.
+    #[arg(short = 'f', long = "file", global = true, default_value = "reconcile.toml", env = "RECONCILE_FILE")]
+    pub file: PathBuf,
+    /// Print only errors and results.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more about each step.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Machine-readable output: a versioned JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Colour: auto (only on a terminal, never with NO_COLOR), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and check the file; print every problem with its line and column. Exit 0 valid, 1 invalid.
+    Validate,
+    /// Observe, diff and print the changes; write nothing outside the state dir. Exit 0 in sync, 2 changes pending, 1 error.
+    Plan(PlanArgs),
+    /// Converge the host to the file. Exit 0 converged, 1 error, 3 lock held past the timeout.
+    Apply(ApplyArgs),
+    /// Show what is installed and the last apply.
+    Status,
+    /// Pin the sha256 of every remote source in reconcile.lock (downloads what is not pinned yet).
+    Lock(LockArgs),
+    /// Print the JSON Schema of the desired-state file.
+    Schema,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Save the plan; `reconcile apply FILE` applies exactly it or refuses.
+    #[arg(long, value_name = "PLAN")]
+    pub out: Option<PathBuf>,
+    /// Re-hash every file instead of trusting the stat index.
+    #[arg(long)]
+    pub verify: bool,
+    /// Only these resource addresses (glob patterns, e.g. `plugin.*`).
+    #[arg(long, value_name = "ADDR")]
+    pub target: Vec<String>,
+    /// Refuse remote sources not pinned in reconcile.lock.
+    #[arg(long)]
+    pub locked: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// A plan saved with `plan --out`; refused when the file or the world changed since.
+    #[arg(value_name = "PLAN")]
+    pub plan: Option<PathBuf>,
+    /// Do not run the [run] test plan after converging.
+    #[arg(long)]
+    pub no_test: bool,
+    /// Wait this long for another apply to finish (e.g. 30s, 5m); exit 3 after it.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub lock_timeout: Option<Duration>,
+    /// Re-hash every file instead of trusting the stat index.
+    #[arg(long)]
+    pub verify: bool,
+    /// Only these resource addresses (glob patterns).
+    #[arg(long, value_name = "ADDR")]
+    pub target: Vec<String>,
+    /// Refuse remote sources not pinned in reconcile.lock.
+    #[arg(long)]
+    pub locked: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {
+    /// Download and re-pin every remote source, not only unpinned ones.
+    #[arg(long)]
+    pub update: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 5m, 1h)"))
+}
+
+fn targets(t: &[String]) -> Result<Vec<glob::Pattern>, Error> {
+    t.iter()
+        .map(|p| glob::Pattern::new(p).map_err(|e| Error::Locked(format!("invalid --target pattern `{p}`: {e}"))))
+        .collect()
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let printer = Printer::new(cli.quiet, cli.verbose, cli.json, cli.color);
+    let result = match &cli.command {
+        Command::Validate => validate::run(&cli, &printer),
+        Command::Plan(a) => plan::run(&cli, a, &printer),
+        Command::Apply(a) => apply::run(&cli, a, &printer),
+        Command::Status => status::run(&cli, &printer),
+        Command::Lock(a) => lock::run(&cli, a, &printer),
+        Command::Schema => {
+            println!("{}", crate::schema::json());
+            Ok(exit::OK)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "reconcile", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            let _ = clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout());
+            Ok(exit::OK)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            render::error(&printer, &e);
+            e.exit_code()
+        }
+    }
+}

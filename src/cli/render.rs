@@ -1,0 +1,71 @@
+//! Human rendering of errors, diagnostics and plans.
+
+use miette::{GraphicalReportHandler, GraphicalTheme};
+
+use crate::config::Diagnostic;
+use crate::error::Error;
+use crate::output::{Printer, Style};
+use crate::plan::Plan;
+use crate::resource::Action;
+
+pub fn diagnostics(p: &Printer, diags: &[Diagnostic]) {
+    let theme = if p.color() { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+    let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1);
+    for d in diags {
+        let mut s = String::new();
+        if handler.render_report(&mut s, d).is_err() {
+            s = format!("{}:{}:{}: {}\n", d.file, d.line, d.column, d.message);
+        }
+        // the location first, as compilers print it, so editors and CI logs can jump to it
+        eprintln!("{}:{}:{}: {}", d.file, d.line, d.column, p.paint(Style::Error, "error"));
+        eprint!("{s}");
+    }
+}
+
+pub fn error(p: &Printer, e: &Error) {
+    if let Error::Invalid(diags) = e {
+        diagnostics(p, diags);
+    }
+    eprintln!("{} {e}", p.paint(Style::Error, "error:"));
+    if let Some(h) = e.help() {
+        eprintln!("  {} {h}", p.paint(Style::Dim, "help:"));
+    }
+}
+
+pub fn action(p: &Printer, a: Action) -> String {
+    let style = match a {
+        Action::Create => Style::Create,
+        Action::Update | Action::Replace => Style::Update,
+        Action::Delete => Style::Delete,
+    };
+    p.paint(style, a.symbol())
+}
+
+/// `+ plugin.kolet → plugins/kolet: not installed (version 1.2.0)`, one line per change, then the summary.
+pub fn plan(p: &Printer, plan: &Plan) {
+    for r in &plan.resources {
+        for c in &r.changes {
+            p.out(&format!(
+                "{} {} {} {}: {}",
+                action(p, c.action),
+                p.paint(Style::Bold, &r.address),
+                p.paint(Style::Dim, "→"),
+                crate::config::display_name(&r.path),
+                c.reason
+            ));
+        }
+    }
+    p.out(&summary(plan));
+}
+
+pub fn summary(plan: &Plan) -> String {
+    let s = &plan.summary;
+    if s.changes() == 0 {
+        format!("No changes: {} resource(s) in sync.", s.unchanged)
+    } else {
+        format!(
+            "Plan: {} to create, {} to update, {} to replace, {} to delete; {} unchanged.",
+            s.create, s.update, s.replace, s.delete, s.unchanged
+        )
+    }
+}

@@ -1,0 +1,368 @@
+//! Loading and checking the desired-state file: TOML → typed model (with
+//! includes merged and relative paths resolved), then semantic checks. Every
+//! problem becomes a located [`Diagnostic`]; a file with any problem is never
+//! acted upon.
+
+mod check;
+pub mod diagnostic;
+pub mod lockfile;
+pub mod model;
+mod parse;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use diagnostic::Diagnostic;
+pub use lockfile::Lockfile;
+pub use model::DesiredFile;
+pub use parse::SourceFile;
+
+use crate::error::Error;
+
+/// A loaded, checked desired state.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The main file, absolute.
+    pub path: PathBuf,
+    /// Merged model; every path in it is absolute.
+    pub model: DesiredFile,
+    /// SHA-256 over the texts of every file (and the lock file) it came from.
+    pub digest: String,
+    pub state_dir: PathBuf,
+    pub extract_limit: u64,
+    pub lock: Lockfile,
+    /// Every file read, main first (kept for diagnostics and watch paths).
+    pub files: Vec<PathBuf>,
+}
+
+pub const DEFAULT_EXTRACT_LIMIT: u64 = 8 << 30;
+
+/// Where each merged entry came from, for locating diagnostics.
+#[derive(Debug, Default)]
+pub(crate) struct Origins {
+    /// `plugin.kolet` or `skip.3` → (file index, key path prefix in that file)
+    entries: HashMap<String, (usize, Vec<String>)>,
+}
+
+pub(crate) struct Sources {
+    pub files: Vec<SourceFile>,
+    pub origins: Origins,
+    pub broken: HashSet<String>,
+}
+
+impl Sources {
+    /// A diagnostic at the value (or key) that `path` names in the merged model.
+    pub fn at(&self, path: &[&str], on_key: bool, message: String, label: &str, help: Option<String>) -> Diagnostic {
+        let (file_idx, local) = self.locate(path);
+        let file = &self.files[file_idx];
+        let span = if on_key { file.spans.key(&local) } else { file.spans.value(&local) };
+        file.diagnostic(span, message, label, help)
+    }
+
+    fn locate(&self, path: &[&str]) -> (usize, Vec<String>) {
+        for n in [2, 1] {
+            if path.len() < n {
+                continue;
+            }
+            if let Some((idx, prefix)) = self.origins.entries.get(&path[..n].join(".")) {
+                let mut local = prefix.clone();
+                local.extend(path[n..].iter().map(|s| s.to_string()));
+                return (*idx, local);
+            }
+        }
+        (0, path.iter().map(|s| s.to_string()).collect())
+    }
+}
+
+/// How strict loading is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Accept remote sources without a sha256 or pin (only `reconcile lock`, which pins them).
+    pub allow_unpinned: bool,
+}
+
+/// Load, merge and check `path`. `Err(Error::Invalid)` carries every diagnostic.
+pub fn load(path: &Path) -> Result<Desired, Error> {
+    load_with(path, LoadOptions::default())
+}
+
+pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
+    let path = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::ReadDesired {
+        path: path.clone(),
+        source: e,
+    })?;
+    let main_dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut diagnostics = Vec::new();
+    let main = parse::parse_file(&display_name(&path), text);
+    diagnostics.extend(main.diagnostics);
+    let mut sources = Sources { files: vec![main.file], origins: Origins::default(), broken: main.broken };
+    let mut model = main.fragment;
+    absolutize(&mut model, &main_dir);
+    record_origins(&mut sources.origins, &model, 0, 0);
+
+    // includes, in pattern order then name order; no nesting
+    let mut files = vec![path.clone()];
+    let mut seen: HashSet<PathBuf> = [path.clone()].into();
+    for (i, pattern) in model.include.clone().iter().enumerate() {
+        let full = main_dir.join(pattern);
+        let matches: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
+            Ok(paths) => paths.filter_map(Result::ok).collect(),
+            Err(e) => {
+                diagnostics.push(sources.at(&["include", &i.to_string()], false,
+                    format!("invalid include pattern: {e}"), "here", None));
+                continue;
+            }
+        };
+        if matches.is_empty() {
+            diagnostics.push(sources.at(&["include", &i.to_string()], false,
+                format!("include pattern `{pattern}` matches no file"), "matches nothing",
+                Some(format!("looked for {}", full.display()))));
+        }
+        for inc in matches {
+            if !seen.insert(inc.clone()) {
+                continue;
+            }
+            let text = match std::fs::read_to_string(&inc) {
+                Ok(t) => t,
+                Err(e) => {
+                    diagnostics.push(sources.at(&["include", &i.to_string()], false,
+                        format!("cannot read included file {}: {e}", inc.display()), "included here", None));
+                    continue;
+                }
+            };
+            let parsed = parse::parse_file(&display_name(&inc), text);
+            diagnostics.extend(parsed.diagnostics);
+            let idx = sources.files.len();
+            sources.files.push(parsed.file);
+            sources.broken.extend(parsed.broken);
+            let mut frag = parsed.fragment;
+            absolutize(&mut frag, inc.parent().unwrap_or(Path::new("/")));
+            merge(&mut model, frag, idx, &mut sources, &mut diagnostics);
+            files.push(inc);
+        }
+    }
+
+    let lock = match Lockfile::load(&lockfile::path_for(&path)) {
+        Ok(l) => l,
+        Err(e) => {
+            diagnostics.push(Diagnostic::whole_file(&display_name(&lockfile::path_for(&path)),
+                e.to_string(), Some("delete reconcile.lock and run `reconcile lock` again".into())));
+            Lockfile::default()
+        }
+    };
+
+    let today = today_utc();
+    diagnostics.extend(check::check(&model, &sources, &lock, &today, opts.allow_unpinned));
+    if !diagnostics.is_empty() {
+        let order: HashMap<String, usize> = sources.files.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
+        diagnostics.sort_by_key(|d| (order.get(&d.file).copied().unwrap_or(usize::MAX), d.line, d.column));
+        return Err(Error::Invalid(diagnostics));
+    }
+
+    let mut hasher = Sha256::new();
+    for (f, src) in files.iter().zip(&sources.files) {
+        hasher.update(f.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(src.text.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(lock.text.as_bytes());
+    let settings = model.settings.clone().unwrap_or_default();
+    let state_dir = PathBuf::from(settings.state_dir.unwrap_or_else(|| main_dir.join(".reconcile").to_string_lossy().into_owned()));
+    let extract_limit = settings
+        .extract_limit
+        .as_deref()
+        .map(|s| check::parse_size(s).expect("checked"))
+        .unwrap_or(DEFAULT_EXTRACT_LIMIT);
+    Ok(Desired {
+        path,
+        model,
+        digest: hex::encode(hasher.finalize()),
+        state_dir,
+        extract_limit,
+        lock,
+        files,
+    })
+}
+
+/// Paths relative to the current directory when below it, absolute otherwise.
+pub fn display_name(p: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| r.display().to_string()))
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+fn record_origins(origins: &mut Origins, m: &DesiredFile, file: usize, skip_base: usize) {
+    fn names<T>(o: &mut Origins, kind: &str, map: &BTreeMap<String, T>, file: usize) {
+        for name in map.keys() {
+            o.entries.insert(format!("{kind}.{name}"), (file, vec![kind.to_string(), name.clone()]));
+        }
+    }
+    names(origins, "volume", &m.volume, file);
+    names(origins, "machine", &m.machine, file);
+    names(origins, "image", &m.image, file);
+    names(origins, "plugin", &m.plugin, file);
+    names(origins, "cloud", &m.cloud, file);
+    names(origins, "check", &m.check, file);
+    names(origins, "suite", &m.suite, file);
+    for i in 0..m.skip.len() {
+        origins.entries.insert(format!("skip.{}", skip_base + i), (file, vec!["skip".into(), i.to_string()]));
+    }
+    for key in ["settings", "run", "watch", "version", "include"] {
+        // single entries: remember which file defined them (first two segments are "key.<field>")
+        let present = match key {
+            "settings" => m.settings.is_some(),
+            "run" => m.run.is_some(),
+            "watch" => m.watch.is_some(),
+            _ => false,
+        };
+        if present && file != 0 {
+            origins.entries.insert(key.to_string(), (file, vec![key.to_string()]));
+        }
+    }
+}
+
+fn merge(into: &mut DesiredFile, frag: DesiredFile, file: usize, sources: &mut Sources, diags: &mut Vec<Diagnostic>) {
+    let inc = &sources.files[file];
+    let name = inc.name.clone();
+    let mut dup = |path: &[&str], what: String| {
+        let f = &sources.files[file];
+        let local: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        diags.push(f.diagnostic(f.spans.key(&local), what, "declared again here",
+            Some("names are unique across the file and its includes; rename or remove one".into())));
+    };
+    if frag.version.is_some() && frag.version != into.version {
+        dup(&["version"], format!("included file {name} declares a different `version`"));
+    }
+    if !frag.include.is_empty() {
+        dup(&["include"], "an included file cannot include further files".to_string());
+    }
+    for (key, present, already) in [
+        ("settings", frag.settings.is_some(), into.settings.is_some()),
+        ("run", frag.run.is_some(), into.run.is_some()),
+        ("watch", frag.watch.is_some(), into.watch.is_some()),
+    ] {
+        if present && already {
+            dup(&[key], format!("`[{key}]` is declared more than once"));
+        }
+    }
+    into.settings = into.settings.take().or(frag.settings.clone());
+    into.run = into.run.take().or(frag.run.clone());
+    into.watch = into.watch.take().or(frag.watch.clone());
+
+    macro_rules! merge_map {
+        ($field:ident, $kind:literal) => {
+            for (k, v) in frag.$field.clone() {
+                if into.$field.contains_key(&k) {
+                    dup(&[$kind, &k], format!("{} `{}` is declared more than once", $kind, k));
+                } else {
+                    into.$field.insert(k, v);
+                }
+            }
+        };
+    }
+    merge_map!(volume, "volume");
+    merge_map!(machine, "machine");
+    merge_map!(image, "image");
+    merge_map!(plugin, "plugin");
+    merge_map!(cloud, "cloud");
+    merge_map!(check, "check");
+    merge_map!(suite, "suite");
+    let skip_base = into.skip.len();
+    record_origins(&mut sources.origins, &frag, file, skip_base);
+    // entries already declared keep their first origin
+    into.skip.extend(frag.skip);
+}
+
+/// Resolve every relative path of a fragment against the directory of its file.
+fn absolutize(m: &mut DesiredFile, base: &Path) {
+    let abs = |p: &mut String| {
+        if !p.is_empty() && !Path::new(p.as_str()).is_absolute() {
+            *p = base.join(&*p).to_string_lossy().into_owned();
+        }
+    };
+    let source = |s: &mut model::Source| {
+        if let Some(p) = s.path.as_mut() {
+            abs(p)
+        }
+        if let Some(p) = s.dir.as_mut() {
+            abs(p)
+        }
+    };
+    if let Some(st) = m.settings.as_mut() {
+        if let Some(p) = st.state_dir.as_mut() {
+            abs(p)
+        }
+    }
+    for v in m.volume.values_mut() {
+        abs(&mut v.path);
+    }
+    for mach in m.machine.values_mut() {
+        source(&mut mach.source);
+    }
+    for img in m.image.values_mut() {
+        abs(&mut img.root);
+        img.files.values_mut().for_each(source);
+        if let Some(s) = img.source.as_mut() {
+            source(s)
+        }
+    }
+    for p in m.plugin.values_mut() {
+        abs(&mut p.dir);
+        source(&mut p.source);
+    }
+    for s in m.suite.values_mut() {
+        if let Some(d) = s.dir.as_mut() {
+            abs(d)
+        }
+    }
+}
+
+/// Today's date in UTC as `YYYY-MM-DD`.
+pub fn today_utc() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..10].to_string()
+}
+
+impl Desired {
+    /// Every source in the file with the address of what declares it.
+    pub fn sources(&self) -> Vec<(String, &model::Source)> {
+        let m = &self.model;
+        let mut out = Vec::new();
+        for (n, p) in &m.plugin {
+            out.push((format!("plugin.{n}"), &p.source));
+        }
+        for (n, mach) in &m.machine {
+            out.push((format!("machine.{n}"), &mach.source));
+        }
+        for (n, img) in &m.image {
+            if let Some(s) = &img.source {
+                out.push((format!("image.{n}"), s));
+            }
+            for (f, s) in &img.files {
+                out.push((format!("image.{n}.files.{f}"), s));
+            }
+        }
+        out
+    }
+
+    /// `--locked`: every remote source must be pinned in reconcile.lock, and an
+    /// inline sha256 must agree with its pin. Returns the problems.
+    pub fn unlocked_sources(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (addr, s) in self.sources() {
+            let Some(url) = &s.url else { continue };
+            match (self.lock.sha256_for(url), &s.sha256) {
+                (None, _) => out.push(format!("{addr}: {url} is not pinned in reconcile.lock")),
+                (Some(pin), Some(inline)) if !pin.eq_ignore_ascii_case(inline) => {
+                    out.push(format!("{addr}: sha256 in the file differs from the pin in reconcile.lock"))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,414 @@
+//! The desired-state file as Rust types. The JSON Schema (`reconcile schema`,
+//! `schema/reconcile.schema.json`) is generated from these definitions, so the
+//! doc comments here are the file reference.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The desired state of one build/test farm host.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredFile {
+    /// Format version of this file. Only `1` is understood.
+    pub version: Option<u32>,
+    /// Further files merged into this one (glob patterns, relative to this file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Where reconcile keeps its own state.
+    pub settings: Option<Settings>,
+    /// Storage volumes that hold machines.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume: BTreeMap<String, Volume>,
+    /// Machines: root filesystems or disk images kept as revisions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub machine: BTreeMap<String, Machine>,
+    /// Netboot images published into a TFTP tree.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image: BTreeMap<String, Image>,
+    /// Versioned executables and bundles.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugin: BTreeMap<String, Plugin>,
+    /// EC2-compatible clouds machine images are published to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cloud: BTreeMap<String, Cloud>,
+    /// Console checks added to the built-in list.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub check: BTreeMap<String, Check>,
+    /// Test suites.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub suite: BTreeMap<String, Suite>,
+    /// Tests that are skipped (or only warn) until a date.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip: Vec<Skip>,
+    /// The test plan `apply` runs after converging.
+    pub run: Option<Run>,
+    /// Settings of `reconcile watch`.
+    pub watch: Option<Watch>,
+}
+
+/// Settings of reconcile itself.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Directory for the lock, the journal, the download cache and test runs.
+    /// Default `.reconcile` beside the file.
+    pub state_dir: Option<String>,
+    /// Largest total size an archive may unpack to, e.g. `"8 GiB"` (default).
+    pub extract_limit: Option<String>,
+}
+
+/// A storage volume holding machines in the buildos layout.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Directory of the volume (relative to this file).
+    pub path: String,
+    /// Storage backend.
+    #[serde(default)]
+    pub backend: Backend,
+    /// What prune may delete.
+    #[serde(default)]
+    pub prune: Prune,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// btrfs when the path is on btrfs, plain directories otherwise.
+    #[default]
+    Auto,
+    /// btrfs subvolumes and snapshots.
+    Btrfs,
+    /// Plain directories with reflink copies where supported.
+    Dir,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Prune {
+    /// Delete only what reconcile made (has a receipt).
+    #[default]
+    Owned,
+    /// buildos behaviour: also stray subvolumes and undeclared machines.
+    All,
+    /// Delete nothing.
+    None,
+}
+
+/// A machine kept as revisions, with per-toolchain snapshots.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// Volume that holds the machine. Default `default`.
+    #[serde(default = "default_volume")]
+    pub volume: String,
+    /// Current revision (a positive integer).
+    pub revision: u32,
+    /// What the source is.
+    #[serde(default)]
+    pub kind: MachineKind,
+    /// Where the revision comes from.
+    pub source: Source,
+    /// CPU architecture, e.g. `x86_64`.
+    pub arch: Option<String>,
+    /// Distribution, e.g. `debian`.
+    pub distro: Option<String>,
+    /// Distribution version, e.g. `12.4`; test version ranges compare against it.
+    pub version: Option<String>,
+    /// Older revisions kept for rollback.
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+    /// Clouds each revision is also published to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clouds: Vec<String>,
+    /// Bootstrapped snapshots per toolchain.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub toolchain: BTreeMap<String, Toolchain>,
+}
+
+fn default_volume() -> String {
+    "default".to_string()
+}
+
+fn default_keep() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineKind {
+    /// A root filesystem tree (tar archive or directory) to run commands in.
+    #[default]
+    Rootfs,
+    /// A raw or qcow2 disk image to boot.
+    Disk,
+}
+
+/// A toolchain bootstrapped in a snapshot of the current revision.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Toolchain {
+    /// Command run inside the snapshot (argv).
+    pub bootstrap: Vec<String>,
+    /// Time limit of the bootstrap, e.g. `30m`.
+    pub timeout: Option<String>,
+}
+
+/// Where content comes from: exactly one of `path`, `dir` or `url`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// A local file (an archive or a single file), relative to the file naming it.
+    pub path: Option<String>,
+    /// A local directory copied as it is.
+    pub dir: Option<String>,
+    /// A remote file: `http://`, `https://` or `file://`.
+    pub url: Option<String>,
+    /// SHA-256 of the file, 64 hex digits. Required for `url` unless pinned in `reconcile.lock`.
+    pub sha256: Option<String>,
+    /// Archive format; guessed from the name when absent.
+    pub format: Option<ArchiveFormat>,
+    /// Leading path components removed from archive entries.
+    pub strip_components: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArchiveFormat {
+    /// Not an archive: the file itself.
+    File,
+    Tar,
+    TarGz,
+    TarXz,
+    TarZst,
+    Zip,
+}
+
+/// A netboot image published into `<root>/<arch>/<subarch>/<release>/<purpose>/`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Root of the TFTP tree (relative to this file).
+    pub root: String,
+    pub arch: String,
+    #[serde(default = "default_subarch")]
+    pub subarch: String,
+    pub release: String,
+    pub purpose: String,
+    /// Files one by one: name → source.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, Source>,
+    /// Or one archive holding all files.
+    pub source: Option<Source>,
+    /// An iPXE boot script rendered from the kernel, initrd and command line.
+    pub ipxe: Option<Ipxe>,
+}
+
+fn default_subarch() -> String {
+    "generic".to_string()
+}
+
+/// iPXE boot script settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ipxe {
+    /// File name of the kernel among the image files.
+    pub kernel: String,
+    /// File name of the initrd among the image files.
+    pub initrd: Option<String>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// A plugin installed in `<dir>/<name>/`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// Version; checked against the archive's `plugin.json` when it has one.
+    pub version: String,
+    /// Directory that holds plugins (relative to this file). Default `plugins`.
+    #[serde(default = "default_plugin_dir")]
+    pub dir: String,
+    /// The archive or executable.
+    pub source: Source,
+    /// Name of the executable. Default: the plugin's name.
+    pub bin: Option<String>,
+}
+
+fn default_plugin_dir() -> String {
+    "plugins".to_string()
+}
+
+/// An EC2-compatible cloud.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cloud {
+    pub provider: CloudProvider,
+    pub region: String,
+    /// Endpoint URL of any EC2-compatible service.
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudProvider {
+    Ec2,
+}
+
+/// A console check: a regex scanned over console, journal or output.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// Regular expression (Rust regex syntax).
+    pub regex: String,
+    #[serde(default)]
+    pub severity: Severity,
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warn,
+    #[default]
+    Fail,
+    /// Stops the test at once.
+    Fatal,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Console,
+    Journal,
+    Output,
+    Any,
+}
+
+/// A test suite.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    /// Machines each test runs on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<String>,
+    /// Toolchain snapshot the working snapshots are made from.
+    pub toolchain: Option<String>,
+    #[serde(default)]
+    pub executor: Executor,
+    /// Tests run at once in this suite.
+    pub parallel: Option<u32>,
+    /// Directory of executables, each one a test (relative to this file).
+    pub dir: Option<String>,
+    /// A tag every test of the suite needs to be selected with `--tag`.
+    pub required_tag: Option<String>,
+    /// Tests of the suite.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub test: BTreeMap<String, Test>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// A process on the host.
+    #[default]
+    Host,
+    /// Inside the snapshot's root filesystem, in new namespaces (root).
+    Namespace,
+    /// A QEMU virtual machine with a serial console.
+    Qemu,
+    /// An instance launched from the published image.
+    Cloud,
+}
+
+/// One test.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Test {
+    /// Command (argv).
+    pub run: Vec<String>,
+    #[serde(default)]
+    pub expect: Expect,
+    /// Time limit, e.g. `60s`.
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Architectures the test runs on; `!x` excludes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    /// Distributions the test runs on; `!x` excludes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distros: Vec<String>,
+    /// Platforms (executors) the test runs on; `!x` excludes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
+    /// Lowest machine version (inclusive).
+    pub min_version: Option<String>,
+    /// First machine version no longer tested (exclusive).
+    pub end_version: Option<String>,
+    /// Console checks suppressed for this test: check name → reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skip_checks: BTreeMap<String, String>,
+    /// Retries per failure class (`test`, `check`, `timeout`, `infra`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retries: BTreeMap<String, u32>,
+}
+
+/// What a test's output must look like.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Exit status. Default 0.
+    pub exit: Option<i32>,
+    /// Matchers: `"text"`, `"!text"`, `"/regex/"`, `"!/regex/"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stdout: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stderr: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub console: Vec<String>,
+}
+
+/// A skip-list entry.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Skip {
+    /// Glob over `suite.test` names.
+    pub pattern: String,
+    pub reason: String,
+    pub tracker: Option<String>,
+    /// Date after which the entry is an error (`YYYY-MM-DD`).
+    #[schemars(with = "Option<String>")]
+    pub until: Option<toml::value::Datetime>,
+    /// Run the test, but a failure only warns.
+    #[serde(default)]
+    pub warn: bool,
+}
+
+/// The test plan `apply` runs after converging.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suites: Vec<String>,
+    /// Glob patterns over `suite.test` names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// Settings of `reconcile watch`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Watch {
+    /// Run the `[run]` tests after each converge in watch mode. Default false.
+    #[serde(default)]
+    pub test: bool,
+}

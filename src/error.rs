@@ -1,0 +1,100 @@
+//! Errors the user can cause, each knowing its exit code and what to do about it.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Diagnostic;
+
+/// Exit codes of SPEC §2, in one place.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const ERROR: i32 = 1;
+    /// `plan`: changes pending.
+    pub const CHANGES: i32 = 2;
+    /// `apply`: the lock was held past `--lock-timeout`.
+    pub const LOCKED: i32 = 3;
+    /// Tests failed (or `checks` found a fail/fatal hit).
+    pub const TESTS_FAILED: i32 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the desired-state file has {} problem(s)", .0.len())]
+    Invalid(Vec<Diagnostic>),
+
+    #[error("cannot read the desired-state file {path}: {source}")]
+    ReadDesired { path: PathBuf, source: std::io::Error },
+
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("another reconcile is applying to this state dir: {holder}")]
+    LockHeld { holder: String, waited: Option<std::time::Duration> },
+
+    #[error("checksum mismatch for {what}: got sha256 {actual}, declared {expected}")]
+    Checksum { what: String, expected: String, actual: String },
+
+    #[error("download of {url} failed: {reason}")]
+    Download { url: String, reason: String },
+
+    #[error("refusing archive {archive}: entry `{entry}` {reason}")]
+    HostileArchive { archive: String, entry: String, reason: String },
+
+    #[error("cannot read archive {archive}: {reason}")]
+    Archive { archive: String, reason: String },
+
+    #[error("{address}: version mismatch: plugin.json says {found}, the file declares {declared}")]
+    VersionMismatch { address: String, found: String, declared: String },
+
+    #[error("{address}: {path} exists and was not made by reconcile (no receipt)")]
+    Foreign { address: String, path: PathBuf },
+
+    #[error("{address}: {reason}")]
+    Resource { address: String, reason: String },
+
+    #[error("the saved plan is stale: {}", .reasons.join("; "))]
+    StalePlan { reasons: Vec<String> },
+
+    #[error("cannot use the saved plan {path}: {reason}")]
+    BadPlan { path: PathBuf, reason: String },
+
+    #[error("{0}")]
+    Locked(String),
+
+    #[error("state dir {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io { path: path.as_ref().to_path_buf(), source }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::LockHeld { .. } => exit::LOCKED,
+            _ => exit::ERROR,
+        }
+    }
+
+    /// What the user can do about it.
+    pub fn help(&self) -> Option<String> {
+        Some(match self {
+            Error::Invalid(_) => "run `reconcile validate` to see every problem".into(),
+            Error::ReadDesired { .. } => "pass the file with -f FILE (default reconcile.toml)".into(),
+            Error::LockHeld { waited: None, .. } => "wait for it to finish, or pass --lock-timeout 5m to wait here".into(),
+            Error::LockHeld { waited: Some(_), .. } => "the other apply is still running; try again later or raise --lock-timeout".into(),
+            Error::Checksum { .. } => "nothing was installed and the old version stays; if the new content is intended, update `sha256` in the file (or re-run `reconcile lock`)".into(),
+            Error::Download { .. } => "nothing was installed and the old version stays; check the URL and the network, then apply again".into(),
+            Error::HostileArchive { .. } => "nothing was installed; the archive tries to write outside its tree or carries unsafe entries — get a clean archive from its publisher".into(),
+            Error::Archive { .. } => "nothing was installed; check that the source is the archive you meant (or set `format`)".into(),
+            Error::VersionMismatch { .. } => "nothing was installed and the old version stays; fix `version` in the file or the source URL".into(),
+            Error::Foreign { .. } => "move it away (reconcile never deletes what it did not make), then apply again".into(),
+            Error::StalePlan { .. } => "run `reconcile plan --out FILE` again and review the new plan".into(),
+            Error::BadPlan { .. } => "make the plan again with `reconcile plan --out FILE`".into(),
+            Error::Io { .. } | Error::State { .. } => "check permissions and free space; the journal lets the next apply finish or undo this one".into(),
+            Error::Resource { .. } | Error::Locked(_) => return None,
+        })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

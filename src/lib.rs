@@ -1,0 +1,19 @@
+//! `reconcile`: make a build/test farm host match one TOML desired-state file.
+//!
+//! The pipeline a run walks through shows in the modules: the file is loaded
+//! and checked ([`config`]), the world is observed and diffed ([`plan`]) through
+//! one contract every kind of object follows ([`resource`]), changes are applied
+//! ([`apply`]) through atomic, journaled primitives ([`fsops`], [`state`]) from
+//! verified [`source`]s.
+
+pub mod apply;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fsops;
+pub mod output;
+pub mod plan;
+pub mod resource;
+pub mod schema;
+pub mod source;
+pub mod state;

@@ -1,0 +1,148 @@
+//! Observe every resource, diff it against the desired state, and produce a
+//! plan: data only. Rendering lives in `cli/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::resource::{Action, Change, Context, Observed, Resource};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A plan as printed with `--json` and saved with `--out`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: u32,
+    pub reconcile_version: String,
+    pub desired: DesiredRef,
+    /// Every resource observed, in address order, with its fingerprint and changes.
+    pub resources: Vec<ResourcePlan>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesiredRef {
+    pub file: PathBuf,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourcePlan {
+    pub address: String,
+    pub path: PathBuf,
+    pub fingerprint: String,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub replace: usize,
+    pub delete: usize,
+    pub unchanged: usize,
+}
+
+impl Summary {
+    pub fn changes(&self) -> usize {
+        self.create + self.update + self.replace + self.delete
+    }
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        self.summary.changes() > 0
+    }
+
+    pub fn load(path: &Path) -> Result<Plan> {
+        let bytes = std::fs::read(path).map_err(|e| Error::BadPlan { path: path.into(), reason: e.to_string() })?;
+        let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| Error::BadPlan { path: path.into(), reason: format!("not a reconcile plan: {e}") })?;
+        if plan.format_version != FORMAT_VERSION {
+            return Err(Error::BadPlan { path: path.into(), reason: format!("plan format {} is not {FORMAT_VERSION}", plan.format_version) });
+        }
+        Ok(plan)
+    }
+
+    /// Why `self` (saved) no longer describes the world `now` observed; empty when it still does.
+    pub fn staleness(&self, now: &Plan) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.desired.sha256 != now.desired.sha256 {
+            why.push(format!(
+                "the desired-state file changed since the plan was made (sha256 {}… → {}…)",
+                &self.desired.sha256[..12.min(self.desired.sha256.len())],
+                &now.desired.sha256[..12]
+            ));
+        }
+        let then: BTreeMap<&str, &str> = self.resources.iter().map(|r| (r.address.as_str(), r.fingerprint.as_str())).collect();
+        let current: BTreeMap<&str, &str> = now.resources.iter().map(|r| (r.address.as_str(), r.fingerprint.as_str())).collect();
+        for (addr, fp) in &current {
+            match then.get(addr) {
+                None => why.push(format!("{addr} appeared since the plan was made")),
+                Some(old) if old != fp => why.push(format!("{addr} changed on disk since the plan was made")),
+                _ => {}
+            }
+        }
+        for addr in then.keys().filter(|a| !current.contains_key(*a)) {
+            why.push(format!("{addr} disappeared since the plan was made"));
+        }
+        why
+    }
+}
+
+/// One resource with what observe found and what diff proposes.
+pub struct Planned {
+    pub resource: Box<dyn Resource>,
+    pub observed: Observed,
+    pub changes: Vec<Change>,
+}
+
+/// Observe (in parallel) and diff every resource; resources not matched by
+/// `targets` (glob patterns over addresses) are left out.
+pub fn make(resources: Vec<Box<dyn Resource>>, cx: &Context, targets: &[glob::Pattern]) -> Result<(Plan, Vec<Planned>)> {
+    let mut resources: Vec<_> = resources
+        .into_iter()
+        .filter(|r| targets.is_empty() || targets.iter().any(|t| t.matches(r.address())))
+        .collect();
+    resources.sort_by(|a, b| a.address().cmp(b.address()));
+    let planned: Vec<Planned> = resources
+        .into_par_iter()
+        .map(|resource| {
+            let observed = resource.observe(cx)?;
+            let changes = resource.diff(&observed, cx)?;
+            Ok(Planned { resource, observed, changes })
+        })
+        .collect::<Result<_>>()?;
+    let mut summary = Summary::default();
+    for p in &planned {
+        if p.changes.is_empty() {
+            summary.unchanged += 1;
+        }
+        for c in &p.changes {
+            match c.action {
+                Action::Create => summary.create += 1,
+                Action::Update => summary.update += 1,
+                Action::Replace => summary.replace += 1,
+                Action::Delete => summary.delete += 1,
+            }
+        }
+    }
+    let plan = Plan {
+        format_version: FORMAT_VERSION,
+        reconcile_version: env!("CARGO_PKG_VERSION").into(),
+        desired: DesiredRef { file: cx.desired.path.clone(), sha256: cx.desired.digest.clone() },
+        resources: planned
+            .iter()
+            .map(|p| ResourcePlan {
+                address: p.resource.address().to_string(),
+                path: p.resource.location(),
+                fingerprint: p.observed.fingerprint.clone(),
+                changes: p.changes.clone(),
+            })
+            .collect(),
+        summary,
+    };
+    Ok((plan, planned))
+}

@@ -1,0 +1,95 @@
+//! The resource contract every kind of object follows, used by `plan`, `apply`,
+//! `status` and `watch` alike: observe (read only), diff (desired vs observed
+//! into changes with reasons), apply (atomic, journaled), watch paths.
+//!
+//! A new kind is one module here plus one line in [`all`].
+
+pub mod plugin;
+pub mod receipt;
+
+use std::any::Any;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Desired;
+use crate::error::Result;
+use crate::source::Fetcher;
+use crate::state::journal::Journal;
+use crate::state::{Roots, StateDir};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+    Replace,
+}
+
+impl Action {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Delete => "-",
+            Action::Replace => "±",
+        }
+    }
+}
+
+/// One change a plan proposes, with a one-line reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub action: Action,
+    pub reason: String,
+}
+
+/// What observe found: a fingerprint (saved plans compare it) and kind-specific detail.
+pub struct Observed {
+    pub fingerprint: String,
+    /// One-line state for `status`.
+    pub summary: String,
+    pub detail: Box<dyn Any + Send + Sync>,
+}
+
+/// Read-only inputs of observe and diff.
+pub struct Context<'a> {
+    pub desired: &'a Desired,
+    pub state: &'a StateDir,
+    pub fetcher: Fetcher<'a>,
+    pub roots: Roots,
+    /// Re-hash everything instead of trusting stat keys.
+    pub verify: bool,
+}
+
+/// What apply may use besides the context.
+pub struct ApplyContext<'a, 'b> {
+    pub cx: &'b Context<'a>,
+    pub journal: &'b mut Journal,
+    /// Roots published into (saved so prune finds undeclared objects later).
+    pub roots: &'b mut Roots,
+}
+
+pub trait Resource: Send + Sync {
+    /// `plugin.kolet`
+    fn address(&self) -> &str;
+    /// Where it lives, shown beside the address.
+    fn location(&self) -> PathBuf;
+    fn observe(&self, cx: &Context) -> Result<Observed>;
+    fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>>;
+    /// Make the world match; called only when diff returned changes.
+    fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()>;
+    /// Paths whose change may mean drift.
+    fn watch_paths(&self) -> Vec<PathBuf>;
+    /// Facts for `status --json`.
+    fn status(&self, observed: &Observed) -> serde_json::Value;
+}
+
+/// Every resource the desired state implies, including owned objects that are
+/// no longer declared (to be pruned).
+pub fn all(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
+    let mut out: Vec<Box<dyn Resource>> = Vec::new();
+    out.extend(plugin::resources(cx)?);
+    Ok(out)
+}

@@ -1,0 +1,342 @@
+//! Plugins: `<dir>/<name>/` with the executable, a `plugin.json` and a receipt,
+//! installed by stage-and-exchange (wfctl's guarantees, journaled).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::receipt::{self, check_tree, record_tree, Drift, Receipt, ReceiptSource};
+use super::{Action, ApplyContext, Change, Context, Observed, Resource};
+use crate::config::model::Plugin;
+use crate::error::{Error, Result};
+use crate::fsops::{self, digest::sha256_bytes, Previous};
+use crate::source::{self, archive::Written, Location};
+use crate::state::journal::Op;
+use crate::state::{fault, now_rfc3339};
+
+pub const KIND: &str = "plugin";
+
+pub struct PluginResource {
+    address: String,
+    name: String,
+    root: PathBuf,
+    /// None: an owned plugin that is no longer declared.
+    desired: Option<Plugin>,
+}
+
+/// What is at `<dir>/<name>`.
+enum State {
+    Absent,
+    /// Something reconcile did not make.
+    Foreign,
+    Installed { receipt: Receipt, drift: Vec<Drift> },
+}
+
+pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
+    let mut out: Vec<Box<dyn Resource>> = Vec::new();
+    let mut declared: BTreeSet<(PathBuf, String)> = BTreeSet::new();
+    for (name, p) in &cx.desired.model.plugin {
+        let root = PathBuf::from(&p.dir);
+        declared.insert((root.clone(), name.clone()));
+        out.push(Box::new(PluginResource { address: format!("{KIND}.{name}"), name: name.clone(), root, desired: Some(p.clone()) }));
+    }
+    let roots: BTreeSet<PathBuf> = declared.iter().map(|(r, _)| r.clone()).chain(cx.roots.of(KIND).cloned()).collect();
+    for root in roots {
+        let Ok(entries) = fs::read_dir(&root) else { continue };
+        let mut names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        for name in names {
+            if fsops::is_staging_name(&name) || declared.contains(&(root.clone(), name.clone())) {
+                continue;
+            }
+            let path = root.join(&name);
+            // only what carries our receipt is ours to prune; foreign entries are never touched
+            if let Some((r, _)) = Receipt::read(&path) {
+                if r.kind == KIND && r.name == name {
+                    let address = if cx.desired.model.plugin.contains_key(&name) {
+                        format!("{KIND}.{name}[{}]", root.display())
+                    } else {
+                        format!("{KIND}.{name}")
+                    };
+                    out.push(Box::new(PluginResource { address, name, root: root.clone(), desired: None }));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl PluginResource {
+    fn target(&self) -> PathBuf {
+        self.root.join(&self.name)
+    }
+
+    fn bin(&self) -> String {
+        self.desired.as_ref().and_then(|p| p.bin.clone()).unwrap_or_else(|| self.name.clone())
+    }
+
+    fn state<'o>(&self, o: &'o Observed) -> &'o State {
+        o.detail.downcast_ref::<State>().expect("plugin observation")
+    }
+
+    fn install(&self, p: &Plugin, cx: &mut ApplyContext) -> Result<()> {
+        let fetcher = &cx.cx.fetcher;
+        // verified before anything is staged: a bad download never touches the plugin dir
+        let artifact = fetcher.fetch(&p.source)?;
+        let source_sha = match &artifact {
+            source::Artifact::File { sha256, .. } => sha256.clone(),
+            source::Artifact::Dir { .. } => fetcher.expected_digest(&p.source)?,
+        };
+        let target = self.target();
+        fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        cx.roots.add(KIND, &self.root);
+
+        // the staging names carry the transaction id, so recovery can tell them apart
+        let txn = cx.journal.begin(&self.address, |id| Op::Publish {
+            target: target.clone(),
+            staging: fsops::staging_path(&target, id),
+            retired: fsops::retired_path(&target, id),
+        })?;
+        let staging = fsops::staging_path(&target, &txn.id);
+        let retired = fsops::retired_path(&target, &txn.id);
+        cx.journal.step(&txn, "stage")?;
+        let staged = self.stage(p, &artifact, &staging, &source_sha, &txn.id, cx.cx.desired.extract_limit);
+        if let Err(e) = staged {
+            let _ = fsops::remove_any(&staging);
+            cx.journal.done(txn)?;
+            return Err(e);
+        }
+        cx.journal.step(&txn, "exchange")?;
+        let previous = fsops::publish(&staging, &target, &retired).map_err(|e| {
+            let _ = fsops::remove_any(&staging);
+            Error::io(&target, e)
+        })?;
+        cx.journal.step(&txn, "cleanup")?;
+        if let Previous::At(old) = previous {
+            fsops::remove_any(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        cx.journal.done(txn)
+    }
+
+    /// Build the complete new plugin directory at `staging`, verified and fsynced.
+    fn stage(&self, p: &Plugin, artifact: &source::Artifact, staging: &Path, source_sha: &str, txn: &str, limit: u64) -> Result<()> {
+        fs::create_dir(staging).map_err(|e| Error::io(staging, e))?;
+        let bin = self.bin();
+        let strip = p.source.strip_components.unwrap_or(0);
+        let mut written = source::unpack(artifact, staging, &bin, strip, limit)?;
+        fault::point(&self.address, "stage-partial");
+        if p.source.strip_components.is_none() {
+            unwrap_single_dir(staging, &mut written)?;
+        }
+        normalise_bin(&self.address, staging, &bin, &mut written)?;
+
+        let manifest = staging.join("plugin.json");
+        if manifest.exists() {
+            let text = fs::read(&manifest).map_err(|e| Error::io(&manifest, e))?;
+            let doc: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| Error::Resource { address: self.address.clone(), reason: format!("plugin.json in the archive is not valid JSON: {e}") })?;
+            let found = doc.get("version").and_then(|v| v.as_str()).unwrap_or("(none)").to_string();
+            if found.trim_start_matches('v') != p.version.trim_start_matches('v') {
+                return Err(Error::VersionMismatch { address: self.address.clone(), found, declared: p.version.clone() });
+            }
+        } else {
+            let doc = json!({ "name": self.name, "version": p.version, "bin": bin });
+            let bytes = serde_json::to_vec_pretty(&doc).expect("json");
+            fs::write(&manifest, &bytes).map_err(|e| Error::io(&manifest, e))?;
+            written.insert(PathBuf::from("plugin.json"), sha256_bytes(&bytes));
+        }
+
+        let files = record_tree(staging, &written)?;
+        let receipt = Receipt {
+            kind: KIND.into(),
+            name: self.name.clone(),
+            version: Some(p.version.clone()),
+            source: ReceiptSource { location: Location::of(&p.source).describe(), sha256: source_sha.to_string() },
+            txn: txn.to_string(),
+            installed_at: now_rfc3339(),
+            reconcile_version: env!("CARGO_PKG_VERSION").into(),
+            facts: BTreeMap::from([("bin".to_string(), bin)]),
+            files,
+        };
+        receipt.write(staging)?;
+        fsops::sync_tree(staging).map_err(|e| Error::io(staging, e))
+    }
+
+    fn remove(&self, cx: &mut ApplyContext) -> Result<()> {
+        let target = self.target();
+        let txn = cx.journal.begin(&self.address, |id| Op::Remove { target: target.clone(), retired: fsops::retired_path(&target, id) })?;
+        let retired = fsops::retired_path(&target, &txn.id);
+        cx.journal.step(&txn, "retire")?;
+        fs::rename(&target, &retired).map_err(|e| Error::io(&target, e))?;
+        fsops::fsync_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        cx.journal.step(&txn, "cleanup")?;
+        fsops::remove_any(&retired).map_err(|e| Error::io(&retired, e))?;
+        cx.journal.done(txn)
+    }
+}
+
+impl Resource for PluginResource {
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn location(&self) -> PathBuf {
+        self.target()
+    }
+
+    fn observe(&self, cx: &Context) -> Result<Observed> {
+        let target = self.target();
+        let (state, fingerprint, summary) = match fs::symlink_metadata(&target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (State::Absent, "absent".to_string(), "not installed".to_string()),
+            Err(e) => return Err(Error::io(&target, e)),
+            Ok(meta) => match Receipt::read(&target).filter(|(r, _)| meta.is_dir() && r.kind == KIND) {
+                None => {
+                    let fp = format!("foreign:{}", meta.modified().map(|t| format!("{t:?}")).unwrap_or_default());
+                    (State::Foreign, sha256_bytes(fp.as_bytes()), "not made by reconcile".into())
+                }
+                Some((receipt, bytes)) => {
+                    let drift = check_tree(&target, &receipt, cx.verify)?;
+                    let mut fp = bytes;
+                    for d in &drift {
+                        fp.extend_from_slice(d.to_string().as_bytes());
+                    }
+                    let summary = if drift.is_empty() {
+                        format!("{} installed", receipt.version.as_deref().unwrap_or("?"))
+                    } else {
+                        format!("{} installed, drifted: {}", receipt.version.as_deref().unwrap_or("?"), drift[0])
+                    };
+                    (State::Installed { receipt, drift }, sha256_bytes(&fp), summary)
+                }
+            },
+        };
+        Ok(Observed { fingerprint, summary, detail: Box::new(state) })
+    }
+
+    fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {
+        let state = self.state(observed);
+        let Some(p) = &self.desired else {
+            return Ok(match state {
+                State::Installed { .. } => vec![Change { action: Action::Delete, reason: "not declared any more (owned)".into() }],
+                _ => vec![],
+            });
+        };
+        let change = |action, reason: String| Ok(vec![Change { action, reason }]);
+        match state {
+            State::Absent => change(Action::Create, format!("not installed (version {})", p.version)),
+            State::Foreign => Err(Error::Foreign { address: self.address.clone(), path: self.target() }),
+            State::Installed { receipt, drift } => {
+                let installed = receipt.version.as_deref().unwrap_or("?");
+                if installed != p.version {
+                    return change(Action::Update, format!("version {installed} → {}", p.version));
+                }
+                let want = cx.fetcher.expected_digest(&p.source)?;
+                if receipt.source.sha256 != want {
+                    return change(Action::Update, format!("sha256 {}… ≠ declared {}…", receipt::short(&receipt.source.sha256), receipt::short(&want)));
+                }
+                let bin = self.bin();
+                if receipt.facts.get("bin") != Some(&bin) {
+                    return change(Action::Update, format!("executable `{}` → `{bin}`", receipt.facts.get("bin").map(String::as_str).unwrap_or("?")));
+                }
+                if let Some(d) = drift.first() {
+                    let more = if drift.len() > 1 { format!(" (and {} more)", drift.len() - 1) } else { String::new() };
+                    return change(Action::Update, format!("file {d}{more}"));
+                }
+                Ok(vec![])
+            }
+        }
+    }
+
+    fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()> {
+        match (&self.desired, self.state(observed)) {
+            (Some(p), _) => self.install(p, cx),
+            (None, State::Installed { .. }) => self.remove(cx),
+            (None, _) => Ok(()),
+        }
+    }
+
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        vec![self.root.clone(), self.target()]
+    }
+
+    fn status(&self, observed: &Observed) -> serde_json::Value {
+        let mut v = json!({
+            "address": self.address,
+            "path": self.target(),
+            "declared": self.desired.is_some(),
+            "declared_version": self.desired.as_ref().map(|p| p.version.clone()),
+            "state": observed.summary,
+        });
+        if let State::Installed { receipt, drift } = self.state(observed) {
+            v["installed_version"] = json!(receipt.version);
+            v["installed_at"] = json!(receipt.installed_at);
+            v["source"] = json!(receipt.source);
+            v["bin"] = json!(receipt.facts.get("bin"));
+            v["files"] = json!(receipt.file_count());
+            v["drift"] = json!(drift);
+        }
+        v
+    }
+}
+
+/// An archive holding one directory and nothing else (`kolet_1.2.0_linux_amd64/…`)
+/// is unwrapped so the plugin's files sit at the top.
+fn unwrap_single_dir(staging: &Path, written: &mut Written) -> Result<()> {
+    let entries: Vec<_> = fs::read_dir(staging).map_err(|e| Error::io(staging, e))?.filter_map(|e| e.ok()).collect();
+    if entries.len() != 1 || !entries[0].file_type().map(|t| t.is_dir()).unwrap_or(false) {
+        return Ok(());
+    }
+    let wrapper = entries[0].file_name();
+    let inner = staging.join(&wrapper);
+    for e in fs::read_dir(&inner).map_err(|e| Error::io(&inner, e))? {
+        let e = e.map_err(|e| Error::io(&inner, e))?;
+        let to = staging.join(e.file_name());
+        fs::rename(e.path(), &to).map_err(|e| Error::io(&to, e))?;
+    }
+    fs::remove_dir(&inner).map_err(|e| Error::io(&inner, e))?;
+    let moved: Written = written
+        .drain()
+        .map(|(k, v)| (k.strip_prefix(&wrapper).map(Path::to_path_buf).unwrap_or(k), v))
+        .collect();
+    *written = moved;
+    Ok(())
+}
+
+/// Make `<staging>/<bin>` the executable: GoReleaser-style names such as
+/// `kolet_1.2.0_linux_amd64` or `kolet-linux-amd64` are renamed to `kolet`.
+fn normalise_bin(address: &str, staging: &Path, bin: &str, written: &mut Written) -> Result<()> {
+    let exe = staging.join(bin);
+    if !exe.is_file() {
+        let mut candidates: Vec<String> = fs::read_dir(staging)
+            .map_err(|e| Error::io(staging, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{bin}_")) || n.starts_with(&format!("{bin}-")))
+            .collect();
+        candidates.sort();
+        match candidates.as_slice() {
+            [one] => {
+                fs::rename(staging.join(one), &exe).map_err(|e| Error::io(&exe, e))?;
+                if let Some(sha) = written.remove(Path::new(one)) {
+                    written.insert(PathBuf::from(bin), sha);
+                }
+            }
+            [] => {
+                return Err(Error::Resource {
+                    address: address.into(),
+                    reason: format!("the source has no executable `{bin}` (nor `{bin}_*` / `{bin}-*`); set `bin` to its name"),
+                })
+            }
+            many => {
+                return Err(Error::Resource {
+                    address: address.into(),
+                    reason: format!("several candidates for the executable `{bin}`: {}; set `bin` to the right one", many.join(", ")),
+                })
+            }
+        }
+    }
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).map_err(|e| Error::io(&exe, e))
+}

@@ -1,0 +1,76 @@
+//! One apply at a time per state dir: `flock(2)` on `state_dir/lock`, released
+//! by the kernel when the holder dies. The holder writes who it is into the
+//! file so a waiting command can say who holds it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::StateDir;
+use crate::error::{Error, Result};
+
+/// Held while applying; dropping it releases the lock.
+pub struct ApplyLock {
+    _flock: Flock<File>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Holder {
+    pid: u32,
+    host: String,
+    command: String,
+    started: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} on {} running `{}` since {}", self.pid, self.host, self.command, self.started)
+    }
+}
+
+/// Take the lock, waiting up to `timeout` (no wait when `None`).
+pub fn acquire(state: &StateDir, command: &str, timeout: Option<Duration>) -> Result<ApplyLock> {
+    let path = state.lock_path();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut flock) => {
+                let me = Holder {
+                    pid: std::process::id(),
+                    host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+                    command: command.to_string(),
+                    started: super::now_rfc3339(),
+                };
+                let text = serde_json::to_string(&me).expect("holder serialises");
+                flock.set_len(0).map_err(|e| Error::io(&path, e))?;
+                flock.rewind().map_err(|e| Error::io(&path, e))?;
+                flock.write_all(text.as_bytes()).map_err(|e| Error::io(&path, e))?;
+                return Ok(ApplyLock { _flock: flock });
+            }
+            Err((mut file, Errno::EWOULDBLOCK)) => {
+                if deadline.is_some_and(|d| Instant::now() < d) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder = serde_json::from_str::<Holder>(&text)
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|_| "holder unknown".to_string());
+                return Err(Error::LockHeld { holder, waited: timeout });
+            }
+            Err((_, e)) => return Err(Error::io(&path, e.into())),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Test helpers: run the real binary in a temp farm, serve files over real
+//! HTTP on 127.0.0.1, build (hostile) archives, and snapshot trees.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_reconcile");
+
+/// Skip a test whose component is missing, loudly; under CI (`RECONCILE_REQUIRE_ALL=1`) fail instead.
+pub fn skip(reason: &str) {
+    if std::env::var("RECONCILE_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("required component missing (RECONCILE_REQUIRE_ALL=1): {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+pub struct Farm {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        use std::os::unix::process::ExitStatusExt;
+        Run {
+            code: o.status.code(),
+            signal: o.status.signal(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn expect(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "unexpected exit\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl Farm {
+    pub fn new() -> Farm {
+        Farm { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        p
+    }
+
+    pub fn desired(&self, toml: &str) {
+        self.write("reconcile.toml", toml);
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.current_dir(self.dir.path()).args(args).env_remove("RECONCILE_FAULT").env("NO_COLOR", "1");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd(args).output().unwrap())
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = self.cmd(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Run::from(c.output().unwrap())
+    }
+
+    /// Every path under the farm (optionally excluding a subtree) with kind, size, content digest and inode.
+    pub fn snapshot(&self, exclude: &[&str]) -> BTreeMap<PathBuf, String> {
+        snapshot(self.dir.path(), exclude)
+    }
+
+    /// Names in `dir` that are staging or retired leftovers.
+    pub fn leftovers(&self, dir: &str) -> Vec<String> {
+        match fs::read_dir(self.path(dir)) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".reconcile-"))
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+}
+
+pub fn snapshot(root: &Path, exclude: &[&str]) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, rel: &Path, exclude: &[&str], out: &mut BTreeMap<PathBuf, String>) {
+        let Ok(rd) = fs::read_dir(root.join(rel)) else { return };
+        for e in rd.flatten() {
+            let r = rel.join(e.file_name());
+            if exclude.iter().any(|x| r.starts_with(x)) {
+                continue;
+            }
+            let m = fs::symlink_metadata(root.join(&r)).unwrap();
+            let desc = if m.is_dir() {
+                walk(root, &r, exclude, out);
+                format!("dir {:o} ino {}", m.permissions().mode(), m.ino())
+            } else if m.file_type().is_symlink() {
+                format!("link {}", fs::read_link(root.join(&r)).unwrap().display())
+            } else {
+                let data = fs::read(root.join(&r)).unwrap();
+                format!("file {:o} {} {} ino {} mtime {}", m.permissions().mode(), data.len(), sha(&data), m.ino(), m.mtime_nsec())
+            };
+            out.insert(r, desc);
+        }
+    }
+    walk(root, Path::new(""), exclude, &mut out);
+    out
+}
+
+pub fn sha(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(data))
+}
+
+pub fn sha_file(p: &Path) -> String {
+    sha(&fs::read(p).unwrap())
+}
+
+// ---------- archives ----------
+
+pub enum Entry<'a> {
+    File(&'a str, &'a [u8], u32),
+    Dir(&'a str),
+    Symlink(&'a str, &'a str),
+    HardLink(&'a str, &'a str),
+    CharDevice(&'a str),
+    Fifo(&'a str),
+}
+
+/// A tar stream with raw names written straight into the header, so hostile
+/// names (`../x`, `/etc/x`) get through the builder untouched.
+pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        let (name, data): (&str, &[u8]) = match e {
+            Entry::File(n, d, mode) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(d.len() as u64);
+                (n, d)
+            }
+            Entry::Dir(n) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                (n, &[])
+            }
+            Entry::Symlink(n, t) | Entry::HardLink(n, t) => {
+                h.set_entry_type(if matches!(e, Entry::Symlink(..)) { tar::EntryType::Symlink } else { tar::EntryType::Link });
+                h.set_mode(0o777);
+                h.set_size(0);
+                let raw = &mut h.as_old_mut().linkname;
+                raw[..t.len()].copy_from_slice(t.as_bytes());
+                (n, &[])
+            }
+            Entry::CharDevice(n) => {
+                h.set_entry_type(tar::EntryType::Char);
+                h.set_mode(0o644);
+                h.set_size(0);
+                (n, &[])
+            }
+            Entry::Fifo(n) => {
+                h.set_entry_type(tar::EntryType::Fifo);
+                h.set_mode(0o644);
+                h.set_size(0);
+                (n, &[])
+            }
+        };
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+pub fn gz(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+pub fn xz(data: &[u8]) -> Vec<u8> {
+    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+pub fn zst(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}
+
+/// A zip with raw names; `Symlink` entries carry the unix symlink mode.
+pub fn zip_bytes(entries: &[Entry]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for e in entries {
+        match e {
+            Entry::File(n, d, mode) => {
+                let o = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+                w.start_file(*n, o).unwrap();
+                w.write_all(d).unwrap();
+            }
+            Entry::Dir(n) => w.add_directory(*n, zip::write::SimpleFileOptions::default()).unwrap(),
+            Entry::Symlink(n, t) => w.add_symlink(*n, *t, zip::write::SimpleFileOptions::default()).unwrap(),
+            _ => panic!("not supported in zip fixtures"),
+        }
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// A plugin archive: the GoReleaser layout with a binary that prints its version.
+pub fn plugin_tgz(name: &str, version: &str, manifest_version: Option<&str>) -> Vec<u8> {
+    let script = format!("#!/bin/sh\necho {name} {version}\n");
+    let bin = format!("{name}_{version}_linux_amd64");
+    let manifest = manifest_version.map(|v| format!("{{\"name\":\"{name}\",\"version\":\"{v}\"}}"));
+    let mut entries = vec![Entry::File(&bin, script.as_bytes(), 0o755), Entry::File("README.md", b"docs\n", 0o644)];
+    if let Some(m) = &manifest {
+        entries.push(Entry::File("plugin.json", m.as_bytes(), 0o644));
+    }
+    gz(&tar_bytes(&entries))
+}
+
+// ---------- HTTP ----------
+
+/// A real HTTP server on 127.0.0.1 serving files from a directory, counting requests.
+pub struct Http {
+    pub base: String,
+    pub hits: Arc<AtomicUsize>,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Http {
+    pub fn serve(root: &Path) -> Http {
+        Self::serve_slow(root, Duration::ZERO)
+    }
+
+    /// Every response is delayed by `delay` (to keep an apply busy).
+    pub fn serve_slow(root: &Path, delay: Duration) -> Http {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let port = server.server_addr().to_ip().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (s, h, root) = (server.clone(), hits.clone(), root.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            for req in s.incoming_requests() {
+                h.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(delay);
+                let path = root.join(req.url().trim_start_matches('/'));
+                let _ = match fs::File::open(&path) {
+                    Ok(f) => req.respond(tiny_http::Response::from_file(f)),
+                    Err(_) => req.respond(tiny_http::Response::from_string("not found").with_status_code(404)),
+                };
+            }
+        });
+        Http { base: format!("http://127.0.0.1:{port}"), hits, server, thread: Some(thread) }
+    }
+
+    pub fn url(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.base)
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn make_executable(p: &Path) {
+    fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+}
