@@ -84,6 +84,7 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
             }
         }
     }
+    journal.clear()?;
     if roots != cx.roots {
         state.save_roots(&roots)?;
     }

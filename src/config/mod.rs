@@ -145,6 +145,11 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         }
     }
 
+    // defaults that name paths are relative to the main file
+    for p in model.plugin.values_mut() {
+        p.dir.get_or_insert_with(|| main_dir.join("plugins").to_string_lossy().into_owned());
+    }
+
     let lock = match Lockfile::load(&lockfile::path_for(&path)) {
         Ok(l) => l,
         Err(e) => {
@@ -312,7 +317,9 @@ fn absolutize(m: &mut DesiredFile, base: &Path) {
         }
     }
     for p in m.plugin.values_mut() {
-        abs(&mut p.dir);
+        if let Some(d) = p.dir.as_mut() {
+            abs(d)
+        }
         source(&mut p.source);
     }
     for s in m.suite.values_mut() {

@@ -229,17 +229,20 @@ pub struct Ipxe {
 pub struct Plugin {
     /// Version; checked against the archive's `plugin.json` when it has one.
     pub version: String,
-    /// Directory that holds plugins (relative to this file). Default `plugins`.
-    #[serde(default = "default_plugin_dir")]
-    pub dir: String,
+    /// Directory that holds plugins (relative to this file). Default `plugins`
+    /// beside the main file.
+    pub dir: Option<String>,
     /// The archive or executable.
     pub source: Source,
     /// Name of the executable. Default: the plugin's name.
     pub bin: Option<String>,
 }
 
-fn default_plugin_dir() -> String {
-    "plugins".to_string()
+impl Plugin {
+    /// The plugin directory; absolute once the file is loaded.
+    pub fn dir(&self) -> &str {
+        self.dir.as_deref().unwrap_or("plugins")
+    }
 }
 
 /// An EC2-compatible cloud.

@@ -39,7 +39,7 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     let mut out: Vec<Box<dyn Resource>> = Vec::new();
     let mut declared: BTreeSet<(PathBuf, String)> = BTreeSet::new();
     for (name, p) in &cx.desired.model.plugin {
-        let root = PathBuf::from(&p.dir);
+        let root = PathBuf::from(p.dir());
         declared.insert((root.clone(), name.clone()));
         out.push(Box::new(PluginResource { address: format!("{KIND}.{name}"), name: name.clone(), root, desired: Some(p.clone()) }));
     }

@@ -113,6 +113,12 @@ impl Journal {
     pub fn done(&mut self, txn: Txn) -> Result<()> {
         self.step(&txn, "done")
     }
+
+    /// Empty the journal once every transaction in it is done.
+    pub fn clear(&mut self) -> Result<()> {
+        self.file.set_len(0).map_err(|e| Error::io(&self.path, e))?;
+        self.file.sync_all().map_err(|e| Error::io(&self.path, e))
+    }
 }
 
 /// Finish or undo every transaction the journal at `path` left open.

@@ -1,0 +1,226 @@
+//! Every class of malformed file: exit 1, a diagnostic with file:line:column and
+//! the message, and no writes at all (not even the state dir) from validate,
+//! plan or apply.
+
+mod common;
+
+use common::*;
+
+const GOOD_SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// (what, file, location, message fragment)
+fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    vec![
+        ("syntax", "version = 1\n[plugin.x\nversion = \"1\"\n".into(), "reconcile.toml:2:", "TOML syntax error"),
+        ("unknown top-level key", "version = 1\nplugins = 3\n".into(), "reconcile.toml:2:1", "unknown key `plugins`"),
+        ("unknown nested key", "version = 1\n[plugin.x]\nversion = \"1\"\nsource = { path = \"a\", sha = \"b\" }\n".into(), "reconcile.toml:4:24", "unknown field `sha`"),
+        ("wrong type", "version = 1\n[plugin.x]\nversion = 1\nsource = { path = \"a\" }\n".into(), "reconcile.toml:3:11", "invalid type"),
+        ("missing field", "version = 1\n[plugin.x]\nsource = { path = \"a\" }\n".into(), "reconcile.toml:2:", "missing field `version`"),
+        ("unsupported version", "version = 7\n".into(), "reconcile.toml:1:11", "unsupported version 7"),
+        ("undeclared volume", "version = 1\n[machine.m]\nvolume = \"fast\"\nrevision = 1\nsource = { dir = \"r\" }\n".into(), "reconcile.toml:3:10", "undeclared volume `fast`"),
+        ("undeclared machine", "version = 1\n[suite.s]\nmachines = [\"ghost\"]\n".into(), "reconcile.toml:3:13", "undeclared machine `ghost`"),
+        (
+            "undeclared toolchain",
+            "version = 1\n[volume.default]\npath = \"m\"\n[machine.m]\nrevision = 1\nsource = { dir = \"r\" }\n[suite.s]\nmachines = [\"m\"]\ntoolchain = \"gcc\"\n".into(),
+            "reconcile.toml:9:13",
+            "has no toolchain `gcc`",
+        ),
+        (
+            "toolchain named like a revision",
+            "version = 1\n[volume.default]\npath = \"m\"\n[machine.m]\nrevision = 1\nsource = { dir = \"r\" }\n[machine.m.toolchain.42]\nbootstrap = [\"true\"]\n".into(),
+            "reconcile.toml:7:22",
+            "named like a revision",
+        ),
+        (
+            "duplicate TFTP target",
+            "version = 1\n[image.a]\nroot = \"t\"\narch = \"amd64\"\nrelease = \"r\"\npurpose = \"p\"\nfiles.linux = { path = \"l\" }\n[image.b]\nroot = \"t\"\narch = \"amd64\"\nrelease = \"r\"\npurpose = \"p\"\nfiles.linux = { path = \"l\" }\n".into(),
+            "reconcile.toml:8:8",
+            "same TFTP directory",
+        ),
+        ("remote without sha256", "version = 1\n[plugin.x]\nversion = \"1\"\nsource = { url = \"https://h/x.tgz\" }\n".into(), "reconcile.toml:4:18", "needs a sha256"),
+        ("malformed sha256", "version = 1\n[plugin.x]\nversion = \"1\"\nsource = { path = \"a\", sha256 = \"abc\" }\n".into(), "reconcile.toml:4:33", "malformed sha256"),
+        (
+            "bad duration",
+            "version = 1\n[suite.s]\n[suite.s.test.t]\nrun = [\"true\"]\ntimeout = \"soon\"\n".into(),
+            "reconcile.toml:5:11",
+            "invalid duration `soon`",
+        ),
+        ("bad regex", "version = 1\n[check.c]\nregex = \"a(b\"\n".into(), "reconcile.toml:3:9", "invalid regex"),
+        ("bad matcher regex", "version = 1\n[suite.s.test.t]\nrun = [\"true\"]\nexpect = { stdout = [\"/a(/\"] }\n".into(), "reconcile.toml:4:22", "invalid matcher"),
+        ("name with slash", "version = 1\n[plugin.\"a/b\"]\nversion = \"1\"\nsource = { path = \"a\" }\n".into(), "reconcile.toml:2:9", "contains `/`"),
+        ("name with dot-dot", "version = 1\n[plugin.\"a..b\"]\nversion = \"1\"\nsource = { path = \"a\" }\n".into(), "reconcile.toml:2:9", "contains `..`"),
+        ("name starting with a dot", "version = 1\n[plugin.\".hidden\"]\nversion = \"1\"\nsource = { path = \"a\" }\n".into(), "reconcile.toml:2:9", "starts with `.`"),
+        ("expired skip", "version = 1\n[[skip]]\npattern = \"s.*\"\nreason = \"flaky\"\nuntil = 2020-01-31\n".into(), "reconcile.toml:5:9", "expired on 2020-01-31"),
+        ("source with two locations", format!("version = 1\n[plugin.x]\nversion = \"1\"\nsource = {{ path = \"a\", url = \"https://h/x\", sha256 = \"{GOOD_SHA}\" }}\n"), "reconcile.toml:4:10", "exactly one of"),
+        ("run names undeclared suite", "version = 1\n[run]\nsuites = [\"smoke\"]\n".into(), "reconcile.toml:3:11", "undeclared suite `smoke`"),
+    ]
+}
+
+#[test]
+fn every_class_of_malformed_file_is_located_and_writes_nothing() {
+    for (what, toml, location, message) in cases() {
+        let farm = Farm::new();
+        farm.desired(&toml);
+        let before = farm.snapshot(&[]);
+        for args in [&["validate"][..], &["plan"], &["apply"], &["status"]] {
+            let r = farm.run(args);
+            assert_eq!(r.code, Some(1), "{what} / {args:?}: exit\n{}", r.all());
+            assert!(r.stderr.contains(location), "{what} / {args:?}: no `{location}` in\n{}", r.stderr);
+            assert!(r.stderr.contains(message), "{what} / {args:?}: no `{message}` in\n{}", r.stderr);
+        }
+        assert_eq!(before, farm.snapshot(&[]), "{what}: something was written");
+        assert!(!farm.path(".reconcile").exists(), "{what}: state dir created");
+    }
+}
+
+#[test]
+fn all_problems_are_reported_in_one_run() {
+    let farm = Farm::new();
+    farm.desired(
+        r#"version = 1
+colour = "red"
+[plugin.x]
+version = "1"
+source = { path = "a", sha = "b" }
+[plugin.y]
+version = "1"
+source = { url = "https://h/y.tgz" }
+[plugin."a/b"]
+version = "1"
+source = { path = "a", sha256 = "abc" }
+[machine.m]
+volume = "fast"
+revision = 1
+source = { dir = "r" }
+[machine.m.toolchain.42]
+bootstrap = ["true"]
+timeout = "soon"
+[check.c]
+regex = "a(b"
+[suite.s]
+machines = ["ghost"]
+[[skip]]
+pattern = "s.*"
+reason = "flaky"
+until = 2020-01-31
+"#,
+    );
+    let r = farm.run(&["validate", "--json"]);
+    r.expect(1);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let lines: Vec<u64> = doc["diagnostics"].as_array().unwrap().iter().map(|d| d["line"].as_u64().unwrap()).collect();
+    // unknown key, unknown field, no sha256, bad name, bad sha256, undeclared volume,
+    // toolchain like a revision, bad duration, bad regex, undeclared machine, expired skip
+    assert_eq!(lines, vec![2, 5, 8, 9, 11, 13, 16, 18, 20, 22, 26], "{:#}", doc);
+}
+
+#[test]
+fn includes_are_merged_and_checked() {
+    let farm = Farm::new();
+    farm.write("tools.tar", tar_bytes(&[Entry::File("a", b"#!/bin/sh\n", 0o755), Entry::File("b", b"#!/bin/sh\n", 0o755)]));
+    farm.write("farm.d/a.toml", "[plugin.a]\nversion = \"1\"\nsource = { path = \"../tools.tar\" }\n");
+    farm.write("farm.d/b.toml", "[plugin.b]\nversion = \"1\"\nsource = { path = \"../tools.tar\" }\n");
+    farm.desired("version = 1\ninclude = [\"farm.d/*.toml\"]\n");
+    farm.run(&["validate"]).expect(0);
+    farm.run(&["apply"]).expect(0);
+    assert!(farm.path("plugins/a/a").exists() && farm.path("plugins/b/b").exists(), "relative to the main file's plugin dir");
+
+    // a duplicate across files is located in the file that repeats it
+    farm.write("farm.d/c.toml", "\n[plugin.a]\nversion = \"2\"\nsource = { path = \"../tools.tar\" }\n");
+    let r = farm.run(&["validate"]);
+    r.expect(1);
+    assert!(r.stderr.contains("farm.d/c.toml:2:9") && r.stderr.contains("declared more than once"), "{}", r.stderr);
+
+    // a semantic error inside an included file points into that file
+    farm.write("farm.d/c.toml", "[plugin.c]\nversion = \"1\"\nsource = { path = \"x\", sha256 = \"nope\" }\n");
+    let r = farm.run(&["validate"]);
+    r.expect(1);
+    assert!(r.stderr.contains("farm.d/c.toml:3:33") && r.stderr.contains("malformed sha256"), "{}", r.stderr);
+
+    farm.desired("version = 1\ninclude = [\"nowhere/*.toml\"]\n");
+    let r = farm.run(&["validate"]);
+    r.expect(1);
+    assert!(r.stderr.contains("matches no file"), "{}", r.stderr);
+}
+
+#[test]
+fn a_missing_file_says_how_to_name_one() {
+    let farm = Farm::new();
+    let r = farm.run(&["plan"]);
+    r.expect(1);
+    assert!(r.stderr.contains("cannot read the desired-state file") && r.stderr.contains("-f FILE"), "{}", r.stderr);
+    assert!(!farm.path(".reconcile").exists());
+}
+
+#[test]
+fn the_full_spec_example_validates() {
+    let farm = Farm::new();
+    farm.desired(&format!(
+        r#"version = 1
+[settings]
+state_dir = ".reconcile"
+[volume.default]
+path = "machines"
+backend = "auto"
+prune = "owned"
+[machine.linux-gcc]
+volume = "default"
+revision = 3
+kind = "rootfs"
+source = {{ path = "fixtures/rootfs-3.tar.gz", sha256 = "{GOOD_SHA}" }}
+arch = "x86_64"
+distro = "debian"
+version = "12.4"
+keep = 2
+clouds = ["ec2-dev"]
+[machine.linux-gcc.toolchain.build2]
+bootstrap = ["/bin/sh", "-c", "echo ok > /etc/toolchain"]
+timeout = "30m"
+[image.focal-amd64-install]
+root = "tftp"
+arch = "amd64"
+subarch = "generic"
+release = "focal"
+purpose = "install"
+files.linux = {{ url = "https://example.org/linux", sha256 = "{GOOD_SHA}" }}
+files."initrd.gz" = {{ path = "initrd.gz", sha256 = "{GOOD_SHA}" }}
+[plugin.kolet]
+version = "1.2.0"
+dir = "plugins"
+source = {{ url = "https://example.org/kolet_1.2.0_linux_amd64.tar.gz", sha256 = "{GOOD_SHA}" }}
+bin = "kolet"
+[cloud.ec2-dev]
+provider = "ec2"
+region = "us-east-1"
+endpoint = "http://127.0.0.1:5000"
+[check.selinux-denial]
+regex = 'avc:  denied'
+severity = "fail"
+scope = "console"
+[suite.smoke]
+machines = ["linux-gcc"]
+toolchain = "build2"
+executor = "namespace"
+parallel = 4
+[suite.smoke.test.uname]
+run = ["/bin/uname", "-a"]
+expect = {{ exit = 0, stdout = ["/Linux/", "!panic"] }}
+timeout = "60s"
+tags = ["fast"]
+architectures = ["x86_64"]
+distros = ["debian"]
+min_version = "12"
+skip_checks = {{ "kernel warning" = "known noisy driver, tracker #123" }}
+[[skip]]
+pattern = "smoke.flaky-*"
+reason = "fails on slow disks"
+tracker = "https://example.org/issues/7"
+until = 2099-12-31
+warn = true
+[run]
+suites = ["smoke"]
+"#
+    ));
+    let r = farm.run(&["validate"]);
+    r.expect(0);
+}
