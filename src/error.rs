@@ -22,28 +22,49 @@ pub enum Error {
     Invalid(Vec<Diagnostic>),
 
     #[error("cannot read the desired-state file {path}: {source}")]
-    ReadDesired { path: PathBuf, source: std::io::Error },
+    ReadDesired {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("another reconcile is applying to this state dir: {holder}")]
-    LockHeld { holder: String, waited: Option<std::time::Duration> },
+    LockHeld {
+        holder: String,
+        waited: Option<std::time::Duration>,
+    },
 
     #[error("checksum mismatch for {what}: got sha256 {actual}, declared {expected}")]
-    Checksum { what: String, expected: String, actual: String },
+    Checksum {
+        what: String,
+        expected: String,
+        actual: String,
+    },
 
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
 
     #[error("refusing archive {archive}: entry `{entry}` {reason}")]
-    HostileArchive { archive: String, entry: String, reason: String },
+    HostileArchive {
+        archive: String,
+        entry: String,
+        reason: String,
+    },
 
     #[error("cannot read archive {archive}: {reason}")]
     Archive { archive: String, reason: String },
 
     #[error("{address}: version mismatch: plugin.json says {found}, the file declares {declared}")]
-    VersionMismatch { address: String, found: String, declared: String },
+    VersionMismatch {
+        address: String,
+        found: String,
+        declared: String,
+    },
 
     #[error("{address}: {path} exists and was not made by reconcile (no receipt)")]
     Foreign { address: String, path: PathBuf },
@@ -66,7 +87,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     pub fn exit_code(&self) -> i32 {

@@ -41,7 +41,13 @@ impl Printer {
             ColorChoice::Auto => !no_color && std::io::stdout().is_terminal(),
         };
         let progress = !quiet && !json && std::io::stderr().is_terminal();
-        Printer { quiet, verbose, json, color, progress }
+        Printer {
+            quiet,
+            verbose,
+            json,
+            color,
+            progress,
+        }
     }
 
     pub fn progress(&self) -> bool {
@@ -93,6 +99,9 @@ impl Printer {
     }
 
     pub fn json_doc(&self, v: &impl serde::Serialize) {
-        println!("{}", serde_json::to_string_pretty(v).expect("json output serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).expect("json output serialises")
+        );
     }
 }

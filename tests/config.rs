@@ -65,11 +65,22 @@ fn every_class_of_malformed_file_is_located_and_writes_nothing() {
         for args in [&["validate"][..], &["plan"], &["apply"], &["status"]] {
             let r = farm.run(args);
             assert_eq!(r.code, Some(1), "{what} / {args:?}: exit\n{}", r.all());
-            assert!(r.stderr.contains(location), "{what} / {args:?}: no `{location}` in\n{}", r.stderr);
-            assert!(r.stderr.contains(message), "{what} / {args:?}: no `{message}` in\n{}", r.stderr);
+            assert!(
+                r.stderr.contains(location),
+                "{what} / {args:?}: no `{location}` in\n{}",
+                r.stderr
+            );
+            assert!(
+                r.stderr.contains(message),
+                "{what} / {args:?}: no `{message}` in\n{}",
+                r.stderr
+            );
         }
         assert_eq!(before, farm.snapshot(&[]), "{what}: something was written");
-        assert!(!farm.path(".reconcile").exists(), "{what}: state dir created");
+        assert!(
+            !farm.path(".reconcile").exists(),
+            "{what}: state dir created"
+        );
     }
 }
 
@@ -108,34 +119,73 @@ until = 2020-01-31
     let r = farm.run(&["validate", "--json"]);
     r.expect(1);
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let lines: Vec<u64> = doc["diagnostics"].as_array().unwrap().iter().map(|d| d["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> = doc["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["line"].as_u64().unwrap())
+        .collect();
     // unknown key, unknown field, no sha256, bad name, bad sha256, undeclared volume,
     // toolchain like a revision, bad duration, bad regex, undeclared machine, expired skip
-    assert_eq!(lines, vec![2, 5, 8, 9, 11, 13, 16, 18, 20, 22, 26], "{:#}", doc);
+    assert_eq!(
+        lines,
+        vec![2, 5, 8, 9, 11, 13, 16, 18, 20, 22, 26],
+        "{:#}",
+        doc
+    );
 }
 
 #[test]
 fn includes_are_merged_and_checked() {
     let farm = Farm::new();
-    farm.write("tools.tar", tar_bytes(&[Entry::File("a", b"#!/bin/sh\n", 0o755), Entry::File("b", b"#!/bin/sh\n", 0o755)]));
-    farm.write("farm.d/a.toml", "[plugin.a]\nversion = \"1\"\nsource = { path = \"../tools.tar\" }\n");
-    farm.write("farm.d/b.toml", "[plugin.b]\nversion = \"1\"\nsource = { path = \"../tools.tar\" }\n");
+    farm.write(
+        "tools.tar",
+        tar_bytes(&[
+            Entry::File("a", b"#!/bin/sh\n", 0o755),
+            Entry::File("b", b"#!/bin/sh\n", 0o755),
+        ]),
+    );
+    farm.write(
+        "farm.d/a.toml",
+        "[plugin.a]\nversion = \"1\"\nsource = { path = \"../tools.tar\" }\n",
+    );
+    farm.write(
+        "farm.d/b.toml",
+        "[plugin.b]\nversion = \"1\"\nsource = { path = \"../tools.tar\" }\n",
+    );
     farm.desired("version = 1\ninclude = [\"farm.d/*.toml\"]\n");
     farm.run(&["validate"]).expect(0);
     farm.run(&["apply"]).expect(0);
-    assert!(farm.path("plugins/a/a").exists() && farm.path("plugins/b/b").exists(), "relative to the main file's plugin dir");
+    assert!(
+        farm.path("plugins/a/a").exists() && farm.path("plugins/b/b").exists(),
+        "relative to the main file's plugin dir"
+    );
 
     // a duplicate across files is located in the file that repeats it
-    farm.write("farm.d/c.toml", "\n[plugin.a]\nversion = \"2\"\nsource = { path = \"../tools.tar\" }\n");
+    farm.write(
+        "farm.d/c.toml",
+        "\n[plugin.a]\nversion = \"2\"\nsource = { path = \"../tools.tar\" }\n",
+    );
     let r = farm.run(&["validate"]);
     r.expect(1);
-    assert!(r.stderr.contains("farm.d/c.toml:2:9") && r.stderr.contains("declared more than once"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("farm.d/c.toml:2:9") && r.stderr.contains("declared more than once"),
+        "{}",
+        r.stderr
+    );
 
     // a semantic error inside an included file points into that file
-    farm.write("farm.d/c.toml", "[plugin.c]\nversion = \"1\"\nsource = { path = \"x\", sha256 = \"nope\" }\n");
+    farm.write(
+        "farm.d/c.toml",
+        "[plugin.c]\nversion = \"1\"\nsource = { path = \"x\", sha256 = \"nope\" }\n",
+    );
     let r = farm.run(&["validate"]);
     r.expect(1);
-    assert!(r.stderr.contains("farm.d/c.toml:3:33") && r.stderr.contains("malformed sha256"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("farm.d/c.toml:3:33") && r.stderr.contains("malformed sha256"),
+        "{}",
+        r.stderr
+    );
 
     farm.desired("version = 1\ninclude = [\"nowhere/*.toml\"]\n");
     let r = farm.run(&["validate"]);
@@ -148,7 +198,11 @@ fn a_missing_file_says_how_to_name_one() {
     let farm = Farm::new();
     let r = farm.run(&["plan"]);
     r.expect(1);
-    assert!(r.stderr.contains("cannot read the desired-state file") && r.stderr.contains("-f FILE"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot read the desired-state file") && r.stderr.contains("-f FILE"),
+        "{}",
+        r.stderr
+    );
     assert!(!farm.path(".reconcile").exists());
 }
 

@@ -27,7 +27,10 @@ fn content(dir: &Path) -> Option<BTreeMap<PathBuf, String>> {
                 out.insert(r.clone(), "dir".into());
                 walk(root, &r, out);
             } else {
-                out.insert(r.clone(), format!("{:o} {}", m.permissions().mode(), sha_file(&root.join(&r))));
+                out.insert(
+                    r.clone(),
+                    format!("{:o} {}", m.permissions().mode(), sha_file(&root.join(&r))),
+                );
             }
         }
     }
@@ -51,24 +54,61 @@ fn reference(version: &str) -> BTreeMap<PathBuf, String> {
     content(&farm.path("plugins/kolet")).unwrap()
 }
 
-fn assert_recovers(farm: &Farm, target: &str, step: &str, old: &Option<BTreeMap<PathBuf, String>>, new: &Option<BTreeMap<PathBuf, String>>) {
+fn assert_recovers(
+    farm: &Farm,
+    target: &str,
+    step: &str,
+    old: &Option<BTreeMap<PathBuf, String>>,
+    new: &Option<BTreeMap<PathBuf, String>>,
+) {
     let killed = farm.run_env(&["apply"], &[("RECONCILE_FAULT", step)]);
-    assert_eq!(killed.signal, Some(9), "step {step} was never reached: {}", killed.all());
+    assert_eq!(
+        killed.signal,
+        Some(9),
+        "step {step} was never reached: {}",
+        killed.all()
+    );
     let now = content(&farm.path(target));
-    assert!(now == *old || now == *new, "step {step}: {target} is neither fully old nor fully new: {now:#?}");
+    assert!(
+        now == *old || now == *new,
+        "step {step}: {target} is neither fully old nor fully new: {now:#?}"
+    );
 
     let r = farm.run(&["apply"]);
     r.expect(0);
     if !step.ends_with("done") {
-        assert!(r.stderr.contains("recovered plugin."), "step {step}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("recovered plugin."),
+            "step {step}: {}",
+            r.stderr
+        );
     }
-    assert_eq!(content(&farm.path(target)), *new, "step {step}: not converged after recovery");
-    assert!(farm.leftovers("plugins").is_empty(), "step {step}: leftovers {:?}", farm.leftovers("plugins"));
-    assert_eq!(fs::read_to_string(farm.path(".reconcile/journal.jsonl")).unwrap_or_default(), "", "step {step}: journal not cleared");
+    assert_eq!(
+        content(&farm.path(target)),
+        *new,
+        "step {step}: not converged after recovery"
+    );
+    assert!(
+        farm.leftovers("plugins").is_empty(),
+        "step {step}: leftovers {:?}",
+        farm.leftovers("plugins")
+    );
+    assert_eq!(
+        fs::read_to_string(farm.path(".reconcile/journal.jsonl")).unwrap_or_default(),
+        "",
+        "step {step}: journal not cleared"
+    );
     farm.run(&["plan"]).expect(0);
 }
 
-const INSTALL_STEPS: &[&str] = &["begin", "stage", "stage-partial", "exchange", "cleanup", "done"];
+const INSTALL_STEPS: &[&str] = &[
+    "begin",
+    "stage",
+    "stage-partial",
+    "exchange",
+    "cleanup",
+    "done",
+];
 
 #[test]
 fn kill_at_every_step_of_a_fresh_install() {
@@ -90,7 +130,13 @@ fn kill_at_every_step_of_an_upgrade() {
         assert_eq!(content(&farm.path("plugins/kolet")), old);
         farm.desired(&format!("version = 1\n{}", decl(&farm, "2.0.0")));
         // the address-qualified form of the hook
-        assert_recovers(&farm, "plugins/kolet", &format!("plugin.kolet:{step}"), &old, &new);
+        assert_recovers(
+            &farm,
+            "plugins/kolet",
+            &format!("plugin.kolet:{step}"),
+            &old,
+            &new,
+        );
     }
 }
 
@@ -111,7 +157,14 @@ fn a_torn_journal_line_is_ignored() {
     let farm = Farm::new();
     farm.desired(&format!("version = 1\n{}", decl(&farm, "1.0.0")));
     farm.run(&["apply"]).expect(0);
-    fs::write(farm.path(".reconcile/journal.jsonl"), "{\"txn\":\"x\",\"address\":\"plugin.kolet\",\"st").unwrap();
+    fs::write(
+        farm.path(".reconcile/journal.jsonl"),
+        "{\"txn\":\"x\",\"address\":\"plugin.kolet\",\"st",
+    )
+    .unwrap();
     farm.run(&["apply"]).expect(0);
-    assert_eq!(content(&farm.path("plugins/kolet")), Some(reference("1.0.0")));
+    assert_eq!(
+        content(&farm.path("plugins/kolet")),
+        Some(reference("1.0.0"))
+    );
 }

@@ -18,8 +18,16 @@ struct Setup {
 
 fn setup() -> Setup {
     let farm = Farm::new();
-    let v1 = sha(&fs::read(farm.write("www/kolet_1.0.0_linux_amd64.tar.gz", plugin_tgz("kolet", "1.0.0", Some("1.0.0")))).unwrap());
-    let v2 = sha(&fs::read(farm.write("www/kolet_2.0.0_linux_amd64.tar.gz", plugin_tgz("kolet", "2.0.0", None))).unwrap());
+    let v1 = sha(&fs::read(farm.write(
+        "www/kolet_1.0.0_linux_amd64.tar.gz",
+        plugin_tgz("kolet", "1.0.0", Some("1.0.0")),
+    ))
+    .unwrap());
+    let v2 = sha(&fs::read(farm.write(
+        "www/kolet_2.0.0_linux_amd64.tar.gz",
+        plugin_tgz("kolet", "2.0.0", None),
+    ))
+    .unwrap());
     let http = Http::serve(&farm.path("www"));
     Setup { farm, http, v1, v2 }
 }
@@ -51,17 +59,33 @@ fn install_is_idempotent_and_plan_is_clean_after_apply() {
     let meta = fs::metadata(s.farm.path("plugins/kolet/kolet")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o755, "executable");
     // GoReleaser name normalised, archive's plugin.json kept, receipt written
-    assert!(!s.farm.path("plugins/kolet/kolet_1.0.0_linux_amd64").exists());
-    assert!(fs::read_to_string(s.farm.path("plugins/kolet/plugin.json")).unwrap().contains("1.0.0"));
-    assert!(s.farm.path("plugins/kolet/.reconcile-receipt.json").exists());
+    assert!(!s
+        .farm
+        .path("plugins/kolet/kolet_1.0.0_linux_amd64")
+        .exists());
+    assert!(fs::read_to_string(s.farm.path("plugins/kolet/plugin.json"))
+        .unwrap()
+        .contains("1.0.0"));
+    assert!(s
+        .farm
+        .path("plugins/kolet/.reconcile-receipt.json")
+        .exists());
 
     let before = s.farm.snapshot(&[".reconcile"]);
     let hits = s.http.hits.load(std::sync::atomic::Ordering::SeqCst);
     let again = s.farm.run(&["apply"]);
     again.expect(0);
     assert!(again.stdout.contains("No changes"), "{}", again.stdout);
-    assert_eq!(before, s.farm.snapshot(&[".reconcile"]), "a second apply must write nothing");
-    assert_eq!(hits, s.http.hits.load(std::sync::atomic::Ordering::SeqCst), "no download for a no-op");
+    assert_eq!(
+        before,
+        s.farm.snapshot(&[".reconcile"]),
+        "a second apply must write nothing"
+    );
+    assert_eq!(
+        hits,
+        s.http.hits.load(std::sync::atomic::Ordering::SeqCst),
+        "no download for a no-op"
+    );
     s.farm.run(&["plan"]).expect(0);
 }
 
@@ -73,14 +97,28 @@ fn upgrade_replaces_the_stale_binary() {
     s.declare("2.0.0", &s.v2);
     let plan = s.farm.run(&["plan"]);
     plan.expect(2);
-    assert!(plan.stdout.contains("~ plugin.kolet") && plan.stdout.contains("version 1.0.0 → 2.0.0"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("~ plugin.kolet") && plan.stdout.contains("version 1.0.0 → 2.0.0"),
+        "{}",
+        plan.stdout
+    );
     s.farm.run(&["apply"]).expect(0);
     assert_eq!(s.bin(), "#!/bin/sh\necho kolet 2.0.0\n");
     // the 2.0.0 archive has no plugin.json: written from the declaration
-    let manifest: serde_json::Value = serde_json::from_str(&fs::read_to_string(s.farm.path("plugins/kolet/plugin.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(s.farm.path("plugins/kolet/plugin.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(manifest["version"], "2.0.0");
-    assert!(!s.farm.path("plugins/kolet/README.md").exists() || s.farm.path("plugins/kolet/README.md").is_file());
-    assert!(s.farm.leftovers("plugins").is_empty(), "{:?}", s.farm.leftovers("plugins"));
+    assert!(
+        !s.farm.path("plugins/kolet/README.md").exists()
+            || s.farm.path("plugins/kolet/README.md").is_file()
+    );
+    assert!(
+        s.farm.leftovers("plugins").is_empty(),
+        "{:?}",
+        s.farm.leftovers("plugins")
+    );
     s.farm.run(&["plan"]).expect(0);
 }
 
@@ -95,13 +133,25 @@ fn checksum_mismatch_keeps_the_old_version() {
     let r = s.farm.run(&["apply"]);
     r.expect(1);
     assert!(r.stderr.contains("checksum mismatch"), "{}", r.stderr);
-    assert!(r.stderr.contains(&format!("declared {wrong}")), "{}", r.stderr);
-    assert!(r.stderr.contains(&s.v2), "names the actual digest: {}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("declared {wrong}")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&s.v2),
+        "names the actual digest: {}",
+        r.stderr
+    );
     assert!(r.stderr.contains("old version stays"), "{}", r.stderr);
     assert_eq!(before, s.farm.snapshot(&[".reconcile", "reconcile.toml"]));
     assert!(s.farm.leftovers("plugins").is_empty());
     // nothing bad stays in the download cache either
-    let cache = fs::read_dir(s.farm.path(".reconcile/cache")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("download-")).count();
+    let cache = fs::read_dir(s.farm.path(".reconcile/cache"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("download-"))
+        .count();
     assert_eq!(cache, 0);
 }
 
@@ -110,14 +160,26 @@ fn version_mismatch_keeps_the_old_version() {
     let s = setup();
     s.declare("1.0.0", &s.v1);
     s.farm.run(&["apply"]).expect(0);
-    let liar = s.farm.write("www/kolet_3.0.0_linux_amd64.tar.gz", plugin_tgz("kolet", "3.0.0", Some("2.9.9")));
+    let liar = s.farm.write(
+        "www/kolet_3.0.0_linux_amd64.tar.gz",
+        plugin_tgz("kolet", "3.0.0", Some("2.9.9")),
+    );
     s.declare("3.0.0", &sha_file(&liar));
     let before = s.farm.snapshot(&[".reconcile", "reconcile.toml"]);
     let r = s.farm.run(&["apply"]);
     r.expect(1);
-    assert!(r.stderr.contains("version mismatch: plugin.json says 2.9.9, the file declares 3.0.0"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("version mismatch: plugin.json says 2.9.9, the file declares 3.0.0"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(before, s.farm.snapshot(&[".reconcile", "reconcile.toml"]));
-    assert!(s.farm.leftovers("plugins").is_empty(), "{:?}", s.farm.leftovers("plugins"));
+    assert!(
+        s.farm.leftovers("plugins").is_empty(),
+        "{:?}",
+        s.farm.leftovers("plugins")
+    );
     assert_eq!(s.bin(), "#!/bin/sh\necho kolet 1.0.0\n");
 }
 
@@ -133,7 +195,11 @@ fn failed_download_keeps_the_old_version() {
     ));
     let r = s.farm.run(&["apply"]);
     r.expect(1);
-    assert!(r.stderr.contains("download of") && r.stderr.contains("404"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("download of") && r.stderr.contains("404"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(s.bin(), "#!/bin/sh\necho kolet 1.0.0\n");
     assert!(s.farm.leftovers("plugins").is_empty());
 }
@@ -147,21 +213,34 @@ fn drift_is_shown_and_repaired() {
     fs::write(&bin, "#!/bin/sh\necho evil\n").unwrap();
     let plan = s.farm.run(&["plan"]);
     plan.expect(2);
-    assert!(plan.stdout.contains("file kolet modified"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("file kolet modified"),
+        "{}",
+        plan.stdout
+    );
     s.farm.run(&["apply"]).expect(0);
     assert_eq!(s.bin(), "#!/bin/sh\necho kolet 1.0.0\n");
 
     fs::remove_file(&bin).unwrap();
     let plan = s.farm.run(&["plan"]);
     plan.expect(2);
-    assert!(plan.stdout.contains("file kolet missing"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("file kolet missing"),
+        "{}",
+        plan.stdout
+    );
     s.farm.run(&["apply"]).expect(0);
     s.farm.run(&["plan"]).expect(0);
 
     s.farm.write("plugins/kolet/dropped-in", "x");
     let plan = s.farm.run(&["plan"]);
     plan.expect(2);
-    assert!(plan.stdout.contains("dropped-in is not part of the installed tree"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("dropped-in is not part of the installed tree"),
+        "{}",
+        plan.stdout
+    );
 }
 
 #[test]
@@ -182,14 +261,21 @@ fn tampering_that_keeps_size_and_mtime_is_caught() {
     for args in [&["plan"][..], &["plan", "--verify"][..]] {
         let plan = s.farm.run(args);
         plan.expect(2);
-        assert!(plan.stdout.contains("file kolet modified (sha256"), "{args:?}: {}", plan.stdout);
+        assert!(
+            plan.stdout.contains("file kolet modified (sha256"),
+            "{args:?}: {}",
+            plan.stdout
+        );
     }
 }
 
 #[test]
 fn prune_removes_owned_plugins_and_never_touches_foreign_ones() {
     let s = setup();
-    s.farm.write("www/old_1.0.0_linux_amd64.tar.gz", plugin_tgz("old", "1.0.0", None));
+    s.farm.write(
+        "www/old_1.0.0_linux_amd64.tar.gz",
+        plugin_tgz("old", "1.0.0", None),
+    );
     s.farm.desired(&format!(
         "version = 1\n[plugin.kolet]\nversion = \"1.0.0\"\nsource = {{ url = \"{}\", sha256 = \"{}\" }}\n\
          [plugin.old]\nversion = \"1.0.0\"\nsource = {{ url = \"{}\", sha256 = \"{}\" }}\n",
@@ -202,12 +288,23 @@ fn prune_removes_owned_plugins_and_never_touches_foreign_ones() {
     s.declare("1.0.0", &s.v1);
     let plan = s.farm.run(&["plan"]);
     plan.expect(2);
-    assert!(plan.stdout.contains("- plugin.old") && plan.stdout.contains("not declared any more (owned)"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("- plugin.old")
+            && plan.stdout.contains("not declared any more (owned)"),
+        "{}",
+        plan.stdout
+    );
     assert!(!plan.stdout.contains("handmade"), "{}", plan.stdout);
     s.farm.run(&["apply"]).expect(0);
     assert!(!s.farm.path("plugins/old").exists());
-    assert_eq!(fs::read_to_string(s.farm.path("plugins/handmade/tool")).unwrap(), "mine");
-    assert_eq!(fs::read_to_string(s.farm.path("plugins/stray-file")).unwrap(), "mine too");
+    assert_eq!(
+        fs::read_to_string(s.farm.path("plugins/handmade/tool")).unwrap(),
+        "mine"
+    );
+    assert_eq!(
+        fs::read_to_string(s.farm.path("plugins/stray-file")).unwrap(),
+        "mine too"
+    );
     s.farm.run(&["plan"]).expect(0);
 
     // a plugin whose whole directory is no longer declared is still found through the roots record
@@ -227,24 +324,47 @@ fn a_foreign_directory_in_the_way_is_an_error_and_untouched() {
     s.declare("1.0.0", &s.v1);
     let r = s.farm.run(&["apply"]);
     r.expect(1);
-    assert!(r.stderr.contains("was not made by reconcile"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("was not made by reconcile"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("move it away"), "{}", r.stderr);
-    assert_eq!(fs::read_to_string(s.farm.path("plugins/kolet/kolet")).unwrap(), "hand-installed");
+    assert_eq!(
+        fs::read_to_string(s.farm.path("plugins/kolet/kolet")).unwrap(),
+        "hand-installed"
+    );
 }
 
 #[test]
 fn every_archive_format_and_a_raw_binary_install() {
     let farm = Farm::new();
     let script: &[u8] = b"#!/bin/sh\necho t\n";
-    let tar = tar_bytes(&[Entry::Dir("t_1.0_linux_amd64/"), Entry::File("t_1.0_linux_amd64/t", script, 0o755), Entry::Symlink("t_1.0_linux_amd64/t-link", "t")]);
+    let tar = tar_bytes(&[
+        Entry::Dir("t_1.0_linux_amd64/"),
+        Entry::File("t_1.0_linux_amd64/t", script, 0o755),
+        Entry::Symlink("t_1.0_linux_amd64/t-link", "t"),
+    ]);
     farm.write("www/a.tar", &tar);
     farm.write("www/a.tar.xz", xz(&tar));
     farm.write("www/a.tar.zst", zst(&tar));
-    farm.write("www/a.zip", zip_bytes(&[Entry::File("t", script, 0o755), Entry::File("docs/x.txt", b"x", 0o644)]));
+    farm.write(
+        "www/a.zip",
+        zip_bytes(&[
+            Entry::File("t", script, 0o755),
+            Entry::File("docs/x.txt", b"x", 0o644),
+        ]),
+    );
     farm.write("www/t_1.0_linux_amd64", script);
     let http = Http::serve(&farm.path("www"));
     let mut toml = String::from("version = 1\n");
-    for (name, file) in [("ptar", "a.tar"), ("pxz", "a.tar.xz"), ("pzst", "a.tar.zst"), ("pzip", "a.zip"), ("praw", "t_1.0_linux_amd64")] {
+    for (name, file) in [
+        ("ptar", "a.tar"),
+        ("pxz", "a.tar.xz"),
+        ("pzst", "a.tar.zst"),
+        ("pzip", "a.zip"),
+        ("praw", "t_1.0_linux_amd64"),
+    ] {
         toml.push_str(&format!(
             "[plugin.{name}]\nversion = \"1.0\"\nbin = \"t\"\nsource = {{ url = \"{}\", sha256 = \"{}\" }}\n",
             http.url(file),
@@ -252,7 +372,9 @@ fn every_archive_format_and_a_raw_binary_install() {
         ));
     }
     // a local path and a file:// URL too
-    toml.push_str(&format!("[plugin.plocal]\nversion = \"1.0\"\nbin = \"t\"\nsource = {{ path = \"www/a.tar\" }}\n"));
+    toml.push_str(
+        "[plugin.plocal]\nversion = \"1.0\"\nbin = \"t\"\nsource = { path = \"www/a.tar\" }\n",
+    );
     toml.push_str(&format!(
         "[plugin.pfile]\nversion = \"1.0\"\nbin = \"t\"\nsource = {{ url = \"file://{}\", sha256 = \"{}\" }}\n",
         farm.path("www/a.tar.xz").display(),
@@ -261,21 +383,39 @@ fn every_archive_format_and_a_raw_binary_install() {
     farm.desired(&toml);
     farm.run(&["apply"]).expect(0);
     for name in ["ptar", "pxz", "pzst", "pzip", "praw", "plocal", "pfile"] {
-        assert_eq!(fs::read(farm.path(&format!("plugins/{name}/t"))).unwrap(), script, "{name}");
+        assert_eq!(
+            fs::read(farm.path(&format!("plugins/{name}/t"))).unwrap(),
+            script,
+            "{name}"
+        );
     }
-    assert_eq!(fs::read_link(farm.path("plugins/ptar/t-link")).unwrap(), std::path::Path::new("t"));
-    assert_eq!(fs::read_to_string(farm.path("plugins/pzip/docs/x.txt")).unwrap(), "x");
+    assert_eq!(
+        fs::read_link(farm.path("plugins/ptar/t-link")).unwrap(),
+        std::path::Path::new("t")
+    );
+    assert_eq!(
+        fs::read_to_string(farm.path("plugins/pzip/docs/x.txt")).unwrap(),
+        "x"
+    );
     farm.run(&["plan"]).expect(0);
 }
 
 #[test]
 fn setuid_and_setgid_bits_are_stripped() {
     let farm = Farm::new();
-    farm.write("a.tar", tar_bytes(&[Entry::File("t", b"#!/bin/sh\n", 0o6755), Entry::File("helper", b"x", 0o4711)]));
+    farm.write(
+        "a.tar",
+        tar_bytes(&[
+            Entry::File("t", b"#!/bin/sh\n", 0o6755),
+            Entry::File("helper", b"x", 0o4711),
+        ]),
+    );
     farm.desired("version = 1\n[plugin.t]\nversion = \"1\"\nsource = { path = \"a.tar\" }\n");
     farm.run(&["apply"]).expect(0);
     for f in ["t", "helper"] {
-        let mode = fs::metadata(farm.path(&format!("plugins/t/{f}"))).unwrap().mode();
+        let mode = fs::metadata(farm.path(&format!("plugins/t/{f}")))
+            .unwrap()
+            .mode();
         assert_eq!(mode & 0o7000, 0, "{f}: {mode:o}");
     }
 }
@@ -290,19 +430,35 @@ fn a_second_concurrent_apply_exits_3_naming_the_holder() {
         http.url("k.tar.gz"),
         sha_file(&farm.path("www/k.tar.gz"))
     ));
-    let mut first = farm.cmd(&["apply"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut first = farm
+        .cmd(&["apply"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     // wait until the first apply holds the lock (its holder record is written)
     let lock = farm.path(".reconcile/lock");
     for _ in 0..200 {
-        if fs::read_to_string(&lock).map(|t| t.contains("pid")).unwrap_or(false) {
+        if fs::read_to_string(&lock)
+            .map(|t| t.contains("pid"))
+            .unwrap_or(false)
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = farm.run(&["apply"]);
     second.expect(3);
-    assert!(second.stderr.contains(&format!("pid {}", first.id())), "{}", second.stderr);
-    assert!(second.stderr.contains("--lock-timeout"), "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!("pid {}", first.id())),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("--lock-timeout"),
+        "{}",
+        second.stderr
+    );
     // waiting long enough succeeds
     let third = farm.run(&["apply", "--lock-timeout", "30s"]);
     third.expect(0);
@@ -320,9 +476,17 @@ fn the_lock_times_out_with_exit_3() {
         http.url("k.tar.gz"),
         sha_file(&farm.path("www/k.tar.gz"))
     ));
-    let mut first = farm.cmd(&["apply"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut first = farm
+        .cmd(&["apply"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     for _ in 0..200 {
-        if fs::read_to_string(farm.path(".reconcile/lock")).map(|t| t.contains("pid")).unwrap_or(false) {
+        if fs::read_to_string(farm.path(".reconcile/lock"))
+            .map(|t| t.contains("pid"))
+            .unwrap_or(false)
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -336,7 +500,10 @@ fn the_lock_times_out_with_exit_3() {
 #[test]
 fn plan_writes_nothing_outside_the_state_dir() {
     let s = setup();
-    s.farm.write("www/old_1.0.0_linux_amd64.tar.gz", plugin_tgz("old", "1.0.0", None));
+    s.farm.write(
+        "www/old_1.0.0_linux_amd64.tar.gz",
+        plugin_tgz("old", "1.0.0", None),
+    );
     s.farm.desired(&format!(
         "version = 1\n[plugin.kolet]\nversion = \"1.0.0\"\nsource = {{ url = \"{}\", sha256 = \"{}\" }}\n\
          [plugin.old]\nversion = \"1.0.0\"\nsource = {{ url = \"{}\", sha256 = \"{}\" }}\n",
@@ -353,12 +520,26 @@ fn plan_writes_nothing_outside_the_state_dir() {
     ));
     let before = s.farm.snapshot(&[".reconcile"]);
     let hits = s.http.hits.load(std::sync::atomic::Ordering::SeqCst);
-    for args in [&["plan"][..], &["plan", "--verify"], &["plan", "--json"], &["status"], &["plan", "--out", ".reconcile/p.json"]] {
+    for args in [
+        &["plan"][..],
+        &["plan", "--verify"],
+        &["plan", "--json"],
+        &["status"],
+        &["plan", "--out", ".reconcile/p.json"],
+    ] {
         let r = s.farm.run(args);
         assert!(matches!(r.code, Some(0) | Some(2)), "{args:?}: {}", r.all());
     }
-    assert_eq!(before, s.farm.snapshot(&[".reconcile"]), "plan wrote outside the state dir");
-    assert_eq!(hits, s.http.hits.load(std::sync::atomic::Ordering::SeqCst), "plan downloaded something");
+    assert_eq!(
+        before,
+        s.farm.snapshot(&[".reconcile"]),
+        "plan wrote outside the state dir"
+    );
+    assert_eq!(
+        hits,
+        s.http.hits.load(std::sync::atomic::Ordering::SeqCst),
+        "plan downloaded something"
+    );
 }
 
 #[test]
@@ -366,7 +547,8 @@ fn saved_plans_apply_or_refuse_when_stale() {
     let s = setup();
     s.declare("1.0.0", &s.v1);
     s.farm.run(&["plan", "--out", "p1.json"]).expect(2);
-    let doc: serde_json::Value = serde_json::from_str(&fs::read_to_string(s.farm.path("p1.json")).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(s.farm.path("p1.json")).unwrap()).unwrap();
     assert_eq!(doc["format_version"], 1);
     assert_eq!(doc["desired"]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(doc["resources"][0]["address"], "plugin.kolet");
@@ -377,15 +559,27 @@ fn saved_plans_apply_or_refuse_when_stale() {
     // the world moved on: the same saved plan is refused, naming the resource
     let r = s.farm.run(&["apply", "p1.json"]);
     r.expect(1);
-    assert!(r.stderr.contains("stale") && r.stderr.contains("plugin.kolet changed on disk"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stale") && r.stderr.contains("plugin.kolet changed on disk"),
+        "{}",
+        r.stderr
+    );
 
     // the file changed
     s.farm.run(&["plan", "--out", "p2.json"]).expect(0);
     s.declare("2.0.0", &s.v2);
     let r = s.farm.run(&["apply", "p2.json"]);
     r.expect(1);
-    assert!(r.stderr.contains("desired-state file changed"), "{}", r.stderr);
-    assert_eq!(s.bin(), "#!/bin/sh\necho kolet 1.0.0\n", "a refused plan applies nothing");
+    assert!(
+        r.stderr.contains("desired-state file changed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        s.bin(),
+        "#!/bin/sh\necho kolet 1.0.0\n",
+        "a refused plan applies nothing"
+    );
 
     fs::write(s.farm.path("garbage.json"), "{}").unwrap();
     let r = s.farm.run(&["apply", "garbage.json"]);
@@ -397,10 +591,16 @@ fn saved_plans_apply_or_refuse_when_stale() {
 fn lock_pins_remote_sources_and_locked_refuses_unpinned() {
     let s = setup();
     let url = s.http.url("kolet_1.0.0_linux_amd64.tar.gz");
-    s.farm.desired(&format!("version = 1\n[plugin.kolet]\nversion = \"1.0.0\"\nsource = {{ url = \"{url}\" }}\n"));
+    s.farm.desired(&format!(
+        "version = 1\n[plugin.kolet]\nversion = \"1.0.0\"\nsource = {{ url = \"{url}\" }}\n"
+    ));
     let v = s.farm.run(&["validate"]);
     v.expect(1);
-    assert!(v.stderr.contains("a remote source needs a sha256") && v.stderr.contains("reconcile lock"), "{}", v.stderr);
+    assert!(
+        v.stderr.contains("a remote source needs a sha256") && v.stderr.contains("reconcile lock"),
+        "{}",
+        v.stderr
+    );
     s.farm.run(&["lock"]).expect(0);
     let lock = fs::read_to_string(s.farm.path("reconcile.lock")).unwrap();
     assert!(lock.contains(&s.v1) && lock.contains(&url), "{lock}");
@@ -412,7 +612,11 @@ fn lock_pins_remote_sources_and_locked_refuses_unpinned() {
     s.declare("2.0.0", &s.v2);
     let r = s.farm.run(&["plan", "--locked"]);
     r.expect(1);
-    assert!(r.stderr.contains("not pinned in reconcile.lock"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not pinned in reconcile.lock"),
+        "{}",
+        r.stderr
+    );
     s.farm.run(&["plan"]).expect(2);
 }
 
@@ -422,8 +626,15 @@ fn status_reports_installed_plugins() {
     s.declare("1.0.0", &s.v1);
     let r = s.farm.run(&["status"]);
     r.expect(0);
-    assert!(r.stdout.contains("not installed") && r.stdout.contains("Last apply: never"), "{}", r.stdout);
-    assert!(!s.farm.path(".reconcile").exists(), "status creates nothing");
+    assert!(
+        r.stdout.contains("not installed") && r.stdout.contains("Last apply: never"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !s.farm.path(".reconcile").exists(),
+        "status creates nothing"
+    );
     s.farm.run(&["apply"]).expect(0);
     let r = s.farm.run(&["status", "--json"]);
     r.expect(0);

@@ -29,9 +29,18 @@ pub struct Options {
 pub enum Event<'a> {
     Recovered(&'a Recovered),
     Planned(&'a Plan),
-    Applying { address: &'a str, changes: &'a [Change] },
-    Applied { address: &'a str, took: Duration },
-    Failed { address: &'a str, error: &'a Error },
+    Applying {
+        address: &'a str,
+        changes: &'a [Change],
+    },
+    Applied {
+        address: &'a str,
+        took: Duration,
+    },
+    Failed {
+        address: &'a str,
+        error: &'a Error,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -52,7 +61,13 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
     let cx = Context {
         desired,
         state: &state,
-        fetcher: Fetcher { cache_dir: state.cache_dir(), index: &index, lock: &desired.lock, progress: opts.progress, verify: opts.verify },
+        fetcher: Fetcher {
+            cache_dir: state.cache_dir(),
+            index: &index,
+            lock: &desired.lock,
+            progress: opts.progress,
+            verify: opts.verify,
+        },
         roots: state.roots(),
         verify: opts.verify,
     };
@@ -70,16 +85,29 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
     let mut outcome = Outcome::default();
     for p in planned.iter().filter(|p| !p.changes.is_empty()) {
         let address = p.resource.address();
-        on(Event::Applying { address, changes: &p.changes });
+        on(Event::Applying {
+            address,
+            changes: &p.changes,
+        });
         let t = Instant::now();
-        let mut acx = ApplyContext { cx: &cx, journal: &mut journal, roots: &mut roots };
+        let mut acx = ApplyContext {
+            cx: &cx,
+            journal: &mut journal,
+            roots: &mut roots,
+        };
         match p.resource.apply(&p.observed, &mut acx) {
             Ok(()) => {
                 outcome.changes += p.changes.len();
-                on(Event::Applied { address, took: t.elapsed() });
+                on(Event::Applied {
+                    address,
+                    took: t.elapsed(),
+                });
             }
             Err(error) => {
-                on(Event::Failed { address, error: &error });
+                on(Event::Failed {
+                    address,
+                    error: &error,
+                });
                 outcome.failed.push(address.to_string());
             }
         }
@@ -88,14 +116,20 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
     if roots != cx.roots {
         state.save_roots(&roots)?;
     }
-    index.save().map_err(|e| Error::io(state.stat_index_path(), e))?;
+    index
+        .save()
+        .map_err(|e| Error::io(state.stat_index_path(), e))?;
     state.save_last_apply(&LastApply {
         finished: now_rfc3339(),
         desired_file: desired.path.clone(),
         desired_sha256: desired.digest.clone(),
         changes: outcome.changes,
         duration_ms: started.elapsed().as_millis(),
-        result: if outcome.failed.is_empty() { "converged".into() } else { format!("{} resource(s) failed", outcome.failed.len()) },
+        result: if outcome.failed.is_empty() {
+            "converged".into()
+        } else {
+            format!("{} resource(s) failed", outcome.failed.len())
+        },
     })?;
     Ok(outcome)
 }
@@ -107,7 +141,13 @@ pub fn dry_run(desired: &Desired, verify: bool, targets: &[glob::Pattern]) -> Re
     let cx = Context {
         desired,
         state: &state,
-        fetcher: Fetcher { cache_dir: state.cache_dir(), index: &index, lock: &desired.lock, progress: false, verify },
+        fetcher: Fetcher {
+            cache_dir: state.cache_dir(),
+            index: &index,
+            lock: &desired.lock,
+            progress: false,
+            verify,
+        },
         roots: state.roots(),
         verify,
     };
@@ -125,7 +165,13 @@ pub fn observe_all(desired: &Desired) -> Result<Vec<serde_json::Value>> {
     let cx = Context {
         desired,
         state: &state,
-        fetcher: Fetcher { cache_dir: state.cache_dir(), index: &index, lock: &desired.lock, progress: false, verify: false },
+        fetcher: Fetcher {
+            cache_dir: state.cache_dir(),
+            index: &index,
+            lock: &desired.lock,
+            progress: false,
+            verify: false,
+        },
         roots: state.roots(),
         verify: false,
     };

@@ -9,7 +9,10 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
     if a.locked {
         let problems = desired.unlocked_sources();
         if !problems.is_empty() {
-            return Err(Error::Locked(format!("--locked: {}; run `reconcile lock`", problems.join("; "))));
+            return Err(Error::Locked(format!(
+                "--locked: {}; run `reconcile lock`",
+                problems.join("; ")
+            )));
         }
     }
     let opts = apply::Options {
@@ -23,7 +26,10 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
     let mut events = Vec::new();
     let outcome = apply::converge(&desired, &opts, &mut |e| match e {
         Event::Recovered(r) => {
-            p.info(&format!("recovered {}: interrupted at step `{}`, {}", r.address, r.last_step, r.outcome));
+            p.info(&format!(
+                "recovered {}: interrupted at step `{}`, {}",
+                r.address, r.last_step, r.outcome
+            ));
             events.push(serde_json::json!({ "event": "recovered", "address": r.address, "outcome": r.outcome, "step": r.last_step }));
         }
         Event::Planned(plan) => {
@@ -33,16 +39,28 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         }
         Event::Applying { address, changes } => {
             for c in changes {
-                p.detail(&format!("{} {address}: {}", render::action(p, c.action), c.reason));
+                p.detail(&format!(
+                    "{} {address}: {}",
+                    render::action(p, c.action),
+                    c.reason
+                ));
             }
         }
         Event::Applied { address, took } => {
-            p.info(&format!("{} {address} ({} ms)", p.paint(Style::Create, "done"), took.as_millis()));
+            p.info(&format!(
+                "{} {address} ({} ms)",
+                p.paint(Style::Create, "done"),
+                took.as_millis()
+            ));
             events.push(serde_json::json!({ "event": "applied", "address": address, "ms": took.as_millis() }));
         }
         Event::Failed { address, error } => {
             let msg = error.to_string();
-            let msg = if msg.starts_with(address) { msg } else { format!("{address}: {msg}") };
+            let msg = if msg.starts_with(address) {
+                msg
+            } else {
+                format!("{address}: {msg}")
+            };
             eprintln!("{} {msg}", p.paint(Style::Error, "failed:"));
             if let Some(h) = error.help() {
                 eprintln!("  {} {h}", p.paint(Style::Dim, "help:"));
@@ -50,11 +68,19 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
             events.push(serde_json::json!({ "event": "failed", "address": address, "error": error.to_string() }));
         }
     })?;
-    let has_tests = desired.model.run.as_ref().is_some_and(|r| !r.suites.is_empty() || !r.tests.is_empty());
+    let has_tests = desired
+        .model
+        .run
+        .as_ref()
+        .is_some_and(|r| !r.suites.is_empty() || !r.tests.is_empty());
     if has_tests && !a.no_test {
         p.warn("[run] names tests, but this version of reconcile does not run tests yet; nothing was tested");
     }
-    let code = if outcome.failed.is_empty() { exit::OK } else { exit::ERROR };
+    let code = if outcome.failed.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    };
     if p.json {
         p.json_doc(&serde_json::json!({
             "format_version": 1,
@@ -64,7 +90,10 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
             "events": events,
         }));
     } else if code == exit::OK {
-        p.out(&format!("Converged: {} change(s) applied.", outcome.changes));
+        p.out(&format!(
+            "Converged: {} change(s) applied.",
+            outcome.changes
+        ));
     } else {
         p.out(&format!("Apply failed for {}; everything else converged. The failed resources keep their previous state.", outcome.failed.join(", ")));
     }

@@ -10,11 +10,22 @@ use crate::source::Fetcher;
 use crate::state::{lock, StateDir};
 
 pub fn run(cli: &Cli, a: &LockArgs, p: &Printer) -> Result<i32> {
-    let desired = config::load_with(&cli.file, LoadOptions { allow_unpinned: true })?;
+    let desired = config::load_with(
+        &cli.file,
+        LoadOptions {
+            allow_unpinned: true,
+        },
+    )?;
     let state = StateDir::create(&desired.state_dir)?;
     let _lock = lock::acquire(&state, "reconcile lock", None)?;
     let index = StatIndex::load(&state.stat_index_path());
-    let fetcher = Fetcher { cache_dir: state.cache_dir(), index: &index, lock: &desired.lock, progress: p.progress(), verify: false };
+    let fetcher = Fetcher {
+        cache_dir: state.cache_dir(),
+        index: &index,
+        lock: &desired.lock,
+        progress: p.progress(),
+        verify: false,
+    };
     let mut pins: BTreeMap<String, Pin> = BTreeMap::new();
     for (addr, s) in desired.sources() {
         let Some(url) = &s.url else { continue };
@@ -36,10 +47,19 @@ pub fn run(cli: &Cli, a: &LockArgs, p: &Printer) -> Result<i32> {
     let _ = index.save();
     let path = lockfile::path_for(&desired.path);
     if pins == desired.lock.pins {
-        p.out(&format!("{} is up to date ({} pin(s)).", config::display_name(&path), pins.len()));
+        p.out(&format!(
+            "{} is up to date ({} pin(s)).",
+            config::display_name(&path),
+            pins.len()
+        ));
         return Ok(exit::OK);
     }
-    fsops::write_atomic(&path, Lockfile::render(&pins).as_bytes()).map_err(|e| Error::io(&path, e))?;
-    p.out(&format!("Wrote {} ({} pin(s)).", config::display_name(&path), pins.len()));
+    fsops::write_atomic(&path, Lockfile::render(&pins).as_bytes())
+        .map_err(|e| Error::io(&path, e))?;
+    p.out(&format!(
+        "Wrote {} ({} pin(s)).",
+        config::display_name(&path),
+        pins.len()
+    ));
     Ok(exit::OK)
 }

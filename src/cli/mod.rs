@@ -22,10 +22,21 @@ use crate::output::{ColorChoice, Printer};
 /// reconcile observes the host, shows the difference and converges it with
 /// atomic, journaled, crash-safe steps.
 #[derive(Debug, Parser)]
-#[command(name = "reconcile", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "reconcile",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// The desired-state file.
-    #[arg(short = 'f', long = "file", global = true, default_value = "reconcile.toml", env = "RECONCILE_FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "reconcile.toml",
+        env = "RECONCILE_FILE"
+    )]
     pub file: PathBuf,
     /// Print only errors and results.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
@@ -56,7 +67,11 @@ pub enum Command {
     /// Pin the sha256 of every remote source in reconcile.lock (downloads what is not pinned yet).
     Lock(LockArgs),
     /// Print the JSON Schema of the desired-state file.
-    Schema,
+    Schema {
+        /// Print the file reference as Markdown instead (docs/reference.md).
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -118,7 +133,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn targets(t: &[String]) -> Result<Vec<glob::Pattern>, Error> {
     t.iter()
-        .map(|p| glob::Pattern::new(p).map_err(|e| Error::Locked(format!("invalid --target pattern `{p}`: {e}"))))
+        .map(|p| {
+            glob::Pattern::new(p)
+                .map_err(|e| Error::Locked(format!("invalid --target pattern `{p}`: {e}")))
+        })
         .collect()
 }
 
@@ -131,12 +149,21 @@ pub fn main() -> i32 {
         Command::Apply(a) => apply::run(&cli, a, &printer),
         Command::Status => status::run(&cli, &printer),
         Command::Lock(a) => lock::run(&cli, a, &printer),
-        Command::Schema => {
-            println!("{}", crate::schema::json());
+        Command::Schema { markdown } => {
+            if *markdown {
+                print!("{}", crate::schema::markdown());
+            } else {
+                println!("{}", crate::schema::json());
+            }
             Ok(exit::OK)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "reconcile", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "reconcile",
+                &mut std::io::stdout(),
+            );
             Ok(exit::OK)
         }
         Command::Man => {

@@ -8,19 +8,30 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
     if a.locked {
         let problems = desired.unlocked_sources();
         if !problems.is_empty() {
-            return Err(Error::Locked(format!("--locked: {}; run `reconcile lock`", problems.join("; "))));
+            return Err(Error::Locked(format!(
+                "--locked: {}; run `reconcile lock`",
+                problems.join("; ")
+            )));
         }
     }
     let plan = apply::dry_run(&desired, a.verify, &targets(&a.target)?)?;
     if let Some(out) = &a.out {
         let bytes = serde_json::to_vec_pretty(&plan).expect("plan serialises");
         fsops::write_atomic(out, &bytes).map_err(|e| Error::io(out, e))?;
-        p.info(&format!("Saved the plan to {}; apply it with `reconcile apply {}`.", out.display(), out.display()));
+        p.info(&format!(
+            "Saved the plan to {}; apply it with `reconcile apply {}`.",
+            out.display(),
+            out.display()
+        ));
     }
     if p.json {
         p.json_doc(&plan);
     } else {
         render::plan(p, &plan);
     }
-    Ok(if plan.has_changes() { exit::CHANGES } else { exit::OK })
+    Ok(if plan.has_changes() {
+        exit::CHANGES
+    } else {
+        exit::OK
+    })
 }

@@ -9,7 +9,11 @@ use crate::plan::Plan;
 use crate::resource::Action;
 
 pub fn diagnostics(p: &Printer, diags: &[Diagnostic]) {
-    let theme = if p.color() { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+    let theme = if p.color() {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
     let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1);
     for d in diags {
         let mut s = String::new();
@@ -17,7 +21,13 @@ pub fn diagnostics(p: &Printer, diags: &[Diagnostic]) {
             s = format!("{}:{}:{}: {}\n", d.file, d.line, d.column, d.message);
         }
         // the location first, as compilers print it, so editors and CI logs can jump to it
-        eprintln!("{}:{}:{}: {}", d.file, d.line, d.column, p.paint(Style::Error, "error"));
+        eprintln!(
+            "{}:{}:{}: {}",
+            d.file,
+            d.line,
+            d.column,
+            p.paint(Style::Error, "error")
+        );
         eprint!("{s}");
     }
 }

@@ -19,8 +19,16 @@ pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
     }
     for r in &resources {
         let addr = r["address"].as_str().unwrap_or("?");
-        let path = r["path"].as_str().map(|s| config::display_name(std::path::Path::new(s))).unwrap_or_default();
-        let mut line = format!("{} {} {path}: {}", p.paint(Style::Bold, addr), p.paint(Style::Dim, "→"), r["state"].as_str().unwrap_or(""));
+        let path = r["path"]
+            .as_str()
+            .map(|s| config::display_name(std::path::Path::new(s)))
+            .unwrap_or_default();
+        let mut line = format!(
+            "{} {} {path}: {}",
+            p.paint(Style::Bold, addr),
+            p.paint(Style::Dim, "→"),
+            r["state"].as_str().unwrap_or("")
+        );
         if let Some(at) = r["installed_at"].as_str() {
             line.push_str(&format!(" (since {at})"));
         }
@@ -30,7 +38,10 @@ pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
         p.out(&line);
     }
     match last {
-        Some(l) => p.out(&format!("Last apply: {} — {}, {} change(s), {} ms.", l.finished, l.result, l.changes, l.duration_ms)),
+        Some(l) => p.out(&format!(
+            "Last apply: {} — {}, {} change(s), {} ms.",
+            l.finished, l.result, l.changes, l.duration_ms
+        )),
         None => p.out("Last apply: never."),
     }
     Ok(exit::OK)

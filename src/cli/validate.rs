@@ -11,7 +11,12 @@ pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
             if p.json {
                 p.json_doc(&json!({ "format_version": 1, "valid": true, "file": d.path, "diagnostics": [] }));
             } else {
-                p.out(&format!("{} is valid ({} file(s), sha256 {}…).", config::display_name(&d.path), d.files.len(), &d.digest[..12]));
+                p.out(&format!(
+                    "{} is valid ({} file(s), sha256 {}…).",
+                    config::display_name(&d.path),
+                    d.files.len(),
+                    &d.digest[..12]
+                ));
             }
             Ok(exit::OK)
         }
@@ -21,7 +26,12 @@ pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
                 p.json_doc(&json!({ "format_version": 1, "valid": false, "file": cli.file, "diagnostics": records }));
             } else {
                 render::diagnostics(p, &diags);
-                eprintln!("{} {} problem(s) in {}", p.paint(crate::output::Style::Error, "error:"), diags.len(), cli.file.display());
+                eprintln!(
+                    "{} {} problem(s) in {}",
+                    p.paint(crate::output::Style::Error, "error:"),
+                    diags.len(),
+                    cli.file.display()
+                );
             }
             Ok(exit::ERROR)
         }

@@ -8,22 +8,44 @@ use super::lockfile::Lockfile;
 use super::model::{DesiredFile, Source};
 use super::Sources;
 
-pub(crate) fn check(m: &DesiredFile, src: &Sources, lock: &Lockfile, today: &str, allow_unpinned: bool) -> Vec<Diagnostic> {
-    let mut c = Checker { src, out: Vec::new(), allow_unpinned };
+pub(crate) fn check(
+    m: &DesiredFile,
+    src: &Sources,
+    lock: &Lockfile,
+    today: &str,
+    allow_unpinned: bool,
+) -> Vec<Diagnostic> {
+    let mut c = Checker {
+        src,
+        out: Vec::new(),
+        allow_unpinned,
+    };
 
     match m.version {
         Some(1) => {}
-        Some(v) => c.value(&["version"], format!("unsupported version {v}"), "unsupported",
-            Some("this reconcile understands `version = 1`".into())),
-        None => c.value(&["version"], "missing `version`".into(), "",
-            Some("start the file with `version = 1`".into())),
+        Some(v) => c.value(
+            &["version"],
+            format!("unsupported version {v}"),
+            "unsupported",
+            Some("this reconcile understands `version = 1`".into()),
+        ),
+        None => c.value(
+            &["version"],
+            "missing `version`".into(),
+            "",
+            Some("start the file with `version = 1`".into()),
+        ),
     }
 
     if let Some(s) = &m.settings {
         if let Some(l) = &s.extract_limit {
             if parse_size(l).is_none() {
-                c.value(&["settings", "extract_limit"], format!("invalid size `{l}`"), "not a size",
-                    Some("write a size such as \"512 MiB\" or \"8 GiB\"".into()));
+                c.value(
+                    &["settings", "extract_limit"],
+                    format!("invalid size `{l}`"),
+                    "not a size",
+                    Some("write a size such as \"512 MiB\" or \"8 GiB\"".into()),
+                );
             }
         }
     }
@@ -44,18 +66,32 @@ pub(crate) fn check(m: &DesiredFile, src: &Sources, lock: &Lockfile, today: &str
 
     for (name, mach) in &m.machine {
         let at = |f: &'static str| ["machine", name.as_str(), f];
-        if !m.volume.contains_key(&mach.volume) && !c.src.broken.contains(&format!("volume.{}", mach.volume)) {
-            c.value(&at("volume"), format!("machine `{name}` names undeclared volume `{}`", mach.volume),
-                "no such volume", Some(did_you_mean(&mach.volume, keys(&m.volume), "volume")));
+        if !m.volume.contains_key(&mach.volume)
+            && !c.src.broken.contains(&format!("volume.{}", mach.volume))
+        {
+            c.value(
+                &at("volume"),
+                format!("machine `{name}` names undeclared volume `{}`", mach.volume),
+                "no such volume",
+                Some(did_you_mean(&mach.volume, keys(&m.volume), "volume")),
+            );
         }
         if mach.revision == 0 {
-            c.value(&at("revision"), "revision must be a positive integer".into(), "zero", None);
+            c.value(
+                &at("revision"),
+                "revision must be a positive integer".into(),
+                "zero",
+                None,
+            );
         }
         for (i, cloud) in mach.clouds.iter().enumerate() {
             if !m.cloud.contains_key(cloud) {
-                c.value(&["machine", name, "clouds", &i.to_string()],
-                    format!("machine `{name}` names undeclared cloud `{cloud}`"), "no such cloud",
-                    Some(did_you_mean(cloud, keys(&m.cloud), "cloud")));
+                c.value(
+                    &["machine", name, "clouds", &i.to_string()],
+                    format!("machine `{name}` names undeclared cloud `{cloud}`"),
+                    "no such cloud",
+                    Some(did_you_mean(cloud, keys(&m.cloud), "cloud")),
+                );
             }
         }
         c.source(&["machine", name, "source"], &mach.source, lock);
@@ -67,31 +103,67 @@ pub(crate) fn check(m: &DesiredFile, src: &Sources, lock: &Lockfile, today: &str
                     Some("`<machine>-<digits>` is a revision in the buildos layout; give the toolchain a name with a letter".into()));
             }
             if t.bootstrap.is_empty() {
-                c.value(&["machine", name, "toolchain", tc, "bootstrap"], "bootstrap command is empty".into(), "empty", None);
+                c.value(
+                    &["machine", name, "toolchain", tc, "bootstrap"],
+                    "bootstrap command is empty".into(),
+                    "empty",
+                    None,
+                );
             }
-            c.duration(&["machine", name, "toolchain", tc, "timeout"], t.timeout.as_deref());
+            c.duration(
+                &["machine", name, "toolchain", tc, "timeout"],
+                t.timeout.as_deref(),
+            );
         }
     }
 
     let mut targets: BTreeMap<(String, String, String, String, String), &str> = BTreeMap::new();
     for (name, img) in &m.image {
-        for (f, v) in [("arch", &img.arch), ("subarch", &img.subarch), ("release", &img.release), ("purpose", &img.purpose)] {
+        for (f, v) in [
+            ("arch", &img.arch),
+            ("subarch", &img.subarch),
+            ("release", &img.release),
+            ("purpose", &img.purpose),
+        ] {
             if let Err(why) = valid_name(v) {
-                c.value(&["image", name, f], format!("image `{name}`: {f} `{v}` {why}"), "not a path component",
-                    Some("it becomes one directory of the TFTP path".into()));
+                c.value(
+                    &["image", name, f],
+                    format!("image `{name}`: {f} `{v}` {why}"),
+                    "not a path component",
+                    Some("it becomes one directory of the TFTP path".into()),
+                );
             }
         }
-        let key = (img.root.clone(), img.arch.clone(), img.subarch.clone(), img.release.clone(), img.purpose.clone());
+        let key = (
+            img.root.clone(),
+            img.arch.clone(),
+            img.subarch.clone(),
+            img.release.clone(),
+            img.purpose.clone(),
+        );
         if let Some(first) = targets.get(&key) {
-            c.key(&["image", name], format!("images `{first}` and `{name}` publish into the same TFTP directory"),
-                "same root/arch/subarch/release/purpose", Some("change the release or purpose of one of them".into()));
+            c.key(
+                &["image", name],
+                format!("images `{first}` and `{name}` publish into the same TFTP directory"),
+                "same root/arch/subarch/release/purpose",
+                Some("change the release or purpose of one of them".into()),
+            );
         } else {
             targets.insert(key, name);
         }
         match (&img.source, img.files.is_empty()) {
-            (Some(_), false) => c.key(&["image", name, "source"], format!("image `{name}` has both `source` and `files`"),
-                "choose one", Some("use `files` for single files or `source` for one archive".into())),
-            (None, true) => c.key(&["image", name], format!("image `{name}` has no `files` and no `source`"), "empty image", None),
+            (Some(_), false) => c.key(
+                &["image", name, "source"],
+                format!("image `{name}` has both `source` and `files`"),
+                "choose one",
+                Some("use `files` for single files or `source` for one archive".into()),
+            ),
+            (None, true) => c.key(
+                &["image", name],
+                format!("image `{name}` has no `files` and no `source`"),
+                "empty image",
+                None,
+            ),
             _ => {}
         }
         if let Some(s) = &img.source {
@@ -99,16 +171,29 @@ pub(crate) fn check(m: &DesiredFile, src: &Sources, lock: &Lockfile, today: &str
         }
         for (f, s) in &img.files {
             if let Err(why) = valid_name(f) {
-                c.key(&["image", name, "files", f], format!("file name `{f}` {why}"), "bad file name", None);
+                c.key(
+                    &["image", name, "files", f],
+                    format!("file name `{f}` {why}"),
+                    "bad file name",
+                    None,
+                );
             }
             c.source(&["image", name, "files", f], s, lock);
         }
         if let Some(ipxe) = &img.ipxe {
             if !img.files.is_empty() {
-                for (field, v) in [("kernel", Some(&ipxe.kernel)), ("initrd", ipxe.initrd.as_ref())] {
+                for (field, v) in [
+                    ("kernel", Some(&ipxe.kernel)),
+                    ("initrd", ipxe.initrd.as_ref()),
+                ] {
                     if let Some(v) = v {
                         if !img.files.contains_key(v) {
-                            c.value(&["image", name, "ipxe", field], format!("`{v}` is not one of the image's files"), "unknown file", None);
+                            c.value(
+                                &["image", name, "ipxe", field],
+                                format!("`{v}` is not one of the image's files"),
+                                "unknown file",
+                                None,
+                            );
                         }
                     }
                 }
@@ -119,11 +204,21 @@ pub(crate) fn check(m: &DesiredFile, src: &Sources, lock: &Lockfile, today: &str
     for (name, p) in &m.plugin {
         if let Some(bin) = &p.bin {
             if let Err(why) = valid_name(bin) {
-                c.value(&["plugin", name, "bin"], format!("bin `{bin}` {why}"), "bad executable name", None);
+                c.value(
+                    &["plugin", name, "bin"],
+                    format!("bin `{bin}` {why}"),
+                    "bad executable name",
+                    None,
+                );
             }
         }
         if p.version.trim().is_empty() {
-            c.value(&["plugin", name, "version"], "version is empty".into(), "empty", None);
+            c.value(
+                &["plugin", name, "version"],
+                "version is empty".into(),
+                "empty",
+                None,
+            );
         }
         c.source(&["plugin", name, "source"], &p.source, lock);
     }
@@ -131,60 +226,122 @@ pub(crate) fn check(m: &DesiredFile, src: &Sources, lock: &Lockfile, today: &str
     for (name, cloud) in &m.cloud {
         if let Some(e) = &cloud.endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                c.value(&["cloud", name, "endpoint"], format!("endpoint `{e}` is not an http(s) URL"), "bad URL", None);
+                c.value(
+                    &["cloud", name, "endpoint"],
+                    format!("endpoint `{e}` is not an http(s) URL"),
+                    "bad URL",
+                    None,
+                );
             }
         }
     }
 
     for (name, chk) in &m.check {
         if let Err(e) = regex::Regex::new(&chk.regex) {
-            c.value(&["check", name, "regex"], format!("invalid regex in check `{name}`"), &first_line(&e.to_string()), None);
+            c.value(
+                &["check", name, "regex"],
+                format!("invalid regex in check `{name}`"),
+                &first_line(&e.to_string()),
+                None,
+            );
         }
     }
 
     for (sname, suite) in &m.suite {
         for (i, mach) in suite.machines.iter().enumerate() {
             if !m.machine.contains_key(mach) && !c.src.broken.contains(&format!("machine.{mach}")) {
-                c.value(&["suite", sname, "machines", &i.to_string()], format!("suite `{sname}` names undeclared machine `{mach}`"),
-                    "no such machine", Some(did_you_mean(mach, keys(&m.machine), "machine")));
+                c.value(
+                    &["suite", sname, "machines", &i.to_string()],
+                    format!("suite `{sname}` names undeclared machine `{mach}`"),
+                    "no such machine",
+                    Some(did_you_mean(mach, keys(&m.machine), "machine")),
+                );
             } else if let (Some(tc), Some(md)) = (&suite.toolchain, m.machine.get(mach)) {
                 if !md.toolchain.contains_key(tc) {
-                    c.value(&["suite", sname, "toolchain"], format!("machine `{mach}` has no toolchain `{tc}`"),
-                        "no such toolchain", Some(format!("declare [machine.{mach}.toolchain.{tc}] or drop `toolchain`")));
+                    c.value(
+                        &["suite", sname, "toolchain"],
+                        format!("machine `{mach}` has no toolchain `{tc}`"),
+                        "no such toolchain",
+                        Some(format!(
+                            "declare [machine.{mach}.toolchain.{tc}] or drop `toolchain`"
+                        )),
+                    );
                 }
             }
         }
         if suite.toolchain.is_some() && suite.machines.is_empty() {
-            c.value(&["suite", sname, "toolchain"], format!("suite `{sname}` names a toolchain but no machines"), "no machine to take it from", None);
+            c.value(
+                &["suite", sname, "toolchain"],
+                format!("suite `{sname}` names a toolchain but no machines"),
+                "no machine to take it from",
+                None,
+            );
         }
         if suite.parallel == Some(0) {
-            c.value(&["suite", sname, "parallel"], "parallel must be at least 1".into(), "zero", None);
+            c.value(
+                &["suite", sname, "parallel"],
+                "parallel must be at least 1".into(),
+                "zero",
+                None,
+            );
         }
         for (tname, t) in &suite.test {
             c.name(&["suite", sname, "test", tname]);
             let at = |f: &'static str| ["suite", sname.as_str(), "test", tname.as_str(), f];
             if t.run.is_empty() {
-                c.value(&at("run"), format!("test `{sname}.{tname}` has an empty `run`"), "empty command", None);
+                c.value(
+                    &at("run"),
+                    format!("test `{sname}.{tname}` has an empty `run`"),
+                    "empty command",
+                    None,
+                );
             }
             c.duration(&at("timeout"), t.timeout.as_deref());
-            for (stream, list) in [("stdout", &t.expect.stdout), ("stderr", &t.expect.stderr), ("console", &t.expect.console)] {
+            for (stream, list) in [
+                ("stdout", &t.expect.stdout),
+                ("stderr", &t.expect.stderr),
+                ("console", &t.expect.console),
+            ] {
                 for (i, matcher) in list.iter().enumerate() {
                     if let Err(e) = check_matcher(matcher) {
-                        c.value(&["suite", sname, "test", tname, "expect", stream, &i.to_string()],
-                            format!("invalid matcher `{matcher}`"), &e, Some("matchers are \"text\", \"!text\", \"/regex/\" or \"!/regex/\"".into()));
+                        c.value(
+                            &[
+                                "suite",
+                                sname,
+                                "test",
+                                tname,
+                                "expect",
+                                stream,
+                                &i.to_string(),
+                            ],
+                            format!("invalid matcher `{matcher}`"),
+                            &e,
+                            Some(
+                                "matchers are \"text\", \"!text\", \"/regex/\" or \"!/regex/\""
+                                    .into(),
+                            ),
+                        );
                     }
                 }
             }
             for (check, reason) in &t.skip_checks {
                 if reason.trim().is_empty() {
-                    c.value(&["suite", sname, "test", tname, "skip_checks", check], format!("suppressing check `{check}` needs a reason"),
-                        "empty reason", Some("say why, e.g. \"known noisy driver, tracker #123\"".into()));
+                    c.value(
+                        &["suite", sname, "test", tname, "skip_checks", check],
+                        format!("suppressing check `{check}` needs a reason"),
+                        "empty reason",
+                        Some("say why, e.g. \"known noisy driver, tracker #123\"".into()),
+                    );
                 }
             }
             for class in t.retries.keys() {
                 if !["test", "check", "timeout", "infra"].contains(&class.as_str()) {
-                    c.key(&["suite", sname, "test", tname, "retries", class], format!("unknown failure class `{class}`"),
-                        "not a class", Some("classes are test, check, timeout and infra".into()));
+                    c.key(
+                        &["suite", sname, "test", tname, "retries", class],
+                        format!("unknown failure class `{class}`"),
+                        "not a class",
+                        Some("classes are test, check, timeout and infra".into()),
+                    );
                 }
             }
         }
@@ -193,7 +350,12 @@ pub(crate) fn check(m: &DesiredFile, src: &Sources, lock: &Lockfile, today: &str
     for (i, skip) in m.skip.iter().enumerate() {
         let idx = i.to_string();
         if let Err(e) = glob::Pattern::new(&skip.pattern) {
-            c.value(&["skip", &idx, "pattern"], format!("invalid glob `{}`", skip.pattern), &e.to_string(), None);
+            c.value(
+                &["skip", &idx, "pattern"],
+                format!("invalid glob `{}`", skip.pattern),
+                &e.to_string(),
+                None,
+            );
         }
         if let Some(until) = &skip.until {
             match until.date {
@@ -204,7 +366,12 @@ pub(crate) fn check(m: &DesiredFile, src: &Sources, lock: &Lockfile, today: &str
                             "in the past", Some("fix the test and remove the entry, or move `until` forward with a reason".into()));
                     }
                 }
-                _ => c.value(&["skip", &idx, "until"], "`until` must be a date (YYYY-MM-DD)".into(), "not a date", None),
+                _ => c.value(
+                    &["skip", &idx, "until"],
+                    "`until` must be a date (YYYY-MM-DD)".into(),
+                    "not a date",
+                    None,
+                ),
             }
         }
     }
@@ -212,13 +379,22 @@ pub(crate) fn check(m: &DesiredFile, src: &Sources, lock: &Lockfile, today: &str
     if let Some(run) = &m.run {
         for (i, s) in run.suites.iter().enumerate() {
             if !m.suite.contains_key(s) {
-                c.value(&["run", "suites", &i.to_string()], format!("[run] names undeclared suite `{s}`"), "no such suite",
-                    Some(did_you_mean(s, keys(&m.suite), "suite")));
+                c.value(
+                    &["run", "suites", &i.to_string()],
+                    format!("[run] names undeclared suite `{s}`"),
+                    "no such suite",
+                    Some(did_you_mean(s, keys(&m.suite), "suite")),
+                );
             }
         }
         for (i, p) in run.tests.iter().enumerate() {
             if let Err(e) = glob::Pattern::new(p) {
-                c.value(&["run", "tests", &i.to_string()], format!("invalid glob `{p}`"), &e.to_string(), None);
+                c.value(
+                    &["run", "tests", &i.to_string()],
+                    format!("invalid glob `{p}`"),
+                    &e.to_string(),
+                    None,
+                );
             }
         }
     }
@@ -243,47 +419,91 @@ impl Checker<'_> {
     fn name(&mut self, path: &[&str]) {
         let n = path[path.len() - 1];
         if let Err(why) = valid_name(n) {
-            self.key(path, format!("name `{n}` {why}"), "invalid name",
-                Some("names become file names: use letters, digits, `-`, `_` and `.`".into()));
+            self.key(
+                path,
+                format!("name `{n}` {why}"),
+                "invalid name",
+                Some("names become file names: use letters, digits, `-`, `_` and `.`".into()),
+            );
         }
     }
 
     fn duration(&mut self, path: &[&str], d: Option<&str>) {
         if let Some(d) = d {
             if let Err(e) = humantime::parse_duration(d) {
-                self.value(path, format!("invalid duration `{d}`"), &e.to_string(),
-                    Some("write durations such as \"90s\", \"30m\" or \"1h 30m\"".into()));
+                self.value(
+                    path,
+                    format!("invalid duration `{d}`"),
+                    &e.to_string(),
+                    Some("write durations such as \"90s\", \"30m\" or \"1h 30m\"".into()),
+                );
             }
         }
     }
 
     fn source(&mut self, path: &[&str], s: &Source, lock: &Lockfile) {
-        let given = [s.path.is_some(), s.dir.is_some(), s.url.is_some()].iter().filter(|b| **b).count();
+        let given = [s.path.is_some(), s.dir.is_some(), s.url.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
         if given != 1 {
-            self.value(path, "a source needs exactly one of `path`, `dir` or `url`".into(),
-                if given == 0 { "no location" } else { "more than one location" }, None);
+            self.value(
+                path,
+                "a source needs exactly one of `path`, `dir` or `url`".into(),
+                if given == 0 {
+                    "no location"
+                } else {
+                    "more than one location"
+                },
+                None,
+            );
             return;
         }
         if let Some(sha) = &s.sha256 {
             if !is_sha256(sha) {
                 let mut p = path.to_vec();
                 p.push("sha256");
-                self.value(&p, format!("malformed sha256 `{sha}`"), "not 64 hex digits",
-                    Some("`sha256sum FILE` prints the right value".into()));
+                self.value(
+                    &p,
+                    format!("malformed sha256 `{sha}`"),
+                    "not 64 hex digits",
+                    Some("`sha256sum FILE` prints the right value".into()),
+                );
             }
         }
-        if s.dir.is_some() && (s.sha256.is_some() || s.format.is_some() || s.strip_components.is_some()) {
-            self.value(path, "a `dir` source takes no `sha256`, `format` or `strip_components`".into(), "not for directories", None);
+        if s.dir.is_some()
+            && (s.sha256.is_some() || s.format.is_some() || s.strip_components.is_some())
+        {
+            self.value(
+                path,
+                "a `dir` source takes no `sha256`, `format` or `strip_components`".into(),
+                "not for directories",
+                None,
+            );
         }
         if let Some(url) = &s.url {
             let mut p = path.to_vec();
             p.push("url");
-            if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("file://")) {
-                self.value(&p, format!("unsupported URL `{url}`"), "not http, https or file",
-                    Some("use an http://, https:// or file:// URL, or a `path` source".into()));
+            if !(url.starts_with("http://")
+                || url.starts_with("https://")
+                || url.starts_with("file://"))
+            {
+                self.value(
+                    &p,
+                    format!("unsupported URL `{url}`"),
+                    "not http, https or file",
+                    Some("use an http://, https:// or file:// URL, or a `path` source".into()),
+                );
             } else if s.sha256.is_none() && lock.sha256_for(url).is_none() && !self.allow_unpinned {
-                self.value(&p, "a remote source needs a sha256".into(), "no sha256",
-                    Some("add `sha256 = \"…\"`, or run `reconcile lock` to pin it in reconcile.lock".into()));
+                self.value(
+                    &p,
+                    "a remote source needs a sha256".into(),
+                    "no sha256",
+                    Some(
+                        "add `sha256 = \"…\"`, or run `reconcile lock` to pin it in reconcile.lock"
+                            .into(),
+                    ),
+                );
             }
         }
     }
@@ -317,7 +537,9 @@ pub fn is_sha256(s: &str) -> bool {
 fn check_matcher(m: &str) -> Result<(), String> {
     let body = m.strip_prefix('!').unwrap_or(m);
     if body.len() >= 2 && body.starts_with('/') && body.ends_with('/') {
-        regex::Regex::new(&body[1..body.len() - 1]).map(|_| ()).map_err(|e| first_line(&e.to_string()))
+        regex::Regex::new(&body[1..body.len() - 1])
+            .map(|_| ())
+            .map_err(|e| first_line(&e.to_string()))
     } else {
         Ok(())
     }

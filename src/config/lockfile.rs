@@ -39,11 +39,19 @@ impl Lockfile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        let doc: LockDoc = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+        let doc: LockDoc =
+            toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
         if doc.version != 1 {
-            return Err(format!("{}: unsupported lock file version {}", path.display(), doc.version));
+            return Err(format!(
+                "{}: unsupported lock file version {}",
+                path.display(),
+                doc.version
+            ));
         }
-        Ok(Self { pins: doc.source, text })
+        Ok(Self {
+            pins: doc.source,
+            text,
+        })
     }
 
     pub fn sha256_for(&self, url: &str) -> Option<&str> {
@@ -51,7 +59,10 @@ impl Lockfile {
     }
 
     pub fn render(pins: &BTreeMap<String, Pin>) -> String {
-        let doc = LockDoc { version: 1, source: pins.clone() };
+        let doc = LockDoc {
+            version: 1,
+            source: pins.clone(),
+        };
         format!(
             "# Written by `reconcile lock`: SHA-256 pins of remote sources. Commit it; do not edit.\n{}",
             toml::to_string(&doc).expect("lock document serialises")

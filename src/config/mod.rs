@@ -54,10 +54,21 @@ pub(crate) struct Sources {
 
 impl Sources {
     /// A diagnostic at the value (or key) that `path` names in the merged model.
-    pub fn at(&self, path: &[&str], on_key: bool, message: String, label: &str, help: Option<String>) -> Diagnostic {
+    pub fn at(
+        &self,
+        path: &[&str],
+        on_key: bool,
+        message: String,
+        label: &str,
+        help: Option<String>,
+    ) -> Diagnostic {
         let (file_idx, local) = self.locate(path);
         let file = &self.files[file_idx];
-        let span = if on_key { file.spans.key(&local) } else { file.spans.value(&local) };
+        let span = if on_key {
+            file.spans.key(&local)
+        } else {
+            file.spans.value(&local)
+        };
         file.diagnostic(span, message, label, help)
     }
 
@@ -98,7 +109,11 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
     let mut diagnostics = Vec::new();
     let main = parse::parse_file(&display_name(&path), text);
     diagnostics.extend(main.diagnostics);
-    let mut sources = Sources { files: vec![main.file], origins: Origins::default(), broken: main.broken };
+    let mut sources = Sources {
+        files: vec![main.file],
+        origins: Origins::default(),
+        broken: main.broken,
+    };
     let mut model = main.fragment;
     absolutize(&mut model, &main_dir);
     record_origins(&mut sources.origins, &model, 0, 0);
@@ -111,15 +126,24 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         let matches: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
             Ok(paths) => paths.filter_map(Result::ok).collect(),
             Err(e) => {
-                diagnostics.push(sources.at(&["include", &i.to_string()], false,
-                    format!("invalid include pattern: {e}"), "here", None));
+                diagnostics.push(sources.at(
+                    &["include", &i.to_string()],
+                    false,
+                    format!("invalid include pattern: {e}"),
+                    "here",
+                    None,
+                ));
                 continue;
             }
         };
         if matches.is_empty() {
-            diagnostics.push(sources.at(&["include", &i.to_string()], false,
-                format!("include pattern `{pattern}` matches no file"), "matches nothing",
-                Some(format!("looked for {}", full.display()))));
+            diagnostics.push(sources.at(
+                &["include", &i.to_string()],
+                false,
+                format!("include pattern `{pattern}` matches no file"),
+                "matches nothing",
+                Some(format!("looked for {}", full.display())),
+            ));
         }
         for inc in matches {
             if !seen.insert(inc.clone()) {
@@ -128,8 +152,13 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
             let text = match std::fs::read_to_string(&inc) {
                 Ok(t) => t,
                 Err(e) => {
-                    diagnostics.push(sources.at(&["include", &i.to_string()], false,
-                        format!("cannot read included file {}: {e}", inc.display()), "included here", None));
+                    diagnostics.push(sources.at(
+                        &["include", &i.to_string()],
+                        false,
+                        format!("cannot read included file {}: {e}", inc.display()),
+                        "included here",
+                        None,
+                    ));
                     continue;
                 }
             };
@@ -147,23 +176,44 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
 
     // defaults that name paths are relative to the main file
     for p in model.plugin.values_mut() {
-        p.dir.get_or_insert_with(|| main_dir.join("plugins").to_string_lossy().into_owned());
+        p.dir
+            .get_or_insert_with(|| main_dir.join("plugins").to_string_lossy().into_owned());
     }
 
     let lock = match Lockfile::load(&lockfile::path_for(&path)) {
         Ok(l) => l,
         Err(e) => {
-            diagnostics.push(Diagnostic::whole_file(&display_name(&lockfile::path_for(&path)),
-                e.to_string(), Some("delete reconcile.lock and run `reconcile lock` again".into())));
+            diagnostics.push(Diagnostic::whole_file(
+                &display_name(&lockfile::path_for(&path)),
+                e.to_string(),
+                Some("delete reconcile.lock and run `reconcile lock` again".into()),
+            ));
             Lockfile::default()
         }
     };
 
     let today = today_utc();
-    diagnostics.extend(check::check(&model, &sources, &lock, &today, opts.allow_unpinned));
+    diagnostics.extend(check::check(
+        &model,
+        &sources,
+        &lock,
+        &today,
+        opts.allow_unpinned,
+    ));
     if !diagnostics.is_empty() {
-        let order: HashMap<String, usize> = sources.files.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
-        diagnostics.sort_by_key(|d| (order.get(&d.file).copied().unwrap_or(usize::MAX), d.line, d.column));
+        let order: HashMap<String, usize> = sources
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i))
+            .collect();
+        diagnostics.sort_by_key(|d| {
+            (
+                order.get(&d.file).copied().unwrap_or(usize::MAX),
+                d.line,
+                d.column,
+            )
+        });
         return Err(Error::Invalid(diagnostics));
     }
 
@@ -176,7 +226,11 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
     }
     hasher.update(lock.text.as_bytes());
     let settings = model.settings.clone().unwrap_or_default();
-    let state_dir = PathBuf::from(settings.state_dir.unwrap_or_else(|| main_dir.join(".reconcile").to_string_lossy().into_owned()));
+    let state_dir = PathBuf::from(
+        settings
+            .state_dir
+            .unwrap_or_else(|| main_dir.join(".reconcile").to_string_lossy().into_owned()),
+    );
     let extract_limit = settings
         .extract_limit
         .as_deref()
@@ -204,7 +258,10 @@ pub fn display_name(p: &Path) -> String {
 fn record_origins(origins: &mut Origins, m: &DesiredFile, file: usize, skip_base: usize) {
     fn names<T>(o: &mut Origins, kind: &str, map: &BTreeMap<String, T>, file: usize) {
         for name in map.keys() {
-            o.entries.insert(format!("{kind}.{name}"), (file, vec![kind.to_string(), name.clone()]));
+            o.entries.insert(
+                format!("{kind}.{name}"),
+                (file, vec![kind.to_string(), name.clone()]),
+            );
         }
     }
     names(origins, "volume", &m.volume, file);
@@ -215,7 +272,10 @@ fn record_origins(origins: &mut Origins, m: &DesiredFile, file: usize, skip_base
     names(origins, "check", &m.check, file);
     names(origins, "suite", &m.suite, file);
     for i in 0..m.skip.len() {
-        origins.entries.insert(format!("skip.{}", skip_base + i), (file, vec!["skip".into(), i.to_string()]));
+        origins.entries.insert(
+            format!("skip.{}", skip_base + i),
+            (file, vec!["skip".into(), i.to_string()]),
+        );
     }
     for key in ["settings", "run", "watch", "version", "include"] {
         // single entries: remember which file defined them (first two segments are "key.<field>")
@@ -226,25 +286,43 @@ fn record_origins(origins: &mut Origins, m: &DesiredFile, file: usize, skip_base
             _ => false,
         };
         if present && file != 0 {
-            origins.entries.insert(key.to_string(), (file, vec![key.to_string()]));
+            origins
+                .entries
+                .insert(key.to_string(), (file, vec![key.to_string()]));
         }
     }
 }
 
-fn merge(into: &mut DesiredFile, frag: DesiredFile, file: usize, sources: &mut Sources, diags: &mut Vec<Diagnostic>) {
+fn merge(
+    into: &mut DesiredFile,
+    frag: DesiredFile,
+    file: usize,
+    sources: &mut Sources,
+    diags: &mut Vec<Diagnostic>,
+) {
     let inc = &sources.files[file];
     let name = inc.name.clone();
     let mut dup = |path: &[&str], what: String| {
         let f = &sources.files[file];
         let local: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-        diags.push(f.diagnostic(f.spans.key(&local), what, "declared again here",
-            Some("names are unique across the file and its includes; rename or remove one".into())));
+        diags.push(f.diagnostic(
+            f.spans.key(&local),
+            what,
+            "declared again here",
+            Some("names are unique across the file and its includes; rename or remove one".into()),
+        ));
     };
     if frag.version.is_some() && frag.version != into.version {
-        dup(&["version"], format!("included file {name} declares a different `version`"));
+        dup(
+            &["version"],
+            format!("included file {name} declares a different `version`"),
+        );
     }
     if !frag.include.is_empty() {
-        dup(&["include"], "an included file cannot include further files".to_string());
+        dup(
+            &["include"],
+            "an included file cannot include further files".to_string(),
+        );
     }
     for (key, present, already) in [
         ("settings", frag.settings.is_some(), into.settings.is_some()),
@@ -263,7 +341,10 @@ fn merge(into: &mut DesiredFile, frag: DesiredFile, file: usize, sources: &mut S
         ($field:ident, $kind:literal) => {
             for (k, v) in frag.$field.clone() {
                 if into.$field.contains_key(&k) {
-                    dup(&[$kind, &k], format!("{} `{}` is declared more than once", $kind, k));
+                    dup(
+                        &[$kind, &k],
+                        format!("{} `{}` is declared more than once", $kind, k),
+                    );
                 } else {
                     into.$field.insert(k, v);
                 }
@@ -364,9 +445,9 @@ impl Desired {
             let Some(url) = &s.url else { continue };
             match (self.lock.sha256_for(url), &s.sha256) {
                 (None, _) => out.push(format!("{addr}: {url} is not pinned in reconcile.lock")),
-                (Some(pin), Some(inline)) if !pin.eq_ignore_ascii_case(inline) => {
-                    out.push(format!("{addr}: sha256 in the file differs from the pin in reconcile.lock"))
-                }
+                (Some(pin), Some(inline)) if !pin.eq_ignore_ascii_case(inline) => out.push(
+                    format!("{addr}: sha256 in the file differs from the pin in reconcile.lock"),
+                ),
                 _ => {}
             }
         }

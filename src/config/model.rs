@@ -179,10 +179,15 @@ pub struct Source {
 pub enum ArchiveFormat {
     /// Not an archive: the file itself.
     File,
+    /// Uncompressed tar.
     Tar,
+    /// gzip-compressed tar (`.tar.gz`, `.tgz`).
     TarGz,
+    /// xz-compressed tar (`.tar.xz`, `.txz`).
     TarXz,
+    /// zstd-compressed tar (`.tar.zst`, `.tzst`).
     TarZst,
+    /// zip archive.
     Zip,
 }
 
@@ -258,6 +263,7 @@ pub struct Cloud {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CloudProvider {
+    /// Amazon EC2 or any EC2-compatible endpoint.
     Ec2,
 }
 
@@ -273,11 +279,16 @@ pub struct Check {
     pub scope: Scope,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Reported, never fails the test.
     Info,
+    /// The test passes with a warning.
     Warn,
+    /// The test fails.
     #[default]
     Fail,
     /// Stops the test at once.
@@ -287,10 +298,14 @@ pub enum Severity {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// The serial console (or the combined output where there is no console).
     #[default]
     Console,
+    /// The systemd journal.
     Journal,
+    /// The test's stdout and stderr.
     Output,
+    /// All of them.
     Any,
 }
 

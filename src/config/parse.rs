@@ -39,8 +39,7 @@ impl SpanIndex {
     fn build(&mut self, prefix: &mut Vec<String>, table: &DeTable<'_>) {
         for (key, value) in table.iter() {
             prefix.push(key.get_ref().to_string());
-            self.map
-                .insert(prefix.clone(), (key.span(), value.span()));
+            self.map.insert(prefix.clone(), (key.span(), value.span()));
             self.build_value(prefix, value.get_ref());
             prefix.pop();
         }
@@ -118,11 +117,20 @@ pub fn parse_file(name: &str, text: String) -> Parsed {
                 Some("fix the syntax; see https://toml.io for the format".into()),
             ));
         }
-        return Parsed { file, fragment, broken, diagnostics };
+        return Parsed {
+            file,
+            fragment,
+            broken,
+            diagnostics,
+        };
     }
     file.spans.build(&mut Vec::new(), root.get_ref());
 
-    let mut cx = EntryParser { file: &file, diagnostics: &mut diagnostics, broken: &mut broken };
+    let mut cx = EntryParser {
+        file: &file,
+        diagnostics: &mut diagnostics,
+        broken: &mut broken,
+    };
     for (key, value) in root.into_inner() {
         let k = key.get_ref().to_string();
         match k.as_str() {
@@ -147,7 +155,12 @@ pub fn parse_file(name: &str, text: String) -> Parsed {
             )),
         }
     }
-    Parsed { file, fragment, broken, diagnostics }
+    Parsed {
+        file,
+        fragment,
+        broken,
+        diagnostics,
+    }
 }
 
 struct EntryParser<'a> {
@@ -167,7 +180,11 @@ impl EntryParser<'_> {
         }
     }
 
-    fn map<T: DeserializeOwned>(&mut self, kind: &str, value: Spanned<DeValue<'_>>) -> BTreeMap<String, T> {
+    fn map<T: DeserializeOwned>(
+        &mut self,
+        kind: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> BTreeMap<String, T> {
         let span = value.span();
         let mut out = BTreeMap::new();
         match value.into_inner() {
@@ -184,7 +201,10 @@ impl EntryParser<'_> {
             }
             other => self.diagnostics.push(self.file.diagnostic(
                 Some(span),
-                format!("`{kind}` must be a table of named entries, found {}", other.type_str()),
+                format!(
+                    "`{kind}` must be a table of named entries, found {}",
+                    other.type_str()
+                ),
                 "expected a table",
                 Some(format!("write entries as [{kind}.NAME]")),
             )),
@@ -205,7 +225,10 @@ impl EntryParser<'_> {
             }
             other => self.diagnostics.push(self.file.diagnostic(
                 Some(span),
-                format!("`{kind}` must be an array of tables, found {}", other.type_str()),
+                format!(
+                    "`{kind}` must be an array of tables, found {}",
+                    other.type_str()
+                ),
                 "expected an array",
                 Some(format!("write entries as [[{kind}]]")),
             )),
@@ -216,7 +239,10 @@ impl EntryParser<'_> {
     fn report(&mut self, what: &str, e: &toml::de::Error) {
         let message = first_line(e.message());
         let help = if message.starts_with("unknown field") {
-            Some("remove the key or fix its spelling; `reconcile schema` lists every key".to_string())
+            Some(
+                "remove the key or fix its spelling; `reconcile schema` lists every key"
+                    .to_string(),
+            )
         } else if message.starts_with("missing field") {
             Some("add the key; `reconcile schema` describes every entry".to_string())
         } else {
@@ -232,5 +258,10 @@ impl EntryParser<'_> {
 }
 
 fn first_line(s: &str) -> String {
-    s.trim().lines().next().unwrap_or("").trim_end_matches('.').to_string()
+    s.trim()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('.')
+        .to_string()
 }

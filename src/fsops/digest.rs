@@ -82,7 +82,11 @@ impl StatIndex {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        StatIndex { path: Some(path.to_path_buf()), entries: Mutex::new(entries), dirty: Mutex::new(false) }
+        StatIndex {
+            path: Some(path.to_path_buf()),
+            entries: Mutex::new(entries),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// An index that is never saved.
@@ -107,10 +111,13 @@ impl StatIndex {
     }
 
     pub fn remember(&self, path: &Path, stat: StatKey, sha256: &str) {
-        self.entries
-            .lock()
-            .unwrap()
-            .insert(path.to_path_buf(), Entry { stat, sha256: sha256.to_string() });
+        self.entries.lock().unwrap().insert(
+            path.to_path_buf(),
+            Entry {
+                stat,
+                sha256: sha256.to_string(),
+            },
+        );
         *self.dirty.lock().unwrap() = true;
     }
 
@@ -130,7 +137,10 @@ mod tests {
 
     #[test]
     fn known_digest() {
-        assert_eq!(sha256_bytes(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_bytes(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(sha256_reader(&b"abc"[..]).unwrap().1, 3);
     }
 

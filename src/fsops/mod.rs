@@ -26,7 +26,10 @@ pub fn retired_path(target: &Path, txn: &str) -> PathBuf {
 }
 
 fn sibling(target: &Path, suffix: &str) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     target.with_file_name(format!(".{name}{suffix}"))
 }
 
@@ -74,7 +77,13 @@ pub enum Previous {
 pub fn publish(staged: &Path, target: &Path, retired: &Path) -> io::Result<Previous> {
     let exists = fs::symlink_metadata(target).is_ok();
     let result = if exists {
-        match renameat2(AT_FDCWD, staged, AT_FDCWD, target, RenameFlags::RENAME_EXCHANGE) {
+        match renameat2(
+            AT_FDCWD,
+            staged,
+            AT_FDCWD,
+            target,
+            RenameFlags::RENAME_EXCHANGE,
+        ) {
             Ok(()) => Previous::At(staged.to_path_buf()),
             Err(e) if flags_unsupported(e) => {
                 fs::rename(target, retired)?;
@@ -84,7 +93,13 @@ pub fn publish(staged: &Path, target: &Path, retired: &Path) -> io::Result<Previ
             Err(e) => return Err(e.into()),
         }
     } else {
-        match renameat2(AT_FDCWD, staged, AT_FDCWD, target, RenameFlags::RENAME_NOREPLACE) {
+        match renameat2(
+            AT_FDCWD,
+            staged,
+            AT_FDCWD,
+            target,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
             Ok(()) => {}
             Err(e) if flags_unsupported(e) => {
                 if fs::symlink_metadata(target).is_ok() {
@@ -102,7 +117,10 @@ pub fn publish(staged: &Path, target: &Path, retired: &Path) -> io::Result<Previ
 
 /// Point the symlink `link` at `dest` atomically: a temporary symlink renamed over the old one.
 pub fn switch_symlink(dest: &Path, link: &Path) -> io::Result<()> {
-    let tmp = sibling(link, &format!("{}link-{}", STAGING_MARK, std::process::id()));
+    let tmp = sibling(
+        link,
+        &format!("{}link-{}", STAGING_MARK, std::process::id()),
+    );
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(dest, &tmp)?;
     if let Err(e) = fs::rename(&tmp, link) {
@@ -176,7 +194,10 @@ mod tests {
         let staged = staging_path(&target, "1");
         fs::create_dir(&staged).unwrap();
         fs::write(staged.join("f"), "one").unwrap();
-        assert_eq!(publish(&staged, &target, &retired_path(&target, "1")).unwrap(), Previous::None);
+        assert_eq!(
+            publish(&staged, &target, &retired_path(&target, "1")).unwrap(),
+            Previous::None
+        );
         assert_eq!(fs::read_to_string(target.join("f")).unwrap(), "one");
 
         let staged = staging_path(&target, "2");
@@ -197,7 +218,11 @@ mod tests {
         switch_symlink(Path::new("m-1"), &link).unwrap();
         switch_symlink(Path::new("m-2"), &link).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("m-2"));
-        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1, "no temporary link left");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary link left"
+        );
     }
 
     #[test]

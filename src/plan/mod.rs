@@ -58,10 +58,22 @@ impl Plan {
     }
 
     pub fn load(path: &Path) -> Result<Plan> {
-        let bytes = std::fs::read(path).map_err(|e| Error::BadPlan { path: path.into(), reason: e.to_string() })?;
-        let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| Error::BadPlan { path: path.into(), reason: format!("not a reconcile plan: {e}") })?;
+        let bytes = std::fs::read(path).map_err(|e| Error::BadPlan {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| Error::BadPlan {
+            path: path.into(),
+            reason: format!("not a reconcile plan: {e}"),
+        })?;
         if plan.format_version != FORMAT_VERSION {
-            return Err(Error::BadPlan { path: path.into(), reason: format!("plan format {} is not {FORMAT_VERSION}", plan.format_version) });
+            return Err(Error::BadPlan {
+                path: path.into(),
+                reason: format!(
+                    "plan format {} is not {FORMAT_VERSION}",
+                    plan.format_version
+                ),
+            });
         }
         Ok(plan)
     }
@@ -76,12 +88,22 @@ impl Plan {
                 &now.desired.sha256[..12]
             ));
         }
-        let then: BTreeMap<&str, &str> = self.resources.iter().map(|r| (r.address.as_str(), r.fingerprint.as_str())).collect();
-        let current: BTreeMap<&str, &str> = now.resources.iter().map(|r| (r.address.as_str(), r.fingerprint.as_str())).collect();
+        let then: BTreeMap<&str, &str> = self
+            .resources
+            .iter()
+            .map(|r| (r.address.as_str(), r.fingerprint.as_str()))
+            .collect();
+        let current: BTreeMap<&str, &str> = now
+            .resources
+            .iter()
+            .map(|r| (r.address.as_str(), r.fingerprint.as_str()))
+            .collect();
         for (addr, fp) in &current {
             match then.get(addr) {
                 None => why.push(format!("{addr} appeared since the plan was made")),
-                Some(old) if old != fp => why.push(format!("{addr} changed on disk since the plan was made")),
+                Some(old) if old != fp => {
+                    why.push(format!("{addr} changed on disk since the plan was made"))
+                }
                 _ => {}
             }
         }
@@ -101,7 +123,11 @@ pub struct Planned {
 
 /// Observe (in parallel) and diff every resource; resources not matched by
 /// `targets` (glob patterns over addresses) are left out.
-pub fn make(resources: Vec<Box<dyn Resource>>, cx: &Context, targets: &[glob::Pattern]) -> Result<(Plan, Vec<Planned>)> {
+pub fn make(
+    resources: Vec<Box<dyn Resource>>,
+    cx: &Context,
+    targets: &[glob::Pattern],
+) -> Result<(Plan, Vec<Planned>)> {
     let mut resources: Vec<_> = resources
         .into_iter()
         .filter(|r| targets.is_empty() || targets.iter().any(|t| t.matches(r.address())))
@@ -112,7 +138,11 @@ pub fn make(resources: Vec<Box<dyn Resource>>, cx: &Context, targets: &[glob::Pa
         .map(|resource| {
             let observed = resource.observe(cx)?;
             let changes = resource.diff(&observed, cx)?;
-            Ok(Planned { resource, observed, changes })
+            Ok(Planned {
+                resource,
+                observed,
+                changes,
+            })
         })
         .collect::<Result<_>>()?;
     let mut summary = Summary::default();
@@ -132,7 +162,10 @@ pub fn make(resources: Vec<Box<dyn Resource>>, cx: &Context, targets: &[glob::Pa
     let plan = Plan {
         format_version: FORMAT_VERSION,
         reconcile_version: env!("CARGO_PKG_VERSION").into(),
-        desired: DesiredRef { file: cx.desired.path.clone(), sha256: cx.desired.digest.clone() },
+        desired: DesiredRef {
+            file: cx.desired.path.clone(),
+            sha256: cx.desired.digest.clone(),
+        },
         resources: planned
             .iter()
             .map(|p| ResourcePlan {

@@ -32,7 +32,10 @@ enum State {
     Absent,
     /// Something reconcile did not make.
     Foreign,
-    Installed { receipt: Receipt, drift: Vec<Drift> },
+    Installed {
+        receipt: Box<Receipt>,
+        drift: Vec<Drift>,
+    },
 }
 
 pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
@@ -41,12 +44,26 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     for (name, p) in &cx.desired.model.plugin {
         let root = PathBuf::from(p.dir());
         declared.insert((root.clone(), name.clone()));
-        out.push(Box::new(PluginResource { address: format!("{KIND}.{name}"), name: name.clone(), root, desired: Some(p.clone()) }));
+        out.push(Box::new(PluginResource {
+            address: format!("{KIND}.{name}"),
+            name: name.clone(),
+            root,
+            desired: Some(p.clone()),
+        }));
     }
-    let roots: BTreeSet<PathBuf> = declared.iter().map(|(r, _)| r.clone()).chain(cx.roots.of(KIND).cloned()).collect();
+    let roots: BTreeSet<PathBuf> = declared
+        .iter()
+        .map(|(r, _)| r.clone())
+        .chain(cx.roots.of(KIND).cloned())
+        .collect();
     for root in roots {
-        let Ok(entries) = fs::read_dir(&root) else { continue };
-        let mut names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let Ok(entries) = fs::read_dir(&root) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         for name in names {
             if fsops::is_staging_name(&name) || declared.contains(&(root.clone(), name.clone())) {
@@ -61,7 +78,12 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
                     } else {
                         format!("{KIND}.{name}")
                     };
-                    out.push(Box::new(PluginResource { address, name, root: root.clone(), desired: None }));
+                    out.push(Box::new(PluginResource {
+                        address,
+                        name,
+                        root: root.clone(),
+                        desired: None,
+                    }));
                 }
             }
         }
@@ -75,11 +97,16 @@ impl PluginResource {
     }
 
     fn bin(&self) -> String {
-        self.desired.as_ref().and_then(|p| p.bin.clone()).unwrap_or_else(|| self.name.clone())
+        self.desired
+            .as_ref()
+            .and_then(|p| p.bin.clone())
+            .unwrap_or_else(|| self.name.clone())
     }
 
     fn state<'o>(&self, o: &'o Observed) -> &'o State {
-        o.detail.downcast_ref::<State>().expect("plugin observation")
+        o.detail
+            .downcast_ref::<State>()
+            .expect("plugin observation")
     }
 
     fn install(&self, p: &Plugin, cx: &mut ApplyContext) -> Result<()> {
@@ -103,7 +130,14 @@ impl PluginResource {
         let staging = fsops::staging_path(&target, &txn.id);
         let retired = fsops::retired_path(&target, &txn.id);
         cx.journal.step(&txn, "stage")?;
-        let staged = self.stage(p, &artifact, &staging, &source_sha, &txn.id, cx.cx.desired.extract_limit);
+        let staged = self.stage(
+            p,
+            &artifact,
+            &staging,
+            &source_sha,
+            &txn.id,
+            cx.cx.desired.extract_limit,
+        );
         if let Err(e) = staged {
             let _ = fsops::remove_any(&staging);
             cx.journal.done(txn)?;
@@ -122,7 +156,15 @@ impl PluginResource {
     }
 
     /// Build the complete new plugin directory at `staging`, verified and fsynced.
-    fn stage(&self, p: &Plugin, artifact: &source::Artifact, staging: &Path, source_sha: &str, txn: &str, limit: u64) -> Result<()> {
+    fn stage(
+        &self,
+        p: &Plugin,
+        artifact: &source::Artifact,
+        staging: &Path,
+        source_sha: &str,
+        txn: &str,
+        limit: u64,
+    ) -> Result<()> {
         fs::create_dir(staging).map_err(|e| Error::io(staging, e))?;
         let bin = self.bin();
         let strip = p.source.strip_components.unwrap_or(0);
@@ -136,11 +178,22 @@ impl PluginResource {
         let manifest = staging.join("plugin.json");
         if manifest.exists() {
             let text = fs::read(&manifest).map_err(|e| Error::io(&manifest, e))?;
-            let doc: serde_json::Value = serde_json::from_slice(&text)
-                .map_err(|e| Error::Resource { address: self.address.clone(), reason: format!("plugin.json in the archive is not valid JSON: {e}") })?;
-            let found = doc.get("version").and_then(|v| v.as_str()).unwrap_or("(none)").to_string();
+            let doc: serde_json::Value =
+                serde_json::from_slice(&text).map_err(|e| Error::Resource {
+                    address: self.address.clone(),
+                    reason: format!("plugin.json in the archive is not valid JSON: {e}"),
+                })?;
+            let found = doc
+                .get("version")
+                .and_then(|v| v.as_str())
+                .unwrap_or("(none)")
+                .to_string();
             if found.trim_start_matches('v') != p.version.trim_start_matches('v') {
-                return Err(Error::VersionMismatch { address: self.address.clone(), found, declared: p.version.clone() });
+                return Err(Error::VersionMismatch {
+                    address: self.address.clone(),
+                    found,
+                    declared: p.version.clone(),
+                });
             }
         } else {
             let doc = json!({ "name": self.name, "version": p.version, "bin": bin });
@@ -154,7 +207,10 @@ impl PluginResource {
             kind: KIND.into(),
             name: self.name.clone(),
             version: Some(p.version.clone()),
-            source: ReceiptSource { location: Location::of(&p.source).describe(), sha256: source_sha.to_string() },
+            source: ReceiptSource {
+                location: Location::of(&p.source).describe(),
+                sha256: source_sha.to_string(),
+            },
             txn: txn.to_string(),
             installed_at: now_rfc3339(),
             reconcile_version: env!("CARGO_PKG_VERSION").into(),
@@ -167,7 +223,10 @@ impl PluginResource {
 
     fn remove(&self, cx: &mut ApplyContext) -> Result<()> {
         let target = self.target();
-        let txn = cx.journal.begin(&self.address, |id| Op::Remove { target: target.clone(), retired: fsops::retired_path(&target, id) })?;
+        let txn = cx.journal.begin(&self.address, |id| Op::Remove {
+            target: target.clone(),
+            retired: fsops::retired_path(&target, id),
+        })?;
         let retired = fsops::retired_path(&target, &txn.id);
         cx.journal.step(&txn, "retire")?;
         fs::rename(&target, &retired).map_err(|e| Error::io(&target, e))?;
@@ -190,58 +249,117 @@ impl Resource for PluginResource {
     fn observe(&self, cx: &Context) -> Result<Observed> {
         let target = self.target();
         let (state, fingerprint, summary) = match fs::symlink_metadata(&target) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (State::Absent, "absent".to_string(), "not installed".to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                State::Absent,
+                "absent".to_string(),
+                "not installed".to_string(),
+            ),
             Err(e) => return Err(Error::io(&target, e)),
-            Ok(meta) => match Receipt::read(&target).filter(|(r, _)| meta.is_dir() && r.kind == KIND) {
-                None => {
-                    let fp = format!("foreign:{}", meta.modified().map(|t| format!("{t:?}")).unwrap_or_default());
-                    (State::Foreign, sha256_bytes(fp.as_bytes()), "not made by reconcile".into())
-                }
-                Some((receipt, bytes)) => {
-                    let drift = check_tree(&target, &receipt, cx.verify)?;
-                    let mut fp = bytes;
-                    for d in &drift {
-                        fp.extend_from_slice(d.to_string().as_bytes());
+            Ok(meta) => {
+                match Receipt::read(&target).filter(|(r, _)| meta.is_dir() && r.kind == KIND) {
+                    None => {
+                        let fp = format!(
+                            "foreign:{}",
+                            meta.modified()
+                                .map(|t| format!("{t:?}"))
+                                .unwrap_or_default()
+                        );
+                        (
+                            State::Foreign,
+                            sha256_bytes(fp.as_bytes()),
+                            "not made by reconcile".into(),
+                        )
                     }
-                    let summary = if drift.is_empty() {
-                        format!("{} installed", receipt.version.as_deref().unwrap_or("?"))
-                    } else {
-                        format!("{} installed, drifted: {}", receipt.version.as_deref().unwrap_or("?"), drift[0])
-                    };
-                    (State::Installed { receipt, drift }, sha256_bytes(&fp), summary)
+                    Some((receipt, bytes)) => {
+                        let drift = check_tree(&target, &receipt, cx.verify)?;
+                        let mut fp = bytes;
+                        for d in &drift {
+                            fp.extend_from_slice(d.to_string().as_bytes());
+                        }
+                        let summary = if drift.is_empty() {
+                            format!("{} installed", receipt.version.as_deref().unwrap_or("?"))
+                        } else {
+                            format!(
+                                "{} installed, drifted: {}",
+                                receipt.version.as_deref().unwrap_or("?"),
+                                drift[0]
+                            )
+                        };
+                        (
+                            State::Installed {
+                                receipt: Box::new(receipt),
+                                drift,
+                            },
+                            sha256_bytes(&fp),
+                            summary,
+                        )
+                    }
                 }
-            },
+            }
         };
-        Ok(Observed { fingerprint, summary, detail: Box::new(state) })
+        Ok(Observed {
+            fingerprint,
+            summary,
+            detail: Box::new(state),
+        })
     }
 
     fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {
         let state = self.state(observed);
         let Some(p) = &self.desired else {
             return Ok(match state {
-                State::Installed { .. } => vec![Change { action: Action::Delete, reason: "not declared any more (owned)".into() }],
+                State::Installed { .. } => vec![Change {
+                    action: Action::Delete,
+                    reason: "not declared any more (owned)".into(),
+                }],
                 _ => vec![],
             });
         };
         let change = |action, reason: String| Ok(vec![Change { action, reason }]);
         match state {
-            State::Absent => change(Action::Create, format!("not installed (version {})", p.version)),
-            State::Foreign => Err(Error::Foreign { address: self.address.clone(), path: self.target() }),
+            State::Absent => change(
+                Action::Create,
+                format!("not installed (version {})", p.version),
+            ),
+            State::Foreign => Err(Error::Foreign {
+                address: self.address.clone(),
+                path: self.target(),
+            }),
             State::Installed { receipt, drift } => {
                 let installed = receipt.version.as_deref().unwrap_or("?");
                 if installed != p.version {
-                    return change(Action::Update, format!("version {installed} → {}", p.version));
+                    return change(
+                        Action::Update,
+                        format!("version {installed} → {}", p.version),
+                    );
                 }
                 let want = cx.fetcher.expected_digest(&p.source)?;
                 if receipt.source.sha256 != want {
-                    return change(Action::Update, format!("sha256 {}… ≠ declared {}…", receipt::short(&receipt.source.sha256), receipt::short(&want)));
+                    return change(
+                        Action::Update,
+                        format!(
+                            "sha256 {}… ≠ declared {}…",
+                            receipt::short(&receipt.source.sha256),
+                            receipt::short(&want)
+                        ),
+                    );
                 }
                 let bin = self.bin();
                 if receipt.facts.get("bin") != Some(&bin) {
-                    return change(Action::Update, format!("executable `{}` → `{bin}`", receipt.facts.get("bin").map(String::as_str).unwrap_or("?")));
+                    return change(
+                        Action::Update,
+                        format!(
+                            "executable `{}` → `{bin}`",
+                            receipt.facts.get("bin").map(String::as_str).unwrap_or("?")
+                        ),
+                    );
                 }
                 if let Some(d) = drift.first() {
-                    let more = if drift.len() > 1 { format!(" (and {} more)", drift.len() - 1) } else { String::new() };
+                    let more = if drift.len() > 1 {
+                        format!(" (and {} more)", drift.len() - 1)
+                    } else {
+                        String::new()
+                    };
                     return change(Action::Update, format!("file {d}{more}"));
                 }
                 Ok(vec![])
@@ -284,7 +402,10 @@ impl Resource for PluginResource {
 /// An archive holding one directory and nothing else (`kolet_1.2.0_linux_amd64/…`)
 /// is unwrapped so the plugin's files sit at the top.
 fn unwrap_single_dir(staging: &Path, written: &mut Written) -> Result<()> {
-    let entries: Vec<_> = fs::read_dir(staging).map_err(|e| Error::io(staging, e))?.filter_map(|e| e.ok()).collect();
+    let entries: Vec<_> = fs::read_dir(staging)
+        .map_err(|e| Error::io(staging, e))?
+        .filter_map(|e| e.ok())
+        .collect();
     if entries.len() != 1 || !entries[0].file_type().map(|t| t.is_dir()).unwrap_or(false) {
         return Ok(());
     }
@@ -298,7 +419,12 @@ fn unwrap_single_dir(staging: &Path, written: &mut Written) -> Result<()> {
     fs::remove_dir(&inner).map_err(|e| Error::io(&inner, e))?;
     let moved: Written = written
         .drain()
-        .map(|(k, v)| (k.strip_prefix(&wrapper).map(Path::to_path_buf).unwrap_or(k), v))
+        .map(|(k, v)| {
+            (
+                k.strip_prefix(&wrapper).map(Path::to_path_buf).unwrap_or(k),
+                v,
+            )
+        })
         .collect();
     *written = moved;
     Ok(())

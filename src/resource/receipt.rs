@@ -47,9 +47,17 @@ pub struct FileRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum EntryKind {
-    Dir { mode: u32 },
-    File { mode: u32, sha256: String, stat: StatKey },
-    Symlink { target: PathBuf },
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        sha256: String,
+        stat: StatKey,
+    },
+    Symlink {
+        target: PathBuf,
+    },
 }
 
 /// How an installed tree differs from its receipt.
@@ -83,7 +91,10 @@ impl Receipt {
     }
 
     pub fn file_count(&self) -> usize {
-        self.files.iter().filter(|f| matches!(f.kind, EntryKind::File { .. })).count()
+        self.files
+            .iter()
+            .filter(|f| matches!(f.kind, EntryKind::File { .. }))
+            .count()
     }
 }
 
@@ -97,15 +108,24 @@ pub fn record_tree(root: &Path, written: &Written) -> Result<Vec<FileRecord>> {
         let kind = if meta.is_dir() {
             EntryKind::Dir { mode }
         } else if meta.file_type().is_symlink() {
-            EntryKind::Symlink { target: fs::read_link(&full).map_err(|e| Error::io(&full, e))? }
+            EntryKind::Symlink {
+                target: fs::read_link(&full).map_err(|e| Error::io(&full, e))?,
+            }
         } else {
             let sha256 = match written.get(rel) {
                 Some(s) => s.clone(),
                 None => sha256_file(&full).map_err(|e| Error::io(&full, e))?,
             };
-            EntryKind::File { mode, sha256, stat: StatKey::of(meta) }
+            EntryKind::File {
+                mode,
+                sha256,
+                stat: StatKey::of(meta),
+            }
         };
-        out.push(FileRecord { path: rel.to_path_buf(), kind });
+        out.push(FileRecord {
+            path: rel.to_path_buf(),
+            kind,
+        });
         Ok(())
     })?;
     Ok(out)
@@ -115,10 +135,17 @@ pub fn record_tree(root: &Path, written: &Written) -> Result<Vec<FileRecord>> {
 /// unless `verify`; otherwise the file is re-hashed.
 pub fn check_tree(root: &Path, receipt: &Receipt, verify: bool) -> Result<Vec<Drift>> {
     let mut drift = Vec::new();
-    let mut expected: BTreeMap<&Path, &EntryKind> = receipt.files.iter().map(|f| (f.path.as_path(), &f.kind)).collect();
+    let mut expected: BTreeMap<&Path, &EntryKind> = receipt
+        .files
+        .iter()
+        .map(|f| (f.path.as_path(), &f.kind))
+        .collect();
     walk(root, Path::new(""), &mut |rel, meta| {
         let full = root.join(rel);
-        let d = |what: String| Drift { path: rel.to_path_buf(), what };
+        let d = |what: String| Drift {
+            path: rel.to_path_buf(),
+            what,
+        };
         match expected.remove(rel) {
             None => drift.push(d("is not part of the installed tree (extra)".into())),
             Some(EntryKind::Dir { .. }) if meta.is_dir() => {}
@@ -133,11 +160,18 @@ pub fn check_tree(root: &Path, receipt: &Receipt, verify: bool) -> Result<Vec<Dr
                 if m != *mode {
                     drift.push(d(format!("mode {m:o} ≠ installed {mode:o}")));
                 } else if now.size != stat.size {
-                    drift.push(d(format!("modified (size {} ≠ installed {})", now.size, stat.size)));
+                    drift.push(d(format!(
+                        "modified (size {} ≠ installed {})",
+                        now.size, stat.size
+                    )));
                 } else if verify || now != *stat {
                     let actual = sha256_file(&full).map_err(|e| Error::io(&full, e))?;
                     if actual != *sha256 {
-                        drift.push(d(format!("modified (sha256 {} ≠ installed {})", short(&actual), short(sha256))));
+                        drift.push(d(format!(
+                            "modified (sha256 {} ≠ installed {})",
+                            short(&actual),
+                            short(sha256)
+                        )));
                     }
                 }
             }
@@ -150,14 +184,21 @@ pub fn check_tree(root: &Path, receipt: &Receipt, verify: bool) -> Result<Vec<Dr
             EntryKind::Dir { .. } => "directory missing",
             _ => "missing",
         };
-        drift.push(Drift { path: path.to_path_buf(), what: what.into() });
+        drift.push(Drift {
+            path: path.to_path_buf(),
+            what: what.into(),
+        });
     }
     drift.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(drift)
 }
 
 /// Walk a tree in name order, skipping the receipt itself and staging leftovers.
-fn walk(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
+fn walk(
+    root: &Path,
+    rel: &Path,
+    f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>,
+) -> Result<()> {
     let dir = root.join(rel);
     let mut entries: Vec<_> = fs::read_dir(&dir)
         .map_err(|e| Error::io(&dir, e))?

@@ -43,7 +43,9 @@ pub fn detect(name: &str, path: &Path) -> ArchiveFormat {
 
 fn sniff(path: &Path) -> ArchiveFormat {
     let mut head = [0u8; 512];
-    let n = File::open(path).and_then(|mut f| read_up_to(&mut f, &mut head)).unwrap_or(0);
+    let n = File::open(path)
+        .and_then(|mut f| read_up_to(&mut f, &mut head))
+        .unwrap_or(0);
     let h = &head[..n];
     if h.starts_with(&[0x1f, 0x8b]) {
         ArchiveFormat::TarGz
@@ -72,14 +74,32 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Extract `archive` into the existing, empty directory `dest`.
-pub fn extract(archive: &Path, format: ArchiveFormat, dest: &Path, strip: u32, limit: u64) -> Result<Written> {
+pub fn extract(
+    archive: &Path,
+    format: ArchiveFormat,
+    dest: &Path,
+    strip: u32,
+    limit: u64,
+) -> Result<Written> {
     let label = archive.display().to_string();
-    let mut x = Extractor { dest, label: label.clone(), strip, limit, total: 0, entries: 0, written: Written::new() };
+    let mut x = Extractor {
+        dest,
+        label: label.clone(),
+        strip,
+        limit,
+        total: 0,
+        entries: 0,
+        written: Written::new(),
+    };
     let open = || File::open(archive).map_err(|e| Error::io(archive, e));
     match format {
         ArchiveFormat::Tar => x.tar(open()?)?,
-        ArchiveFormat::TarGz => x.tar(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, open()?)))?,
-        ArchiveFormat::TarXz => x.tar(liblzma::read::XzDecoder::new(io::BufReader::new(open()?)))?,
+        ArchiveFormat::TarGz => x.tar(flate2::read::MultiGzDecoder::new(
+            io::BufReader::with_capacity(1 << 20, open()?),
+        ))?,
+        ArchiveFormat::TarXz => {
+            x.tar(liblzma::read::XzDecoder::new(io::BufReader::new(open()?)))?
+        }
         ArchiveFormat::TarZst => {
             let d = zstd::stream::read::Decoder::new(open()?).map_err(|e| x.bad(e.to_string()))?;
             x.tar(d)?
@@ -109,11 +129,18 @@ enum Kind {
 
 impl Extractor<'_> {
     fn bad(&self, reason: String) -> Error {
-        Error::Archive { archive: self.label.clone(), reason }
+        Error::Archive {
+            archive: self.label.clone(),
+            reason,
+        }
     }
 
     fn hostile(&self, entry: &Path, reason: impl Into<String>) -> Error {
-        Error::HostileArchive { archive: self.label.clone(), entry: entry.display().to_string(), reason: reason.into() }
+        Error::HostileArchive {
+            archive: self.label.clone(),
+            entry: entry.display().to_string(),
+            reason: reason.into(),
+        }
     }
 
     /// Archive path → safe relative path (None: stripped away or the root itself).
@@ -121,7 +148,9 @@ impl Extractor<'_> {
         let mut parts = Vec::new();
         for c in raw.components() {
             match c {
-                Component::RootDir | Component::Prefix(_) => return Err(self.hostile(raw, "has an absolute path")),
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(self.hostile(raw, "has an absolute path"))
+                }
                 Component::ParentDir => return Err(self.hostile(raw, "contains `..`")),
                 Component::CurDir => {}
                 Component::Normal(p) => parts.push(p.to_os_string()),
@@ -149,7 +178,9 @@ impl Extractor<'_> {
             at.push(c);
             match fs::symlink_metadata(&at) {
                 Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => return Err(self.hostile(raw, "is written through a symlink")),
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(self.hostile(raw, "is written through a symlink"))
+                }
                 Ok(_) => return Err(self.hostile(raw, "has a parent that is not a directory")),
                 Err(_) => fs::create_dir(&at).map_err(|e| Error::io(&at, e))?,
             }
@@ -159,7 +190,9 @@ impl Extractor<'_> {
 
     fn place(&mut self, raw: &Path, kind: Kind, mode: u32, data: &mut dyn Read) -> Result<()> {
         self.count(raw)?;
-        let Some(rel) = self.clean(raw)? else { return Ok(()) };
+        let Some(rel) = self.clean(raw)? else {
+            return Ok(());
+        };
         self.parent_dirs(&rel, raw)?;
         let full = self.dest.join(&rel);
         if let Ok(m) = fs::symlink_metadata(&full) {
@@ -173,7 +206,8 @@ impl Extractor<'_> {
         match kind {
             Kind::Dir => {
                 fs::create_dir(&full).map_err(|e| Error::io(&full, e))?;
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode | 0o700)).map_err(|e| Error::io(&full, e))?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode | 0o700))
+                    .map_err(|e| Error::io(&full, e))?;
             }
             Kind::File => {
                 let mut f = OpenOptions::new()
@@ -185,31 +219,54 @@ impl Extractor<'_> {
                     .map_err(|e| Error::io(&full, e))?;
                 let room = self.limit.saturating_sub(self.total);
                 let mut w = HashingWriter::new(&mut f);
-                let n = io::copy(&mut data.take(room + 1), &mut w).map_err(|e| self.bad(format!("{}: {e}", raw.display())))?;
+                let n = io::copy(&mut data.take(room + 1), &mut w)
+                    .map_err(|e| self.bad(format!("{}: {e}", raw.display())))?;
                 self.total += n;
                 if n > room {
                     return Err(self.hostile(raw, format!("makes the archive unpack to more than {} bytes (settings.extract_limit)", self.limit)));
                 }
                 let sha = w.finish();
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode)).map_err(|e| Error::io(&full, e))?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io(&full, e))?;
                 self.written.insert(rel, sha);
             }
             Kind::Symlink(target) => {
                 if target.is_absolute() {
-                    return Err(self.hostile(raw, format!("is a symlink to the absolute path {}", target.display())));
+                    return Err(self.hostile(
+                        raw,
+                        format!("is a symlink to the absolute path {}", target.display()),
+                    ));
                 }
                 let base = rel.parent().unwrap_or(Path::new(""));
                 if !stays_inside(base, &target) {
-                    return Err(self.hostile(raw, format!("is a symlink to {} which leaves the tree", target.display())));
+                    return Err(self.hostile(
+                        raw,
+                        format!("is a symlink to {} which leaves the tree", target.display()),
+                    ));
                 }
                 std::os::unix::fs::symlink(&target, &full).map_err(|e| Error::io(&full, e))?;
             }
             Kind::HardLink(target) => {
-                let Some(trel) = self.clean(&target).map_err(|_| self.hostile(raw, format!("is a hard link to {} which leaves the tree", target.display())))? else {
+                let Some(trel) = self.clean(&target).map_err(|_| {
+                    self.hostile(
+                        raw,
+                        format!(
+                            "is a hard link to {} which leaves the tree",
+                            target.display()
+                        ),
+                    )
+                })?
+                else {
                     return Err(self.hostile(raw, "is a hard link to a stripped path"));
                 };
                 let Some(sha) = self.written.get(&trel).cloned() else {
-                    return Err(self.hostile(raw, format!("is a hard link to {} which is not a file extracted before it", target.display())));
+                    return Err(self.hostile(
+                        raw,
+                        format!(
+                            "is a hard link to {} which is not a file extracted before it",
+                            target.display()
+                        ),
+                    ));
                 };
                 fs::hard_link(self.dest.join(&trel), &full).map_err(|e| Error::io(&full, e))?;
                 self.written.insert(rel, sha);
@@ -223,7 +280,10 @@ impl Extractor<'_> {
         let entries = ar.entries().map_err(|e| self.bad(e.to_string()))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| self.bad(e.to_string()))?;
-            let raw = entry.path().map_err(|e| self.bad(e.to_string()))?.into_owned();
+            let raw = entry
+                .path()
+                .map_err(|e| self.bad(e.to_string()))?
+                .into_owned();
             let mode = entry.header().mode().unwrap_or(0o644);
             let et = entry.header().entry_type();
             let kind = match et {
@@ -235,9 +295,15 @@ impl Extractor<'_> {
                         .map_err(|e| self.bad(e.to_string()))?
                         .ok_or_else(|| self.hostile(&raw, "is a link without a target"))?
                         .into_owned();
-                    if et == tar::EntryType::Symlink { Kind::Symlink(target) } else { Kind::HardLink(target) }
+                    if et == tar::EntryType::Symlink {
+                        Kind::Symlink(target)
+                    } else {
+                        Kind::HardLink(target)
+                    }
                 }
-                tar::EntryType::Char | tar::EntryType::Block => return Err(self.hostile(&raw, "is a device node")),
+                tar::EntryType::Char | tar::EntryType::Block => {
+                    return Err(self.hostile(&raw, "is a device node"))
+                }
                 tar::EntryType::Fifo => return Err(self.hostile(&raw, "is a fifo")),
                 // pax and GNU metadata entries are consumed by the tar crate; anything else is skipped
                 _ => continue,
@@ -252,11 +318,16 @@ impl Extractor<'_> {
         for i in 0..ar.len() {
             let mut file = ar.by_index(i).map_err(|e| self.bad(e.to_string()))?;
             let raw = PathBuf::from(String::from_utf8_lossy(file.name_raw()).into_owned());
-            let mode = file.unix_mode().unwrap_or(if file.is_dir() { 0o755 } else { 0o644 });
+            let mode = file
+                .unix_mode()
+                .unwrap_or(if file.is_dir() { 0o755 } else { 0o644 });
             let kind = match mode & 0o170000 {
                 0o120000 => {
                     let mut t = String::new();
-                    file.by_ref().take(4096).read_to_string(&mut t).map_err(|e| self.bad(e.to_string()))?;
+                    file.by_ref()
+                        .take(4096)
+                        .read_to_string(&mut t)
+                        .map_err(|e| self.bad(e.to_string()))?;
                     Kind::Symlink(PathBuf::from(t))
                 }
                 0o020000 | 0o060000 => return Err(self.hostile(&raw, "is a device node")),
@@ -272,7 +343,10 @@ impl Extractor<'_> {
 
 /// Does `target`, taken relative to the directory `base` (both inside the tree), stay inside it?
 fn stays_inside(base: &Path, target: &Path) -> bool {
-    let mut depth: i64 = base.components().filter(|c| matches!(c, Component::Normal(_))).count() as i64;
+    let mut depth: i64 = base
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .count() as i64;
     for c in target.components() {
         match c {
             Component::ParentDir => depth -= 1,
@@ -295,7 +369,10 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new() }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
     }
     pub fn finish(self) -> String {
         hex::encode(self.hasher.finalize())

@@ -44,8 +44,18 @@ impl Location {
     /// The last path segment, used to guess the archive format.
     pub fn file_name(&self) -> String {
         match self {
-            Location::File(p) | Location::Dir(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            Location::Url(u) => u.split(['?', '#']).next().unwrap_or("").rsplit('/').next().unwrap_or("").to_string(),
+            Location::File(p) | Location::Dir(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            Location::Url(u) => u
+                .split(['?', '#'])
+                .next()
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string(),
         }
     }
 }
@@ -54,8 +64,15 @@ impl Location {
 #[derive(Debug)]
 pub enum Artifact {
     /// A verified local file (in the cache, or the `path` source itself).
-    File { path: PathBuf, sha256: String, name: String, format: ArchiveFormat },
-    Dir { path: PathBuf },
+    File {
+        path: PathBuf,
+        sha256: String,
+        name: String,
+        format: ArchiveFormat,
+    },
+    Dir {
+        path: PathBuf,
+    },
 }
 
 /// Fetches sources, with the cache and the stat index of one run.
@@ -82,7 +99,10 @@ impl Fetcher<'_> {
                 .to_ascii_lowercase()),
             Location::File(p) => match &s.sha256 {
                 Some(sha) => Ok(sha.to_ascii_lowercase()),
-                None => self.index.digest(&p, self.verify).map_err(|e| Error::io(&p, e)),
+                None => self
+                    .index
+                    .digest(&p, self.verify)
+                    .map_err(|e| Error::io(&p, e)),
             },
             Location::Dir(d) => tree_digest(&d, self.index, self.verify),
         }
@@ -95,7 +115,10 @@ impl Fetcher<'_> {
         let (path, sha256) = match &loc {
             Location::Dir(d) => {
                 if !d.is_dir() {
-                    return Err(Error::io(d, io::Error::new(io::ErrorKind::NotFound, "source directory missing")));
+                    return Err(Error::io(
+                        d,
+                        io::Error::new(io::ErrorKind::NotFound, "source directory missing"),
+                    ));
                 }
                 return Ok(Artifact::Dir { path: d.clone() });
             }
@@ -103,7 +126,11 @@ impl Fetcher<'_> {
                 let actual = self.index.digest(p, true).map_err(|e| Error::io(p, e))?;
                 if let Some(want) = &s.sha256 {
                     if !want.eq_ignore_ascii_case(&actual) {
-                        return Err(Error::Checksum { what: p.display().to_string(), expected: want.clone(), actual });
+                        return Err(Error::Checksum {
+                            what: p.display().to_string(),
+                            expected: want.clone(),
+                            actual,
+                        });
                     }
                 }
                 (p.clone(), actual)
@@ -114,7 +141,12 @@ impl Fetcher<'_> {
             }
         };
         let format = s.format.unwrap_or_else(|| archive::detect(&name, &path));
-        Ok(Artifact::File { path, sha256, name, format })
+        Ok(Artifact::File {
+            path,
+            sha256,
+            name,
+            format,
+        })
     }
 
     /// Download `url` into the cache (or find it there) and check it has `want`.
@@ -125,11 +157,21 @@ impl Fetcher<'_> {
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         if let Some(want) = want {
             let cached = dir.join(want);
-            if cached.is_file() && self.index.digest(&cached, self.verify).map(|d| d == want).unwrap_or(false) {
+            if cached.is_file()
+                && self
+                    .index
+                    .digest(&cached, self.verify)
+                    .map(|d| d == want)
+                    .unwrap_or(false)
+            {
                 return Ok((cached, want.to_string()));
             }
         }
-        let tmp = self.cache_dir.join(format!("download-{}-{}", std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let tmp = self.cache_dir.join(format!(
+            "download-{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         let result = self.download_to(url, &tmp);
         let (actual, stat) = match result {
             Ok(v) => v,
@@ -140,7 +182,11 @@ impl Fetcher<'_> {
         };
         if let Some(want) = want.filter(|w| *w != actual) {
             let _ = fs::remove_file(&tmp);
-            return Err(Error::Checksum { what: url.to_string(), expected: want.to_string(), actual });
+            return Err(Error::Checksum {
+                what: url.to_string(),
+                expected: want.to_string(),
+                actual,
+            });
         }
         let cached = dir.join(&actual);
         fs::rename(&tmp, &cached).map_err(|e| Error::io(&cached, e))?;
@@ -149,20 +195,28 @@ impl Fetcher<'_> {
     }
 
     fn download_to(&self, url: &str, tmp: &Path) -> Result<(String, StatKey)> {
-        let fail = |reason: String| Error::Download { url: url.to_string(), reason };
-        let (reader, len): (Box<dyn Read>, Option<u64>) = if let Some(path) = url.strip_prefix("file://") {
-            let f = File::open(path).map_err(|e| fail(e.to_string()))?;
-            let len = f.metadata().ok().map(|m| m.len());
-            (Box::new(f), len)
-        } else {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_connect(Some(std::time::Duration::from_secs(30)))
-                .build()
-                .into();
-            let resp = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
-            let len = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-            (Box::new(resp.into_body().into_reader()), len)
+        let fail = |reason: String| Error::Download {
+            url: url.to_string(),
+            reason,
         };
+        let (reader, len): (Box<dyn Read>, Option<u64>) =
+            if let Some(path) = url.strip_prefix("file://") {
+                let f = File::open(path).map_err(|e| fail(e.to_string()))?;
+                let len = f.metadata().ok().map(|m| m.len());
+                (Box::new(f), len)
+            } else {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_connect(Some(std::time::Duration::from_secs(30)))
+                    .build()
+                    .into();
+                let resp = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
+                let len = resp
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                (Box::new(resp.into_body().into_reader()), len)
+            };
         let bar = self.bar(len, url);
         let mut file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         let mut w = HashingWriter::new(&mut file);
@@ -179,24 +233,42 @@ impl Fetcher<'_> {
         if !self.progress {
             return indicatif::ProgressBar::hidden();
         }
-        let bar = indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
+        let bar =
+            indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        bar.set_message(format!("downloading {}", what.rsplit('/').next().unwrap_or(what)));
+        bar.set_message(format!(
+            "downloading {}",
+            what.rsplit('/').next().unwrap_or(what)
+        ));
         bar
     }
 }
 
 /// Copy an artifact into the empty directory `dest`: extract an archive, copy a
 /// plain file as `file_name`, or copy a directory tree. Returns digests of what was written.
-pub fn unpack(a: &Artifact, dest: &Path, file_name: &str, strip: u32, limit: u64) -> Result<Written> {
+pub fn unpack(
+    a: &Artifact,
+    dest: &Path,
+    file_name: &str,
+    strip: u32,
+    limit: u64,
+) -> Result<Written> {
     match a {
-        Artifact::File { path, format: ArchiveFormat::File, sha256, .. } => {
+        Artifact::File {
+            path,
+            format: ArchiveFormat::File,
+            sha256,
+            ..
+        } => {
             let to = dest.join(file_name);
             fs::copy(path, &to).map_err(|e| Error::io(&to, e))?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).map_err(|e| Error::io(&to, e))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io(&to, e))?;
             Ok([(PathBuf::from(file_name), sha256.clone())].into())
         }
         Artifact::File { path, format, .. } => archive::extract(path, *format, dest, strip, limit),
@@ -210,7 +282,10 @@ pub fn unpack(a: &Artifact, dest: &Path, file_name: &str, strip: u32, limit: u64
 
 fn copy_tree(src: &Path, dest: &Path, rel: &Path, written: &mut Written) -> Result<()> {
     let from = src.join(rel);
-    let mut entries: Vec<_> = fs::read_dir(&from).map_err(|e| Error::io(&from, e))?.collect::<io::Result<_>>().map_err(|e| Error::io(&from, e))?;
+    let mut entries: Vec<_> = fs::read_dir(&from)
+        .map_err(|e| Error::io(&from, e))?
+        .collect::<io::Result<_>>()
+        .map_err(|e| Error::io(&from, e))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let r = rel.join(e.file_name());
@@ -220,7 +295,8 @@ fn copy_tree(src: &Path, dest: &Path, rel: &Path, written: &mut Written) -> Resu
         if meta.is_dir() {
             fs::create_dir(&d).map_err(|e| Error::io(&d, e))?;
             copy_tree(src, dest, &r, written)?;
-            fs::set_permissions(&d, fs::Permissions::from_mode(mode | 0o700)).map_err(|e| Error::io(&d, e))?;
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode | 0o700))
+                .map_err(|e| Error::io(&d, e))?;
         } else if meta.file_type().is_symlink() {
             let t = fs::read_link(&s).map_err(|e| Error::io(&s, e))?;
             std::os::unix::fs::symlink(&t, &d).map_err(|e| Error::io(&d, e))?;
@@ -231,10 +307,14 @@ fn copy_tree(src: &Path, dest: &Path, rel: &Path, written: &mut Written) -> Resu
             io::copy(&mut input, &mut w).map_err(|e| Error::io(&d, e))?;
             let sha = w.finish();
             out.flush().map_err(|e| Error::io(&d, e))?;
-            fs::set_permissions(&d, fs::Permissions::from_mode(mode | 0o600)).map_err(|e| Error::io(&d, e))?;
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode | 0o600))
+                .map_err(|e| Error::io(&d, e))?;
             written.insert(r, sha);
         } else {
-            return Err(Error::Resource { address: s.display().to_string(), reason: "source directory holds a device node, fifo or socket".into() });
+            return Err(Error::Resource {
+                address: s.display().to_string(),
+                reason: "source directory holds a device node, fifo or socket".into(),
+            });
         }
     }
     Ok(())
@@ -247,9 +327,18 @@ pub fn tree_digest(dir: &Path, index: &StatIndex, verify: bool) -> Result<String
     Ok(crate::fsops::digest::sha256_bytes(lines.as_bytes()))
 }
 
-fn walk_digest(root: &Path, rel: &Path, index: &StatIndex, verify: bool, out: &mut String) -> Result<()> {
+fn walk_digest(
+    root: &Path,
+    rel: &Path,
+    index: &StatIndex,
+    verify: bool,
+    out: &mut String,
+) -> Result<()> {
     let dir = root.join(rel);
-    let mut names: Vec<_> = fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
     names.sort();
     for n in names {
         let r = rel.join(&n);

@@ -24,7 +24,11 @@ pub const RECEIPT_NAME: &str = ".reconcile-receipt.json";
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Op {
     /// Stage a directory at `staging` and publish it at `target`.
-    Publish { target: PathBuf, staging: PathBuf, retired: PathBuf },
+    Publish {
+        target: PathBuf,
+        staging: PathBuf,
+        retired: PathBuf,
+    },
     /// Retire `target` (rename it to `retired`) and delete it.
     Remove { target: PathBuf, retired: PathBuf },
 }
@@ -66,7 +70,12 @@ fn new_txn_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{:x}-{}-{}", nanos, std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{:x}-{}-{}",
+        nanos,
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Journal {
@@ -89,23 +98,38 @@ impl Journal {
     fn write(&mut self, rec: &Record) -> Result<()> {
         let mut line = serde_json::to_vec(rec).expect("journal record serialises");
         line.push(b'\n');
-        self.file.write_all(&line).map_err(|e| Error::io(&self.path, e))?;
+        self.file
+            .write_all(&line)
+            .map_err(|e| Error::io(&self.path, e))?;
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 
     /// Record the start of a transaction with everything recovery needs; `op`
     /// receives the new transaction id (staging names carry it).
     pub fn begin(&mut self, address: &str, op: impl FnOnce(&str) -> Op) -> Result<Txn> {
-        let txn = Txn { id: new_txn_id(), address: address.to_string() };
+        let txn = Txn {
+            id: new_txn_id(),
+            address: address.to_string(),
+        };
         let op = op(&txn.id);
-        self.write(&Record { txn: txn.id.clone(), address: address.into(), step: "begin".into(), op: Some(op) })?;
+        self.write(&Record {
+            txn: txn.id.clone(),
+            address: address.into(),
+            step: "begin".into(),
+            op: Some(op),
+        })?;
         fault::point(address, "begin");
         Ok(txn)
     }
 
     /// Record that `step` is about to happen.
     pub fn step(&mut self, txn: &Txn, step: &str) -> Result<()> {
-        self.write(&Record { txn: txn.id.clone(), address: txn.address.clone(), step: step.into(), op: None })?;
+        self.write(&Record {
+            txn: txn.id.clone(),
+            address: txn.address.clone(),
+            step: step.into(),
+            op: None,
+        })?;
         fault::point(&txn.address, step);
         Ok(())
     }
@@ -129,7 +153,10 @@ pub fn recover(path: &Path) -> Result<Vec<Recovered>> {
         Err(e) => return Err(Error::io(path, e)),
     };
     // A torn last line (killed mid-write) does not parse and is ignored: its step never happened.
-    let records: Vec<Record> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let records: Vec<Record> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let mut out = Vec::new();
     let mut open: Vec<(String, String, Op, String)> = Vec::new();
     for r in records {
@@ -148,7 +175,12 @@ pub fn recover(path: &Path) -> Result<Vec<Recovered>> {
             path: path.to_path_buf(),
             reason: format!("recovering {address} (transaction {txn}): {e}"),
         })?;
-        out.push(Recovered { address, txn, outcome, last_step });
+        out.push(Recovered {
+            address,
+            txn,
+            outcome,
+            last_step,
+        });
     }
     Ok(out)
 }
@@ -159,19 +191,27 @@ fn published_by(target: &Path) -> Option<String> {
         txn: String,
     }
     let bytes = std::fs::read(target.join(RECEIPT_NAME)).ok()?;
-    serde_json::from_slice::<TxnOnly>(&bytes).ok().map(|t| t.txn)
+    serde_json::from_slice::<TxnOnly>(&bytes)
+        .ok()
+        .map(|t| t.txn)
 }
 
 fn undo_or_finish(txn: &str, op: &Op) -> std::io::Result<&'static str> {
     match op {
-        Op::Publish { target, staging, retired } => {
+        Op::Publish {
+            target,
+            staging,
+            retired,
+        } => {
             if published_by(target).as_deref() == Some(txn) {
                 // committed: what sits at the staging or retired name is the old copy
                 fsops::remove_any(staging)?;
                 fsops::remove_any(retired)?;
                 Ok("rolled forward")
             } else {
-                if std::fs::symlink_metadata(target).is_err() && std::fs::symlink_metadata(retired).is_ok() {
+                if std::fs::symlink_metadata(target).is_err()
+                    && std::fs::symlink_metadata(retired).is_ok()
+                {
                     // killed inside the two-rename fallback: put the old copy back
                     std::fs::rename(retired, target)?;
                 }
@@ -209,7 +249,13 @@ mod tests {
         receipt(&target, "old");
         let (mut j, _) = Journal::open_and_recover(&state).unwrap();
         let staging = fsops::staging_path(&target, "x");
-        let txn = j.begin("plugin.p", |_| Op::Publish { target: target.clone(), staging: staging.clone(), retired: fsops::retired_path(&target, "x") }).unwrap();
+        let txn = j
+            .begin("plugin.p", |_| Op::Publish {
+                target: target.clone(),
+                staging: staging.clone(),
+                retired: fsops::retired_path(&target, "x"),
+            })
+            .unwrap();
         fs::create_dir(&staging).unwrap();
         receipt(&staging, &txn.id);
         drop(j);
@@ -230,7 +276,13 @@ mod tests {
         let (mut j, _) = Journal::open_and_recover(&state).unwrap();
         let staging = fsops::staging_path(&target, "x");
         let retired = fsops::retired_path(&target, "x");
-        let txn = j.begin("plugin.p", |_| Op::Publish { target: target.clone(), staging: staging.clone(), retired: retired.clone() }).unwrap();
+        let txn = j
+            .begin("plugin.p", |_| Op::Publish {
+                target: target.clone(),
+                staging: staging.clone(),
+                retired: retired.clone(),
+            })
+            .unwrap();
         fs::create_dir(&staging).unwrap();
         receipt(&staging, &txn.id);
         fsops::publish(&staging, &target, &retired).unwrap();
@@ -252,7 +304,12 @@ mod tests {
         receipt(&retired, "old");
         fs::create_dir(&staging).unwrap();
         let (mut j, _) = Journal::open_and_recover(&state).unwrap();
-        j.begin("plugin.p", |_| Op::Publish { target: target.clone(), staging: staging.clone(), retired }).unwrap();
+        j.begin("plugin.p", |_| Op::Publish {
+            target: target.clone(),
+            staging: staging.clone(),
+            retired,
+        })
+        .unwrap();
         drop(j);
         Journal::open_and_recover(&state).unwrap();
         assert_eq!(published_by(&target).as_deref(), Some("old"));

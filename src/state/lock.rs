@@ -28,7 +28,11 @@ struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pid {} on {} running `{}` since {}", self.pid, self.host, self.command, self.started)
+        write!(
+            f,
+            "pid {} on {} running `{}` since {}",
+            self.pid, self.host, self.command, self.started
+        )
     }
 }
 
@@ -48,14 +52,18 @@ pub fn acquire(state: &StateDir, command: &str, timeout: Option<Duration>) -> Re
             Ok(mut flock) => {
                 let me = Holder {
                     pid: std::process::id(),
-                    host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+                    host: nix::unistd::gethostname()
+                        .map(|h| h.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                     command: command.to_string(),
                     started: super::now_rfc3339(),
                 };
                 let text = serde_json::to_string(&me).expect("holder serialises");
                 flock.set_len(0).map_err(|e| Error::io(&path, e))?;
                 flock.rewind().map_err(|e| Error::io(&path, e))?;
-                flock.write_all(text.as_bytes()).map_err(|e| Error::io(&path, e))?;
+                flock
+                    .write_all(text.as_bytes())
+                    .map_err(|e| Error::io(&path, e))?;
                 return Ok(ApplyLock { _flock: flock });
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
@@ -68,7 +76,10 @@ pub fn acquire(state: &StateDir, command: &str, timeout: Option<Duration>) -> Re
                 let holder = serde_json::from_str::<Holder>(&text)
                     .map(|h| h.to_string())
                     .unwrap_or_else(|_| "holder unknown".to_string());
-                return Err(Error::LockHeld { holder, waited: timeout });
+                return Err(Error::LockHeld {
+                    holder,
+                    waited: timeout,
+                });
             }
             Err((_, e)) => return Err(Error::io(&path, e.into())),
         }

@@ -24,12 +24,16 @@ impl StateDir {
     /// and only once the file is valid).
     pub fn create(root: &Path) -> Result<Self> {
         fs::create_dir_all(root.join("cache")).map_err(|e| Error::io(root, e))?;
-        Ok(StateDir { root: root.to_path_buf() })
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The state dir at `root` without creating anything (`status`).
     pub fn existing(root: &Path) -> Self {
-        StateDir { root: root.to_path_buf() }
+        StateDir {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn lock_path(&self) -> PathBuf {
@@ -66,12 +70,15 @@ impl StateDir {
     }
 
     pub fn last_apply(&self) -> Option<LastApply> {
-        fs::read(self.last_apply_path()).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        fs::read(self.last_apply_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     pub fn save_last_apply(&self, a: &LastApply) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(a).expect("last apply serialises");
-        fsops::write_atomic(&self.last_apply_path(), &bytes).map_err(|e| Error::io(self.last_apply_path(), e))
+        fsops::write_atomic(&self.last_apply_path(), &bytes)
+            .map_err(|e| Error::io(self.last_apply_path(), e))
     }
 }
 
@@ -86,7 +93,10 @@ impl Roots {
         self.by_kind.get(kind).into_iter().flatten()
     }
     pub fn add(&mut self, kind: &str, root: &Path) -> bool {
-        self.by_kind.entry(kind.to_string()).or_default().insert(root.to_path_buf())
+        self.by_kind
+            .entry(kind.to_string())
+            .or_default()
+            .insert(root.to_path_buf())
     }
 }
 

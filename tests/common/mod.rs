@@ -46,7 +46,13 @@ impl Run {
 
     #[track_caller]
     pub fn expect(&self, code: i32) -> &Self {
-        assert_eq!(self.code, Some(code), "unexpected exit\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
@@ -57,7 +63,9 @@ impl Run {
 
 impl Farm {
     pub fn new() -> Farm {
-        Farm { dir: tempfile::tempdir().unwrap() }
+        Farm {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -77,7 +85,10 @@ impl Farm {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.current_dir(self.dir.path()).args(args).env_remove("RECONCILE_FAULT").env("NO_COLOR", "1");
+        c.current_dir(self.dir.path())
+            .args(args)
+            .env_remove("RECONCILE_FAULT")
+            .env("NO_COLOR", "1");
         c
     }
 
@@ -114,7 +125,9 @@ impl Farm {
 pub fn snapshot(root: &Path, exclude: &[&str]) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     fn walk(root: &Path, rel: &Path, exclude: &[&str], out: &mut BTreeMap<PathBuf, String>) {
-        let Ok(rd) = fs::read_dir(root.join(rel)) else { return };
+        let Ok(rd) = fs::read_dir(root.join(rel)) else {
+            return;
+        };
         for e in rd.flatten() {
             let r = rel.join(e.file_name());
             if exclude.iter().any(|x| r.starts_with(x)) {
@@ -128,7 +141,14 @@ pub fn snapshot(root: &Path, exclude: &[&str]) -> BTreeMap<PathBuf, String> {
                 format!("link {}", fs::read_link(root.join(&r)).unwrap().display())
             } else {
                 let data = fs::read(root.join(&r)).unwrap();
-                format!("file {:o} {} {} ino {} mtime {}", m.permissions().mode(), data.len(), sha(&data), m.ino(), m.mtime_nsec())
+                format!(
+                    "file {:o} {} {} ino {} mtime {}",
+                    m.permissions().mode(),
+                    data.len(),
+                    sha(&data),
+                    m.ino(),
+                    m.mtime_nsec()
+                )
             };
             out.insert(r, desc);
         }
@@ -177,7 +197,11 @@ pub fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
                 (n, &[])
             }
             Entry::Symlink(n, t) | Entry::HardLink(n, t) => {
-                h.set_entry_type(if matches!(e, Entry::Symlink(..)) { tar::EntryType::Symlink } else { tar::EntryType::Link });
+                h.set_entry_type(if matches!(e, Entry::Symlink(..)) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                });
                 h.set_mode(0o777);
                 h.set_size(0);
                 let raw = &mut h.as_old_mut().linkname;
@@ -232,8 +256,12 @@ pub fn zip_bytes(entries: &[Entry]) -> Vec<u8> {
                 w.start_file(*n, o).unwrap();
                 w.write_all(d).unwrap();
             }
-            Entry::Dir(n) => w.add_directory(*n, zip::write::SimpleFileOptions::default()).unwrap(),
-            Entry::Symlink(n, t) => w.add_symlink(*n, *t, zip::write::SimpleFileOptions::default()).unwrap(),
+            Entry::Dir(n) => w
+                .add_directory(*n, zip::write::SimpleFileOptions::default())
+                .unwrap(),
+            Entry::Symlink(n, t) => w
+                .add_symlink(*n, *t, zip::write::SimpleFileOptions::default())
+                .unwrap(),
             _ => panic!("not supported in zip fixtures"),
         }
     }
@@ -245,7 +273,10 @@ pub fn plugin_tgz(name: &str, version: &str, manifest_version: Option<&str>) -> 
     let script = format!("#!/bin/sh\necho {name} {version}\n");
     let bin = format!("{name}_{version}_linux_amd64");
     let manifest = manifest_version.map(|v| format!("{{\"name\":\"{name}\",\"version\":\"{v}\"}}"));
-    let mut entries = vec![Entry::File(&bin, script.as_bytes(), 0o755), Entry::File("README.md", b"docs\n", 0o644)];
+    let mut entries = vec![
+        Entry::File(&bin, script.as_bytes(), 0o755),
+        Entry::File("README.md", b"docs\n", 0o644),
+    ];
     if let Some(m) = &manifest {
         entries.push(Entry::File("plugin.json", m.as_bytes(), 0o644));
     }
@@ -280,11 +311,18 @@ impl Http {
                 let path = root.join(req.url().trim_start_matches('/'));
                 let _ = match fs::File::open(&path) {
                     Ok(f) => req.respond(tiny_http::Response::from_file(f)),
-                    Err(_) => req.respond(tiny_http::Response::from_string("not found").with_status_code(404)),
+                    Err(_) => req.respond(
+                        tiny_http::Response::from_string("not found").with_status_code(404),
+                    ),
                 };
             }
         });
-        Http { base: format!("http://127.0.0.1:{port}"), hits, server, thread: Some(thread) }
+        Http {
+            base: format!("http://127.0.0.1:{port}"),
+            hits,
+            server,
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self, rel: &str) -> String {
