@@ -61,13 +61,13 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
     let cx = Context {
         desired,
         state: &state,
-        fetcher: Fetcher {
-            cache_dir: state.cache_dir(),
-            index: &index,
-            lock: &desired.lock,
-            progress: opts.progress,
-            verify: opts.verify,
-        },
+        fetcher: Fetcher::new(
+            state.cache_dir(),
+            &index,
+            &desired.lock,
+            opts.progress,
+            opts.verify,
+        ),
         roots: state.roots(),
         verify: opts.verify,
     };
@@ -141,13 +141,7 @@ pub fn dry_run(desired: &Desired, verify: bool, targets: &[glob::Pattern]) -> Re
     let cx = Context {
         desired,
         state: &state,
-        fetcher: Fetcher {
-            cache_dir: state.cache_dir(),
-            index: &index,
-            lock: &desired.lock,
-            progress: false,
-            verify,
-        },
+        fetcher: Fetcher::new(state.cache_dir(), &index, &desired.lock, false, verify),
         roots: state.roots(),
         verify,
     };
@@ -165,13 +159,7 @@ pub fn observe_all(desired: &Desired) -> Result<Vec<serde_json::Value>> {
     let cx = Context {
         desired,
         state: &state,
-        fetcher: Fetcher {
-            cache_dir: state.cache_dir(),
-            index: &index,
-            lock: &desired.lock,
-            progress: false,
-            verify: false,
-        },
+        fetcher: Fetcher::new(state.cache_dir(), &index, &desired.lock, false, false),
         roots: state.roots(),
         verify: false,
     };

@@ -19,13 +19,13 @@ pub fn run(cli: &Cli, a: &LockArgs, p: &Printer) -> Result<i32> {
     let state = StateDir::create(&desired.state_dir)?;
     let _lock = lock::acquire(&state, "reconcile lock", None)?;
     let index = StatIndex::load(&state.stat_index_path());
-    let fetcher = Fetcher {
-        cache_dir: state.cache_dir(),
-        index: &index,
-        lock: &desired.lock,
-        progress: p.progress(),
-        verify: false,
-    };
+    let fetcher = Fetcher::new(
+        state.cache_dir(),
+        &index,
+        &desired.lock,
+        p.progress(),
+        false,
+    );
     let mut pins: BTreeMap<String, Pin> = BTreeMap::new();
     for (addr, s) in desired.sources() {
         let Some(url) = &s.url else { continue };

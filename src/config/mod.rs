@@ -65,9 +65,9 @@ impl Sources {
         let (file_idx, local) = self.locate(path);
         let file = &self.files[file_idx];
         let span = if on_key {
-            file.spans.key(&local)
+            file.spans().key(&local)
         } else {
-            file.spans.value(&local)
+            file.spans().value(&local)
         };
         file.diagnostic(span, message, label, help)
     }
@@ -306,7 +306,7 @@ fn merge(
         let f = &sources.files[file];
         let local: Vec<String> = path.iter().map(|s| s.to_string()).collect();
         diags.push(f.diagnostic(
-            f.spans.key(&local),
+            f.spans().key(&local),
             what,
             "declared again here",
             Some("names are unique across the file and its includes; rename or remove one".into()),

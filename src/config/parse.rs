@@ -67,10 +67,21 @@ pub struct SourceFile {
     /// Path as shown in diagnostics.
     pub name: String,
     pub text: Arc<String>,
-    pub spans: SpanIndex,
+    /// Built on first use: only a file with problems needs it.
+    spans: std::sync::OnceLock<SpanIndex>,
 }
 
 impl SourceFile {
+    pub fn spans(&self) -> &SpanIndex {
+        self.spans.get_or_init(|| {
+            let mut index = SpanIndex::default();
+            if let Ok(root) = DeTable::parse(self.text.as_str()) {
+                index.build(&mut Vec::new(), root.get_ref());
+            }
+            index
+        })
+    }
+
     pub fn diagnostic(
         &self,
         span: Option<Range<usize>>,
@@ -98,10 +109,10 @@ const TOP_LEVEL: &[&str] = &[
 
 pub fn parse_file(name: &str, text: String) -> Parsed {
     let text = Arc::new(text);
-    let mut file = SourceFile {
+    let file = SourceFile {
         name: name.to_string(),
         text: text.clone(),
-        spans: SpanIndex::default(),
+        spans: std::sync::OnceLock::new(),
     };
     let mut diagnostics = Vec::new();
     let mut fragment = DesiredFile::default();
@@ -124,7 +135,6 @@ pub fn parse_file(name: &str, text: String) -> Parsed {
             diagnostics,
         };
     }
-    file.spans.build(&mut Vec::new(), root.get_ref());
 
     let mut cx = EntryParser {
         file: &file,

@@ -37,15 +37,91 @@ pub struct ReceiptSource {
     pub sha256: String,
 }
 
+/// One entry of a published tree. Stored flat (no serde flatten or tagged
+/// enum), because parsing receipts is on the hot path of every no-op plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "FlatRecord", into = "FlatRecord")]
 pub struct FileRecord {
     pub path: PathBuf,
-    #[serde(flatten)]
     pub kind: EntryKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatRecord {
+    path: PathBuf,
+    #[serde(rename = "type")]
+    kind: FlatType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stat: Option<StatKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FlatType {
+    Dir,
+    File,
+    Symlink,
+}
+
+impl From<FlatRecord> for FileRecord {
+    fn from(f: FlatRecord) -> Self {
+        let kind = match f.kind {
+            FlatType::Dir => EntryKind::Dir {
+                mode: f.mode.unwrap_or(0o755),
+            },
+            FlatType::File => EntryKind::File {
+                mode: f.mode.unwrap_or(0o644),
+                sha256: f.sha256.unwrap_or_default(),
+                stat: f.stat.unwrap_or(StatKey {
+                    size: 0,
+                    ino: 0,
+                    mtime_ns: 0,
+                    ctime_ns: 0,
+                }),
+            },
+            FlatType::Symlink => EntryKind::Symlink {
+                target: f.target.unwrap_or_default(),
+            },
+        };
+        FileRecord { path: f.path, kind }
+    }
+}
+
+impl From<FileRecord> for FlatRecord {
+    fn from(r: FileRecord) -> Self {
+        let mut f = FlatRecord {
+            path: r.path,
+            kind: FlatType::Dir,
+            mode: None,
+            sha256: None,
+            stat: None,
+            target: None,
+        };
+        match r.kind {
+            EntryKind::Dir { mode } => f.mode = Some(mode),
+            EntryKind::File { mode, sha256, stat } => {
+                f.kind = FlatType::File;
+                f.mode = Some(mode);
+                f.sha256 = Some(sha256);
+                f.stat = Some(stat);
+            }
+            EntryKind::Symlink { target } => {
+                f.kind = FlatType::Symlink;
+                f.target = Some(target);
+            }
+        }
+        f
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
     Dir {
         mode: u32,
@@ -200,23 +276,26 @@ fn walk(
     f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>,
 ) -> Result<()> {
     let dir = root.join(rel);
-    let mut entries: Vec<_> = fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    entries.sort();
-    for name in entries {
-        let n = name.to_string_lossy();
-        if rel.as_os_str().is_empty() && (n == RECEIPT_NAME || is_staging_name(&n)) {
-            continue;
+    // DirEntry::metadata stats relative to the open directory (no path walk per file)
+    let mut entries = Vec::new();
+    for e in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let e = e.map_err(|e| Error::io(&dir, e))?;
+        let name = e.file_name();
+        if rel.as_os_str().is_empty() {
+            let n = name.to_string_lossy();
+            if n == RECEIPT_NAME || is_staging_name(&n) {
+                continue;
+            }
         }
+        match e.metadata() {
+            Ok(m) => entries.push((name, m)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(Error::io(e.path(), err)),
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, meta) in entries {
         let r = rel.join(&name);
-        let full = root.join(&r);
-        let meta = match fs::symlink_metadata(&full) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(&full, e)),
-        };
         f(&r, &meta)?;
         if meta.is_dir() {
             walk(root, &r, f)?;

@@ -4,11 +4,13 @@
 
 pub mod archive;
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use crate::config::model::{ArchiveFormat, Source};
 use crate::config::Lockfile;
@@ -82,11 +84,30 @@ pub struct Fetcher<'a> {
     pub lock: &'a Lockfile,
     pub progress: bool,
     pub verify: bool,
+    /// Digests of local sources computed in this run (many resources may share one source).
+    pub memo: Mutex<HashMap<PathBuf, String>>,
 }
 
 static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-impl Fetcher<'_> {
+impl<'a> Fetcher<'a> {
+    pub fn new(
+        cache_dir: PathBuf,
+        index: &'a StatIndex,
+        lock: &'a Lockfile,
+        progress: bool,
+        verify: bool,
+    ) -> Self {
+        Fetcher {
+            cache_dir,
+            index,
+            lock,
+            progress,
+            verify,
+            memo: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The SHA-256 the source is expected to have, without fetching anything:
     /// declared, pinned, or (for local files and directories) computed.
     pub fn expected_digest(&self, s: &Source) -> Result<String> {
@@ -99,13 +120,26 @@ impl Fetcher<'_> {
                 .to_ascii_lowercase()),
             Location::File(p) => match &s.sha256 {
                 Some(sha) => Ok(sha.to_ascii_lowercase()),
-                None => self
-                    .index
-                    .digest(&p, self.verify)
-                    .map_err(|e| Error::io(&p, e)),
+                None => self.memoised(&p, || {
+                    self.index
+                        .digest(&p, self.verify)
+                        .map_err(|e| Error::io(&p, e))
+                }),
             },
-            Location::Dir(d) => tree_digest(&d, self.index, self.verify),
+            Location::Dir(d) => self.memoised(&d, || tree_digest(&d, self.index, self.verify)),
         }
+    }
+
+    fn memoised(&self, key: &Path, f: impl FnOnce() -> Result<String>) -> Result<String> {
+        if let Some(d) = self.memo.lock().unwrap().get(key) {
+            return Ok(d.clone());
+        }
+        let d = f()?;
+        self.memo
+            .lock()
+            .unwrap()
+            .insert(key.to_path_buf(), d.clone());
+        Ok(d)
     }
 
     /// Fetch and verify `s`. Nothing is staged by this; a wrong checksum fails here.

@@ -1,0 +1,26 @@
+# Shared helpers for the benchmarks. Source it; do not run it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${BENCH_DATA:-$ROOT/target/bench-data}
+RECONCILE=$ROOT/target/release/reconcile
+
+bench_setup() {
+    for cmd in hyperfine rsync /usr/bin/time; do
+        if ! command -v "$cmd" >/dev/null 2>&1; then
+            if [ "$(id -u)" = 0 ]; then
+                apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine rsync time >/dev/null
+            else
+                echo "bench: needs hyperfine, rsync and GNU time (apt-get install hyperfine rsync time)" >&2
+                exit 1
+            fi
+        fi
+    done
+    (cd "$ROOT" && cargo build --release --quiet)
+    mkdir -p "$DATA"
+}
+
+# mean seconds of command N (0-based) in a hyperfine JSON export
+mean() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['results'][int(sys.argv[2])]['mean'])" "$1" "$2"; }
+median() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['results'][int(sys.argv[2])]['median'])" "$1" "$2"; }
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+ms() { python3 -c "import sys; print(f'{float(sys.argv[1])*1000:.1f}')" "$1"; }
