@@ -168,3 +168,65 @@ fn a_torn_journal_line_is_ignored() {
         Some(reference("1.0.0"))
     );
 }
+
+#[test]
+fn kill_at_every_step_with_the_two_rename_fallback() {
+    // as on a filesystem that refuses RENAME_EXCHANGE: old aside, new in, and recovery restores
+    let (old, new) = (Some(reference("1.0.0")), Some(reference("2.0.0")));
+    for step in INSTALL_STEPS {
+        let farm = Farm::new();
+        farm.desired(&format!("version = 1\n{}", decl(&farm, "1.0.0")));
+        farm.run_env(&["apply"], &[("RECONCILE_RENAME_FALLBACK", "1")])
+            .expect(0);
+        farm.desired(&format!("version = 1\n{}", decl(&farm, "2.0.0")));
+        let killed = farm.run_env(
+            &["apply"],
+            &[
+                ("RECONCILE_FAULT", step),
+                ("RECONCILE_RENAME_FALLBACK", "1"),
+            ],
+        );
+        assert_eq!(killed.signal, Some(9), "{step}");
+        let now = content(&farm.path("plugins/kolet"));
+        assert!(now == old || now == new, "step {step}: neither old nor new");
+        farm.run_env(&["apply"], &[("RECONCILE_RENAME_FALLBACK", "1")])
+            .expect(0);
+        assert_eq!(content(&farm.path("plugins/kolet")), new, "{step}");
+        assert!(
+            farm.leftovers("plugins").is_empty(),
+            "{step}: {:?}",
+            farm.leftovers("plugins")
+        );
+    }
+}
+
+#[test]
+fn a_kill_inside_the_fallback_window_restores_the_old_copy() {
+    // simulate the one moment the fallback has a window: old renamed aside, new not yet in
+    let old = Some(reference("1.0.0"));
+    let farm = Farm::new();
+    farm.desired(&format!("version = 1\n{}", decl(&farm, "1.0.0")));
+    farm.run(&["apply"]).expect(0);
+    let target = farm.path("plugins/kolet");
+    let txn = "window-test";
+    let staging = farm.path(&format!("plugins/.kolet.reconcile-{txn}"));
+    let retired = farm.path(&format!("plugins/.kolet.reconcile-{txn}.old"));
+    fs::create_dir(&staging).unwrap();
+    fs::rename(&target, &retired).unwrap();
+    fs::write(
+        farm.path(".reconcile/journal.jsonl"),
+        format!(
+            "{{\"txn\":\"{txn}\",\"address\":\"plugin.kolet\",\"step\":\"begin\",\"op\":\"publish\",\"target\":\"{}\",\"staging\":\"{}\",\"retired\":\"{}\"}}\n\
+             {{\"txn\":\"{txn}\",\"address\":\"plugin.kolet\",\"step\":\"exchange\"}}\n",
+            target.display(),
+            staging.display(),
+            retired.display()
+        ),
+    )
+    .unwrap();
+    let r = farm.run(&["apply"]);
+    r.expect(0);
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    assert_eq!(content(&target), old);
+    assert!(farm.leftovers("plugins").is_empty());
+}

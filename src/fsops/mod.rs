@@ -54,6 +54,15 @@ fn flags_unsupported(e: Errno) -> bool {
     matches!(e, Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP)
 }
 
+/// `RECONCILE_RENAME_FALLBACK=1` takes the fallback path as if the filesystem
+/// refused the flags, so the tests exercise it (and its crash recovery) everywhere.
+fn renameat2_flags(staged: &Path, target: &Path, flags: RenameFlags) -> Result<(), Errno> {
+    if std::env::var_os("RECONCILE_RENAME_FALLBACK").is_some_and(|v| v == "1") {
+        return Err(Errno::EINVAL);
+    }
+    renameat2(AT_FDCWD, staged, AT_FDCWD, target, flags)
+}
+
 /// Where the previous content went after [`publish`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Previous {
@@ -77,13 +86,7 @@ pub enum Previous {
 pub fn publish(staged: &Path, target: &Path, retired: &Path) -> io::Result<Previous> {
     let exists = fs::symlink_metadata(target).is_ok();
     let result = if exists {
-        match renameat2(
-            AT_FDCWD,
-            staged,
-            AT_FDCWD,
-            target,
-            RenameFlags::RENAME_EXCHANGE,
-        ) {
+        match renameat2_flags(staged, target, RenameFlags::RENAME_EXCHANGE) {
             Ok(()) => Previous::At(staged.to_path_buf()),
             Err(e) if flags_unsupported(e) => {
                 fs::rename(target, retired)?;
@@ -93,13 +96,7 @@ pub fn publish(staged: &Path, target: &Path, retired: &Path) -> io::Result<Previ
             Err(e) => return Err(e.into()),
         }
     } else {
-        match renameat2(
-            AT_FDCWD,
-            staged,
-            AT_FDCWD,
-            target,
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
+        match renameat2_flags(staged, target, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => {}
             Err(e) if flags_unsupported(e) => {
                 if fs::symlink_metadata(target).is_ok() {
