@@ -5,6 +5,7 @@
 //! A new kind is one module here plus one line in [`all`].
 
 pub mod plugin;
+pub mod publish;
 pub mod receipt;
 
 use std::any::Any;

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::receipt::{self, check_tree, record_tree, Drift, Receipt, ReceiptSource};
+use super::publish::{self, DirState};
+use super::receipt::{self, record_tree, Receipt, ReceiptSource};
 use super::{Action, ApplyContext, Change, Context, Observed, Resource};
 use crate::config::model::Plugin;
 use crate::error::{Error, Result};
-use crate::fsops::{self, digest::sha256_bytes, Previous};
+use crate::fsops::{self, digest::sha256_bytes};
 use crate::source::{self, archive::Written, Location};
-use crate::state::journal::Op;
 use crate::state::{fault, now_rfc3339};
 
 pub const KIND: &str = "plugin";
@@ -25,17 +25,6 @@ pub struct PluginResource {
     root: PathBuf,
     /// None: an owned plugin that is no longer declared.
     desired: Option<Plugin>,
-}
-
-/// What is at `<dir>/<name>`.
-enum State {
-    Absent,
-    /// Something reconcile did not make.
-    Foreign,
-    Installed {
-        receipt: Box<Receipt>,
-        drift: Vec<Drift>,
-    },
 }
 
 pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
@@ -103,9 +92,9 @@ impl PluginResource {
             .unwrap_or_else(|| self.name.clone())
     }
 
-    fn state<'o>(&self, o: &'o Observed) -> &'o State {
+    fn state<'o>(&self, o: &'o Observed) -> &'o DirState {
         o.detail
-            .downcast_ref::<State>()
+            .downcast_ref::<DirState>()
             .expect("plugin observation")
     }
 
@@ -117,42 +106,12 @@ impl PluginResource {
             source::Artifact::File { sha256, .. } => sha256.clone(),
             source::Artifact::Dir { .. } => fetcher.expected_digest(&p.source)?,
         };
-        let target = self.target();
         fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
         cx.roots.add(KIND, &self.root);
-
-        // the staging names carry the transaction id, so recovery can tell them apart
-        let txn = cx.journal.begin(&self.address, |id| Op::Publish {
-            target: target.clone(),
-            staging: fsops::staging_path(&target, id),
-            retired: fsops::retired_path(&target, id),
-        })?;
-        let staging = fsops::staging_path(&target, &txn.id);
-        let retired = fsops::retired_path(&target, &txn.id);
-        cx.journal.step(&txn, "stage")?;
-        let staged = self.stage(
-            p,
-            &artifact,
-            &staging,
-            &source_sha,
-            &txn.id,
-            cx.cx.desired.extract_limit,
-        );
-        if let Err(e) = staged {
-            let _ = fsops::remove_any(&staging);
-            cx.journal.done(txn)?;
-            return Err(e);
-        }
-        cx.journal.step(&txn, "exchange")?;
-        let previous = fsops::publish(&staging, &target, &retired).map_err(|e| {
-            let _ = fsops::remove_any(&staging);
-            Error::io(&target, e)
-        })?;
-        cx.journal.step(&txn, "cleanup")?;
-        if let Previous::At(old) = previous {
-            fsops::remove_any(&old).map_err(|e| Error::io(&old, e))?;
-        }
-        cx.journal.done(txn)
+        let limit = cx.cx.desired.extract_limit;
+        publish::replace_dir(cx.journal, &self.address, &self.target(), |staging, txn| {
+            self.stage(p, &artifact, staging, &source_sha, txn, limit)
+        })
     }
 
     /// Build the complete new plugin directory at `staging`, verified and fsynced.
@@ -165,7 +124,6 @@ impl PluginResource {
         txn: &str,
         limit: u64,
     ) -> Result<()> {
-        fs::create_dir(staging).map_err(|e| Error::io(staging, e))?;
         let bin = self.bin();
         let strip = p.source.strip_components.unwrap_or(0);
         let mut written = source::unpack(artifact, staging, &bin, strip, limit)?;
@@ -217,23 +175,11 @@ impl PluginResource {
             facts: BTreeMap::from([("bin".to_string(), bin)]),
             files,
         };
-        receipt.write(staging)?;
-        fsops::sync_tree(staging).map_err(|e| Error::io(staging, e))
+        receipt.write(staging)
     }
 
     fn remove(&self, cx: &mut ApplyContext) -> Result<()> {
-        let target = self.target();
-        let txn = cx.journal.begin(&self.address, |id| Op::Remove {
-            target: target.clone(),
-            retired: fsops::retired_path(&target, id),
-        })?;
-        let retired = fsops::retired_path(&target, &txn.id);
-        cx.journal.step(&txn, "retire")?;
-        fs::rename(&target, &retired).map_err(|e| Error::io(&target, e))?;
-        fsops::fsync_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        cx.journal.step(&txn, "cleanup")?;
-        fsops::remove_any(&retired).map_err(|e| Error::io(&retired, e))?;
-        cx.journal.done(txn)
+        publish::remove_dir(cx.journal, &self.address, &self.target())
     }
 }
 
@@ -247,68 +193,26 @@ impl Resource for PluginResource {
     }
 
     fn observe(&self, cx: &Context) -> Result<Observed> {
-        let target = self.target();
-        let (state, fingerprint, summary) = match fs::symlink_metadata(&target) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
-                State::Absent,
-                "absent".to_string(),
-                "not installed".to_string(),
-            ),
-            Err(e) => return Err(Error::io(&target, e)),
-            Ok(meta) => {
-                match Receipt::read(&target).filter(|(r, _)| meta.is_dir() && r.kind == KIND) {
-                    None => {
-                        let fp = format!(
-                            "foreign:{}",
-                            meta.modified()
-                                .map(|t| format!("{t:?}"))
-                                .unwrap_or_default()
-                        );
-                        (
-                            State::Foreign,
-                            sha256_bytes(fp.as_bytes()),
-                            "not made by reconcile".into(),
-                        )
-                    }
-                    Some((receipt, bytes)) => {
-                        let drift = check_tree(&target, &receipt, cx.verify)?;
-                        let mut fp = bytes;
-                        for d in &drift {
-                            fp.extend_from_slice(d.to_string().as_bytes());
-                        }
-                        let summary = if drift.is_empty() {
-                            format!("{} installed", receipt.version.as_deref().unwrap_or("?"))
-                        } else {
-                            format!(
-                                "{} installed, drifted: {}",
-                                receipt.version.as_deref().unwrap_or("?"),
-                                drift[0]
-                            )
-                        };
-                        (
-                            State::Installed {
-                                receipt: Box::new(receipt),
-                                drift,
-                            },
-                            sha256_bytes(&fp),
-                            summary,
-                        )
-                    }
+        let (state, fingerprint) = publish::observe_dir(&self.target(), KIND, cx.verify)?;
+        let summary = match &state {
+            DirState::Absent => "not installed".to_string(),
+            DirState::Foreign => "not made by reconcile".to_string(),
+            DirState::Installed { receipt, drift } => {
+                let v = receipt.version.as_deref().unwrap_or("?");
+                match drift.first() {
+                    None => format!("{v} installed"),
+                    Some(d) => format!("{v} installed, drifted: {d}"),
                 }
             }
         };
-        Ok(Observed {
-            fingerprint,
-            summary,
-            detail: Box::new(state),
-        })
+        Ok(Observed { fingerprint, summary, detail: Box::new(state) })
     }
 
     fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {
         let state = self.state(observed);
         let Some(p) = &self.desired else {
             return Ok(match state {
-                State::Installed { .. } => vec![Change {
+                DirState::Installed { .. } => vec![Change {
                     action: Action::Delete,
                     reason: "not declared any more (owned)".into(),
                 }],
@@ -317,15 +221,15 @@ impl Resource for PluginResource {
         };
         let change = |action, reason: String| Ok(vec![Change { action, reason }]);
         match state {
-            State::Absent => change(
+            DirState::Absent => change(
                 Action::Create,
                 format!("not installed (version {})", p.version),
             ),
-            State::Foreign => Err(Error::Foreign {
+            DirState::Foreign => Err(Error::Foreign {
                 address: self.address.clone(),
                 path: self.target(),
             }),
-            State::Installed { receipt, drift } => {
+            DirState::Installed { receipt, drift } => {
                 let installed = receipt.version.as_deref().unwrap_or("?");
                 if installed != p.version {
                     return change(
@@ -354,13 +258,8 @@ impl Resource for PluginResource {
                         ),
                     );
                 }
-                if let Some(d) = drift.first() {
-                    let more = if drift.len() > 1 {
-                        format!(" (and {} more)", drift.len() - 1)
-                    } else {
-                        String::new()
-                    };
-                    return change(Action::Update, format!("file {d}{more}"));
+                if let Some(reason) = publish::drift_reason(drift) {
+                    return change(Action::Update, reason);
                 }
                 Ok(vec![])
             }
@@ -370,7 +269,7 @@ impl Resource for PluginResource {
     fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()> {
         match (&self.desired, self.state(observed)) {
             (Some(p), _) => self.install(p, cx),
-            (None, State::Installed { .. }) => self.remove(cx),
+            (None, DirState::Installed { .. }) => self.remove(cx),
             (None, _) => Ok(()),
         }
     }
@@ -387,7 +286,7 @@ impl Resource for PluginResource {
             "declared_version": self.desired.as_ref().map(|p| p.version.clone()),
             "state": observed.summary,
         });
-        if let State::Installed { receipt, drift } = self.state(observed) {
+        if let DirState::Installed { receipt, drift } = self.state(observed) {
             v["installed_version"] = json!(receipt.version);
             v["installed_at"] = json!(receipt.installed_at);
             v["source"] = json!(receipt.source);

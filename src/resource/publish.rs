@@ -1,0 +1,110 @@
+//! What every directory-shaped resource shares: observing a published
+//! directory against its receipt, and the journaled stage → exchange → cleanup
+//! and retire → delete transitions.
+
+use std::fs;
+use std::path::Path;
+
+use super::receipt::{check_tree, Drift, Receipt};
+use crate::error::{Error, Result};
+use crate::fsops::{self, digest::sha256_bytes, Previous};
+use crate::state::journal::{Journal, Op};
+
+/// What is at a managed directory's path.
+pub enum DirState {
+    Absent,
+    /// Something reconcile did not make (no receipt of this kind).
+    Foreign,
+    Installed {
+        receipt: Box<Receipt>,
+        drift: Vec<Drift>,
+    },
+}
+
+/// Observe `target`: absent, foreign, or installed with its drift from the receipt.
+/// Returns the state and a fingerprint (saved plans compare it).
+pub fn observe_dir(target: &Path, kind: &str, verify: bool) -> Result<(DirState, String)> {
+    let meta = match fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((DirState::Absent, "absent".into())),
+        Err(e) => return Err(Error::io(target, e)),
+        Ok(m) => m,
+    };
+    match Receipt::read(target).filter(|(r, _)| meta.is_dir() && r.kind == kind) {
+        None => {
+            let fp = format!("foreign:{:?}", meta.modified().ok());
+            Ok((DirState::Foreign, sha256_bytes(fp.as_bytes())))
+        }
+        Some((receipt, bytes)) => {
+            let drift = check_tree(target, &receipt, verify)?;
+            let mut fp = bytes;
+            for d in &drift {
+                fp.extend_from_slice(d.to_string().as_bytes());
+            }
+            Ok((DirState::Installed { receipt: Box::new(receipt), drift }, sha256_bytes(&fp)))
+        }
+    }
+}
+
+/// A one-line reason for drift: the first difference, and how many more.
+pub fn drift_reason(drift: &[Drift]) -> Option<String> {
+    let first = drift.first()?;
+    let more = if drift.len() > 1 { format!(" (and {} more)", drift.len() - 1) } else { String::new() };
+    Some(format!("file {first}{more}"))
+}
+
+/// Replace (or create) the directory `target` atomically. `build` fills the
+/// empty staging directory it is given and must write a receipt carrying the
+/// transaction id it is given (recovery reads it). On any error the staging
+/// directory is removed and `target` is untouched.
+pub fn replace_dir(
+    journal: &mut Journal,
+    address: &str,
+    target: &Path,
+    build: impl FnOnce(&Path, &str) -> Result<()>,
+) -> Result<()> {
+    // the staging names carry the transaction id, so recovery can tell them apart
+    let txn = journal.begin(address, |id| Op::Publish {
+        target: target.to_path_buf(),
+        staging: fsops::staging_path(target, id),
+        retired: fsops::retired_path(target, id),
+    })?;
+    let staging = fsops::staging_path(target, &txn.id);
+    let retired = fsops::retired_path(target, &txn.id);
+    journal.step(&txn, "stage")?;
+    let staged = fs::create_dir(&staging)
+        .map_err(|e| Error::io(&staging, e))
+        .and_then(|()| build(&staging, &txn.id))
+        .and_then(|()| fsops::sync_tree(&staging).map_err(|e| Error::io(&staging, e)));
+    if let Err(e) = staged {
+        let _ = fsops::remove_any(&staging);
+        journal.done(txn)?;
+        return Err(e);
+    }
+    journal.step(&txn, "exchange")?;
+    let previous = fsops::publish(&staging, target, &retired).map_err(|e| {
+        let _ = fsops::remove_any(&staging);
+        Error::io(target, e)
+    })?;
+    journal.step(&txn, "cleanup")?;
+    if let Previous::At(old) = previous {
+        fsops::remove_any(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    journal.done(txn)
+}
+
+/// Delete the directory `target`: renamed aside in one step (journaled), then removed.
+pub fn remove_dir(journal: &mut Journal, address: &str, target: &Path) -> Result<()> {
+    let txn = journal.begin(address, |id| Op::Remove {
+        target: target.to_path_buf(),
+        retired: fsops::retired_path(target, id),
+    })?;
+    let retired = fsops::retired_path(target, &txn.id);
+    journal.step(&txn, "retire")?;
+    fs::rename(target, &retired).map_err(|e| Error::io(target, e))?;
+    if let Some(parent) = target.parent() {
+        fsops::fsync_dir(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    journal.step(&txn, "cleanup")?;
+    fsops::remove_any(&retired).map_err(|e| Error::io(&retired, e))?;
+    journal.done(txn)
+}
