@@ -179,6 +179,14 @@ pub(crate) fn check(
                 );
             }
             c.source(&["image", name, "files", f], s, lock);
+            if s.format.is_some() || s.strip_components.is_some() || s.dir.is_some() {
+                c.value(
+                    &["image", name, "files", f],
+                    format!("image file `{f}` must be a single file (no `dir`, `format` or `strip_components`)"),
+                    "not a single file",
+                    Some("to unpack an archive into the image, use `source` instead of `files`".into()),
+                );
+            }
         }
         if let Some(ipxe) = &img.ipxe {
             if !img.files.is_empty() {

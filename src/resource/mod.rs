@@ -4,6 +4,7 @@
 //!
 //! A new kind is one module here plus one line in [`all`].
 
+pub mod image;
 pub mod plugin;
 pub mod publish;
 pub mod receipt;
@@ -92,5 +93,6 @@ pub trait Resource: Send + Sync {
 pub fn all(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     let mut out: Vec<Box<dyn Resource>> = Vec::new();
     out.extend(plugin::resources(cx)?);
+    out.extend(image::resources(cx)?);
     Ok(out)
 }

@@ -205,7 +205,11 @@ impl Resource for PluginResource {
                 }
             }
         };
-        Ok(Observed { fingerprint, summary, detail: Box::new(state) })
+        Ok(Observed {
+            fingerprint,
+            summary,
+            detail: Box::new(state),
+        })
     }
 
     fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {

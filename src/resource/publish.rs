@@ -25,7 +25,9 @@ pub enum DirState {
 /// Returns the state and a fingerprint (saved plans compare it).
 pub fn observe_dir(target: &Path, kind: &str, verify: bool) -> Result<(DirState, String)> {
     let meta = match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((DirState::Absent, "absent".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((DirState::Absent, "absent".into()))
+        }
         Err(e) => return Err(Error::io(target, e)),
         Ok(m) => m,
     };
@@ -40,7 +42,13 @@ pub fn observe_dir(target: &Path, kind: &str, verify: bool) -> Result<(DirState,
             for d in &drift {
                 fp.extend_from_slice(d.to_string().as_bytes());
             }
-            Ok((DirState::Installed { receipt: Box::new(receipt), drift }, sha256_bytes(&fp)))
+            Ok((
+                DirState::Installed {
+                    receipt: Box::new(receipt),
+                    drift,
+                },
+                sha256_bytes(&fp),
+            ))
         }
     }
 }
@@ -48,7 +56,11 @@ pub fn observe_dir(target: &Path, kind: &str, verify: bool) -> Result<(DirState,
 /// A one-line reason for drift: the first difference, and how many more.
 pub fn drift_reason(drift: &[Drift]) -> Option<String> {
     let first = drift.first()?;
-    let more = if drift.len() > 1 { format!(" (and {} more)", drift.len() - 1) } else { String::new() };
+    let more = if drift.len() > 1 {
+        format!(" (and {} more)", drift.len() - 1)
+    } else {
+        String::new()
+    };
     Some(format!("file {first}{more}"))
 }
 

@@ -1,0 +1,436 @@
+//! Netboot images: kernels, initrds (and an optional iPXE script) published
+//! into `<root>/<arch>/<subarch>/<release>/<purpose>/` — MAAS's
+//! `install_pxe_image` without its critical window: the new directory is staged
+//! beside the purpose directory and exchanged in with one RENAME_EXCHANGE.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::publish::{self, DirState};
+use super::receipt::{self, record_tree, Receipt, ReceiptSource};
+use super::{Action, ApplyContext, Change, Context, Observed, Resource};
+use crate::config::model::{ArchiveFormat, Image, Source};
+use crate::error::{Error, Result};
+use crate::fsops::digest::{sha256_bytes, StatKey};
+use crate::source::{self, archive::Written, Artifact, Location};
+use crate::state::{fault, now_rfc3339, Roots};
+
+pub const KIND: &str = "image";
+/// Roots-record kind for the parent directories reconcile created (pruned when empty).
+const CREATED_DIRS: &str = "image-dir";
+pub const IPXE_SCRIPT: &str = "boot.ipxe";
+
+pub struct ImageResource {
+    address: String,
+    name: String,
+    root: PathBuf,
+    target: PathBuf,
+    /// None: an owned image that is no longer declared.
+    desired: Option<Image>,
+}
+
+pub fn target_of(img: &Image) -> PathBuf {
+    Path::new(&img.root)
+        .join(&img.arch)
+        .join(&img.subarch)
+        .join(&img.release)
+        .join(&img.purpose)
+}
+
+pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
+    let mut out: Vec<Box<dyn Resource>> = Vec::new();
+    let mut declared: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut roots: BTreeSet<PathBuf> = cx.roots.of(KIND).cloned().collect();
+    for (name, img) in &cx.desired.model.image {
+        let target = target_of(img);
+        declared.insert(target.clone());
+        roots.insert(PathBuf::from(&img.root));
+        out.push(Box::new(ImageResource {
+            address: format!("{KIND}.{name}"),
+            name: name.clone(),
+            root: PathBuf::from(&img.root),
+            target,
+            desired: Some(img.clone()),
+        }));
+    }
+    // owned images no longer declared: <root>/<arch>/<subarch>/<release>/<purpose> with our receipt
+    for root in roots {
+        for target in dirs_at_depth(&root, 4) {
+            if declared.contains(&target) {
+                continue;
+            }
+            let Some((r, _)) = Receipt::read(&target) else {
+                continue;
+            };
+            if r.kind != KIND {
+                continue;
+            }
+            let address = if cx.desired.model.image.contains_key(&r.name) {
+                format!("{KIND}.{}[{}]", r.name, target.display())
+            } else {
+                format!("{KIND}.{}", r.name)
+            };
+            out.push(Box::new(ImageResource {
+                address,
+                name: r.name,
+                root: root.clone(),
+                target,
+                desired: None,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// Directories exactly `depth` levels below `root`, skipping staging names.
+fn dirs_at_depth(root: &Path, depth: usize) -> Vec<PathBuf> {
+    let mut level = vec![root.to_path_buf()];
+    for _ in 0..depth {
+        let mut next = Vec::new();
+        for dir in level {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if crate::fsops::is_staging_name(&name) || !e.file_type().is_ok_and(|t| t.is_dir())
+                {
+                    continue;
+                }
+                next.push(e.path());
+            }
+        }
+        level = next;
+    }
+    level.sort();
+    level
+}
+
+/// What the image should contain, as digests: per declared file (or the archive), and the iPXE script.
+struct Wanted {
+    /// `file:<name>`, `archive` and `ipxe` → sha256
+    parts: BTreeMap<String, String>,
+    combined: String,
+}
+
+fn render_ipxe(img: &Image) -> Option<String> {
+    let ipxe = img.ipxe.as_ref()?;
+    let mut s = String::from("#!ipxe\n");
+    s.push_str(&format!("kernel {} {}\n", ipxe.kernel, ipxe.cmdline).replace(" \n", "\n"));
+    if let Some(initrd) = &ipxe.initrd {
+        s.push_str(&format!("initrd {initrd}\n"));
+    }
+    s.push_str("boot\n");
+    Some(s)
+}
+
+/// Sources of `files` are the files themselves, never unpacked.
+fn as_file(s: &Source) -> Source {
+    Source {
+        format: Some(ArchiveFormat::File),
+        ..s.clone()
+    }
+}
+
+impl ImageResource {
+    fn state<'o>(&self, o: &'o Observed) -> &'o DirState {
+        o.detail
+            .downcast_ref::<DirState>()
+            .expect("image observation")
+    }
+
+    fn wanted(&self, img: &Image, cx: &Context) -> Result<Wanted> {
+        let mut parts = BTreeMap::new();
+        for (name, s) in &img.files {
+            parts.insert(format!("file:{name}"), cx.fetcher.expected_digest(s)?);
+        }
+        if let Some(s) = &img.source {
+            let strip = s.strip_components.unwrap_or(0);
+            parts.insert(
+                "archive".into(),
+                format!("{}/strip={strip}", cx.fetcher.expected_digest(s)?),
+            );
+        }
+        if let Some(script) = render_ipxe(img) {
+            parts.insert("ipxe".into(), sha256_bytes(script.as_bytes()));
+        }
+        let text: String = parts.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+        Ok(Wanted {
+            combined: sha256_bytes(text.as_bytes()),
+            parts,
+        })
+    }
+
+    fn install(&self, img: &Image, cx: &mut ApplyContext) -> Result<()> {
+        let wanted = self.wanted(img, cx.cx)?;
+        // every source verified before anything is staged
+        let mut files = Vec::new();
+        for (name, s) in &img.files {
+            files.push((name.clone(), cx.cx.fetcher.fetch(&as_file(s))?));
+        }
+        let archive = match &img.source {
+            Some(s) => Some(cx.cx.fetcher.fetch(s)?),
+            None => None,
+        };
+        let parent = self.target.parent().expect("a purpose dir has a parent");
+        create_parents(parent, &self.root, cx.roots)?;
+        cx.roots.add(KIND, &self.root);
+        let limit = cx.cx.desired.extract_limit;
+        publish::replace_dir(cx.journal, &self.address, &self.target, |staging, txn| {
+            let mut written = Written::new();
+            for (i, (name, artifact)) in files.iter().enumerate() {
+                copy_verified(artifact, &staging.join(name))?;
+                if let Artifact::File { sha256, .. } = artifact {
+                    written.insert(PathBuf::from(name), sha256.clone());
+                }
+                if i == 0 {
+                    fault::point(&self.address, "stage-partial");
+                }
+            }
+            if let (Some(a), Some(s)) = (&archive, &img.source) {
+                written.extend(source::unpack(
+                    a,
+                    staging,
+                    "image",
+                    s.strip_components.unwrap_or(0),
+                    limit,
+                )?);
+                fault::point(&self.address, "stage-partial");
+            }
+            if let Some(script) = render_ipxe(img) {
+                let ipxe = img.ipxe.as_ref().expect("rendered");
+                for f in [Some(&ipxe.kernel), ipxe.initrd.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if !staging.join(f).is_file() {
+                        return Err(Error::Resource {
+                            address: self.address.clone(),
+                            reason: format!(
+                                "the iPXE script boots `{f}`, which the image does not contain"
+                            ),
+                        });
+                    }
+                }
+                let p = staging.join(IPXE_SCRIPT);
+                fs::write(&p, &script).map_err(|e| Error::io(&p, e))?;
+                written.insert(PathBuf::from(IPXE_SCRIPT), sha256_bytes(script.as_bytes()));
+            }
+            let mut facts: BTreeMap<String, String> = wanted.parts.clone();
+            facts.insert("target".into(), self.target.display().to_string());
+            let location = match &img.source {
+                Some(s) => Location::of(s).describe(),
+                None => format!(
+                    "files: {}",
+                    img.files.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            Receipt {
+                kind: KIND.into(),
+                name: self.name.clone(),
+                version: Some(img.release.clone()),
+                source: ReceiptSource {
+                    location,
+                    sha256: wanted.combined.clone(),
+                },
+                txn: txn.to_string(),
+                installed_at: now_rfc3339(),
+                reconcile_version: env!("CARGO_PKG_VERSION").into(),
+                facts,
+                files: record_tree(staging, &written)?,
+            }
+            .write(staging)
+        })
+    }
+
+    fn remove(&self, cx: &mut ApplyContext) -> Result<()> {
+        publish::remove_dir(cx.journal, &self.address, &self.target)?;
+        // empty parents reconcile created go too; anything else (foreign files, other images) keeps them
+        let mut dir = self.target.parent();
+        while let Some(d) = dir {
+            if d == self.root
+                || !cx.roots.of(CREATED_DIRS).any(|c| c == d)
+                || fs::remove_dir(d).is_err()
+            {
+                break;
+            }
+            if let Some(set) = cx.roots.by_kind.get_mut(CREATED_DIRS) {
+                set.remove(d);
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+}
+
+/// Create the parents of a purpose directory, remembering which ones reconcile made.
+fn create_parents(parent: &Path, root: &Path, roots: &mut Roots) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut d = Some(parent);
+    while let Some(p) = d {
+        if p.exists() {
+            break;
+        }
+        missing.push(p.to_path_buf());
+        d = p.parent();
+    }
+    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    for m in missing {
+        if m.starts_with(root) && m != root {
+            roots.add(CREATED_DIRS, &m);
+        }
+    }
+    Ok(())
+}
+
+/// Copy a verified file into the staging directory (in-kernel copy, reflink
+/// where the filesystem can), refusing if the source changed meanwhile.
+fn copy_verified(a: &Artifact, to: &Path) -> Result<()> {
+    let Artifact::File { path, .. } = a else {
+        return Err(Error::Resource {
+            address: to.display().to_string(),
+            reason: "a `dir` source cannot be an image file".into(),
+        });
+    };
+    let before = fs::metadata(path)
+        .map(|m| StatKey::of(&m))
+        .map_err(|e| Error::io(path, e))?;
+    fs::copy(path, to).map_err(|e| Error::io(to, e))?;
+    let after = fs::metadata(path)
+        .map(|m| StatKey::of(&m))
+        .map_err(|e| Error::io(path, e))?;
+    if before != after {
+        return Err(Error::Resource {
+            address: path.display().to_string(),
+            reason: "the source changed while it was being copied; apply again".into(),
+        });
+    }
+    fs::set_permissions(to, fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(to, e))
+}
+
+impl Resource for ImageResource {
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn location(&self) -> PathBuf {
+        self.target.clone()
+    }
+
+    fn observe(&self, cx: &Context) -> Result<Observed> {
+        let (state, fingerprint) = publish::observe_dir(&self.target, KIND, cx.verify)?;
+        let summary = match &state {
+            DirState::Absent => "not published".to_string(),
+            DirState::Foreign => "not made by reconcile".to_string(),
+            DirState::Installed { receipt, drift } => match drift.first() {
+                None => format!("published ({} files)", receipt.file_count()),
+                Some(d) => format!("published, drifted: {d}"),
+            },
+        };
+        Ok(Observed {
+            fingerprint,
+            summary,
+            detail: Box::new(state),
+        })
+    }
+
+    fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {
+        let state = self.state(observed);
+        let Some(img) = &self.desired else {
+            return Ok(match state {
+                DirState::Installed { .. } => vec![Change {
+                    action: Action::Delete,
+                    reason: "not declared any more (owned)".into(),
+                }],
+                _ => vec![],
+            });
+        };
+        let change = |action, reason: String| Ok(vec![Change { action, reason }]);
+        match state {
+            DirState::Absent => {
+                let n = img.files.len() + usize::from(img.source.is_some());
+                change(Action::Create, format!("not published ({n} source(s))"))
+            }
+            DirState::Foreign => Err(Error::Foreign {
+                address: self.address.clone(),
+                path: self.target.clone(),
+            }),
+            DirState::Installed { receipt, drift } => {
+                let wanted = self.wanted(img, cx)?;
+                if receipt.source.sha256 != wanted.combined {
+                    return change(
+                        Action::Update,
+                        content_reason(&receipt.facts, &wanted.parts),
+                    );
+                }
+                match publish::drift_reason(drift) {
+                    Some(reason) => change(Action::Update, reason),
+                    None => Ok(vec![]),
+                }
+            }
+        }
+    }
+
+    fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()> {
+        match (&self.desired, self.state(observed)) {
+            (Some(img), _) => self.install(img, cx),
+            (None, DirState::Installed { .. }) => self.remove(cx),
+            (None, _) => Ok(()),
+        }
+    }
+
+    fn watch_paths(&self) -> Vec<PathBuf> {
+        vec![self.target.clone()]
+    }
+
+    fn status(&self, observed: &Observed) -> serde_json::Value {
+        let mut v = json!({
+            "address": self.address,
+            "path": self.target,
+            "declared": self.desired.is_some(),
+            "state": observed.summary,
+        });
+        if let DirState::Installed { receipt, drift } = self.state(observed) {
+            v["installed_at"] = json!(receipt.installed_at);
+            v["source"] = json!(receipt.source);
+            v["files"] = json!(receipt.file_count());
+            v["drift"] = json!(drift);
+        }
+        v
+    }
+}
+
+/// Name the first content difference between what is published and what is declared.
+fn content_reason(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>) -> String {
+    for (k, w) in want {
+        let what = match k.strip_prefix("file:") {
+            Some(name) => format!("file {name}"),
+            None if k == "ipxe" => "iPXE script".to_string(),
+            None => "archive".to_string(),
+        };
+        match have.get(k) {
+            None => return format!("{what} added"),
+            Some(h) if h != w => {
+                return format!(
+                    "{what}: sha256 {}… ≠ declared {}…",
+                    receipt::short(h),
+                    receipt::short(w)
+                )
+            }
+            _ => {}
+        }
+    }
+    for k in have.keys().filter(|k| {
+        (k.starts_with("file:") || *k == "ipxe" || *k == "archive") && !want.contains_key(*k)
+    }) {
+        return format!(
+            "{} no longer declared",
+            k.strip_prefix("file:")
+                .map(|n| format!("file {n}"))
+                .unwrap_or_else(|| k.clone())
+        );
+    }
+    "content changed".into()
+}
