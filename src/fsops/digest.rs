@@ -71,22 +71,31 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct StatIndex {
     path: Option<PathBuf>,
-    entries: Mutex<HashMap<PathBuf, Entry>>,
+    /// Read from `path` on first use: a plan that needs no local digest never parses it.
+    entries: std::sync::OnceLock<Mutex<HashMap<PathBuf, Entry>>>,
     dirty: Mutex<bool>,
 }
 
 impl StatIndex {
     /// Load from `path`; a missing or unreadable index is an empty one (it is only a cache).
     pub fn load(path: &Path) -> Self {
-        let entries = fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
         StatIndex {
             path: Some(path.to_path_buf()),
-            entries: Mutex::new(entries),
+            entries: std::sync::OnceLock::new(),
             dirty: Mutex::new(false),
         }
+    }
+
+    fn entries(&self) -> &Mutex<HashMap<PathBuf, Entry>> {
+        self.entries.get_or_init(|| {
+            let entries = self
+                .path
+                .as_ref()
+                .and_then(|p| fs::read(p).ok())
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            Mutex::new(entries)
+        })
     }
 
     /// An index that is never saved.
@@ -99,7 +108,7 @@ impl StatIndex {
         let meta = fs::metadata(path)?;
         let stat = StatKey::of(&meta);
         if !verify {
-            if let Some(e) = self.entries.lock().unwrap().get(path) {
+            if let Some(e) = self.entries().lock().unwrap().get(path) {
                 if e.stat == stat {
                     return Ok(e.sha256.clone());
                 }
@@ -111,7 +120,7 @@ impl StatIndex {
     }
 
     pub fn remember(&self, path: &Path, stat: StatKey, sha256: &str) {
-        self.entries.lock().unwrap().insert(
+        self.entries().lock().unwrap().insert(
             path.to_path_buf(),
             Entry {
                 stat,
@@ -126,7 +135,7 @@ impl StatIndex {
         let (Some(path), true) = (&self.path, *self.dirty.lock().unwrap()) else {
             return Ok(());
         };
-        let bytes = serde_json::to_vec(&*self.entries.lock().unwrap()).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec(&*self.entries().lock().unwrap()).map_err(io::Error::other)?;
         super::write_atomic(path, &bytes)
     }
 }
