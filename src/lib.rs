@@ -17,3 +17,4 @@ pub mod resource;
 pub mod schema;
 pub mod source;
 pub mod state;
+pub mod watch;

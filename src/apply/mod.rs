@@ -23,6 +23,8 @@ pub struct Options {
     pub progress: bool,
     /// Shown to a command waiting for the lock.
     pub command: String,
+    /// Set (by a signal handler) to stop after the resource being applied.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What happens during an apply, in order.
@@ -47,6 +49,10 @@ pub enum Event<'a> {
 pub struct Outcome {
     pub changes: usize,
     pub failed: Vec<String>,
+    /// Addresses applied successfully.
+    pub applied: Vec<String>,
+    /// Stopped early by `Options::cancel` (every resource is still fully old or fully new).
+    pub cancelled: bool,
 }
 
 pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) -> Result<Outcome> {
@@ -84,6 +90,14 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
     let mut roots = cx.roots.clone();
     let mut outcome = Outcome::default();
     for p in planned.iter().filter(|p| !p.changes.is_empty()) {
+        if opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            outcome.cancelled = true;
+            break;
+        }
         let address = p.resource.address();
         on(Event::Applying {
             address,
@@ -98,6 +112,7 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
         match p.resource.apply(&p.observed, &mut acx) {
             Ok(()) => {
                 outcome.changes += p.changes.len();
+                outcome.applied.push(address.to_string());
                 on(Event::Applied {
                     address,
                     took: t.elapsed(),

@@ -22,6 +22,7 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         saved_plan: a.plan.clone(),
         progress: p.progress(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        cancel: Some(interrupt_flag()),
     };
     let mut events = Vec::new();
     let outcome = apply::converge(&desired, &opts, &mut |e| match e {
@@ -76,7 +77,10 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
     if has_tests && !a.no_test {
         p.warn("[run] names tests, but this version of reconcile does not run tests yet; nothing was tested");
     }
-    let code = if outcome.failed.is_empty() {
+    if outcome.cancelled {
+        p.warn("interrupted: stopped after the resource in progress; every managed path is fully old or fully new. Apply again to finish.");
+    }
+    let code = if outcome.failed.is_empty() && !outcome.cancelled {
         exit::OK
     } else {
         exit::ERROR
@@ -98,4 +102,14 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         p.out(&format!("Apply failed for {}; everything else converged. The failed resources keep their previous state.", outcome.failed.join(", ")));
     }
     Ok(code)
+}
+
+/// SIGINT/SIGTERM set this flag instead of killing the process, so an apply
+/// finishes the resource in progress and stops cleanly.
+fn interrupt_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
 }

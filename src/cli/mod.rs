@@ -7,6 +7,7 @@ mod plan;
 mod render;
 mod status;
 mod validate;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Converge the host to the file. Exit 0 converged, 1 error, 3 lock held past the timeout.
     Apply(ApplyArgs),
+    /// Apply, then keep converging on file change, drift and a periodic resync. SIGHUP reloads; SIGTERM/SIGINT finish the step in progress and exit 0.
+    Watch(WatchArgs),
     /// Show what is installed and the last apply.
     Status,
     /// Pin the sha256 of every remote source in reconcile.lock (downloads what is not pinned yet).
@@ -121,6 +124,19 @@ pub struct ApplyArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Full resync period, catching what filesystem events miss.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5m")]
+    pub interval: Duration,
+    /// Quiet time that coalesces a burst of filesystem events into one converge.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "50ms")]
+    pub debounce: Duration,
+    /// How long a converge waits for another apply holding the lock before it reports an error.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct LockArgs {
     /// Download and re-pin every remote source, not only unpinned ones.
     #[arg(long)]
@@ -148,6 +164,7 @@ pub fn main() -> i32 {
         Command::Plan(a) => plan::run(&cli, a, &printer),
         Command::Apply(a) => apply::run(&cli, a, &printer),
         Command::Status => status::run(&cli, &printer),
+        Command::Watch(a) => watch::run(&cli, a, &printer),
         Command::Lock(a) => lock::run(&cli, a, &printer),
         Command::Schema { markdown } => {
             if *markdown {

@@ -135,7 +135,8 @@ impl StatIndex {
         let (Some(path), true) = (&self.path, *self.dirty.lock().unwrap()) else {
             return Ok(());
         };
-        let bytes = serde_json::to_vec(&*self.entries().lock().unwrap()).map_err(io::Error::other)?;
+        let bytes =
+            serde_json::to_vec(&*self.entries().lock().unwrap()).map_err(io::Error::other)?;
         super::write_atomic(path, &bytes)
     }
 }

@@ -422,15 +422,16 @@ fn content_reason(have: &BTreeMap<String, String>, want: &BTreeMap<String, Strin
             _ => {}
         }
     }
-    for k in have.keys().filter(|k| {
+    let gone = have.keys().find(|k| {
         (k.starts_with("file:") || *k == "ipxe" || *k == "archive") && !want.contains_key(*k)
-    }) {
-        return format!(
+    });
+    match gone {
+        Some(k) => format!(
             "{} no longer declared",
             k.strip_prefix("file:")
                 .map(|n| format!("file {n}"))
                 .unwrap_or_else(|| k.clone())
-        );
+        ),
+        None => "content changed".into(),
     }
-    "content changed".into()
 }

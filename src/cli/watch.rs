@@ -1,0 +1,112 @@
+use serde_json::json;
+
+use super::{render, Cli, WatchArgs};
+use crate::error::{exit, Result};
+use crate::output::{Printer, Style};
+use crate::state::now_rfc3339;
+use crate::watch::{self, Event};
+
+pub fn run(cli: &Cli, a: &WatchArgs, p: &Printer) -> Result<i32> {
+    let opts = watch::Options {
+        file: cli.file.clone(),
+        interval: a.interval,
+        debounce: a.debounce,
+        lock_timeout: a.lock_timeout,
+    };
+    watch::run(&opts, &mut |e| log(p, &e))?;
+    Ok(exit::OK)
+}
+
+/// One line per event: human, or a JSON object per line with `--json`.
+fn log(p: &Printer, e: &Event) {
+    let time = now_rfc3339();
+    let (name, doc, human) = match e {
+        Event::Started { file, resources } => (
+            "started",
+            json!({ "file": file, "resources": resources }),
+            format!("watching {} ({resources} resources)", file.display()),
+        ),
+        Event::Changed { files } => (
+            "changed",
+            json!({ "files": files }),
+            format!("reloaded: {} changed", join_paths(files)),
+        ),
+        Event::Drift { addresses, paths } => (
+            "drift",
+            json!({ "addresses": addresses, "paths": paths }),
+            format!("drift in {}: {}", addresses.join(", "), join_paths(paths)),
+        ),
+        Event::Planned {
+            addresses,
+            changes,
+            trigger,
+        } => (
+            "planned",
+            json!({ "addresses": addresses, "changes": changes, "trigger": trigger }),
+            format!(
+                "{changes} change(s) to {} ({trigger})",
+                addresses.join(", ")
+            ),
+        ),
+        Event::Applied {
+            addresses,
+            changes,
+            took,
+        } => (
+            "applied",
+            json!({ "addresses": addresses, "changes": changes, "ms": took.as_millis() }),
+            format!(
+                "{} {} in {} ms",
+                p.paint(Style::Create, "applied"),
+                addresses.join(", "),
+                took.as_millis()
+            ),
+        ),
+        Event::InvalidConfig { diagnostics } => {
+            if !p.json {
+                render::diagnostics(p, diagnostics);
+            }
+            (
+                "invalid-config",
+                json!({ "diagnostics": diagnostics.iter().map(|d| d.record()).collect::<Vec<_>>() }),
+                format!(
+                    "{} {} problem(s); the last good file stays in force",
+                    p.paint(Style::Error, "invalid file:"),
+                    diagnostics.len()
+                ),
+            )
+        }
+        Event::Error { message } => (
+            "error",
+            json!({ "message": message }),
+            format!("{} {message}", p.paint(Style::Error, "error:")),
+        ),
+        Event::Stopped { signal } => (
+            "stopped",
+            json!({ "signal": signal }),
+            format!("stopped ({signal})"),
+        ),
+    };
+    if p.json {
+        let mut doc = doc;
+        doc["event"] = json!(name);
+        doc["time"] = json!(time);
+        println!("{doc}");
+    } else if !p.quiet || matches!(e, Event::Error { .. } | Event::InvalidConfig { .. }) {
+        println!("{time} {human}");
+    }
+}
+
+fn join_paths(paths: &[std::path::PathBuf]) -> String {
+    let shown: Vec<String> = paths
+        .iter()
+        .take(3)
+        .map(|p| crate::config::display_name(p))
+        .collect();
+    let more = if paths.len() > 3 {
+        format!(" and {} more", paths.len() - 3)
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
+}

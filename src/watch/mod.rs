@@ -1,0 +1,447 @@
+//! Keep a host converged: apply once, then converge again on a change to the
+//! desired file (watched through its parent directory, since editors save by
+//! rename), on drift in a managed tree (the resources' watch paths), on SIGHUP,
+//! and on a periodic resync that catches what events miss. An invalid edit is
+//! reported and the last good file stays in force. SIGTERM/SIGINT finish the
+//! resource in progress and stop. The lock is held only while applying.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+
+use crate::apply;
+use crate::config::{self, lockfile, Desired, Diagnostic};
+use crate::error::{Error, Result};
+use crate::fsops::{digest::StatIndex, STAGING_MARK};
+use crate::resource::{self, Context};
+use crate::source::Fetcher;
+use crate::state::StateDir;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub file: PathBuf,
+    pub interval: Duration,
+    pub debounce: Duration,
+    /// How long a converge waits for another apply holding the lock.
+    pub lock_timeout: Duration,
+}
+
+/// What watch reports, in order. Rendering is the caller's.
+pub enum Event<'a> {
+    Started {
+        file: &'a Path,
+        resources: usize,
+    },
+    /// The desired file (or an include, or the lock file) changed and was reloaded.
+    Changed {
+        files: &'a [PathBuf],
+    },
+    /// A managed path changed under us.
+    Drift {
+        addresses: &'a [String],
+        paths: &'a [PathBuf],
+    },
+    Planned {
+        addresses: &'a [String],
+        changes: usize,
+        trigger: &'a str,
+    },
+    Applied {
+        addresses: &'a [String],
+        changes: usize,
+        took: Duration,
+    },
+    InvalidConfig {
+        diagnostics: &'a [Diagnostic],
+    },
+    Error {
+        message: String,
+    },
+    Stopped {
+        signal: &'a str,
+    },
+}
+
+enum Trigger {
+    Fs { paths: Vec<PathBuf>, rescan: bool },
+    FsErrors(Vec<String>),
+    Reload,
+    Stop(&'static str),
+}
+
+pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
+    let mut desired = config::load(&opts.file)?;
+    let (tx, rx) = mpsc::channel::<Trigger>();
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_thread(tx.clone(), stop.clone())?;
+
+    let fs_tx = tx.clone();
+    let mut debouncer = new_debouncer(
+        opts.debounce,
+        Some(opts.debounce / 2),
+        move |r: DebounceEventResult| {
+            let _ = fs_tx.send(match r {
+                Ok(events) => {
+                    let rescan = events.iter().any(|e| e.need_rescan());
+                    // reads (open, access, close-nowrite) change nothing; observing would otherwise re-trigger itself
+                    let mut paths: Vec<PathBuf> = events
+                        .into_iter()
+                        .filter(|e| !e.event.kind.is_access())
+                        .flat_map(|e| e.event.paths)
+                        .collect();
+                    paths.sort();
+                    paths.dedup();
+                    if paths.is_empty() && !rescan {
+                        return;
+                    }
+                    Trigger::Fs { paths, rescan }
+                }
+                Err(errors) => Trigger::FsErrors(errors.iter().map(|e| e.to_string()).collect()),
+            });
+        },
+    )
+    .map_err(|e| Error::State {
+        path: opts.file.clone(),
+        reason: format!("cannot watch: {e}"),
+    })?;
+    let mut watched: BTreeMap<PathBuf, RecursiveMode> = BTreeMap::new();
+
+    sync_watches(&mut debouncer, &mut watched, &desired, on);
+    converge(&desired, None, "start", opts, &stop, on);
+    sync_watches(&mut debouncer, &mut watched, &desired, on);
+    // started = converged once and watching everything that exists
+    let addresses = all_addresses(&desired)?;
+    on(Event::Started {
+        file: &desired.path,
+        resources: addresses.len(),
+    });
+    if desired.model.watch.as_ref().is_some_and(|w| w.test) {
+        on(Event::Error {
+            message:
+                "[watch] test = true, but this release has no test harness yet: no tests are run"
+                    .into(),
+        });
+    }
+
+    let mut next_resync = Instant::now() + opts.interval;
+    loop {
+        let trigger = match rx.recv_timeout(next_resync.saturating_duration_since(Instant::now())) {
+            Ok(t) => t,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                next_resync = Instant::now() + opts.interval;
+                converge(&desired, None, "resync", opts, &stop, on);
+                sync_watches(&mut debouncer, &mut watched, &desired, on);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        match trigger {
+            Trigger::Stop(signal) => {
+                on(Event::Stopped { signal });
+                return Ok(());
+            }
+            Trigger::Reload => reload(&mut desired, &[], opts, &stop, on),
+            Trigger::FsErrors(errors) => {
+                on(Event::Error {
+                    message: format!("watcher: {}; resyncing", errors.join("; ")),
+                });
+                converge(&desired, None, "rescan", opts, &stop, on);
+            }
+            Trigger::Fs { paths, rescan } => {
+                let paths: Vec<PathBuf> = paths
+                    .into_iter()
+                    .filter(|p| !ignored(p, &desired))
+                    .collect();
+                let config_files = config_files(&desired);
+                let changed: Vec<PathBuf> = paths
+                    .iter()
+                    .filter(|p| config_files.contains(*p))
+                    .cloned()
+                    .collect();
+                if rescan {
+                    // the kernel queue overflowed: events were lost, look at everything
+                    on(Event::Error {
+                        message: "watcher queue overflowed; rescanning everything".into(),
+                    });
+                    converge(&desired, None, "rescan", opts, &stop, on);
+                } else if !changed.is_empty() {
+                    reload(&mut desired, &changed, opts, &stop, on);
+                } else if !paths.is_empty() {
+                    match affected(&desired, &paths) {
+                        Ok(addresses) if !addresses.is_empty() => {
+                            // our own commits show up as events too; only a plan with changes is drift
+                            let mut drifted = |e: Event| {
+                                if let Event::Planned { addresses, .. } = &e {
+                                    on(Event::Drift {
+                                        addresses,
+                                        paths: &paths,
+                                    });
+                                }
+                                on(e)
+                            };
+                            converge(
+                                &desired,
+                                Some(&addresses),
+                                "drift",
+                                opts,
+                                &stop,
+                                &mut drifted,
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => on(Event::Error {
+                            message: e.to_string(),
+                        }),
+                    }
+                }
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            on(Event::Stopped { signal: "SIGTERM" });
+            return Ok(());
+        }
+        if sync_watches(&mut debouncer, &mut watched, &desired, on) {
+            // a tree appeared (a first install into a new root): whatever changed in it
+            // before the watch was in place is caught by looking once more
+            converge(&desired, None, "new-watch", opts, &stop, on);
+        }
+    }
+}
+
+fn spawn_signal_thread(tx: mpsc::Sender<Trigger>, stop: Arc<AtomicBool>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM]).map_err(|e| {
+            Error::State {
+                path: PathBuf::from("/"),
+                reason: format!("cannot handle signals: {e}"),
+            }
+        })?;
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let t = match sig {
+                SIGHUP => Trigger::Reload,
+                SIGINT => Trigger::Stop("SIGINT"),
+                _ => Trigger::Stop("SIGTERM"),
+            };
+            if matches!(t, Trigger::Stop(_)) {
+                // an apply in progress stops after the resource it is on
+                stop.store(true, Ordering::SeqCst);
+            }
+            if tx.send(t).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn reload(
+    desired: &mut Desired,
+    changed: &[PathBuf],
+    opts: &Options,
+    stop: &Arc<AtomicBool>,
+    on: &mut dyn FnMut(Event),
+) {
+    match config::load(&opts.file) {
+        Ok(new) => {
+            let files: Vec<PathBuf> = if changed.is_empty() {
+                new.files.clone()
+            } else {
+                changed.to_vec()
+            };
+            let same = new.digest == desired.digest;
+            *desired = new;
+            if !same {
+                on(Event::Changed { files: &files });
+            }
+            converge(desired, None, "config", opts, stop, on);
+        }
+        // the last good file stays in force
+        Err(Error::Invalid(diagnostics)) => on(Event::InvalidConfig {
+            diagnostics: &diagnostics,
+        }),
+        Err(e) => on(Event::Error {
+            message: format!("{e}; keeping the last good file"),
+        }),
+    }
+}
+
+fn converge(
+    desired: &Desired,
+    only: Option<&[String]>,
+    trigger: &str,
+    opts: &Options,
+    stop: &Arc<AtomicBool>,
+    on: &mut dyn FnMut(Event),
+) {
+    if stop.load(Ordering::SeqCst) {
+        return;
+    }
+    let started = Instant::now();
+    let targets = only
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| glob::Pattern::new(&glob::Pattern::escape(x)).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let aopts = apply::Options {
+        targets,
+        lock_timeout: Some(opts.lock_timeout),
+        command: format!("reconcile watch ({trigger})"),
+        // a stop signal lets the resource in progress finish, then ends the converge
+        cancel: Some(stop.clone()),
+        ..Default::default()
+    };
+    let mut planned: Vec<String> = Vec::new();
+    let mut changes = 0;
+    let mut failures: Vec<String> = Vec::new();
+    let result = apply::converge(desired, &aopts, &mut |e| match e {
+        apply::Event::Planned(plan) => {
+            planned = plan
+                .resources
+                .iter()
+                .filter(|r| !r.changes.is_empty())
+                .map(|r| r.address.clone())
+                .collect();
+            changes = plan.summary.changes();
+            if changes > 0 {
+                on(Event::Planned {
+                    addresses: &planned,
+                    changes,
+                    trigger,
+                });
+            }
+        }
+        apply::Event::Failed { address, error } => failures.push(format!("{address}: {error}")),
+        apply::Event::Recovered(r) => {
+            failures.push(format!("recovered {} ({})", r.address, r.outcome))
+        }
+        apply::Event::Applying { .. } | apply::Event::Applied { .. } => {}
+    });
+    for f in failures {
+        on(Event::Error { message: f });
+    }
+    match result {
+        Ok(outcome) if !outcome.applied.is_empty() => on(Event::Applied {
+            addresses: &outcome.applied,
+            changes: outcome.changes,
+            took: started.elapsed(),
+        }),
+        Ok(_) => {}
+        Err(e) => on(Event::Error {
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Paths watch must not react to: reconcile's own staging names and the state dir.
+fn ignored(p: &Path, desired: &Desired) -> bool {
+    p.starts_with(&desired.state_dir) || p.to_string_lossy().contains(STAGING_MARK)
+}
+
+fn config_files(desired: &Desired) -> BTreeSet<PathBuf> {
+    let mut set: BTreeSet<PathBuf> = desired.files.iter().cloned().collect();
+    set.insert(lockfile::path_for(&desired.path));
+    set
+}
+
+/// The resources of the desired state (observe-free: just their addresses and paths).
+fn resources(desired: &Desired) -> Result<Vec<Box<dyn resource::Resource>>> {
+    let state = StateDir::existing(&desired.state_dir);
+    let index = StatIndex::ephemeral();
+    let cx = Context {
+        desired,
+        state: &state,
+        fetcher: Fetcher::new(state.cache_dir(), &index, &desired.lock, false, false),
+        roots: state.roots(),
+        verify: false,
+    };
+    resource::all(&cx)
+}
+
+fn all_addresses(desired: &Desired) -> Result<Vec<String>> {
+    Ok(resources(desired)?
+        .iter()
+        .map(|r| r.address().to_string())
+        .collect())
+}
+
+/// Addresses of the resources whose paths contain (or lie under) one of `paths`.
+fn affected(desired: &Desired, paths: &[PathBuf]) -> Result<Vec<String>> {
+    let mut out = BTreeSet::new();
+    for r in resources(desired)? {
+        let loc = r.location();
+        if paths
+            .iter()
+            .any(|p| p.starts_with(&loc) || loc.starts_with(p))
+        {
+            out.insert(r.address().to_string());
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Watch the config files' directories and every managed tree that exists now.
+fn sync_watches(
+    debouncer: &mut Debouncer<RecommendedWatcher, RecommendedCache>,
+    watched: &mut BTreeMap<PathBuf, RecursiveMode>,
+    desired: &Desired,
+    on: &mut dyn FnMut(Event),
+) -> bool {
+    let mut added = false;
+    let mut want: BTreeMap<PathBuf, RecursiveMode> = BTreeMap::new();
+    for f in config_files(desired) {
+        if let Some(dir) = f.parent() {
+            want.insert(dir.to_path_buf(), RecursiveMode::NonRecursive);
+        }
+    }
+    if let Ok(rs) = resources(desired) {
+        for r in rs {
+            for p in r.watch_paths() {
+                if p.exists() {
+                    want.insert(p, RecursiveMode::Recursive);
+                }
+            }
+        }
+    }
+    // a recursive watch covers everything below it
+    let recursive: Vec<PathBuf> = want
+        .iter()
+        .filter(|(_, m)| **m == RecursiveMode::Recursive)
+        .map(|(p, _)| p.clone())
+        .collect();
+    want.retain(|p, _| !recursive.iter().any(|r| p != r && p.starts_with(r)));
+
+    let stale: Vec<PathBuf> = watched
+        .iter()
+        .filter(|(p, m)| want.get(*p) != Some(m))
+        .map(|(p, _)| p.clone())
+        .collect();
+    for p in stale {
+        let _ = debouncer.unwatch(&p);
+        watched.remove(&p);
+    }
+    for (p, mode) in want {
+        if watched.contains_key(&p) {
+            continue;
+        }
+        match debouncer.watch(&p, mode) {
+            Ok(()) => {
+                added |= mode == RecursiveMode::Recursive;
+                watched.insert(p, mode);
+            }
+            Err(e) => on(Event::Error {
+                message: format!("cannot watch {}: {e}", p.display()),
+            }),
+        }
+    }
+    added
+}

@@ -1,0 +1,321 @@
+//! `reconcile watch` running in the background: drift repair, renamed-in edits,
+//! invalid edits, signals, idle CPU, and the lock only held while applying.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Generous bounds: these only decide when a test gives up, they assert no speed.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Watch {
+    child: Child,
+    events: mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl Watch {
+    fn start(farm: &Farm) -> Watch {
+        let mut child = farm
+            .cmd(&["watch", "--json", "--interval", "1h"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON line: {line}: {e}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut w = Watch {
+            child,
+            events,
+            seen: Vec::new(),
+        };
+        // `started` comes once the first converge is done and every managed tree is watched
+        w.wait_for("started", |_| true);
+        w
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Wait for an event named `name` matching `pred`; panics with the log after PATIENCE.
+    fn wait_for(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + PATIENCE;
+        while let Ok(v) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(v.clone());
+            if v["event"] == name && pred(&v) {
+                return v;
+            }
+        }
+        panic!("no `{name}` event; events so far: {:#?}", self.seen);
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        kill(self.pid(), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "watch did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn plugin(farm: &Farm, version: &str) {
+    farm.write(
+        &format!("src/{version}/tool"),
+        format!("#!/bin/sh\necho {version}\n"),
+    );
+    farm.desired(&format!("version = 1\n[plugin.tool]\nversion = \"{version}\"\nsource = {{ dir = \"src/{version}\" }}\n"));
+}
+
+/// Write the desired file the way editors save: a temporary file renamed over it.
+fn save_by_rename(farm: &Farm, text: &str) {
+    let tmp = farm.path(".reconcile.toml.swp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, farm.path("reconcile.toml")).unwrap();
+}
+
+#[test]
+fn a_deleted_managed_file_is_repaired() {
+    let farm = Farm::new();
+    plugin(&farm, "1");
+    let mut w = Watch::start(&farm);
+    assert!(
+        farm.path("plugins/tool/tool").exists(),
+        "started after the first converge"
+    );
+    let bin = farm.path("plugins/tool/tool");
+    fs::remove_file(&bin).unwrap();
+    let drift = w.wait_for("drift", |_| true);
+    assert_eq!(drift["addresses"][0], "plugin.tool");
+    w.wait_for("applied", |_| true);
+    assert_eq!(fs::read_to_string(&bin).unwrap(), "#!/bin/sh\necho 1\n");
+    // a whole deleted plugin directory too
+    fs::remove_dir_all(farm.path("plugins/tool")).unwrap();
+    w.wait_for("applied", |_| true);
+    assert!(bin.exists());
+    assert!(w.stop().success());
+}
+
+#[test]
+fn a_renamed_in_edit_is_applied() {
+    let farm = Farm::new();
+    plugin(&farm, "1");
+    let mut w = Watch::start(&farm);
+    farm.write("src/2/tool", "#!/bin/sh\necho 2\n");
+    save_by_rename(
+        &farm,
+        "version = 1\n[plugin.tool]\nversion = \"2\"\nsource = { dir = \"src/2\" }\n",
+    );
+    w.wait_for("changed", |_| true);
+    w.wait_for("applied", |_| true);
+    assert_eq!(
+        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
+        "#!/bin/sh\necho 2\n"
+    );
+    assert!(w.stop().success());
+}
+
+#[test]
+fn an_invalid_edit_keeps_the_old_state_and_drift_is_still_repaired() {
+    let farm = Farm::new();
+    plugin(&farm, "1");
+    let mut w = Watch::start(&farm);
+    save_by_rename(
+        &farm,
+        "version = 1\n[plugin.tool]\nversion = \"2\"\nsource = { dir = \"src/2\" }\ncolour = 1\n",
+    );
+    let invalid = w.wait_for("invalid-config", |_| true);
+    let diag = &invalid["diagnostics"][0];
+    assert_eq!(diag["line"], 5);
+    assert!(
+        diag["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"),
+        "{invalid}"
+    );
+    assert_eq!(
+        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
+        "#!/bin/sh\necho 1\n"
+    );
+    // the last good file is still in force
+    fs::remove_file(farm.path("plugins/tool/tool")).unwrap();
+    w.wait_for("applied", |_| true);
+    assert_eq!(
+        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
+        "#!/bin/sh\necho 1\n"
+    );
+    // and the next valid save is picked up
+    farm.write("src/3/tool", "#!/bin/sh\necho 3\n");
+    save_by_rename(
+        &farm,
+        "version = 1\n[plugin.tool]\nversion = \"3\"\nsource = { dir = \"src/3\" }\n",
+    );
+    w.wait_for("applied", |_| true);
+    assert_eq!(
+        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
+        "#!/bin/sh\necho 3\n"
+    );
+    assert!(w.stop().success());
+}
+
+#[test]
+fn sighup_reloads() {
+    let farm = Farm::new();
+    // the file is a symlink to a directory watch does not look at, so only SIGHUP tells it
+    fs::create_dir_all(farm.path("conf")).unwrap();
+    farm.write("src/1/tool", "#!/bin/sh\necho 1\n");
+    farm.write("src/2/tool", "#!/bin/sh\necho 2\n");
+    farm.write(
+        "conf/real.toml",
+        "version = 1\n[plugin.tool]\nversion = \"1\"\nsource = { dir = \"src/1\" }\n",
+    );
+    std::os::unix::fs::symlink("conf/real.toml", farm.path("reconcile.toml")).unwrap();
+    let mut w = Watch::start(&farm);
+    fs::write(
+        farm.path("conf/real.toml"),
+        "version = 1\n[plugin.tool]\nversion = \"2\"\nsource = { dir = \"src/2\" }\n",
+    )
+    .unwrap();
+    kill(w.pid(), Signal::SIGHUP).unwrap();
+    w.wait_for("changed", |_| true);
+    w.wait_for("applied", |_| true);
+    assert_eq!(
+        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
+        "#!/bin/sh\necho 2\n"
+    );
+    assert!(w.stop().success());
+}
+
+#[test]
+fn sigterm_during_an_apply_leaves_every_plugin_old_or_new() {
+    let farm = Farm::new();
+    let big = |tag: u8| -> Vec<u8> {
+        let mut v = vec![tag; 24 << 20];
+        v[..4].copy_from_slice(b"\x7fELF");
+        v
+    };
+    let mut toml = String::from("version = 1\n");
+    for name in ["a", "b", "c", "d"] {
+        for (v, tag) in [("1", 1u8), ("2", 2u8)] {
+            farm.write(
+                &format!("src/{name}{v}.tar"),
+                tar_bytes(&[Entry::File(name, &big(tag), 0o755)]),
+            );
+        }
+        toml.push_str(&format!(
+            "[plugin.{name}]\nversion = \"1\"\nsource = {{ path = \"src/{name}1.tar\" }}\n"
+        ));
+    }
+    farm.desired(&toml);
+    let mut w = Watch::start(&farm);
+    let (old, new) = (sha(&big(1)), sha(&big(2)));
+    save_by_rename(
+        &farm,
+        &toml
+            .replace("version = \"1\"", "version = \"2\"")
+            .replace("1.tar", "2.tar"),
+    );
+    w.wait_for("planned", |v| v["trigger"] == "config");
+    let status = w.stop();
+    assert!(status.success(), "{status:?}");
+    let mut states = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let got = sha_file(&farm.path(&format!("plugins/{name}/{name}")));
+        assert!(
+            got == old || got == new,
+            "plugin {name} is neither old nor new"
+        );
+        states.push(if got == new { "new" } else { "old" });
+    }
+    assert!(
+        farm.leftovers("plugins").is_empty(),
+        "{:?}",
+        farm.leftovers("plugins")
+    );
+    eprintln!("after SIGTERM: {states:?}");
+    // whatever was left old is finished by the next apply
+    farm.run(&["apply"]).expect(0);
+    farm.run(&["plan"]).expect(0);
+}
+
+fn cpu_ticks(pid: Pid) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; after the `)` they are at 11 and 12
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn idle_watch_uses_almost_no_cpu_and_holds_no_lock() {
+    let farm = Farm::new();
+    plugin(&farm, "1");
+    let w = Watch::start(&farm);
+    let before = cpu_ticks(w.pid());
+    std::thread::sleep(Duration::from_secs(5));
+    let used = cpu_ticks(w.pid()) - before;
+    // clock ticks are 1/100 s: a busy loop would burn ~500 over 5 s
+    assert!(
+        used <= 10,
+        "watch used {used} ticks of CPU in 5 idle seconds"
+    );
+    // the lock is only held while applying: other commands work meanwhile
+    farm.run(&["plan"]).expect(0);
+    farm.run(&["status"]).expect(0);
+    farm.run(&["apply", "--lock-timeout", "10s"]).expect(0);
+    assert!(w.stop().success());
+}
+
+#[test]
+fn watch_refuses_an_invalid_file_at_start() {
+    let farm = Farm::new();
+    farm.desired("version = 1\nbogus = true\n");
+    let r = farm.run(&["watch"]);
+    r.expect(1);
+    assert!(r.stderr.contains("unknown key `bogus`"), "{}", r.stderr);
+    assert!(!Path::new(&farm.path(".reconcile")).exists());
+}
