@@ -7,9 +7,11 @@
 //! verified [`source`]s.
 
 pub mod apply;
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod executor;
 pub mod fsops;
 pub mod output;
 pub mod plan;

@@ -2,6 +2,7 @@
 //! the man page and shell completions) and dispatch. One file per subcommand.
 
 mod apply;
+mod exec;
 mod lock;
 mod plan;
 mod render;
@@ -67,6 +68,8 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show what is installed and the last apply.
     Status,
+    /// Run a command in a fresh working snapshot of a machine (namespaces, as root), deleted afterwards; exits with the command's status.
+    Exec(ExecArgs),
     /// Pin the sha256 of every remote source in reconcile.lock (downloads what is not pinned yet).
     Lock(LockArgs),
     /// Print the JSON Schema of the desired-state file.
@@ -124,6 +127,27 @@ pub struct ApplyArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The machine.
+    pub machine: String,
+    /// Snapshot this toolchain's bootstrapped snapshot instead of the current revision.
+    #[arg(short, long)]
+    pub toolchain: Option<String>,
+    /// Kill the command (and everything it started) after this long; exit 124.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Run on the host with the working directory in the snapshot ($RECONCILE_ROOT) instead of in namespaces.
+    #[arg(long)]
+    pub host: bool,
+    /// Also give the command an empty network namespace.
+    #[arg(long)]
+    pub no_network: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct WatchArgs {
     /// Full resync period, catching what filesystem events miss.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5m")]
@@ -165,6 +189,7 @@ pub fn main() -> i32 {
         Command::Apply(a) => apply::run(&cli, a, &printer),
         Command::Status => status::run(&cli, &printer),
         Command::Watch(a) => watch::run(&cli, a, &printer),
+        Command::Exec(a) => exec::run(&cli, a, &printer),
         Command::Lock(a) => lock::run(&cli, a, &printer),
         Command::Schema { markdown } => {
             if *markdown {

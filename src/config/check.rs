@@ -95,6 +95,26 @@ pub(crate) fn check(
             }
         }
         c.source(&["machine", name, "source"], &mach.source, lock);
+        if mach.kind == crate::config::model::MachineKind::Disk {
+            if let Some(tc) = mach.toolchain.keys().next() {
+                c.key(
+                    &["machine", name, "toolchain", tc],
+                    format!("machine `{name}` is a disk image: toolchains are bootstrapped in root filesystems"),
+                    "needs kind = \"rootfs\"",
+                    Some("bootstrap toolchains for disk machines inside the image, or use a rootfs source".into()),
+                );
+            }
+            if mach.source.dir.is_some() {
+                c.value(
+                    &["machine", name, "source"],
+                    format!(
+                        "machine `{name}` is a disk image: its source is a file (raw or qcow2)"
+                    ),
+                    "a directory",
+                    None,
+                );
+            }
+        }
         for (tc, t) in &mach.toolchain {
             c.name(&["machine", name, "toolchain", tc]);
             if !tc.is_empty() && tc.chars().all(|ch| ch.is_ascii_digit()) {

@@ -196,6 +196,7 @@ impl ImageResource {
                     "image",
                     s.strip_components.unwrap_or(0),
                     limit,
+                    Default::default(),
                 )?);
                 fault::point(&self.address, "stage-partial");
             }

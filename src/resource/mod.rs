@@ -5,6 +5,7 @@
 //! A new kind is one module here plus one line in [`all`].
 
 pub mod image;
+pub mod machine;
 pub mod plugin;
 pub mod publish;
 pub mod receipt;
@@ -94,5 +95,6 @@ pub fn all(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     let mut out: Vec<Box<dyn Resource>> = Vec::new();
     out.extend(plugin::resources(cx)?);
     out.extend(image::resources(cx)?);
+    out.extend(machine::resources(cx)?);
     Ok(out)
 }

@@ -126,7 +126,8 @@ impl PluginResource {
     ) -> Result<()> {
         let bin = self.bin();
         let strip = p.source.strip_components.unwrap_or(0);
-        let mut written = source::unpack(artifact, staging, &bin, strip, limit)?;
+        let mut written =
+            source::unpack(artifact, staging, &bin, strip, limit, Default::default())?;
         fault::point(&self.address, "stage-partial");
         if p.source.strip_components.is_none() {
             unwrap_single_dir(staging, &mut written)?;

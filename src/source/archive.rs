@@ -73,6 +73,15 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// How much an archive is trusted beyond the path rules, which always hold.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy {
+    /// A machine's root filesystem from a pinned source: setuid/setgid bits and
+    /// ownership are kept (a system needs them), and device nodes and fifos are
+    /// skipped rather than refused (the namespace executor provides `/dev`).
+    pub rootfs: bool,
+}
+
 /// Extract `archive` into the existing, empty directory `dest`.
 pub fn extract(
     archive: &Path,
@@ -80,6 +89,7 @@ pub fn extract(
     dest: &Path,
     strip: u32,
     limit: u64,
+    policy: Policy,
 ) -> Result<Written> {
     let label = archive.display().to_string();
     let mut x = Extractor {
@@ -90,6 +100,9 @@ pub fn extract(
         total: 0,
         entries: 0,
         written: Written::new(),
+        policy,
+        owner: None,
+        is_root: nix::unistd::geteuid().is_root(),
     };
     let open = || File::open(archive).map_err(|e| Error::io(archive, e));
     match format {
@@ -118,6 +131,10 @@ struct Extractor<'a> {
     total: u64,
     entries: u64,
     written: Written,
+    policy: Policy,
+    /// uid and gid of the entry being placed (tar only).
+    owner: Option<(u32, u32)>,
+    is_root: bool,
 }
 
 enum Kind {
@@ -201,8 +218,14 @@ impl Extractor<'_> {
             }
             return Err(self.hostile(raw, "appears twice in the archive"));
         }
-        // setuid, setgid and sticky bits are dropped; owner keeps read/write
-        let mode = (mode & 0o777) | 0o600;
+        // setuid, setgid and sticky bits are dropped (except in a trusted rootfs); owner keeps read/write
+        let mode = if self.policy.rootfs {
+            mode & 0o7777
+        } else {
+            (mode & 0o777) | 0o600
+        };
+        let chown = self.owner.filter(|_| self.policy.rootfs && self.is_root);
+        let is_dir = matches!(kind, Kind::Dir);
         match kind {
             Kind::Dir => {
                 fs::create_dir(&full).map_err(|e| Error::io(&full, e))?;
@@ -272,6 +295,18 @@ impl Extractor<'_> {
                 self.written.insert(rel, sha);
             }
         }
+        if let Some((uid, gid)) = chown {
+            std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
+                .map_err(|e| Error::io(&full, e))?;
+            if !is_dir {
+                // chown clears setuid/setgid on files: put the mode back
+                if let Ok(m) = fs::symlink_metadata(&full) {
+                    if m.is_file() {
+                        let _ = fs::set_permissions(&full, fs::Permissions::from_mode(mode));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -286,6 +321,10 @@ impl Extractor<'_> {
                 .into_owned();
             let mode = entry.header().mode().unwrap_or(0o644);
             let et = entry.header().entry_type();
+            self.owner = match (entry.header().uid(), entry.header().gid()) {
+                (Ok(u), Ok(g)) => Some((u as u32, g as u32)),
+                _ => None,
+            };
             let kind = match et {
                 tar::EntryType::Directory => Kind::Dir,
                 tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
@@ -300,6 +339,11 @@ impl Extractor<'_> {
                     } else {
                         Kind::HardLink(target)
                     }
+                }
+                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+                    if self.policy.rootfs =>
+                {
+                    continue
                 }
                 tar::EntryType::Char | tar::EntryType::Block => {
                     return Err(self.hostile(&raw, "is a device node"))

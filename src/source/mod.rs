@@ -291,6 +291,7 @@ pub fn unpack(
     file_name: &str,
     strip: u32,
     limit: u64,
+    policy: archive::Policy,
 ) -> Result<Written> {
     match a {
         Artifact::File {
@@ -305,7 +306,9 @@ pub fn unpack(
                 .map_err(|e| Error::io(&to, e))?;
             Ok([(PathBuf::from(file_name), sha256.clone())].into())
         }
-        Artifact::File { path, format, .. } => archive::extract(path, *format, dest, strip, limit),
+        Artifact::File { path, format, .. } => {
+            archive::extract(path, *format, dest, strip, limit, policy)
+        }
         Artifact::Dir { path } => {
             let mut written = Written::new();
             copy_tree(path, dest, Path::new(""), &mut written)?;

@@ -31,6 +31,23 @@ pub enum Op {
     },
     /// Retire `target` (rename it to `retired`) and delete it.
     Remove { target: PathBuf, retired: PathBuf },
+    /// Build a volume (btrfs subvolume or directory) at `staging` and publish it
+    /// at `target`. Volumes cannot carry a receipt inside (they become read-only
+    /// root filesystems), so the `commit` step records the staged volume's id and
+    /// the sidecar receipt to write; recovery compares ids to decide.
+    Volume {
+        target: PathBuf,
+        staging: PathBuf,
+        retired: PathBuf,
+        sidecar: PathBuf,
+    },
+}
+
+/// What the `commit` step of a [`Op::Volume`] records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeCommit {
+    pub id: u64,
+    pub receipt: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,6 +57,8 @@ struct Record {
     step: String,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     op: Option<Op>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<serde_json::Value>,
 }
 
 pub struct Journal {
@@ -117,6 +136,7 @@ impl Journal {
             address: address.into(),
             step: "begin".into(),
             op: Some(op),
+            data: None,
         })?;
         fault::point(address, "begin");
         Ok(txn)
@@ -124,11 +144,22 @@ impl Journal {
 
     /// Record that `step` is about to happen.
     pub fn step(&mut self, txn: &Txn, step: &str) -> Result<()> {
+        self.step_with(txn, step, None)
+    }
+
+    /// Record a step together with what recovery needs to finish it.
+    pub fn step_with(
+        &mut self,
+        txn: &Txn,
+        step: &str,
+        data: Option<serde_json::Value>,
+    ) -> Result<()> {
         self.write(&Record {
             txn: txn.id.clone(),
             address: txn.address.clone(),
             step: step.into(),
             op: None,
+            data,
         })?;
         fault::point(&txn.address, step);
         Ok(())
@@ -158,20 +189,24 @@ pub fn recover(path: &Path) -> Result<Vec<Recovered>> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let mut out = Vec::new();
-    let mut open: Vec<(String, String, Op, String)> = Vec::new();
+    let mut open: Vec<(String, String, Op, String, Option<serde_json::Value>)> = Vec::new();
     for r in records {
         match (r.op, r.step.as_str()) {
-            (Some(op), "begin") => open.push((r.txn, r.address, op, "begin".into())),
+            (Some(op), "begin") => open.push((r.txn, r.address, op, "begin".into(), None)),
             (_, "done") => open.retain(|(t, ..)| *t != r.txn),
             (_, step) => {
                 if let Some(o) = open.iter_mut().find(|(t, ..)| *t == r.txn) {
                     o.3 = step.to_string();
+                    if r.data.is_some() {
+                        o.4 = r.data;
+                    }
                 }
             }
         }
     }
-    for (txn, address, op, last_step) in open {
-        let outcome = undo_or_finish(&txn, &op).map_err(|e| Error::State {
+    for (txn, address, op, last_step, data) in open {
+        let commit = data.and_then(|d| serde_json::from_value::<VolumeCommit>(d).ok());
+        let outcome = undo_or_finish(&txn, &op, commit.as_ref()).map_err(|e| Error::State {
             path: path.to_path_buf(),
             reason: format!("recovering {address} (transaction {txn}): {e}"),
         })?;
@@ -196,8 +231,43 @@ fn published_by(target: &Path) -> Option<String> {
         .map(|t| t.txn)
 }
 
-fn undo_or_finish(txn: &str, op: &Op) -> std::io::Result<&'static str> {
+fn undo_or_finish(
+    txn: &str,
+    op: &Op,
+    commit: Option<&VolumeCommit>,
+) -> std::io::Result<&'static str> {
     match op {
+        Op::Volume {
+            target,
+            staging,
+            retired,
+            sidecar,
+        } => {
+            let at_target = crate::backend::volume_id(target).ok();
+            match commit {
+                Some(c) if at_target == Some(c.id) => {
+                    // committed: make sure the receipt is there, then drop the old copy
+                    let bytes =
+                        serde_json::to_vec_pretty(&c.receipt).map_err(std::io::Error::other)?;
+                    if let Some(dir) = sidecar.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    fsops::write_atomic(sidecar, &bytes)?;
+                    crate::backend::remove_any(staging)?;
+                    crate::backend::remove_any(retired)?;
+                    Ok("rolled forward")
+                }
+                _ => {
+                    if std::fs::symlink_metadata(target).is_err()
+                        && std::fs::symlink_metadata(retired).is_ok()
+                    {
+                        std::fs::rename(retired, target)?;
+                    }
+                    crate::backend::remove_any(staging)?;
+                    Ok("rolled back")
+                }
+            }
+        }
         Op::Publish {
             target,
             staging,
@@ -221,7 +291,7 @@ fn undo_or_finish(txn: &str, op: &Op) -> std::io::Result<&'static str> {
         }
         Op::Remove { target, retired } => {
             if std::fs::symlink_metadata(retired).is_ok() {
-                fsops::remove_any(retired)?;
+                crate::backend::remove_any(retired)?;
                 Ok("rolled forward")
             } else {
                 let _ = target;

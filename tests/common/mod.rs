@@ -342,3 +342,127 @@ impl Drop for Http {
 pub fn make_executable(p: &Path) {
     fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+// ---------- machines: a real btrfs loop mount and busybox root filesystems ----------
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A btrfs filesystem on a loop device, mounted for the test and unmounted after.
+pub struct BtrfsMount {
+    pub dir: tempfile::TempDir,
+    image: PathBuf,
+}
+
+impl BtrfsMount {
+    /// None (after a visible skip, or a failure under CI) when root, btrfs-progs or loop devices are missing.
+    pub fn new() -> Option<BtrfsMount> {
+        if !is_root() {
+            skip("btrfs tests need root (loop mount, subvolume ioctls)");
+            return None;
+        }
+        let mkfs = [
+            "/usr/sbin/mkfs.btrfs",
+            "/sbin/mkfs.btrfs",
+            "/usr/bin/mkfs.btrfs",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+        let Some(mkfs) = mkfs else {
+            skip("mkfs.btrfs missing (apt-get install btrfs-progs; scripts/test does it)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().with_extension("btrfs.img");
+        let f = fs::File::create(&image).unwrap();
+        f.set_len(1 << 30).unwrap();
+        drop(f);
+        let ok = Command::new(mkfs)
+            .args(["-q", "-f"])
+            .arg(&image)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "mkfs.btrfs failed");
+        let mount = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        if !mount.status.success() {
+            let _ = fs::remove_file(&image);
+            skip(&format!(
+                "cannot loop-mount a btrfs image here: {}",
+                String::from_utf8_lossy(&mount.stderr).trim()
+            ));
+            return None;
+        }
+        Some(BtrfsMount { dir, image })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A farm directory on the btrfs filesystem.
+    pub fn farm(&self) -> Farm {
+        Farm {
+            dir: tempfile::tempdir_in(self.dir.path()).unwrap(),
+        }
+    }
+}
+
+impl Drop for BtrfsMount {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if Command::new("umount")
+                .arg(self.dir.path())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = fs::remove_file(&self.image);
+    }
+}
+
+/// Build a busybox root filesystem (tests/fixtures/make-rootfs.sh) at `rel` in the farm; None after a skip.
+pub fn rootfs(farm: &Farm, rel: &str, marker: &str) -> Option<PathBuf> {
+    let out = farm.path(rel);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-rootfs.sh");
+    let r = Command::new("bash")
+        .arg(script)
+        .arg(&out)
+        .arg(marker)
+        .output()
+        .unwrap();
+    if !r.status.success() {
+        skip(&format!(
+            "cannot build a test rootfs: {}",
+            String::from_utf8_lossy(&r.stderr).trim()
+        ));
+        return None;
+    }
+    Some(out)
+}
+
+/// The same root filesystem as a .tar.gz in the farm.
+pub fn rootfs_tar(farm: &Farm, rel: &str, marker: &str) -> Option<PathBuf> {
+    let dir = rootfs(farm, &format!("{rel}.d"), marker)?;
+    let tar = farm.path(rel);
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-czf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar failed");
+    fs::remove_dir_all(&dir).unwrap();
+    Some(tar)
+}
