@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod executor;
 pub mod fsops;
+pub mod harness;
 pub mod output;
 pub mod plan;
 pub mod resource;

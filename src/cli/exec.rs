@@ -79,6 +79,7 @@ pub fn run(cli: &Cli, a: &ExecArgs, p: &Printer) -> Result<i32> {
     Ok(match finished.outcome {
         Outcome::Exited(c) => c,
         Outcome::Signalled(s) => 128 + s,
+        Outcome::Stopped => 130,
         Outcome::TimedOut => {
             p.warn(&format!(
                 "timed out after {:?}; everything it started was killed",

@@ -2,11 +2,13 @@
 //! the man page and shell completions) and dispatch. One file per subcommand.
 
 mod apply;
+mod checks;
 mod exec;
 mod lock;
 mod plan;
 mod render;
 mod status;
+mod test;
 mod validate;
 mod watch;
 
@@ -66,6 +68,10 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Apply, then keep converging on file change, drift and a periodic resync. SIGHUP reloads; SIGTERM/SIGINT finish the step in progress and exit 0.
     Watch(WatchArgs),
+    /// Run tests (glob patterns over suite.test names). Exit 0 passed (warnings allowed), 4 a test failed, 1 harness error.
+    Test(TestArgs),
+    /// Scan logs with the built-in and declared console checks. Exit 0 clean, 4 a fail/fatal hit, 1 error.
+    Checks(ChecksArgs),
     /// Show what is installed and the last apply.
     Status,
     /// Run a command in a fresh working snapshot of a machine (namespaces, as root), deleted afterwards; exits with the command's status.
@@ -77,6 +83,9 @@ pub enum Command {
         /// Print the file reference as Markdown instead (docs/reference.md).
         #[arg(long)]
         markdown: bool,
+        /// Print the JSON Schema of a test run's report.json instead.
+        #[arg(long, conflicts_with = "markdown")]
+        report: bool,
     },
     /// Print shell completions.
     Completions {
@@ -124,6 +133,49 @@ pub struct ApplyArgs {
     /// Refuse remote sources not pinned in reconcile.lock.
     #[arg(long)]
     pub locked: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Glob patterns over `suite.test` names; a pattern that matches nothing is an error.
+    pub patterns: Vec<String>,
+    /// Only tests of this suite (repeatable).
+    #[arg(long)]
+    pub suite: Vec<String>,
+    /// Only tests with this tag; `!TAG` excludes it (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    pub tag: Vec<String>,
+    /// Tests run at once (default: the number of cores).
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+    /// List the selected tests instead of running them.
+    #[arg(long)]
+    pub list: bool,
+    /// With --list: also every test not selected and why.
+    #[arg(long, requires = "list")]
+    pub explain: bool,
+    /// Run the tests that failed in the last run.
+    #[arg(long)]
+    pub rerun_failed: bool,
+    /// Where runs go (default <state_dir>/runs): <DIR>/<UTC time>-<pid>/ and <DIR>/latest.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Multiply every test's timeout (slow machines, emulation).
+    #[arg(long, default_value_t = 1.0)]
+    pub timeout_multiplier: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ChecksArgs {
+    /// Take `[check.*]` from this desired-state file as well.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Which checks apply: those for this scope (any: all of them).
+    #[arg(long, value_enum, default_value = "any")]
+    pub scope: crate::config::model::Scope,
+    /// Log files (console, journal, output).
+    #[arg(required = true)]
+    pub logs: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,11 +240,15 @@ pub fn main() -> i32 {
         Command::Plan(a) => plan::run(&cli, a, &printer),
         Command::Apply(a) => apply::run(&cli, a, &printer),
         Command::Status => status::run(&cli, &printer),
+        Command::Test(a) => test::run(&cli, a, &printer),
+        Command::Checks(a) => checks::run(&cli, a, &printer),
         Command::Watch(a) => watch::run(&cli, a, &printer),
         Command::Exec(a) => exec::run(&cli, a, &printer),
         Command::Lock(a) => lock::run(&cli, a, &printer),
-        Command::Schema { markdown } => {
-            if *markdown {
+        Command::Schema { markdown, report } => {
+            if *report {
+                println!("{}", crate::harness::report::schema());
+            } else if *markdown {
                 print!("{}", crate::schema::markdown());
             } else {
                 println!("{}", crate::schema::json());

@@ -20,6 +20,8 @@ pub struct Invocation {
     /// Working directory (inside the root for `namespace`).
     pub cwd: Option<PathBuf>,
     pub timeout: Option<Duration>,
+    /// Set from elsewhere (a fatal console check, Ctrl-C) to kill the command and everything it started.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub enum Outcome {
     Signalled(i32),
     /// Killed (with everything it started) when the timeout passed.
     TimedOut,
+    /// Killed (with everything it started) because `Invocation::stop` was set.
+    Stopped,
 }
 
 impl Outcome {
@@ -48,6 +52,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Exited(c) => write!(f, "exit status {c}"),
             Outcome::Signalled(s) => write!(f, "killed by signal {s}"),
             Outcome::TimedOut => write!(f, "timed out (killed with everything it started)"),
+            Outcome::Stopped => write!(f, "stopped (killed with everything it started)"),
         }
     }
 }
@@ -71,6 +76,7 @@ pub trait Executor {
 pub(crate) fn supervise(
     mut child: Child,
     timeout: Option<Duration>,
+    stop: Option<&std::sync::atomic::AtomicBool>,
     kill: &dyn Fn(&mut Child),
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> io::Result<Finished> {
@@ -107,6 +113,7 @@ pub(crate) fn supervise(
     drop(tx);
     let deadline = timeout.map(|t| started + t);
     let mut timed_out = false;
+    let mut stopped = false;
     let mut status = None;
     loop {
         let wait = match deadline {
@@ -132,6 +139,11 @@ pub(crate) fn supervise(
                 kill(&mut child);
             }
         }
+        if status.is_none() && stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+            stopped = true;
+            kill(&mut child);
+            status = Some(child.wait()?);
+        }
         if status.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
             timed_out = true;
             kill(&mut child);
@@ -145,6 +157,8 @@ pub(crate) fn supervise(
     let status = status.expect("child waited");
     let outcome = if timed_out {
         Outcome::TimedOut
+    } else if stopped {
+        Outcome::Stopped
     } else if let Some(c) = status.code() {
         Outcome::Exited(c)
     } else {

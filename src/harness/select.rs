@@ -1,0 +1,398 @@
+//! Which tests exist (from `[suite.S.test.T]` and from executables in a
+//! suite's `dir`) and which of them run: glob patterns, tags, required tags,
+//! architectures, distros, platforms, version ranges and the `[[skip]]` list.
+//! Every test left out carries the reason, for `test --list --explain`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::model::{Executor, Expect, Test};
+use crate::config::Desired;
+use crate::error::{Error, Result};
+
+/// One test on one machine.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    /// `suite.test`, or `suite.test[machine]` when the suite has several machines.
+    pub name: String,
+    pub suite: String,
+    pub machine: Option<String>,
+    pub toolchain: Option<String>,
+    pub executor: Executor,
+    pub spec: Test,
+}
+
+/// What the skip list says about a selected test.
+#[derive(Debug, Clone)]
+pub struct SkipEntry {
+    pub reason: String,
+    /// Run it, but a failure only warns.
+    pub warn: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub case: TestCase,
+    pub skip: Option<SkipEntry>,
+}
+
+#[derive(Debug, Default)]
+pub struct Selection {
+    pub selected: Vec<Selected>,
+    /// (name, why it is not selected)
+    pub excluded: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub patterns: Vec<String>,
+    pub suites: Vec<String>,
+    /// `T` requires the tag, `!T` excludes it.
+    pub tags: Vec<String>,
+    /// Exact names (from `--rerun-failed`); patterns and tags are ignored then.
+    pub names: Option<Vec<String>>,
+}
+
+/// Metadata of an executable test in a suite's `dir`: a `# reconcile: {…}` header line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirMeta {
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    distros: Vec<String>,
+    #[serde(default)]
+    platforms: Vec<String>,
+    min_version: Option<String>,
+    end_version: Option<String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    expect: Expect,
+    #[serde(default)]
+    skip_checks: BTreeMap<String, String>,
+    #[serde(default)]
+    retries: BTreeMap<String, u32>,
+}
+
+/// Every test the file declares, expanded per machine.
+pub fn discover(desired: &Desired) -> Result<Vec<TestCase>> {
+    let mut out = Vec::new();
+    for (sname, suite) in &desired.model.suite {
+        let mut tests: Vec<(String, Test)> = suite
+            .test
+            .iter()
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        if let Some(dir) = &suite.dir {
+            tests.extend(dir_tests(sname, &PathBuf::from(dir))?);
+        }
+        let machines: Vec<Option<String>> = if suite.machines.is_empty() {
+            vec![None]
+        } else {
+            suite.machines.iter().cloned().map(Some).collect()
+        };
+        for (tname, spec) in tests {
+            for m in &machines {
+                let name = match (m, machines.len()) {
+                    (Some(m), n) if n > 1 => format!("{sname}.{tname}[{m}]"),
+                    _ => format!("{sname}.{tname}"),
+                };
+                out.push(TestCase {
+                    name,
+                    suite: sname.clone(),
+                    machine: m.clone(),
+                    toolchain: suite.toolchain.clone(),
+                    executor: suite.executor,
+                    spec: spec.clone(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn dir_tests(suite: &str, dir: &PathBuf) -> Result<Vec<(String, Test)>> {
+    let mut out = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut entries: Vec<_> = rd.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let Ok(meta) = e.metadata() else { continue };
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let header = String::from_utf8_lossy(&text[..text.len().min(4096)])
+            .lines()
+            .take(10)
+            .find_map(|l| {
+                l.trim_start_matches(['#', '/', ' '])
+                    .strip_prefix("reconcile:")
+                    .map(|j| j.trim().to_string())
+            });
+        let meta: DirMeta = match header {
+            Some(json) => serde_json::from_str(&json).map_err(|e| Error::Resource {
+                address: format!("suite.{suite}"),
+                reason: format!("{}: bad `# reconcile:` header: {e}", path.display()),
+            })?,
+            None => DirMeta::default(),
+        };
+        out.push((
+            name,
+            Test {
+                run: vec![path.to_string_lossy().into_owned()],
+                expect: meta.expect,
+                timeout: meta.timeout,
+                tags: meta.tags,
+                architectures: meta.architectures,
+                distros: meta.distros,
+                platforms: meta.platforms,
+                min_version: meta.min_version,
+                end_version: meta.end_version,
+                skip_checks: meta.skip_checks,
+                retries: meta.retries,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn executor_name(e: Executor) -> &'static str {
+    match e {
+        Executor::Host => "host",
+        Executor::Namespace => "namespace",
+        Executor::Qemu => "qemu",
+        Executor::Cloud => "cloud",
+    }
+}
+
+/// `["x86_64", "!arm64"]` against a value: None when allowed, else why not.
+fn list_filter(what: &str, list: &[String], value: Option<&str>) -> Option<String> {
+    let (exclude, include): (Vec<&String>, Vec<&String>) =
+        list.iter().partition(|s| s.starts_with('!'));
+    if let Some(v) = value {
+        if exclude.iter().any(|x| &x[1..] == v) {
+            return Some(format!("{what} {v} is excluded"));
+        }
+    }
+    if include.is_empty() {
+        return None;
+    }
+    match value {
+        Some(v) if include.iter().any(|x| x.as_str() == v) => None,
+        Some(v) => Some(format!(
+            "{what} {v} is not one of {}",
+            include
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        None => Some(format!(
+            "the machine declares no {what}, the test needs one of {}",
+            include
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Compare dotted versions numerically where both parts are numbers (`12.10` > `12.9`).
+pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |s: &str| {
+        s.split(['.', '-', '_', '~'])
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (pa, pb) = (parts(a), parts(b));
+    for i in 0..pa.len().max(pb.len()) {
+        let (x, y) = (
+            pa.get(i).map(String::as_str).unwrap_or("0"),
+            pb.get(i).map(String::as_str).unwrap_or("0"),
+        );
+        let o = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => x.cmp(y),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
+pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
+    let cases = discover(desired)?;
+    let patterns: Vec<(String, glob::Pattern)> = filters
+        .patterns
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p)
+                .map(|g| (p.clone(), g))
+                .map_err(|e| Error::Locked(format!("invalid pattern `{p}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let mut matched = vec![false; patterns.len()];
+    let mut sel = Selection::default();
+    let host_arch = std::env::consts::ARCH;
+    for case in cases {
+        let base = case
+            .name
+            .split('[')
+            .next()
+            .unwrap_or(&case.name)
+            .to_string();
+        let why = (|| -> Option<String> {
+            if let Some(names) = &filters.names {
+                return (!names.contains(&case.name))
+                    .then(|| "did not fail in the last run".to_string());
+            }
+            if !filters.suites.is_empty() && !filters.suites.contains(&case.suite) {
+                return Some(format!("suite {} not selected", case.suite));
+            }
+            if !patterns.is_empty() {
+                let hits: Vec<usize> = patterns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, g))| g.matches(&case.name) || g.matches(&base))
+                    .map(|(i, _)| i)
+                    .collect();
+                for i in &hits {
+                    matched[*i] = true;
+                }
+                if hits.is_empty() {
+                    return Some("matches no pattern".into());
+                }
+            }
+            for t in &filters.tags {
+                match t.strip_prefix('!') {
+                    Some(x) if case.spec.tags.iter().any(|y| y == x) => {
+                        return Some(format!("has excluded tag {x}"))
+                    }
+                    None if !case.spec.tags.contains(t) => return Some(format!("lacks tag {t}")),
+                    _ => {}
+                }
+            }
+            if let Some(req) = &desired.model.suite[&case.suite].required_tag {
+                if !filters.tags.contains(req) {
+                    return Some(format!("suite needs --tag {req}"));
+                }
+            }
+            let m = case
+                .machine
+                .as_ref()
+                .and_then(|m| desired.model.machine.get(m));
+            let arch = m.and_then(|m| m.arch.as_deref()).or(if m.is_none() {
+                Some(host_arch)
+            } else {
+                None
+            });
+            if let Some(w) = list_filter("architecture", &case.spec.architectures, arch) {
+                return Some(w);
+            }
+            if let Some(w) = list_filter(
+                "distro",
+                &case.spec.distros,
+                m.and_then(|m| m.distro.as_deref()),
+            ) {
+                return Some(w);
+            }
+            if let Some(w) = list_filter(
+                "platform",
+                &case.spec.platforms,
+                Some(executor_name(case.executor)),
+            ) {
+                return Some(w);
+            }
+            let version = m.and_then(|m| m.version.as_deref());
+            if case.spec.min_version.is_some() || case.spec.end_version.is_some() {
+                let Some(v) = version else {
+                    return Some("the machine declares no version".into());
+                };
+                if let Some(min) = &case.spec.min_version {
+                    if version_cmp(v, min).is_lt() {
+                        return Some(format!("version {v} < min_version {min}"));
+                    }
+                }
+                if let Some(end) = &case.spec.end_version {
+                    if version_cmp(v, end).is_ge() {
+                        return Some(format!("version {v} ≥ end_version {end}"));
+                    }
+                }
+            }
+            None
+        })();
+        match why {
+            Some(reason) => sel.excluded.push((case.name.clone(), reason)),
+            None => {
+                let skip = desired.model.skip.iter().find(|s| {
+                    glob::Pattern::new(&s.pattern)
+                        .is_ok_and(|g| g.matches(&case.name) || g.matches(&base))
+                });
+                let skip = skip.map(|s| SkipEntry {
+                    reason: match &s.tracker {
+                        Some(t) => format!("{} ({t})", s.reason),
+                        None => s.reason.clone(),
+                    },
+                    warn: s.warn,
+                });
+                sel.selected.push(Selected { case, skip });
+            }
+        }
+    }
+    let unmatched: Vec<&str> = patterns
+        .iter()
+        .zip(&matched)
+        .filter(|(_, m)| !**m)
+        .map(|((p, _), _)| p.as_str())
+        .collect();
+    if !unmatched.is_empty() {
+        return Err(Error::Locked(format!(
+            "pattern {} matches no test; `reconcile test --list` shows every test",
+            unmatched
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(sel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(version_cmp("12.10", "12.9"), Greater);
+        assert_eq!(version_cmp("12", "12.0"), Equal);
+        assert_eq!(version_cmp("11.7", "12"), Less);
+    }
+
+    #[test]
+    fn include_and_exclude_lists() {
+        assert_eq!(list_filter("architecture", &[], Some("x86_64")), None);
+        assert_eq!(
+            list_filter("architecture", &["x86_64".into()], Some("x86_64")),
+            None
+        );
+        assert!(list_filter("architecture", &["aarch64".into()], Some("x86_64")).is_some());
+        assert!(list_filter("architecture", &["!x86_64".into()], Some("x86_64")).is_some());
+        assert_eq!(
+            list_filter("architecture", &["!s390x".into()], Some("x86_64")),
+            None
+        );
+    }
+}
