@@ -319,3 +319,23 @@ fn watch_refuses_an_invalid_file_at_start() {
     assert!(r.stderr.contains("unknown key `bogus`"), "{}", r.stderr);
     assert!(!Path::new(&farm.path(".reconcile")).exists());
 }
+
+#[test]
+fn watch_runs_the_test_plan_after_a_converge_when_asked() {
+    let farm = Farm::new();
+    farm.write("src/1/tool", "#!/bin/sh\necho 1\n");
+    let conf = |v: &str| {
+        format!(
+            "version = 1\n[watch]\ntest = true\n[plugin.tool]\nversion = \"{v}\"\nsource = {{ dir = \"src/{v}\" }}\n\
+             [suite.s.test.tool-runs]\nrun = [\"/bin/sh\", \"-c\", \"sh plugins/tool/tool\"]\nexpect = {{ stdout = [\"{v}\"] }}\n[run]\nsuites = [\"s\"]\n"
+        )
+    };
+    farm.desired(&conf("1"));
+    let mut w = Watch::start(&farm);
+    farm.write("src/2/tool", "#!/bin/sh\necho 2\n");
+    save_by_rename(&farm, &conf("2"));
+    let tested = w.wait_for("tested", |_| true);
+    assert_eq!(tested["pass"], 1, "{tested}");
+    assert_eq!(tested["fail"], 0, "{tested}");
+    assert!(w.stop().success());
+}

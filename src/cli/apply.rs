@@ -94,25 +94,15 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         p.out(&format!("Apply failed for {}; everything else converged. The failed resources keep their previous state.", outcome.failed.join(", ")));
     }
     // converged: now the [run] test plan (unless --no-test); exit 4 when a test fails
-    if let (exit::OK, Some(plan), false) = (code, run_plan(&desired), a.no_test) {
+    if let (exit::OK, Some(plan), false) = (
+        code,
+        crate::harness::select::Filters::from_run(&desired),
+        a.no_test,
+    ) {
         let report = super::test::run_tests(&desired, &plan, None, 1.0, None, p)?;
         return Ok(super::test::code(&report));
     }
     Ok(code)
-}
-
-/// The `[run]` section as test filters; None when it names nothing.
-pub fn run_plan(desired: &crate::config::Desired) -> Option<crate::harness::select::Filters> {
-    let run = desired.model.run.as_ref()?;
-    if run.suites.is_empty() && run.tests.is_empty() {
-        return None;
-    }
-    Some(crate::harness::select::Filters {
-        patterns: run.tests.clone(),
-        suites: run.suites.clone(),
-        tags: run.tags.clone(),
-        names: None,
-    })
 }
 
 /// SIGINT/SIGTERM set this flag instead of killing the process, so an apply

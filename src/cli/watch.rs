@@ -86,6 +86,17 @@ fn log(p: &Printer, e: &Event) {
             json!({ "signal": signal }),
             format!("stopped ({signal})"),
         ),
+        Event::Tested {
+            run,
+            pass,
+            fail,
+            warn,
+            skip,
+        } => (
+            "tested",
+            json!({ "run": run, "pass": pass, "fail": fail, "warn": warn, "skip": skip }),
+            format!("tests ({run}): {pass} passed, {fail} failed, {warn} warned, {skip} skipped"),
+        ),
     };
     if p.json {
         let mut doc = doc;

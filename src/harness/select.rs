@@ -56,6 +56,22 @@ pub struct Filters {
     pub names: Option<Vec<String>>,
 }
 
+impl Filters {
+    /// The `[run]` section (the test plan of `apply` and `watch`); None when it names nothing.
+    pub fn from_run(desired: &Desired) -> Option<Filters> {
+        let run = desired.model.run.as_ref()?;
+        if run.suites.is_empty() && run.tests.is_empty() {
+            return None;
+        }
+        Some(Filters {
+            patterns: run.tests.clone(),
+            suites: run.suites.clone(),
+            tags: run.tags.clone(),
+            names: None,
+        })
+    }
+}
+
 /// Metadata of an executable test in a suite's `dir`: a `# reconcile: {…}` header line.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

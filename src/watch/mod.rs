@@ -66,6 +66,14 @@ pub enum Event<'a> {
     Stopped {
         signal: &'a str,
     },
+    /// The `[run]` tests ran after a converge (`[watch] test = true`).
+    Tested {
+        run: &'a str,
+        pass: usize,
+        fail: usize,
+        warn: usize,
+        skip: usize,
+    },
 }
 
 enum Trigger {
@@ -121,13 +129,6 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
         file: &desired.path,
         resources: addresses.len(),
     });
-    if desired.model.watch.as_ref().is_some_and(|w| w.test) {
-        on(Event::Error {
-            message:
-                "[watch] test = true, but this release has no test harness yet: no tests are run"
-                    .into(),
-        });
-    }
 
     let mut next_resync = Instant::now() + opts.interval;
     loop {
@@ -330,11 +331,16 @@ fn converge(
         on(Event::Error { message: f });
     }
     match result {
-        Ok(outcome) if !outcome.applied.is_empty() => on(Event::Applied {
-            addresses: &outcome.applied,
-            changes: outcome.changes,
-            took: started.elapsed(),
-        }),
+        Ok(outcome) if !outcome.applied.is_empty() => {
+            on(Event::Applied {
+                addresses: &outcome.applied,
+                changes: outcome.changes,
+                took: started.elapsed(),
+            });
+            if desired.model.watch.as_ref().is_some_and(|w| w.test) {
+                run_tests(desired, stop, on);
+            }
+        }
         Ok(_) => {}
         Err(e) => on(Event::Error {
             message: e.to_string(),
@@ -444,4 +450,35 @@ fn sync_watches(
         }
     }
     added
+}
+
+/// The `[run]` test plan after a converge that changed something (`[watch] test = true`).
+fn run_tests(desired: &Desired, stop: &Arc<AtomicBool>, on: &mut dyn FnMut(Event)) {
+    use crate::harness::{run, select};
+    let Some(filters) = select::Filters::from_run(desired) else {
+        return;
+    };
+    let result = select::select(desired, &filters).and_then(|sel| {
+        let opts = run::Options {
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            timeout_multiplier: 1.0,
+            runs_dir: desired.state_dir.join("runs"),
+            cancel: stop.clone(),
+        };
+        run::run(desired, sel, &opts, &mut |_| {})
+    });
+    match result {
+        Ok(r) => on(Event::Tested {
+            run: &r.run,
+            pass: r.summary.pass,
+            fail: r.summary.fail,
+            warn: r.summary.warn,
+            skip: r.summary.skip,
+        }),
+        Err(e) => on(Event::Error {
+            message: format!("tests: {e}"),
+        }),
+    }
 }
