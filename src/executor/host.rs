@@ -48,6 +48,12 @@ impl Executor for Host {
             // the whole process group: the command and everything it started
             let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
         };
-        supervise(child, inv.timeout, inv.stop.as_deref(), &kill, on_output)
+        supervise(
+            child,
+            inv.timeout,
+            [inv.stop.as_deref(), inv.cancel.as_deref()],
+            &kill,
+            on_output,
+        )
     }
 }

@@ -20,8 +20,10 @@ pub struct Invocation {
     /// Working directory (inside the root for `namespace`).
     pub cwd: Option<PathBuf>,
     pub timeout: Option<Duration>,
-    /// Set from elsewhere (a fatal console check, Ctrl-C) to kill the command and everything it started.
+    /// Set from elsewhere (a fatal console check) to kill the command and everything it started.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Like `stop`, shared by every command of a run (Ctrl-C).
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +78,7 @@ pub trait Executor {
 pub(crate) fn supervise(
     mut child: Child,
     timeout: Option<Duration>,
-    stop: Option<&std::sync::atomic::AtomicBool>,
+    stop: [Option<&std::sync::atomic::AtomicBool>; 2],
     kill: &dyn Fn(&mut Child),
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> io::Result<Finished> {
@@ -139,7 +141,12 @@ pub(crate) fn supervise(
                 kill(&mut child);
             }
         }
-        if status.is_none() && stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+        if status.is_none()
+            && stop
+                .iter()
+                .flatten()
+                .any(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
             stopped = true;
             kill(&mut child);
             status = Some(child.wait()?);

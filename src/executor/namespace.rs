@@ -238,7 +238,13 @@ impl Executor for Namespace {
             // the intermediate's death SIGKILLs pid 1, which ends the whole pid namespace
             let _ = c.kill();
         };
-        supervise(child, inv.timeout, inv.stop.as_deref(), &kill, on_output)
+        supervise(
+            child,
+            inv.timeout,
+            [inv.stop.as_deref(), inv.cancel.as_deref()],
+            &kill,
+            on_output,
+        )
     }
 }
 

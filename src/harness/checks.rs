@@ -135,9 +135,39 @@ pub struct Hit {
 }
 
 /// A streaming scanner: feed bytes, get hits with line numbers.
-pub struct Scanner {
+/// The checks of one scope, compiled once and shared by every test's scanner.
+pub struct CheckSet {
     checks: Vec<ConsoleCheck>,
+    /// All checks as one alternation: one pass finds the few lines worth a closer look.
+    any: Regex,
     set: RegexSet,
+}
+
+impl CheckSet {
+    /// Checks whose scope covers `scope` (console also stands for the combined
+    /// output of executors that have no console).
+    pub fn new(checks: &[ConsoleCheck], scope: Scope) -> std::sync::Arc<CheckSet> {
+        let checks: Vec<ConsoleCheck> = checks
+            .iter()
+            .filter(|c| scope == Scope::Any || c.scope == Scope::Any || c.scope == scope)
+            .cloned()
+            .collect();
+        let set = RegexSet::new(checks.iter().map(|c| c.regex.as_str())).expect("checks compile");
+        let alternation: Vec<String> = checks
+            .iter()
+            .map(|c| format!("(?:{})", c.regex.as_str()))
+            .collect();
+        let any = if alternation.is_empty() {
+            Regex::new(r"[^\s\S]").expect("never matches")
+        } else {
+            Regex::new(&format!("(?m){}", alternation.join("|"))).expect("checks compile")
+        };
+        std::sync::Arc::new(CheckSet { checks, any, set })
+    }
+}
+
+pub struct Scanner {
+    compiled: std::sync::Arc<CheckSet>,
     suppressed: BTreeMap<String, String>,
     hits: BTreeMap<usize, Hit>,
     line: u64,
@@ -154,15 +184,15 @@ impl Scanner {
         scope: Scope,
         suppressed: BTreeMap<String, String>,
     ) -> Scanner {
-        let checks: Vec<ConsoleCheck> = checks
-            .iter()
-            .filter(|c| scope == Scope::Any || c.scope == Scope::Any || c.scope == scope)
-            .cloned()
-            .collect();
-        let set = RegexSet::new(checks.iter().map(|c| c.regex.as_str())).expect("checks compile");
+        Scanner::with(CheckSet::new(checks, scope), suppressed)
+    }
+
+    pub fn with(
+        compiled: std::sync::Arc<CheckSet>,
+        suppressed: BTreeMap<String, String>,
+    ) -> Scanner {
         Scanner {
-            checks,
-            set,
+            compiled,
             suppressed,
             hits: BTreeMap::new(),
             line: 0,
@@ -179,17 +209,38 @@ impl Scanner {
     /// Feed a chunk; returns true once a non-suppressed `fatal` check has hit.
     pub fn feed(&mut self, chunk: &[u8]) -> bool {
         let mut rest = chunk;
-        while let Some(i) = memchr(b'\n', rest) {
-            if self.partial.is_empty() {
-                self.scan_line(&rest[..i]);
-            } else {
-                self.partial.extend_from_slice(&rest[..i]);
-                let line = std::mem::take(&mut self.partial);
-                self.scan_line(&line);
-            }
+        if !self.partial.is_empty() {
+            let Some(i) = memchr::memchr(b'\n', rest) else {
+                self.partial.extend_from_slice(rest);
+                return self.fatal;
+            };
+            self.partial.extend_from_slice(&rest[..i]);
+            let line = std::mem::take(&mut self.partial);
+            self.scan_line(&line);
             rest = &rest[i + 1..];
         }
-        self.partial.extend_from_slice(rest);
+        let Some(last) = memchr::memrchr(b'\n', rest) else {
+            self.partial.extend_from_slice(rest);
+            return self.fatal;
+        };
+        // whole lines in bulk: one search over the region; only lines with a match are split out
+        let region = &rest[..=last];
+        let mut pos = 0;
+        while pos < region.len() {
+            let Some(m) = self.compiled.any.find_at(region, pos) else {
+                self.line += memchr::memchr_iter(b'\n', &region[pos..]).count() as u64;
+                break;
+            };
+            let start =
+                memchr::memrchr(b'\n', &region[pos..m.start()]).map_or(pos, |i| pos + i + 1);
+            let end = m.start()
+                + memchr::memchr(b'\n', &region[m.start()..])
+                    .expect("the region ends with a newline");
+            self.line += memchr::memchr_iter(b'\n', &region[pos..start]).count() as u64;
+            self.scan_line(&region[start..end]);
+            pos = end + 1;
+        }
+        self.partial.extend_from_slice(&rest[last + 1..]);
         self.fatal
     }
 
@@ -205,12 +256,12 @@ impl Scanner {
     fn scan_line(&mut self, line: &[u8]) {
         self.line += 1;
         // one pass over the line for all checks; most lines match nothing
-        let matched = self.set.matches(line);
+        let matched = self.compiled.set.matches(line);
         if !matched.matched_any() {
             return;
         }
         for idx in matched.iter() {
-            let c = &self.checks[idx];
+            let c = &self.compiled.checks[idx];
             let suppressed = self.suppressed.get(&c.name).cloned();
             if c.severity == Severity::Fatal && suppressed.is_none() {
                 self.fatal = true;
@@ -231,10 +282,6 @@ impl Scanner {
                 });
         }
     }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|b| *b == needle)
 }
 
 fn excerpt(line: &[u8]) -> String {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::checks::{self, ConsoleCheck, Hit, Scanner};
+use super::checks::{self, CheckSet, Hit, Scanner};
 use super::report::{Attempt, Class, Report, Summary, TestResult, Verdict};
 use super::select::{Selected, Selection};
 use crate::config::model::{Executor, Scope, Severity};
@@ -61,7 +61,12 @@ pub fn run(
         tests: selection.selected.len(),
     });
 
-    let checks = checks::all(&desired.model.check);
+    let all = checks::all(&desired.model.check);
+    // compiled once per run, shared by every test's scanners
+    let checks = (
+        CheckSet::new(&all, Scope::Console),
+        CheckSet::new(&all, Scope::Output),
+    );
     let queue: Mutex<VecDeque<Selected>> = Mutex::new(selection.selected.into_iter().collect());
     let (tx, rx) = mpsc::channel::<TestResult>();
     let state = StateDir::create(&desired.state_dir)?;
@@ -120,7 +125,7 @@ fn safe_dir_name(name: &str) -> String {
 fn run_one(
     desired: &Desired,
     sel: &Selected,
-    checks: &[ConsoleCheck],
+    checks: &(Arc<CheckSet>, Arc<CheckSet>),
     run_dir: &Path,
     state: &StateDir,
     opts: &Options,
@@ -215,7 +220,7 @@ fn write_result(dir: &Path, r: &TestResult) {
 fn attempt(
     desired: &Desired,
     sel: &Selected,
-    checks: &[ConsoleCheck],
+    checks: &(Arc<CheckSet>, Arc<CheckSet>),
     out_dir: &Path,
     state: &StateDir,
     opts: &Options,
@@ -274,6 +279,8 @@ fn attempt(
         cwd: None,
         timeout: Some(timeout),
         stop: Some(stop.clone()),
+        // Ctrl-C stops a test even when it prints nothing
+        cancel: Some(opts.cancel.clone()),
     };
     let files = (
         File::create(out_dir.join("stdout.txt")),
@@ -286,9 +293,9 @@ fn attempt(
             out_dir.display()
         ));
     };
-    let mut scanner = Scanner::new(checks, Scope::Console, case.spec.skip_checks.clone());
+    let mut scanner = Scanner::with(checks.0.clone(), case.spec.skip_checks.clone());
     scanner.set_step(&case.name);
-    let mut output_scanner = Scanner::new(checks, Scope::Output, case.spec.skip_checks.clone());
+    let mut output_scanner = Scanner::with(checks.1.clone(), case.spec.skip_checks.clone());
     output_scanner.set_step(&case.name);
     let mut fatal = false;
     let cancel = opts.cancel.clone();
@@ -305,21 +312,6 @@ fn attempt(
             stop.store(true, Ordering::SeqCst);
         }
     };
-    // Ctrl-C also stops a test that prints nothing
-    let watcher_stop = inv.stop.clone();
-    let watcher_cancel = opts.cancel.clone();
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher_done = done.clone();
-    let watcher = std::thread::spawn(move || {
-        while !watcher_done.load(Ordering::SeqCst) {
-            if watcher_cancel.load(Ordering::SeqCst) {
-                if let Some(s) = &watcher_stop {
-                    s.store(true, Ordering::SeqCst);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
     let finished = match (&case.executor, &snapshot) {
         (Executor::Namespace, Some(w)) => Namespace {
             root: w.path.clone(),
@@ -335,8 +327,6 @@ fn attempt(
         }
         .run(&inv, &mut on_output),
     };
-    done.store(true, Ordering::SeqCst);
-    let _ = watcher.join();
     let mut hits = scanner.finish();
     for h in output_scanner.finish() {
         if !hits.iter().any(|x| x.check == h.check) {
