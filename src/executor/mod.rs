@@ -8,7 +8,6 @@ pub mod namespace;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// What to run.
@@ -74,7 +73,8 @@ pub trait Executor {
 }
 
 /// Pump a spawned child's stdout and stderr to `on_output` until it exits or
-/// the timeout passes; `kill` tears down everything it started.
+/// the timeout passes; `kill` tears down everything it started. One thread,
+/// `poll(2)` on both pipes: no helper threads per command.
 pub(crate) fn supervise(
     mut child: Child,
     timeout: Option<Duration>,
@@ -82,57 +82,57 @@ pub(crate) fn supervise(
     kill: &dyn Fn(&mut Child),
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> io::Result<Finished> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let started = Instant::now();
-    let (tx, rx) = mpsc::channel::<(Stream, Vec<u8>)>();
-    let mut readers = Vec::new();
-    for (stream, pipe) in [
-        (
-            Stream::Stdout,
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-        (
-            Stream::Stderr,
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-    ] {
-        let Some(mut pipe) = pipe else { continue };
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 << 10];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 || tx.send((stream, buf[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-        }));
+    let mut pipes: Vec<(Stream, Box<dyn ReadFd>)> = Vec::new();
+    if let Some(p) = child.stdout.take() {
+        pipes.push((Stream::Stdout, Box::new(p)));
     }
-    drop(tx);
+    if let Some(p) = child.stderr.take() {
+        pipes.push((Stream::Stderr, Box::new(p)));
+    }
     let deadline = timeout.map(|t| started + t);
-    let mut timed_out = false;
-    let mut stopped = false;
-    let mut status = None;
+    let (mut timed_out, mut stopped, mut status) = (false, false, None);
+    let mut buf = vec![0u8; 64 << 10];
     loop {
-        let wait = match deadline {
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(50)),
-            None => Duration::from_millis(50),
-        };
-        match rx.recv_timeout(wait) {
-            Ok((s, chunk)) => on_output(s, &chunk),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if status.is_none() {
-                    status = Some(child.wait()?);
+        if !pipes.is_empty() {
+            let wait = deadline.map_or(Duration::from_millis(50), |d| {
+                d.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50))
+            });
+            let ready: Vec<bool> = {
+                let mut fds: Vec<PollFd> = pipes
+                    .iter()
+                    .map(|(_, p)| PollFd::new(p.fd(), PollFlags::POLLIN))
+                    .collect();
+                match poll(
+                    &mut fds,
+                    PollTimeout::from(wait.as_millis().min(u16::MAX as u128) as u16),
+                ) {
+                    Ok(_) => fds
+                        .iter()
+                        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                        .collect(),
+                    Err(nix::errno::Errno::EINTR) => vec![false; pipes.len()],
+                    Err(e) => return Err(e.into()),
                 }
-                break;
+            };
+            let mut closed = Vec::new();
+            for (i, r) in ready.iter().enumerate() {
+                if !r {
+                    continue;
+                }
+                let (stream, pipe) = &mut pipes[i];
+                match pipe.read(&mut buf) {
+                    Ok(0) => closed.push(i),
+                    Ok(n) => on_output(*stream, &buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => closed.push(i),
+                }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            for i in closed.into_iter().rev() {
+                pipes.remove(i);
+            }
         }
         if status.is_none() {
             if let Some(s) = child.try_wait()? {
@@ -140,6 +140,9 @@ pub(crate) fn supervise(
                 // whatever the command left running is killed, so its pipes close
                 kill(&mut child);
             }
+        }
+        if status.is_some() && pipes.is_empty() {
+            break;
         }
         if status.is_none()
             && stop
@@ -156,9 +159,9 @@ pub(crate) fn supervise(
             kill(&mut child);
             status = Some(child.wait()?);
         }
-    }
-    for r in readers {
-        let _ = r.join();
+        if pipes.is_empty() && status.is_none() {
+            status = Some(child.wait()?);
+        }
     }
     use std::os::unix::process::ExitStatusExt;
     let status = status.expect("child waited");
@@ -175,4 +178,21 @@ pub(crate) fn supervise(
         outcome,
         duration: started.elapsed(),
     })
+}
+
+/// A pipe we can both poll and read.
+trait ReadFd: Read {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+
+impl ReadFd for std::process::ChildStdout {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+impl ReadFd for std::process::ChildStderr {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
 }
