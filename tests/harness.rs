@@ -653,3 +653,35 @@ fn apply_runs_the_test_plan_and_exits_4_when_it_fails() {
     ));
     farm.run(&["apply"]).expect(0);
 }
+
+#[test]
+fn dir_test_headers_and_required_tags() {
+    let farm = Farm::new();
+    farm.desired("version = 1\n[suite.gated]\nrequired_tag = \"nightly\"\n[suite.gated.test.t]\nrun = [\"/bin/true\"]\n[suite.d]\ndir = \"d\"\n");
+    make_executable(&farm.write(
+        "d/ok",
+        "#!/bin/sh\n# reconcile: {\"tags\": [\"x\"]}\ntrue\n",
+    ));
+    let r = farm.run(&["test", "--list", "--explain"]);
+    r.expect(0);
+    assert!(
+        r.stdout
+            .contains("not selected: gated.t: suite needs --tag nightly"),
+        "{}",
+        r.stdout
+    );
+    let r = farm.run(&["test", "--list", "--tag", "nightly"]);
+    assert!(r.stdout.contains("gated.t"), "{}", r.stdout);
+    // an unknown key in a header is an error, not silently ignored
+    make_executable(&farm.write(
+        "d/bad",
+        "#!/bin/sh\n# reconcile: {\"tag\": [\"typo\"]}\ntrue\n",
+    ));
+    let r = farm.run(&["test", "--list"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("bad `# reconcile:` header") && r.stderr.contains("unknown field `tag`"),
+        "{}",
+        r.stderr
+    );
+}

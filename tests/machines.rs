@@ -670,3 +670,65 @@ fn kill_at_every_step_with_the_dir_backend() {
     };
     crash_at_every_step(&Farm::new, &fixtures, "dir");
 }
+
+#[test]
+fn disk_machines_keep_the_image_inside_the_revision() {
+    let farm = Farm::new();
+    farm.write(
+        "images/win-7.qcow2",
+        b"QFI\xfb not really a qcow2 image, but its bytes are kept",
+    );
+    farm.desired("version = 1\n[volume.default]\npath = \"machines\"\nbackend = \"dir\"\n[machine.win]\nrevision = 7\nkind = \"disk\"\nsource = { path = \"images/win-7.qcow2\" }\n");
+    farm.run(&["apply"]).expect(0);
+    assert_eq!(
+        fs::read(farm.path("machines/win/win-7/disk.qcow2")).unwrap(),
+        fs::read(farm.path("images/win-7.qcow2")).unwrap()
+    );
+    assert_eq!(
+        fs::read_link(farm.path("machines/win/win")).unwrap(),
+        Path::new("win-7")
+    );
+    farm.run(&["plan"]).expect(0);
+    // toolchains are for root filesystems
+    farm.desired("version = 1\n[volume.default]\npath = \"machines\"\nbackend = \"dir\"\n[machine.win]\nrevision = 7\nkind = \"disk\"\nsource = { path = \"images/win-7.qcow2\" }\n[machine.win.toolchain.msvc]\nbootstrap = [\"x\"]\n");
+    let r = farm.run(&["validate"]);
+    r.expect(1);
+    assert!(
+        r.stderr
+            .contains("toolchains are bootstrapped in root filesystems"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn without_root_the_dir_backend_bootstraps_on_the_host() {
+    use std::os::unix::process::CommandExt;
+    let farm = Farm::new();
+    let Some(_) = rootfs(&farm, "rootfs", "r1") else {
+        return;
+    };
+    farm.desired(
+        "version = 1\n[volume.default]\npath = \"machines\"\nbackend = \"dir\"\n[machine.deb]\nrevision = 1\nsource = { dir = \"rootfs\" }\n\
+         [machine.deb.toolchain.tc]\nbootstrap = [\"/bin/sh\", \"-c\", \"test -d \\\"$RECONCILE_ROOT/etc\\\" && echo host-bootstrap > \\\"$RECONCILE_ROOT/etc/toolchain\\\"\"]\n",
+    );
+    let mut cmd = farm.cmd(&["apply"]);
+    if is_root() {
+        Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(farm.dir.path())
+            .status()
+            .unwrap();
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read(&farm, "machines/deb/deb-tc/etc/toolchain"),
+        "host-bootstrap\n"
+    );
+}

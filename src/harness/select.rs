@@ -290,12 +290,15 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
                     return Some("matches no pattern".into());
                 }
             }
+            // a suite's required tag counts as a tag of each of its tests
+            let required = desired.model.suite[&case.suite].required_tag.as_ref();
+            let has = |tag: &str| {
+                case.spec.tags.iter().any(|y| y == tag) || required.is_some_and(|r| r == tag)
+            };
             for t in &filters.tags {
                 match t.strip_prefix('!') {
-                    Some(x) if case.spec.tags.iter().any(|y| y == x) => {
-                        return Some(format!("has excluded tag {x}"))
-                    }
-                    None if !case.spec.tags.contains(t) => return Some(format!("lacks tag {t}")),
+                    Some(x) if has(x) => return Some(format!("has excluded tag {x}")),
+                    None if !has(t) => return Some(format!("lacks tag {t}")),
                     _ => {}
                 }
             }
