@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::fsops::digest::StatIndex;
 use crate::plan::{self, Plan};
 use crate::resource::{self, ApplyContext, Change, Context};
-use crate::source::Fetcher;
 use crate::state::journal::{Journal, Recovered};
 use crate::state::{lock, now_rfc3339, LastApply, StateDir};
 
@@ -64,19 +63,7 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
         on(Event::Recovered(r));
     }
     let index = StatIndex::load(&state.stat_index_path());
-    let cx = Context {
-        desired,
-        state: &state,
-        fetcher: Fetcher::new(
-            state.cache_dir(),
-            &index,
-            &desired.lock,
-            opts.progress,
-            opts.verify,
-        ),
-        roots: state.roots(),
-        verify: opts.verify,
-    };
+    let cx = Context::new(desired, &state, &index, opts.progress, opts.verify);
     let resources = resource::all(&cx)?;
     let (plan, planned) = plan::make(resources, &cx, &opts.targets)?;
     if let Some(saved) = &opts.saved_plan {
@@ -153,13 +140,7 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
 pub fn dry_run(desired: &Desired, verify: bool, targets: &[glob::Pattern]) -> Result<Plan> {
     let state = StateDir::create(&desired.state_dir)?;
     let index = StatIndex::load(&state.stat_index_path());
-    let cx = Context {
-        desired,
-        state: &state,
-        fetcher: Fetcher::new(state.cache_dir(), &index, &desired.lock, false, verify),
-        roots: state.roots(),
-        verify,
-    };
+    let cx = Context::new(desired, &state, &index, false, verify);
     let resources = resource::all(&cx)?;
     let (plan, _) = plan::make(resources, &cx, targets)?;
     // the stat index is a cache inside the state dir; failing to save it loses nothing
@@ -171,13 +152,7 @@ pub fn dry_run(desired: &Desired, verify: bool, targets: &[glob::Pattern]) -> Re
 pub fn observe_all(desired: &Desired) -> Result<Vec<serde_json::Value>> {
     let state = StateDir::existing(&desired.state_dir);
     let index = StatIndex::ephemeral();
-    let cx = Context {
-        desired,
-        state: &state,
-        fetcher: Fetcher::new(state.cache_dir(), &index, &desired.lock, false, false),
-        roots: state.roots(),
-        verify: false,
-    };
+    let cx = Context::new(desired, &state, &index, false, false);
     let mut out = Vec::new();
     for r in resource::all(&cx)? {
         let o = r.observe(&cx)?;

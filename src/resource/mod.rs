@@ -66,6 +66,24 @@ pub struct Context<'a> {
     pub verify: bool,
 }
 
+impl<'a> Context<'a> {
+    pub fn new(
+        desired: &'a Desired,
+        state: &'a StateDir,
+        index: &'a crate::fsops::digest::StatIndex,
+        progress: bool,
+        verify: bool,
+    ) -> Self {
+        Context {
+            desired,
+            state,
+            fetcher: Fetcher::new(state.cache_dir(), index, &desired.lock, progress, verify),
+            roots: state.roots(),
+            verify,
+        }
+    }
+}
+
 /// What apply may use besides the context.
 pub struct ApplyContext<'a, 'b> {
     pub cx: &'b Context<'a>,

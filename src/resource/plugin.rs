@@ -216,13 +216,7 @@ impl Resource for PluginResource {
     fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {
         let state = self.state(observed);
         let Some(p) = &self.desired else {
-            return Ok(match state {
-                DirState::Installed { .. } => vec![Change {
-                    action: Action::Delete,
-                    reason: "not declared any more (owned)".into(),
-                }],
-                _ => vec![],
-            });
+            return Ok(publish::orphan_changes(state));
         };
         let change = |action, reason: String| Ok(vec![Change { action, reason }]);
         match state {

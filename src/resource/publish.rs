@@ -53,6 +53,17 @@ pub fn observe_dir(target: &Path, kind: &str, verify: bool) -> Result<(DirState,
     }
 }
 
+/// The change for an object that is no longer declared: delete it if it is ours.
+pub fn orphan_changes(state: &DirState) -> Vec<super::Change> {
+    match state {
+        DirState::Installed { .. } => vec![super::Change {
+            action: super::Action::Delete,
+            reason: "not declared any more (owned)".into(),
+        }],
+        _ => vec![],
+    }
+}
+
 /// A one-line reason for drift: the first difference, and how many more.
 pub fn drift_reason(drift: &[Drift]) -> Option<String> {
     let first = drift.first()?;

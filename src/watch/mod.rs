@@ -20,7 +20,6 @@ use crate::config::{self, lockfile, Desired, Diagnostic};
 use crate::error::{Error, Result};
 use crate::fsops::{digest::StatIndex, STAGING_MARK};
 use crate::resource::{self, Context};
-use crate::source::Fetcher;
 use crate::state::StateDir;
 
 #[derive(Debug, Clone)]
@@ -363,13 +362,7 @@ fn config_files(desired: &Desired) -> BTreeSet<PathBuf> {
 fn resources(desired: &Desired) -> Result<Vec<Box<dyn resource::Resource>>> {
     let state = StateDir::existing(&desired.state_dir);
     let index = StatIndex::ephemeral();
-    let cx = Context {
-        desired,
-        state: &state,
-        fetcher: Fetcher::new(state.cache_dir(), &index, &desired.lock, false, false),
-        roots: state.roots(),
-        verify: false,
-    };
+    let cx = Context::new(desired, &state, &index, false, false);
     resource::all(&cx)
 }
 
