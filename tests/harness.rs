@@ -207,11 +207,14 @@ fn results_classes_matchers_and_exit_codes() {
 
 #[test]
 fn a_timeout_kills_the_whole_process_group() {
-    let farm = suite_farm();
-    farm.run(&["test", "smoke.slow"]).expect(4);
+    let farm = Farm::new();
+    // sleeps no other test uses, so pgrep sees only this test's processes
+    farm.desired("version = 1\n[suite.t.test.slow]\nrun = [\"/bin/sh\", \"-c\", \"sleep 1777 & sleep 1778\"]\ntimeout = \"300ms\"\n");
+    farm.run(&["test"]).expect(4);
+    assert_eq!(by_name(&report(&farm))["t.slow"]["class"], "timeout");
     std::thread::sleep(Duration::from_millis(200));
     let left = Command::new("pgrep")
-        .args(["-f", "sleep 100[12]"])
+        .args(["-f", "sleep 177[78]"])
         .output()
         .unwrap();
     assert!(

@@ -319,12 +319,12 @@ fn exec_runs_isolated_in_a_working_snapshot_and_cleans_up() {
         "--",
         "/bin/sh",
         "-c",
-        "sleep 30 & sleep 30",
+        "sleep 1931 & sleep 1932",
     ]);
     r.expect(124);
     assert_eq!(before, snapshot(&farm.path("machines/deb"), &[]));
     let sleepers = Command::new("pgrep")
-        .args(["-f", "sleep 30"])
+        .args(["-f", "sleep 193[12]"])
         .output()
         .unwrap();
     assert!(
