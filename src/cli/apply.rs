@@ -77,15 +77,30 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
     } else {
         exit::ERROR
     };
+    // converged: now the [run] test plan (unless --no-test); exit 4 when a test fails
+    let tests = match (
+        code,
+        crate::harness::select::Filters::from_run(&desired),
+        a.no_test,
+    ) {
+        (exit::OK, Some(plan), false) if p.json => {
+            Some(super::test::run_tests_quietly(&desired, &plan)?)
+        }
+        _ => None,
+    };
     if p.json {
+        // one document: the apply and, when tests ran, their report
         p.json_doc(&serde_json::json!({
             "format_version": 1,
             "result": if code == exit::OK { "converged" } else { "failed" },
             "changes": outcome.changes,
             "failed": outcome.failed,
             "events": events,
+            "tests": tests,
         }));
-    } else if code == exit::OK {
+        return Ok(tests.as_ref().map_or(code, super::test::code));
+    }
+    if code == exit::OK {
         p.out(&format!(
             "Converged: {} change(s) applied.",
             outcome.changes
@@ -93,7 +108,6 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
     } else {
         p.out(&format!("Apply failed for {}; everything else converged. The failed resources keep their previous state.", outcome.failed.join(", ")));
     }
-    // converged: now the [run] test plan (unless --no-test); exit 4 when a test fails
     if let (exit::OK, Some(plan), false) = (
         code,
         crate::harness::select::Filters::from_run(&desired),

@@ -98,7 +98,29 @@ fn list(desired: &Desired, filters: &Filters, explain: bool, p: &Printer) -> Res
     Ok(exit::OK)
 }
 
-/// Select, run and render; used by `test`, `apply` (the `[run]` plan) and `watch`.
+/// Select and run without printing anything (for `apply --json`, which embeds the report).
+pub fn run_tests_quietly(desired: &Desired, filters: &Filters) -> Result<Report> {
+    let sel = select::select(desired, filters)?;
+    let opts = run::Options {
+        jobs: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        timeout_multiplier: 1.0,
+        runs_dir: desired.state_dir.join("runs"),
+        cancel: interrupt_flag(),
+    };
+    run::run(desired, sel, &opts, &mut |_| {})
+}
+
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, cancel.clone());
+    }
+    cancel
+}
+
+/// Select, run and render; used by `test` and `apply` (the `[run]` plan).
 pub fn run_tests(
     desired: &Desired,
     filters: &Filters,
@@ -108,10 +130,7 @@ pub fn run_tests(
     p: &Printer,
 ) -> Result<Report> {
     let sel = select::select(desired, filters)?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register(sig, cancel.clone());
-    }
+    let cancel = interrupt_flag();
     let opts = run::Options {
         jobs: jobs.unwrap_or_else(|| {
             std::thread::available_parallelism()
