@@ -649,6 +649,16 @@ fn apply_runs_the_test_plan_and_exits_4_when_it_fails() {
     let r = farm.run(&["apply"]);
     r.expect(4);
     assert!(r.stdout.contains("FAILED:"), "{}", r.stdout);
+    // --json: one document, the apply with the test report inside
+    let r = farm.run(&["apply", "--json"]);
+    r.expect(4);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON document: {e}\n{}", r.stdout));
+    assert_eq!(doc["result"], "converged");
+    assert!(
+        doc["tests"]["summary"]["fail"].as_u64().unwrap() > 0,
+        "{doc:#}"
+    );
     farm.run(&["apply", "--no-test"]).expect(0);
     farm.desired(&SUITE.replace(
         "suites = [\"smoke\"]",
