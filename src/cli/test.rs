@@ -101,15 +101,12 @@ fn list(desired: &Desired, filters: &Filters, explain: bool, p: &Printer) -> Res
 /// Select and run without printing anything (for `apply --json`, which embeds the report).
 pub fn run_tests_quietly(desired: &Desired, filters: &Filters) -> Result<Report> {
     let sel = select::select(desired, filters)?;
-    let opts = run::Options {
-        jobs: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        timeout_multiplier: 1.0,
-        runs_dir: desired.state_dir.join("runs"),
-        cancel: interrupt_flag(),
-    };
-    run::run(desired, sel, &opts, &mut |_| {})
+    run::run(
+        desired,
+        sel,
+        &run::Options::standard(desired, interrupt_flag()),
+        &mut |_| {},
+    )
 }
 
 fn interrupt_flag() -> Arc<AtomicBool> {

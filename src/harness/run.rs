@@ -37,6 +37,20 @@ pub struct Options {
     pub cancel: Arc<AtomicBool>,
 }
 
+impl Options {
+    /// One job per core, timeouts as declared, runs in `<state_dir>/runs`.
+    pub fn standard(desired: &Desired, cancel: Arc<AtomicBool>) -> Options {
+        Options {
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            timeout_multiplier: 1.0,
+            runs_dir: desired.state_dir.join("runs"),
+            cancel,
+        }
+    }
+}
+
 /// What the runner reports as it goes.
 pub enum Event<'a> {
     Started { run_dir: &'a Path, tests: usize },

@@ -452,15 +452,12 @@ fn run_tests(desired: &Desired, stop: &Arc<AtomicBool>, on: &mut dyn FnMut(Event
         return;
     };
     let result = select::select(desired, &filters).and_then(|sel| {
-        let opts = run::Options {
-            jobs: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            timeout_multiplier: 1.0,
-            runs_dir: desired.state_dir.join("runs"),
-            cancel: stop.clone(),
-        };
-        run::run(desired, sel, &opts, &mut |_| {})
+        run::run(
+            desired,
+            sel,
+            &run::Options::standard(desired, stop.clone()),
+            &mut |_| {},
+        )
     });
     match result {
         Ok(r) => on(Event::Tested {
