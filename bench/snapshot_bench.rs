@@ -13,10 +13,11 @@ fn main() {
     let m = &desired.model.machine[machine];
     let volume = &desired.model.volume[&m.volume];
     let toolchain = m.toolchain.keys().next().map(String::as_str);
+    let state = reconcile::state::StateDir::create(&desired.state_dir).unwrap();
     let mut ms = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let w = WorkingSnapshot::create(volume, machine, toolchain).unwrap();
+        let w = WorkingSnapshot::create(&state, volume, machine, toolchain).unwrap();
         w.delete().unwrap();
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }

@@ -78,8 +78,9 @@ pub enum Error {
     #[error("cannot use the saved plan {path}: {reason}")]
     BadPlan { path: PathBuf, reason: String },
 
+    /// A command line that cannot be carried out (a bad pattern, an unknown machine, `--locked` refusing).
     #[error("{0}")]
-    Locked(String),
+    Usage(String),
 
     #[error("state dir {path}: {reason}")]
     State { path: PathBuf, reason: String },
@@ -116,7 +117,7 @@ impl Error {
             Error::StalePlan { .. } => "run `reconcile plan --out FILE` again and review the new plan".into(),
             Error::BadPlan { .. } => "make the plan again with `reconcile plan --out FILE`".into(),
             Error::Io { .. } | Error::State { .. } => "check permissions and free space; the journal lets the next apply finish or undo this one".into(),
-            Error::Resource { .. } | Error::Locked(_) => return None,
+            Error::Resource { .. } | Error::Usage(_) => return None,
         })
     }
 }

@@ -9,7 +9,7 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
     if a.locked {
         let problems = desired.unlocked_sources();
         if !problems.is_empty() {
-            return Err(Error::Locked(format!(
+            return Err(Error::Usage(format!(
                 "--locked: {}; run `reconcile lock`",
                 problems.join("; ")
             )));

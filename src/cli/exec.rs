@@ -6,13 +6,13 @@ use crate::error::{Error, Result};
 use crate::executor::{host::Host, namespace::Namespace, Executor, Invocation, Outcome, Stream};
 use crate::output::Printer;
 use crate::resource::machine::working::{self, WorkingSnapshot};
-use crate::state::{lock, StateDir};
+use crate::state::StateDir;
 
 /// Run a command in a fresh working snapshot of a machine, deleted afterwards.
 pub fn run(cli: &Cli, a: &ExecArgs, p: &Printer) -> Result<i32> {
     let desired = config::load(&cli.file)?;
     let Some(m) = desired.model.machine.get(&a.machine) else {
-        return Err(Error::Locked(format!(
+        return Err(Error::Usage(format!(
             "no machine `{}` in {} (declared: {})",
             a.machine,
             config::display_name(&desired.path),
@@ -27,7 +27,7 @@ pub fn run(cli: &Cli, a: &ExecArgs, p: &Printer) -> Result<i32> {
     };
     if let Some(tc) = &a.toolchain {
         if !m.toolchain.contains_key(tc) {
-            return Err(Error::Locked(format!(
+            return Err(Error::Usage(format!(
                 "machine `{}` has no toolchain `{tc}`",
                 a.machine
             )));
@@ -35,16 +35,8 @@ pub fn run(cli: &Cli, a: &ExecArgs, p: &Printer) -> Result<i32> {
     }
     let volume = desired.model.volume[&m.volume].clone();
     working::cleanup_on_signals();
-    let snapshot = {
-        // apply deletes stale snapshots and old revisions under this lock: create ours under it too
-        let state = StateDir::create(&desired.state_dir)?;
-        let _lock = lock::acquire(
-            &state,
-            "reconcile exec",
-            Some(std::time::Duration::from_secs(600)),
-        )?;
-        WorkingSnapshot::create(&volume, &a.machine, a.toolchain.as_deref())?
-    };
+    let state = StateDir::create(&desired.state_dir)?;
+    let snapshot = WorkingSnapshot::create(&state, &volume, &a.machine, a.toolchain.as_deref())?;
     p.detail(&format!("working snapshot {}", snapshot.path.display()));
     let inv = Invocation {
         argv: a.command.clone(),

@@ -227,7 +227,7 @@ fn targets(t: &[String]) -> Result<Vec<glob::Pattern>, Error> {
     t.iter()
         .map(|p| {
             glob::Pattern::new(p)
-                .map_err(|e| Error::Locked(format!("invalid --target pattern `{p}`: {e}")))
+                .map_err(|e| Error::Usage(format!("invalid --target pattern `{p}`: {e}")))
         })
         .collect()
 }

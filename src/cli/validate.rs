@@ -15,7 +15,7 @@ pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
                     "{} is valid ({} file(s), sha256 {}…).",
                     config::display_name(&d.path),
                     d.files.len(),
-                    &d.digest[..12]
+                    crate::fsops::digest::short(&d.digest)
                 ));
             }
             Ok(exit::OK)

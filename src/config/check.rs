@@ -562,15 +562,11 @@ pub fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The harness parses matchers; validation asks it, so the two never disagree.
 fn check_matcher(m: &str) -> Result<(), String> {
-    let body = m.strip_prefix('!').unwrap_or(m);
-    if body.len() >= 2 && body.starts_with('/') && body.ends_with('/') {
-        regex::Regex::new(&body[1..body.len() - 1])
-            .map(|_| ())
-            .map_err(|e| first_line(&e.to_string()))
-    } else {
-        Ok(())
-    }
+    crate::harness::matchers::Matcher::parse(m)
+        .map(|_| ())
+        .map_err(|e| first_line(&e.to_string()))
 }
 
 fn first_line(s: &str) -> String {

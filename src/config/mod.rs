@@ -277,14 +277,12 @@ fn record_origins(origins: &mut Origins, m: &DesiredFile, file: usize, skip_base
             (file, vec!["skip".into(), i.to_string()]),
         );
     }
-    for key in ["settings", "run", "watch", "version", "include"] {
-        // single entries: remember which file defined them (first two segments are "key.<field>")
-        let present = match key {
-            "settings" => m.settings.is_some(),
-            "run" => m.run.is_some(),
-            "watch" => m.watch.is_some(),
-            _ => false,
-        };
+    // single tables: remember which included file defined them
+    for (key, present) in [
+        ("settings", m.settings.is_some()),
+        ("run", m.run.is_some()),
+        ("watch", m.watch.is_some()),
+    ] {
         if present && file != 0 {
             origins
                 .entries

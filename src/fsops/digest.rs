@@ -36,6 +36,11 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(sha256_reader(File::open(path)?)?.0)
 }
 
+/// The first 12 hex digits, for messages.
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
 pub fn sha256_bytes(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }

@@ -57,12 +57,18 @@ impl Matcher {
 }
 
 /// The first failing matcher over (stream name, matchers, captured text).
-pub fn first_failure(streams: &[(&str, &Vec<String>, &Vec<u8>)]) -> Option<String> {
-    for (name, matchers, text) in streams {
+/// The first failing matcher over (stream name, matchers, file holding the
+/// captured stream); a file is read only when a matcher looks at it.
+pub fn first_failure(streams: &[(&str, &Vec<String>, &std::path::Path)]) -> Option<String> {
+    for (name, matchers, file) in streams {
+        if matchers.is_empty() {
+            continue;
+        }
+        let text = std::fs::read(file).unwrap_or_default();
         for m in matchers.iter() {
             match Matcher::parse(m) {
                 Ok(matcher) => {
-                    if let Some(why) = matcher.check(text) {
+                    if let Some(why) = matcher.check(&text) {
                         return Some(format!("{name}: {why}"));
                     }
                 }

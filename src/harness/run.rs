@@ -23,7 +23,7 @@ use crate::executor::{
 };
 use crate::fsops;
 use crate::resource::machine::working::WorkingSnapshot;
-use crate::state::{lock, now_rfc3339, StateDir};
+use crate::state::{now_rfc3339, StateDir};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -270,9 +270,7 @@ fn attempt(
         Some(m) => {
             let mach = &desired.model.machine[m];
             let volume = &desired.model.volume[&mach.volume];
-            let created = lock::acquire(state, "reconcile test", Some(Duration::from_secs(600)))
-                .and_then(|_lock| WorkingSnapshot::create(volume, m, case.toolchain.as_deref()));
-            match created {
+            match WorkingSnapshot::create(state, volume, m, case.toolchain.as_deref()) {
                 Ok(w) => Some(w),
                 Err(e) => return infra(format!("cannot create the working snapshot: {e}")),
             }
@@ -383,16 +381,25 @@ fn attempt(
         ),
         outcome => {
             let want = case.spec.expect.exit.unwrap_or(0);
-            let stdout = fs::read(out_dir.join("stdout.txt")).unwrap_or_default();
-            let stderr = fs::read(out_dir.join("stderr.txt")).unwrap_or_default();
-            let console = fs::read(out_dir.join("console.txt")).unwrap_or_default();
             let mismatch = if outcome != Outcome::Exited(want) {
                 Some(format!("{outcome}, expected exit status {want}"))
             } else {
                 super::matchers::first_failure(&[
-                    ("stdout", &case.spec.expect.stdout, &stdout),
-                    ("stderr", &case.spec.expect.stderr, &stderr),
-                    ("console", &case.spec.expect.console, &console),
+                    (
+                        "stdout",
+                        &case.spec.expect.stdout,
+                        &out_dir.join("stdout.txt"),
+                    ),
+                    (
+                        "stderr",
+                        &case.spec.expect.stderr,
+                        &out_dir.join("stderr.txt"),
+                    ),
+                    (
+                        "console",
+                        &case.spec.expect.console,
+                        &out_dir.join("console.txt"),
+                    ),
                 ])
             };
             match mismatch {

@@ -255,10 +255,17 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
         .map(|p| {
             glob::Pattern::new(p)
                 .map(|g| (p.clone(), g))
-                .map_err(|e| Error::Locked(format!("invalid pattern `{p}`: {e}")))
+                .map_err(|e| Error::Usage(format!("invalid pattern `{p}`: {e}")))
         })
         .collect::<Result<_>>()?;
     let mut matched = vec![false; patterns.len()];
+    // validated globs, compiled once for every test
+    let skips: Vec<(glob::Pattern, &crate::config::model::Skip)> = desired
+        .model
+        .skip
+        .iter()
+        .filter_map(|s| glob::Pattern::new(&s.pattern).ok().map(|g| (g, s)))
+        .collect();
     let mut sel = Selection::default();
     let host_arch = std::env::consts::ARCH;
     for case in cases {
@@ -354,11 +361,10 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
         match why {
             Some(reason) => sel.excluded.push((case.name.clone(), reason)),
             None => {
-                let skip = desired.model.skip.iter().find(|s| {
-                    glob::Pattern::new(&s.pattern)
-                        .is_ok_and(|g| g.matches(&case.name) || g.matches(&base))
-                });
-                let skip = skip.map(|s| SkipEntry {
+                let skip = skips
+                    .iter()
+                    .find(|(g, _)| g.matches(&case.name) || g.matches(&base));
+                let skip = skip.map(|(_, s)| SkipEntry {
                     reason: match &s.tracker {
                         Some(t) => format!("{} ({t})", s.reason),
                         None => s.reason.clone(),
@@ -376,7 +382,7 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
         .map(|((p, _), _)| p.as_str())
         .collect();
     if !unmatched.is_empty() {
-        return Err(Error::Locked(format!(
+        return Err(Error::Usage(format!(
             "pattern {} matches no test; `reconcile test --list` shows every test",
             unmatched
                 .iter()

@@ -84,8 +84,8 @@ impl Plan {
         if self.desired.sha256 != now.desired.sha256 {
             why.push(format!(
                 "the desired-state file changed since the plan was made (sha256 {}… → {}…)",
-                &self.desired.sha256[..12.min(self.desired.sha256.len())],
-                &now.desired.sha256[..12]
+                crate::fsops::digest::short(&self.desired.sha256),
+                crate::fsops::digest::short(&now.desired.sha256)
             ));
         }
         let then: BTreeMap<&str, &str> = self

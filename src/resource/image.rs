@@ -135,12 +135,6 @@ fn as_file(s: &Source) -> Source {
 }
 
 impl ImageResource {
-    fn state<'o>(&self, o: &'o Observed) -> &'o DirState {
-        o.detail
-            .downcast_ref::<DirState>()
-            .expect("image observation")
-    }
-
     fn wanted(&self, img: &Image, cx: &Context) -> Result<Wanted> {
         let mut parts = BTreeMap::new();
         for (name, s) in &img.files {
@@ -321,24 +315,13 @@ impl Resource for ImageResource {
     }
 
     fn observe(&self, cx: &Context) -> Result<Observed> {
-        let (state, fingerprint) = publish::observe_dir(&self.target, KIND, cx.verify)?;
-        let summary = match &state {
-            DirState::Absent => "not published".to_string(),
-            DirState::Foreign => "not made by reconcile".to_string(),
-            DirState::Installed { receipt, drift } => match drift.first() {
-                None => format!("published ({} files)", receipt.file_count()),
-                Some(d) => format!("published, drifted: {d}"),
-            },
-        };
-        Ok(Observed {
-            fingerprint,
-            summary,
-            detail: Box::new(state),
+        publish::observe(&self.target, KIND, cx.verify, "not published", |r| {
+            format!("published ({} files)", r.file_count())
         })
     }
 
     fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {
-        let state = self.state(observed);
+        let state = publish::state(observed);
         let Some(img) = &self.desired else {
             return Ok(publish::orphan_changes(state));
         };
@@ -369,7 +352,7 @@ impl Resource for ImageResource {
     }
 
     fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()> {
-        match (&self.desired, self.state(observed)) {
+        match (&self.desired, publish::state(observed)) {
             (Some(img), _) => self.install(img, cx),
             (None, DirState::Installed { .. }) => self.remove(cx),
             (None, _) => Ok(()),
@@ -387,7 +370,7 @@ impl Resource for ImageResource {
             "declared": self.desired.is_some(),
             "state": observed.summary,
         });
-        if let DirState::Installed { receipt, drift } = self.state(observed) {
+        if let DirState::Installed { receipt, drift } = publish::state(observed) {
             v["installed_at"] = json!(receipt.installed_at);
             v["source"] = json!(receipt.source);
             v["files"] = json!(receipt.file_count());

@@ -92,12 +92,6 @@ impl PluginResource {
             .unwrap_or_else(|| self.name.clone())
     }
 
-    fn state<'o>(&self, o: &'o Observed) -> &'o DirState {
-        o.detail
-            .downcast_ref::<DirState>()
-            .expect("plugin observation")
-    }
-
     fn install(&self, p: &Plugin, cx: &mut ApplyContext) -> Result<()> {
         let fetcher = &cx.cx.fetcher;
         // verified before anything is staged: a bad download never touches the plugin dir
@@ -194,27 +188,13 @@ impl Resource for PluginResource {
     }
 
     fn observe(&self, cx: &Context) -> Result<Observed> {
-        let (state, fingerprint) = publish::observe_dir(&self.target(), KIND, cx.verify)?;
-        let summary = match &state {
-            DirState::Absent => "not installed".to_string(),
-            DirState::Foreign => "not made by reconcile".to_string(),
-            DirState::Installed { receipt, drift } => {
-                let v = receipt.version.as_deref().unwrap_or("?");
-                match drift.first() {
-                    None => format!("{v} installed"),
-                    Some(d) => format!("{v} installed, drifted: {d}"),
-                }
-            }
-        };
-        Ok(Observed {
-            fingerprint,
-            summary,
-            detail: Box::new(state),
+        publish::observe(&self.target(), KIND, cx.verify, "not installed", |r| {
+            format!("{} installed", r.version.as_deref().unwrap_or("?"))
         })
     }
 
     fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {
-        let state = self.state(observed);
+        let state = publish::state(observed);
         let Some(p) = &self.desired else {
             return Ok(publish::orphan_changes(state));
         };
@@ -266,7 +246,7 @@ impl Resource for PluginResource {
     }
 
     fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()> {
-        match (&self.desired, self.state(observed)) {
+        match (&self.desired, publish::state(observed)) {
             (Some(p), _) => self.install(p, cx),
             (None, DirState::Installed { .. }) => self.remove(cx),
             (None, _) => Ok(()),
@@ -285,7 +265,7 @@ impl Resource for PluginResource {
             "declared_version": self.desired.as_ref().map(|p| p.version.clone()),
             "state": observed.summary,
         });
-        if let DirState::Installed { receipt, drift } = self.state(observed) {
+        if let DirState::Installed { receipt, drift } = publish::state(observed) {
             v["installed_version"] = json!(receipt.version);
             v["installed_at"] = json!(receipt.installed_at);
             v["source"] = json!(receipt.source);

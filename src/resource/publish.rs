@@ -53,6 +53,38 @@ pub fn observe_dir(target: &Path, kind: &str, verify: bool) -> Result<(DirState,
     }
 }
 
+/// Observe a published directory and summarise it for `status`: `absent`
+/// when it is not there, `installed(receipt)` when it is ours (plus the first drift).
+pub fn observe(
+    target: &Path,
+    kind: &str,
+    verify: bool,
+    absent: &str,
+    installed: impl Fn(&Receipt) -> String,
+) -> Result<super::Observed> {
+    let (state, fingerprint) = observe_dir(target, kind, verify)?;
+    let summary = match &state {
+        DirState::Absent => absent.to_string(),
+        DirState::Foreign => "not made by reconcile".to_string(),
+        DirState::Installed { receipt, drift } => match drift.first() {
+            None => installed(receipt),
+            Some(d) => format!("{}, drifted: {d}", installed(receipt)),
+        },
+    };
+    Ok(super::Observed {
+        fingerprint,
+        summary,
+        detail: Box::new(state),
+    })
+}
+
+/// The state [`observe`] recorded.
+pub fn state(o: &super::Observed) -> &DirState {
+    o.detail
+        .downcast_ref::<DirState>()
+        .expect("a directory resource's observation")
+}
+
 /// The change for an object that is no longer declared: delete it if it is ours.
 pub fn orphan_changes(state: &DirState) -> Vec<super::Change> {
     match state {
@@ -115,7 +147,8 @@ pub fn replace_dir(
     journal.done(txn)
 }
 
-/// Delete the directory `target`: renamed aside in one step (journaled), then removed.
+/// Delete the directory (or btrfs subvolume) `target`: renamed aside in one step
+/// (journaled), then removed.
 pub fn remove_dir(journal: &mut Journal, address: &str, target: &Path) -> Result<()> {
     let txn = journal.begin(address, |id| Op::Remove {
         target: target.to_path_buf(),
@@ -128,6 +161,6 @@ pub fn remove_dir(journal: &mut Journal, address: &str, target: &Path) -> Result
         fsops::fsync_dir(parent).map_err(|e| Error::io(parent, e))?;
     }
     journal.step(&txn, "cleanup")?;
-    fsops::remove_any(&retired).map_err(|e| Error::io(&retired, e))?;
+    crate::backend::remove_any(&retired).map_err(|e| Error::io(&retired, e))?;
     journal.done(txn)
 }

@@ -304,6 +304,4 @@ fn walk(
     Ok(())
 }
 
-pub fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
+pub use crate::fsops::digest::short;

@@ -216,8 +216,8 @@ impl MachineResource {
                     format!(
                         "revision {} source sha256 {}… ≠ declared {}…",
                         m.revision,
-                        short(&r.source_sha256),
-                        short(&want_src)
+                        super::receipt::short(&r.source_sha256),
+                        super::receipt::short(&want_src)
                     ),
                 )
             }
@@ -526,19 +526,9 @@ impl MachineResource {
     }
 
     fn delete(&self, entry: &str, cx: &mut ApplyContext) -> Result<()> {
-        let target = self.entry_path(entry);
-        let txn = cx.journal.begin(&self.address, |id| Op::Remove {
-            target: target.clone(),
-            retired: fsops::retired_path(&target, id),
-        })?;
-        let retired = fsops::retired_path(&target, &txn.id);
-        cx.journal.step(&txn, "retire")?;
-        fs::rename(&target, &retired).map_err(|e| Error::io(&target, e))?;
-        fsops::fsync_dir(&self.dir()).map_err(|e| Error::io(self.dir(), e))?;
-        cx.journal.step(&txn, "cleanup")?;
-        backend::remove_any(&retired).map_err(|e| Error::io(&retired, e))?;
+        super::publish::remove_dir(cx.journal, &self.address, &self.entry_path(entry))?;
         let _ = fs::remove_file(self.sidecar(entry));
-        cx.journal.done(txn)
+        Ok(())
     }
 
     /// Leftovers that need no journal: temporary links and receipts of entries that are gone.
@@ -580,10 +570,6 @@ fn live_revisions(st: &MachineState, live: &BTreeMap<String, String>) -> BTreeSe
                 .map(|r| r.revision)
         })
         .collect()
-}
-
-fn short(s: &str) -> &str {
-    &s[..s.len().min(12)]
 }
 
 /// Observe a machine directory: entries, which of them carry a receipt that

@@ -17,7 +17,7 @@ use crate::backend::{self, VolumeBackend};
 use crate::config::model::Volume;
 use crate::error::{Error, Result};
 use crate::fsops;
-use crate::state::now_rfc3339;
+use crate::state::{lock, now_rfc3339, StateDir};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
@@ -104,11 +104,19 @@ pub struct WorkingSnapshot {
 
 impl WorkingSnapshot {
     /// A fresh writable snapshot of `<m>-<toolchain>`, or of the current revision.
+    /// Made under the apply lock of `state` (waiting up to 10 minutes): apply
+    /// deletes stale snapshots and old revisions under it, so it never sees one half made.
     pub fn create(
+        state: &StateDir,
         volume: &Volume,
         machine: &str,
         toolchain: Option<&str>,
     ) -> Result<WorkingSnapshot> {
+        let _lock = lock::acquire(
+            state,
+            "working snapshot",
+            Some(std::time::Duration::from_secs(600)),
+        )?;
         let _busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
         let dir = Path::new(&volume.path).join(machine);
         let be = backend::for_volume(Path::new(&volume.path), volume.backend)?;
