@@ -551,9 +551,50 @@ fn layout(farm: &Farm) -> Vec<(String, String)> {
         .collect()
 }
 
-/// SIGKILL at every journal step of a revision build and a toolchain rebuild, each in a fresh farm.
+/// Apply with a SIGKILL at `step`; every entry must then be as it was or
+/// complete for revision `rev`, the link never missing; the next apply recovers
+/// and converges to revision `rev` with nothing staged left over.
+fn kill_and_recover(farm: &Farm, what: &str, step: &str, rev: u32) {
+    let before = layout(farm);
+    let killed = farm.run_env(&["apply"], &[("RECONCILE_FAULT", step)]);
+    assert_eq!(killed.signal, Some(9), "{what}: {}", killed.all());
+    let marker = format!("r{rev}");
+    // managed entries (staging names hold copies on their way in or out; recovery removes them)
+    for (name, state) in layout(farm).iter().filter(|(n, _)| !n.starts_with('.')) {
+        let unchanged = before.iter().any(|(n, s)| n == name && s == state);
+        assert!(
+            unchanged || state.contains(&marker) || state.starts_with("->"),
+            "{what}: {name} is {state:?}"
+        );
+    }
+    assert!(
+        layout(farm).iter().any(|(n, _)| n == "deb"),
+        "{what}: the link is never missing"
+    );
+    farm.run(&["apply"]).expect(0);
+    farm.run(&["plan"]).expect(0);
+    let after = layout(farm);
+    assert!(
+        after.contains(&("deb".into(), format!("-> deb-{rev}"))),
+        "{what}: {after:?}"
+    );
+    let toolchain = format!("built-on VERSION_ID=\"{marker}\"");
+    assert!(
+        after
+            .iter()
+            .any(|(n, s)| n == "deb-gcc" && s.contains(&toolchain)),
+        "{what}: {after:?}"
+    );
+    assert!(
+        farm.leftovers("machines/deb").is_empty(),
+        "{what}: {:?}",
+        farm.leftovers("machines/deb")
+    );
+}
+
+/// SIGKILL at every journal step of a revision build and of a toolchain rebuild, each in a fresh farm.
 fn crash_at_every_step(new_farm: &dyn Fn() -> Farm, fixtures: &Farm, backend: &str) {
-    let steps = [
+    for step in [
         "begin",
         "stage",
         "stage-partial",
@@ -561,8 +602,7 @@ fn crash_at_every_step(new_farm: &dyn Fn() -> Farm, fixtures: &Farm, backend: &s
         "receipt",
         "cleanup",
         "done",
-    ];
-    for step in steps {
+    ] {
         let farm = new_farm();
         for rev in [1, 2] {
             let name = format!("rootfs-{rev}.tar.gz");
@@ -570,82 +610,12 @@ fn crash_at_every_step(new_farm: &dyn Fn() -> Farm, fixtures: &Farm, backend: &s
         }
         declare(&farm, backend, 1, 1, "");
         farm.run(&["apply"]).expect(0);
-        let old = layout(&farm);
+        // a new revision: build, link, toolchain; the first transaction (the build) is killed
         declare(&farm, backend, 2, 1, "");
-        let killed = farm.run_env(&["apply"], &[("RECONCILE_FAULT", step)]);
-        assert_eq!(killed.signal, Some(9), "{backend} {step}: {}", killed.all());
-        let mid = layout(&farm);
-        // every entry that exists is complete: each is the old one or a complete new one, never mixed
-        for (name, what) in &mid {
-            let was = old.iter().find(|(n, _)| n == name).map(|(_, w)| w.clone());
-            assert!(
-                was.as_deref() == Some(what.as_str())
-                    || what.contains("r2")
-                    || what.starts_with("->"),
-                "{backend} {step}: {name} is {what:?}"
-            );
-        }
-        assert!(
-            mid.iter().any(|(n, _)| n == "deb"),
-            "{backend} {step}: the link is never missing"
-        );
-        let r = farm.run(&["apply"]);
-        r.expect(0);
-        farm.run(&["plan"]).expect(0);
-        let after = layout(&farm);
-        assert!(
-            after.contains(&("deb".into(), "-> deb-2".into())),
-            "{backend} {step}: {after:?}"
-        );
-        assert!(
-            after
-                .iter()
-                .any(|(n, w)| n == "deb-gcc" && w.contains("built-on VERSION_ID=\"r2\"")),
-            "{backend} {step}: {after:?}"
-        );
-        assert!(
-            farm.leftovers("machines/deb").is_empty(),
-            "{backend} {step}: {:?}",
-            farm.leftovers("machines/deb")
-        );
-
-        // a rollback is a link switch and a toolchain rebuild: kill inside the rebuild
+        kill_and_recover(&farm, &format!("{backend} {step}"), step, 2);
+        // a rollback is a link switch and a toolchain rebuild: the rebuild is killed
         declare(&farm, backend, 1, 1, "");
-        let killed = farm.run_env(&["apply"], &[("RECONCILE_FAULT", step)]);
-        assert_eq!(
-            killed.signal,
-            Some(9),
-            "{backend} rollback {step}: {}",
-            killed.all()
-        );
-        let mid = layout(&farm);
-        let tc = mid
-            .iter()
-            .find(|(n, _)| n == "deb-gcc")
-            .map(|(_, w)| w.clone())
-            .unwrap_or_default();
-        assert!(
-            tc.contains("built-on VERSION_ID=\"r2\"") || tc.contains("built-on VERSION_ID=\"r1\""),
-            "{backend} rollback {step}: toolchain is {tc:?}"
-        );
-        farm.run(&["apply"]).expect(0);
-        farm.run(&["plan"]).expect(0);
-        let after = layout(&farm);
-        assert!(
-            after.contains(&("deb".into(), "-> deb-1".into())),
-            "{backend} rollback {step}: {after:?}"
-        );
-        assert!(
-            after
-                .iter()
-                .any(|(n, w)| n == "deb-gcc" && w.contains("built-on VERSION_ID=\"r1\"")),
-            "{backend} rollback {step}: {after:?}"
-        );
-        assert!(
-            farm.leftovers("machines/deb").is_empty(),
-            "{backend} rollback {step}: {:?}",
-            farm.leftovers("machines/deb")
-        );
+        kill_and_recover(&farm, &format!("{backend} rollback {step}"), step, 1);
     }
 }
 
@@ -703,7 +673,6 @@ fn disk_machines_keep_the_image_inside_the_revision() {
 
 #[test]
 fn without_root_the_dir_backend_bootstraps_on_the_host() {
-    use std::os::unix::process::CommandExt;
     let farm = Farm::new();
     let Some(_) = rootfs(&farm, "rootfs", "r1") else {
         return;
@@ -713,14 +682,7 @@ fn without_root_the_dir_backend_bootstraps_on_the_host() {
          [machine.deb.toolchain.tc]\nbootstrap = [\"/bin/sh\", \"-c\", \"test -d \\\"$RECONCILE_ROOT/etc\\\" && echo host-bootstrap > \\\"$RECONCILE_ROOT/etc/toolchain\\\"\"]\n",
     );
     let mut cmd = farm.cmd(&["apply"]);
-    if is_root() {
-        Command::new("chown")
-            .args(["-R", "65534:65534"])
-            .arg(farm.dir.path())
-            .status()
-            .unwrap();
-        cmd.uid(65534).gid(65534);
-    }
+    as_ordinary_user(&farm, &mut cmd);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),

@@ -110,9 +110,10 @@ fn upgrade_replaces_the_stale_binary() {
     )
     .unwrap();
     assert_eq!(manifest["version"], "2.0.0");
-    assert!(
-        !s.farm.path("plugins/kolet/README.md").exists()
-            || s.farm.path("plugins/kolet/README.md").is_file()
+    // the rest of the archive comes along
+    assert_eq!(
+        fs::read_to_string(s.farm.path("plugins/kolet/README.md")).unwrap(),
+        "docs\n"
     );
     assert!(
         s.farm.leftovers("plugins").is_empty(),

@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -42,15 +41,8 @@ fn quickstart_converges_without_root() {
             .arg(dir.join("quickstart.toml"))
             .current_dir(&dir)
             .env("NO_COLOR", "1");
-        if is_root() {
-            // as an ordinary user, the way the README promises it works
-            Command::new("chown")
-                .args(["-R", "65534:65534"])
-                .arg(farm.dir.path())
-                .status()
-                .unwrap();
-            c.uid(65534).gid(65534);
-        }
+        // as an ordinary user, the way the README promises it works
+        as_ordinary_user(&farm, &mut c);
         let o = c.output().unwrap();
         (
             o.status.code(),

@@ -106,6 +106,11 @@ fn plugin(farm: &Farm, version: &str) {
     farm.desired(&format!("version = 1\n[plugin.tool]\nversion = \"{version}\"\nsource = {{ dir = \"src/{version}\" }}\n"));
 }
 
+/// What the installed plugin's executable says.
+fn tool(farm: &Farm) -> String {
+    fs::read_to_string(farm.path("plugins/tool/tool")).unwrap()
+}
+
 /// Write the desired file the way editors save: a temporary file renamed over it.
 fn save_by_rename(farm: &Farm, text: &str) {
     let tmp = farm.path(".reconcile.toml.swp");
@@ -147,10 +152,7 @@ fn a_renamed_in_edit_is_applied() {
     );
     w.wait_for("changed", |_| true);
     w.wait_for("applied", |_| true);
-    assert_eq!(
-        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
-        "#!/bin/sh\necho 2\n"
-    );
+    assert_eq!(tool(&farm), "#!/bin/sh\necho 2\n");
     assert!(w.stop().success());
 }
 
@@ -173,17 +175,11 @@ fn an_invalid_edit_keeps_the_old_state_and_drift_is_still_repaired() {
             .contains("unknown field `colour`"),
         "{invalid}"
     );
-    assert_eq!(
-        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
-        "#!/bin/sh\necho 1\n"
-    );
+    assert_eq!(tool(&farm), "#!/bin/sh\necho 1\n");
     // the last good file is still in force
     fs::remove_file(farm.path("plugins/tool/tool")).unwrap();
     w.wait_for("applied", |_| true);
-    assert_eq!(
-        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
-        "#!/bin/sh\necho 1\n"
-    );
+    assert_eq!(tool(&farm), "#!/bin/sh\necho 1\n");
     // and the next valid save is picked up
     farm.write("src/3/tool", "#!/bin/sh\necho 3\n");
     save_by_rename(
@@ -191,10 +187,7 @@ fn an_invalid_edit_keeps_the_old_state_and_drift_is_still_repaired() {
         "version = 1\n[plugin.tool]\nversion = \"3\"\nsource = { dir = \"src/3\" }\n",
     );
     w.wait_for("applied", |_| true);
-    assert_eq!(
-        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
-        "#!/bin/sh\necho 3\n"
-    );
+    assert_eq!(tool(&farm), "#!/bin/sh\necho 3\n");
     assert!(w.stop().success());
 }
 
@@ -219,10 +212,7 @@ fn sighup_reloads() {
     kill(w.pid(), Signal::SIGHUP).unwrap();
     w.wait_for("changed", |_| true);
     w.wait_for("applied", |_| true);
-    assert_eq!(
-        fs::read_to_string(farm.path("plugins/tool/tool")).unwrap(),
-        "#!/bin/sh\necho 2\n"
-    );
+    assert_eq!(tool(&farm), "#!/bin/sh\necho 2\n");
     assert!(w.stop().success());
 }
 

@@ -349,6 +349,22 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Run `cmd` as an ordinary user (nobody): when the tests run as root, the farm
+/// is handed to uid 65534 and the command drops to it.
+pub fn as_ordinary_user(farm: &Farm, cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(farm.dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown failed");
+        cmd.uid(65534).gid(65534);
+    }
+}
+
 /// A btrfs filesystem on a loop device, mounted for the test and unmounted after.
 pub struct BtrfsMount {
     pub dir: tempfile::TempDir,
