@@ -121,12 +121,13 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
 
     sync_watches(&mut debouncer, &mut watched, &desired, on);
     converge(&desired, None, "start", opts, &stop, on);
-    sync_watches(&mut debouncer, &mut watched, &desired, on);
+    // what is managed (addresses, paths), refreshed after every converge: events are
+    // mapped to resources without scanning the managed trees again
+    let (_, mut managed) = sync_watches(&mut debouncer, &mut watched, &desired, on);
     // started = converged once and watching everything that exists
-    let addresses = all_addresses(&desired)?;
     on(Event::Started {
         file: &desired.path,
-        resources: addresses.len(),
+        resources: managed.len(),
     });
 
     let mut next_resync = Instant::now() + opts.interval;
@@ -136,7 +137,7 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 next_resync = Instant::now() + opts.interval;
                 converge(&desired, None, "resync", opts, &stop, on);
-                sync_watches(&mut debouncer, &mut watched, &desired, on);
+                managed = sync_watches(&mut debouncer, &mut watched, &desired, on).1;
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
@@ -173,8 +174,8 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
                 } else if !changed.is_empty() {
                     reload(&mut desired, &changed, opts, &stop, on);
                 } else if !paths.is_empty() {
-                    match affected(&desired, &paths) {
-                        Ok(addresses) if !addresses.is_empty() => {
+                    match affected(&managed, &paths) {
+                        addresses if !addresses.is_empty() => {
                             // our own commits show up as events too; only a plan with changes is drift
                             let mut drifted = |e: Event| {
                                 if let Event::Planned { addresses, .. } = &e {
@@ -194,10 +195,7 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
                                 &mut drifted,
                             );
                         }
-                        Ok(_) => {}
-                        Err(e) => on(Event::Error {
-                            message: e.to_string(),
-                        }),
+                        _ => {}
                     }
                 }
             }
@@ -206,7 +204,9 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
             on(Event::Stopped { signal: "SIGTERM" });
             return Ok(());
         }
-        if sync_watches(&mut debouncer, &mut watched, &desired, on) {
+        let (added, now) = sync_watches(&mut debouncer, &mut watched, &desired, on);
+        managed = now;
+        if added {
             // a tree appeared (a first install into a new root): whatever changed in it
             // before the watch was in place is caught by looking once more
             converge(&desired, None, "new-watch", opts, &stop, on);
@@ -366,47 +366,47 @@ fn resources(desired: &Desired) -> Result<Vec<Box<dyn resource::Resource>>> {
     resource::all(&cx)
 }
 
-fn all_addresses(desired: &Desired) -> Result<Vec<String>> {
-    Ok(resources(desired)?
-        .iter()
-        .map(|r| r.address().to_string())
-        .collect())
-}
-
 /// Addresses of the resources whose paths contain (or lie under) one of `paths`.
-fn affected(desired: &Desired, paths: &[PathBuf]) -> Result<Vec<String>> {
-    let mut out = BTreeSet::new();
-    for r in resources(desired)? {
-        let loc = r.location();
-        if paths
-            .iter()
-            .any(|p| p.starts_with(&loc) || loc.starts_with(p))
-        {
-            out.insert(r.address().to_string());
-        }
-    }
-    Ok(out.into_iter().collect())
+fn affected(managed: &[(String, PathBuf)], paths: &[PathBuf]) -> Vec<String> {
+    let hit: BTreeSet<&String> = managed
+        .iter()
+        .filter(|(_, loc)| {
+            paths
+                .iter()
+                .any(|p| p.starts_with(loc) || loc.starts_with(p))
+        })
+        .map(|(address, _)| address)
+        .collect();
+    hit.into_iter().cloned().collect()
 }
 
 /// Watch the config files' directories and every managed tree that exists now.
+/// Returns whether a recursive watch was added, and every resource's (address, location).
 fn sync_watches(
     debouncer: &mut Debouncer<RecommendedWatcher, RecommendedCache>,
     watched: &mut BTreeMap<PathBuf, RecursiveMode>,
     desired: &Desired,
     on: &mut dyn FnMut(Event),
-) -> bool {
+) -> (bool, Vec<(String, PathBuf)>) {
     let mut added = false;
+    let mut managed = Vec::new();
     let mut want: BTreeMap<PathBuf, RecursiveMode> = BTreeMap::new();
     for f in config_files(desired) {
         if let Some(dir) = f.parent() {
             want.insert(dir.to_path_buf(), RecursiveMode::NonRecursive);
         }
     }
-    if let Ok(rs) = resources(desired) {
-        for r in rs {
-            for p in r.watch_paths() {
-                if p.exists() {
-                    want.insert(p, RecursiveMode::Recursive);
+    match resources(desired) {
+        Err(e) => on(Event::Error {
+            message: e.to_string(),
+        }),
+        Ok(rs) => {
+            for r in rs {
+                managed.push((r.address().to_string(), r.location()));
+                for p in r.watch_paths() {
+                    if p.exists() {
+                        want.insert(p, RecursiveMode::Recursive);
+                    }
                 }
             }
         }
@@ -442,7 +442,7 @@ fn sync_watches(
             }),
         }
     }
-    added
+    (added, managed)
 }
 
 /// The `[run]` test plan after a converge that changed something (`[watch] test = true`).
