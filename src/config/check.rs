@@ -269,7 +269,7 @@ pub(crate) fn check(
             c.value(
                 &["check", name, "regex"],
                 format!("invalid regex in check `{name}`"),
-                &first_line(&e.to_string()),
+                &last_line(&e.to_string()),
                 None,
             );
         }
@@ -566,10 +566,11 @@ pub fn is_sha256(s: &str) -> bool {
 fn check_matcher(m: &str) -> Result<(), String> {
     crate::harness::matchers::Matcher::parse(m)
         .map(|_| ())
-        .map_err(|e| first_line(&e.to_string()))
+        .map_err(|e| last_line(&e.to_string()))
 }
 
-fn first_line(s: &str) -> String {
+/// Regex errors end with the line that says what is wrong.
+fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or("").trim().to_string()
 }
 

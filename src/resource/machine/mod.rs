@@ -70,10 +70,15 @@ pub struct MachineState {
 /// One step of converging a machine, in the order they run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
-    BuildRevision { replace: bool },
+    /// Build (or rebuild, when its source changed) the current revision.
+    BuildRevision,
     SwitchLink,
-    Bootstrap { toolchain: String },
-    Delete { name: String },
+    Bootstrap {
+        toolchain: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 pub struct MachineResource {
@@ -197,7 +202,7 @@ impl MachineResource {
             None => {
                 rebuilt = true;
                 push(
-                    Step::BuildRevision { replace: false },
+                    Step::BuildRevision,
                     Action::Create,
                     format!(
                         "revision {} missing (build from {})",
@@ -211,7 +216,7 @@ impl MachineResource {
             }) if r.source_sha256 != want_src => {
                 rebuilt = true;
                 push(
-                    Step::BuildRevision { replace: true },
+                    Step::BuildRevision,
                     Action::Replace,
                     format!(
                         "revision {} source sha256 {}… ≠ declared {}…",
@@ -347,7 +352,7 @@ impl MachineResource {
         Ok(out)
     }
 
-    fn build_revision(&self, m: &Machine, replace: bool, cx: &mut ApplyContext) -> Result<()> {
+    fn build_revision(&self, m: &Machine, cx: &mut ApplyContext) -> Result<()> {
         let be = self.backend()?;
         let artifact = cx.cx.fetcher.fetch(&m.source)?;
         let src_sha = match &artifact {
@@ -358,7 +363,7 @@ impl MachineResource {
         let limit = cx.cx.desired.extract_limit;
         let strip = m.source.strip_components.unwrap_or(0);
         let kind = m.kind;
-        self.publish_volume(cx, be.as_ref(), &name, replace, |staging| {
+        self.publish_volume(cx, be.as_ref(), &name, |staging| {
             be.create(staging).map_err(|e| Error::io(staging, e))?;
             match (kind, &artifact) {
                 (MachineKind::Rootfs, Artifact::Dir { path }) => {
@@ -404,7 +409,6 @@ impl MachineResource {
         let base = self.entry_path(&self.rev_name(m.revision));
         let src_sha = cx.cx.fetcher.expected_digest(&m.source)?;
         let name = self.tc_name(tc);
-        let replace = self.entry_path(&name).exists();
         let timeout = t
             .timeout
             .as_deref()
@@ -417,7 +421,7 @@ impl MachineResource {
                 reason: e.to_string(),
             })?;
         }
-        self.publish_volume(cx, be.as_ref(), &name, replace, |staging| {
+        self.publish_volume(cx, be.as_ref(), &name, |staging| {
             be.snapshot(&base, staging, false).map_err(|e| Error::io(staging, e))?;
             fault::point(&self.address, "stage-partial");
             let inv = Invocation { argv: t.bootstrap.clone(), timeout: Some(timeout), ..Default::default() };
@@ -468,7 +472,6 @@ impl MachineResource {
         cx: &mut ApplyContext,
         be: &dyn VolumeBackend,
         name: &str,
-        replace: bool,
         build: impl FnOnce(&Path) -> Result<EntryReceipt>,
     ) -> Result<()> {
         let target = self.entry_path(name);
@@ -509,8 +512,7 @@ impl MachineResource {
             "commit",
             Some(serde_json::to_value(&commit).expect("commit serialises")),
         )?;
-        // a new name is placed with RENAME_NOREPLACE, a replaced one exchanged in one step
-        debug_assert_eq!(replace, target.exists());
+        // a new name is placed with RENAME_NOREPLACE, an existing one exchanged in one step
         let previous = fsops::publish(&staging, &target, &retired).map_err(|e| {
             let _ = backend::remove_any(&staging);
             Error::io(&target, e)
@@ -669,9 +671,7 @@ impl Resource for MachineResource {
         cx.roots.add(KIND, Path::new(&self.volume.path));
         for (step, _) in self.steps(st, cx.cx)? {
             match (&step, &self.desired) {
-                (Step::BuildRevision { replace }, Some(m)) => {
-                    self.build_revision(m, *replace, cx)?
-                }
+                (Step::BuildRevision, Some(m)) => self.build_revision(m, cx)?,
                 (Step::SwitchLink, Some(m)) => {
                     let link = self.entry_path(&self.name);
                     fsops::switch_symlink(Path::new(&self.rev_name(m.revision)), &link)
