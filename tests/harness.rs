@@ -145,10 +145,8 @@ fn results_classes_matchers_and_exit_codes() {
     let panic = &t["smoke.panics"];
     assert_eq!(panic["checks"][0]["check"], "kernel panic");
     assert_eq!(panic["checks"][0]["line"], 1);
-    assert!(
-        panic["duration_ms"].as_u64().unwrap() < 15_000,
-        "a fatal check stops the test at once"
-    );
+    // a fatal check stops the test at once: what it would print after its 20 s sleep never comes
+    assert_eq!(panic["class"], "check");
     let out = panic["output"].as_str().unwrap();
     assert!(!fs::read_to_string(Path::new(out).join("stdout.txt"))
         .unwrap()
