@@ -4,20 +4,23 @@
 //! and checked ([`config`]), the world is observed and diffed ([`plan`]) through
 //! one contract every kind of object follows ([`resource`]), changes are applied
 //! ([`apply`]) through atomic, journaled primitives ([`fsops`], [`state`]) from
-//! verified [`source`]s.
+//! verified [`source`]s. Machines live in the buildos layout of the [`store`];
+//! tests (and bootstraps) run on instances of them made by one [`platform`]
+//! factory (host, namespaces, QEMU) and are checked and reported by the [`harness`].
 
 pub mod apply;
 pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod executor;
 pub mod fsops;
 pub mod harness;
 pub mod output;
 pub mod plan;
+pub mod platform;
 pub mod resource;
 pub mod schema;
 pub mod source;
 pub mod state;
+pub mod store;
 pub mod watch;

@@ -179,7 +179,7 @@ fn results_classes_matchers_and_exit_codes() {
     // the human summary lists each failure with its reason and output path
     assert!(
         r.stdout
-            .contains("failed: smoke.slow: timed out after 300ms"),
+            .contains("failed: smoke.slow: the command timed out after 300ms"),
         "{}",
         r.stdout
     );

@@ -642,32 +642,77 @@ fn kill_at_every_step_with_the_dir_backend() {
 }
 
 #[test]
-fn disk_machines_keep_the_image_inside_the_revision() {
+fn disk_machines_are_stored_by_content_and_must_be_self_contained() {
     let farm = Farm::new();
-    farm.write(
-        "images/win-7.qcow2",
-        b"QFI\xfb not really a qcow2 image, but its bytes are kept",
-    );
-    farm.desired("version = 1\n[volume.default]\npath = \"machines\"\nbackend = \"dir\"\n[machine.win]\nrevision = 7\nkind = \"disk\"\nsource = { path = \"images/win-7.qcow2\" }\n");
+    let qemu_img = |args: &[&str]| {
+        Command::new("qemu-img")
+            .args(args)
+            .current_dir(farm.path(""))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !qemu_img(&["--version"]) {
+        return skip("qemu-img missing (apt-get install qemu-utils; scripts/test does it)");
+    }
+    let desired = |rev: u32, src: &str| {
+        farm.desired(&format!("version = 1\n[volume.default]\npath = \"machines\"\nbackend = \"dir\"\n[machine.win]\nrevision = {rev}\nkind = \"disk\"\nsource = {{ path = \"images/{src}\" }}\n"));
+    };
+    // raw bytes named like a qcow2 are stored as the raw image they are
+    farm.write("images/win-7.qcow2", vec![7u8; 65536]);
+    desired(7, "win-7.qcow2");
     farm.run(&["apply"]).expect(0);
     assert_eq!(
-        fs::read(farm.path("machines/win/win-7/disk.qcow2")).unwrap(),
+        fs::read(farm.path("machines/win/win-7/disk.img")).unwrap(),
         fs::read(farm.path("images/win-7.qcow2")).unwrap()
     );
+    assert!(!farm.path("machines/win/win-7/disk.qcow2").exists());
     assert_eq!(
         fs::read_link(farm.path("machines/win/win")).unwrap(),
         Path::new("win-7")
     );
     farm.run(&["plan"]).expect(0);
-    // toolchains are for root filesystems
-    farm.desired("version = 1\n[volume.default]\npath = \"machines\"\nbackend = \"dir\"\n[machine.win]\nrevision = 7\nkind = \"disk\"\nsource = { path = \"images/win-7.qcow2\" }\n[machine.win.toolchain.msvc]\nbootstrap = [\"x\"]\n");
-    let r = farm.run(&["validate"]);
+    // a real qcow2 named like a raw image is stored as a qcow2
+    fs::create_dir_all(farm.path("images")).unwrap();
+    assert!(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "images/win-8.img",
+        "1M"
+    ]));
+    desired(8, "win-8.img");
+    farm.run(&["apply"]).expect(0);
+    let stored = fs::read(farm.path("machines/win/win-8/disk.qcow2")).unwrap();
+    assert_eq!(&stored[..4], b"QFI\xfb");
+    // a qcow2 naming a backing file would let the guest read that host file: refused, nothing changes
+    assert!(qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-F",
+        "raw",
+        "-b",
+        "/etc/shadow",
+        "images/evil.qcow2",
+        "1M"
+    ]));
+    desired(9, "evil.qcow2");
+    let r = farm.run(&["apply"]);
     r.expect(1);
+    assert!(r.stderr.contains("backing file"), "{}", r.stderr);
+    assert!(r.stderr.contains("/etc/shadow"), "{}", r.stderr);
+    assert_eq!(
+        fs::read_link(farm.path("machines/win/win")).unwrap(),
+        Path::new("win-8")
+    );
+    assert!(!farm.path("machines/win/win-9").exists());
     assert!(
-        r.stderr
-            .contains("toolchains are bootstrapped in root filesystems"),
-        "{}",
-        r.stderr
+        farm.leftovers("machines/win").is_empty(),
+        "{:?}",
+        farm.leftovers("machines/win")
     );
 }
 

@@ -19,8 +19,10 @@ pub fn run(_cli: &Cli, a: &ChecksArgs, p: &Printer) -> Result<i32> {
     let mut docs = Vec::new();
     for log in &a.logs {
         let f = std::fs::File::open(log).map_err(|e| Error::io(log, e))?;
-        let hits = checks::scan_reader(&all, a.scope, BufReader::with_capacity(1 << 20, f))
+        let mut hits = checks::scan_reader(&all, a.scope, BufReader::with_capacity(1 << 20, f))
             .map_err(|e| Error::io(log, e))?;
+        // in log order, as a reader goes through the log
+        hits.sort_by_key(|h| h.line);
         failing |= checks::failing(&hits);
         for h in &hits {
             let sev = format!("{:?}", h.severity).to_lowercase();

@@ -7,6 +7,7 @@ mod exec;
 mod lock;
 mod plan;
 mod render;
+mod spawn;
 mod status;
 mod test;
 mod validate;
@@ -74,8 +75,10 @@ pub enum Command {
     Checks(ChecksArgs),
     /// Show what is installed and the last apply.
     Status,
-    /// Run a command in a fresh working snapshot of a machine (namespaces, as root), deleted afterwards; exits with the command's status.
+    /// Run a command in a fresh working snapshot of a machine (namespaces as root; QEMU for a disk machine), deleted afterwards; exits with the command's status.
     Exec(ExecArgs),
+    /// Boot a working snapshot of a disk machine (or a netboot image over PXE) in QEMU and attach this terminal to its serial console; Ctrl-] detaches.
+    Spawn(SpawnArgs),
     /// Pin the sha256 of every remote source in reconcile.lock (downloads what is not pinned yet).
     Lock(LockArgs),
     /// Print the JSON Schema of the desired-state file.
@@ -200,6 +203,19 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct SpawnArgs {
+    /// A disk machine or a netboot image.
+    #[arg(value_name = "MACHINE|IMAGE")]
+    pub target: String,
+    /// Boot this toolchain's snapshot instead of the current revision.
+    #[arg(short, long)]
+    pub toolchain: Option<String>,
+    /// Keep the working snapshot after the VM stops (apply leaves kept snapshots alone).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct WatchArgs {
     /// Full resync period, catching what filesystem events miss.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5m")]
@@ -244,6 +260,7 @@ pub fn main() -> i32 {
         Command::Checks(a) => checks::run(&cli, a, &printer),
         Command::Watch(a) => watch::run(&cli, a, &printer),
         Command::Exec(a) => exec::run(&cli, a, &printer),
+        Command::Spawn(a) => spawn::run(&cli, a, &printer),
         Command::Lock(a) => lock::run(&cli, a, &printer),
         Command::Schema { markdown, report } => {
             if *report {

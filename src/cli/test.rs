@@ -143,6 +143,7 @@ pub fn run_tests(
             "running {tests} test(s); output in {}",
             config::display_name(run_dir)
         )),
+        Event::Note(line) => p.info(line),
         Event::Finished(t) => {
             let (word, style) = match t.result {
                 Verdict::Pass => ("PASS", Style::Create),

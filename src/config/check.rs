@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::diagnostic::Diagnostic;
 use super::lockfile::Lockfile;
-use super::model::{DesiredFile, Source};
+use super::model::{Console, DesiredFile, Executor, MachineKind, Source, Suite, Vm};
 use super::Sources;
 
 pub(crate) fn check(
@@ -95,15 +95,7 @@ pub(crate) fn check(
             }
         }
         c.source(&["machine", name, "source"], &mach.source, lock);
-        if mach.kind == crate::config::model::MachineKind::Disk {
-            if let Some(tc) = mach.toolchain.keys().next() {
-                c.key(
-                    &["machine", name, "toolchain", tc],
-                    format!("machine `{name}` is a disk image: toolchains are bootstrapped in root filesystems"),
-                    "needs kind = \"rootfs\"",
-                    Some("bootstrap toolchains for disk machines inside the image, or use a rootfs source".into()),
-                );
-            }
+        if mach.kind == MachineKind::Disk {
             if mach.source.dir.is_some() {
                 c.value(
                     &["machine", name, "source"],
@@ -114,7 +106,22 @@ pub(crate) fn check(
                     None,
                 );
             }
+        } else {
+            for (table, present) in [
+                ("vm", mach.vm.is_some()),
+                ("console", mach.console.is_some()),
+            ] {
+                if present {
+                    c.key(
+                        &["machine", name, table],
+                        format!("machine `{name}` is a root filesystem: `{table}` applies to disk machines"),
+                        "only for kind = \"disk\"",
+                        Some("set kind = \"disk\" for a bootable image, or drop the table".into()),
+                    );
+                }
+            }
         }
+        c.vm_and_console(&["machine", name], mach.vm.as_ref(), mach.console.as_ref());
         for (tc, t) in &mach.toolchain {
             c.name(&["machine", name, "toolchain", tc]);
             if !tc.is_empty() && tc.chars().all(|ch| ch.is_ascii_digit()) {
@@ -208,6 +215,7 @@ pub(crate) fn check(
                 );
             }
         }
+        c.vm_and_console(&["image", name], img.vm.as_ref(), img.console.as_ref());
         if let Some(ipxe) = &img.ipxe {
             if !img.files.is_empty() {
                 for (field, v) in [
@@ -273,9 +281,20 @@ pub(crate) fn check(
                 None,
             );
         }
+        for (key, v, max) in [("count", chk.count, 1_000_000), ("lines", chk.lines, 1000)] {
+            if v.is_some_and(|v| v == 0 || v > max) {
+                c.value(
+                    &["check", name, key],
+                    format!("`{key}` must be between 1 and {max}"),
+                    "out of range",
+                    None,
+                );
+            }
+        }
     }
 
     for (sname, suite) in &m.suite {
+        c.suite_targets(m, sname, suite);
         for (i, mach) in suite.machines.iter().enumerate() {
             if !m.machine.contains_key(mach) && !c.src.broken.contains(&format!("machine.{mach}")) {
                 c.value(
@@ -436,6 +455,142 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// What a suite runs on must suit its executor: disk machines and netboot
+    /// images boot only in QEMU, root filesystems never do.
+    fn suite_targets(&mut self, m: &DesiredFile, sname: &str, suite: &Suite) {
+        let qemu = suite.executor == Executor::Qemu;
+        let executor = crate::platform::executor_name(suite.executor);
+        for (i, mach) in suite.machines.iter().enumerate() {
+            let Some(md) = m.machine.get(mach) else {
+                continue;
+            };
+            let path = ["suite", sname, "machines", &i.to_string()];
+            match (md.kind, qemu) {
+                (MachineKind::Disk, false) if suite.executor != Executor::Cloud => self.value(
+                    &path,
+                    format!("machine `{mach}` is a disk image; the {executor} executor cannot run it"),
+                    "boots only in QEMU",
+                    Some("set executor = \"qemu\" on the suite".into()),
+                ),
+                (MachineKind::Rootfs, true) => self.value(
+                    &path,
+                    format!("machine `{mach}` is a root filesystem; QEMU boots disk machines"),
+                    "not bootable",
+                    Some("use executor = \"namespace\" (or \"host\"), or give the machine kind = \"disk\"".into()),
+                ),
+                _ => {}
+            }
+        }
+        for (i, img) in suite.images.iter().enumerate() {
+            let path = ["suite", sname, "images", &i.to_string()];
+            match m.image.get(img) {
+                None if !self.src.broken.contains(&format!("image.{img}")) => self.value(
+                    &path,
+                    format!("suite `{sname}` names undeclared image `{img}`"),
+                    "no such image",
+                    Some(did_you_mean(img, keys(&m.image), "image")),
+                ),
+                Some(d) if d.ipxe.is_none() => self.value(
+                    &path,
+                    format!("image `{img}` has no `ipxe` table, so nothing boots it over PXE"),
+                    "not bootable",
+                    Some(format!(
+                        "declare [image.{img}.ipxe] with the kernel, initrd and cmdline"
+                    )),
+                ),
+                _ => {}
+            }
+            if !qemu {
+                self.value(
+                    &path,
+                    format!(
+                        "suite `{sname}` boots netboot images, which only the qemu executor can do"
+                    ),
+                    "needs executor = \"qemu\"",
+                    Some("set executor = \"qemu\" on the suite".into()),
+                );
+            }
+        }
+        if qemu && suite.machines.is_empty() && suite.images.is_empty() {
+            self.key(
+                &["suite", sname],
+                format!(
+                    "suite `{sname}` uses the qemu executor but names no `machines` or `images`"
+                ),
+                "nothing to boot",
+                None,
+            );
+        }
+        if !suite.images.is_empty() && suite.toolchain.is_some() {
+            self.value(
+                &["suite", sname, "toolchain"],
+                format!("suite `{sname}` boots images, which have no toolchains"),
+                "not for images",
+                None,
+            );
+        }
+    }
+
+    /// The `vm` and `console` tables of a machine or image at `at`.
+    fn vm_and_console(&mut self, at: &[&str], vm: Option<&Vm>, console: Option<&Console>) {
+        let path = |tail: &[&str]| -> Vec<String> {
+            at.iter().chain(tail).map(|s| s.to_string()).collect()
+        };
+        if let Some(vm) = vm {
+            if vm.cpus == Some(0) {
+                let p = path(&["vm", "cpus"]);
+                self.value(&refs(&p), "cpus must be at least 1".into(), "zero", None);
+            }
+            if let Some(f) = vm.tcg_timeout_factor {
+                if !(f.is_finite() && (0.1..=1000.0).contains(&f)) {
+                    let p = path(&["vm", "tcg_timeout_factor"]);
+                    self.value(
+                        &refs(&p),
+                        format!("tcg_timeout_factor {f} is out of range"),
+                        "between 0.1 and 1000",
+                        None,
+                    );
+                }
+            }
+        }
+        if let Some(c) = console {
+            for (key, re) in [("ready", &c.ready), ("prompt", &c.prompt)] {
+                if let Some(Err(e)) = re.as_deref().map(regex::Regex::new) {
+                    let p = path(&["console", key]);
+                    self.value(
+                        &refs(&p),
+                        format!("invalid regex in console.{key}"),
+                        &last_line(&e.to_string()),
+                        None,
+                    );
+                }
+            }
+            if c.prompt.as_deref() == Some("") {
+                let p = path(&["console", "prompt"]);
+                self.value(
+                    &refs(&p),
+                    "an empty prompt matches anything".into(),
+                    "empty",
+                    None,
+                );
+            }
+            for (key, d) in [
+                ("boot_timeout", c.boot_timeout),
+                ("stall_timeout", c.stall_timeout),
+            ] {
+                if d.is_some_and(|d| d.is_zero() || d > MAX_DURATION) {
+                    let p = path(&["console", key]);
+                    self.value(
+                        &refs(&p),
+                        format!("console.{key} must be more than 0 and at most 30 days"),
+                        "out of range",
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
     fn value(&mut self, path: &[&str], msg: String, label: &str, help: Option<String>) {
         self.out.push(self.src.at(path, false, msg, label, help));
     }
@@ -535,6 +690,13 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// The longest duration the file may name (a timeout of centuries is a typo).
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+fn refs(p: &[String]) -> Vec<&str> {
+    p.iter().map(String::as_str).collect()
 }
 
 fn keys<T>(m: &BTreeMap<String, T>) -> Vec<&str> {

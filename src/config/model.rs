@@ -126,6 +126,10 @@ pub struct Machine {
     /// Bootstrapped snapshots per toolchain.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub toolchain: BTreeMap<String, Toolchain>,
+    /// How a disk machine boots in QEMU.
+    pub vm: Option<Vm>,
+    /// How a disk machine's serial console is driven.
+    pub console: Option<Console>,
 }
 
 fn default_volume() -> String {
@@ -144,6 +148,157 @@ pub enum MachineKind {
     Rootfs,
     /// A raw or qcow2 disk image to boot.
     Disk,
+}
+
+/// How a disk machine or netboot image boots in QEMU (`qemu-system-<arch>`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// Guest memory in QEMU's units: `512M`, `2G` (binary; a bare number is MiB). Default `512M`.
+    pub memory: Option<MemorySize>,
+    /// Virtual CPUs. Default 1.
+    pub cpus: Option<u32>,
+    /// Firmware: `bios` (SeaBIOS) or `uefi` (OVMF, when installed).
+    #[serde(default)]
+    pub firmware: Firmware,
+    /// Accelerator: `auto` (KVM when usable, TCG otherwise), `kvm` (an error
+    /// when KVM is unusable) or `tcg` (software emulation).
+    #[serde(default)]
+    pub accel: Accel,
+    /// Under TCG every timeout (boot, stall, test) is multiplied by this. Default 4.
+    pub tcg_timeout_factor: Option<f64>,
+    /// QEMU machine type. Default `pc` for x86, `virt` for Arm and RISC-V.
+    pub machine: Option<String>,
+    /// Bus the disk is attached to. Default `virtio`.
+    #[serde(default)]
+    pub disk_bus: DiskBus,
+    /// Network: `none` (default; a PXE boot still gets its isolated boot
+    /// network) or `user` (QEMU user networking with outbound access).
+    #[serde(default)]
+    pub network: Network,
+    /// Further arguments appended to the QEMU command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qemu_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    #[default]
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    #[default]
+    Virtio,
+    Ide,
+    Scsi,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    None,
+    User,
+}
+
+/// Memory in QEMU's `-m` units: a number of MiB, or a number with `K`, `M`,
+/// `G` or `T` (binary, optionally written `MiB`, `GiB`…).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct MemorySize {
+    pub mib: u64,
+}
+
+impl MemorySize {
+    pub fn parse(s: &str) -> Result<MemorySize, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a memory size (write e.g. \"512M\" or \"2G\")"))?;
+        let mib = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "M" | "MB" | "MIB" => Some(n),
+            "K" | "KB" | "KIB" => Some(n / 1024),
+            "G" | "GB" | "GIB" => n.checked_mul(1024),
+            "T" | "TB" | "TIB" => n.checked_mul(1024 * 1024),
+            _ => return Err(format!("`{s}`: unknown unit `{unit}` (use M or G)")),
+        };
+        match mib {
+            Some(m) if m > 0 => Ok(MemorySize { mib: m }),
+            _ => Err(format!("`{s}` is not a usable memory size")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MemorySize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Number(n) => n.to_string(),
+            Raw::Text(t) => t,
+        };
+        MemorySize::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for MemorySize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}M", self.mib))
+    }
+}
+
+/// How the serial console of a VM is driven: what to wait for, how to log in
+/// and how to shut down. Regexes use Rust syntax.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    /// A console line matching this means the guest is up; the prompt is awaited after it.
+    pub ready: Option<String>,
+    /// The shell prompt, matched against the end of the current (unterminated)
+    /// console line with terminal control sequences stripped. Default `[#$] $`.
+    pub prompt: Option<String>,
+    /// Answer `login:` (and `Password:`) before the prompt.
+    pub login: Option<Login>,
+    /// Shell command that powers the guest off (toolchain bootstraps end with
+    /// it). Default `poweroff`.
+    pub shutdown: Option<String>,
+    /// From QEMU's start to the prompt, e.g. `"120s"` (default; scaled under TCG).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub boot_timeout: Option<std::time::Duration>,
+    /// A test (or boot) fails as `infra` when the console prints nothing for
+    /// this long, e.g. `"60s"` (default; scaled under TCG).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub stall_timeout: Option<std::time::Duration>,
+}
+
+/// Credentials typed at the console's login prompt (for test VMs only).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub user: String,
+    pub password: Option<String>,
 }
 
 /// A toolchain bootstrapped in a snapshot of the current revision.
@@ -209,6 +364,24 @@ pub struct Image {
     pub source: Option<Source>,
     /// An iPXE boot script rendered from the kernel, initrd and command line.
     pub ipxe: Option<Ipxe>,
+    /// How the image boots in QEMU (a suite's `images`).
+    pub vm: Option<Vm>,
+    /// How its serial console is driven.
+    pub console: Option<Console>,
+}
+
+/// The iPXE script an image with `ipxe` carries; a PXE client boots it.
+pub const IPXE_SCRIPT: &str = "boot.ipxe";
+
+impl Image {
+    /// `<root>/<arch>/<subarch>/<release>/<purpose>`, where the image is published.
+    pub fn target(&self) -> std::path::PathBuf {
+        std::path::Path::new(&self.root)
+            .join(&self.arch)
+            .join(&self.subarch)
+            .join(&self.release)
+            .join(&self.purpose)
+    }
 }
 
 fn default_subarch() -> String {
@@ -277,6 +450,12 @@ pub struct Check {
     pub severity: Severity,
     #[serde(default)]
     pub scope: Scope,
+    /// Report only once this many lines have matched (e.g. kola's "ten bonding
+    /// link messages"). Default 1.
+    pub count: Option<u32>,
+    /// Match the regex against this many consecutive lines joined by `\n`,
+    /// for a pattern that spans lines (use `(?s)` to let `.` cross them). Default 1.
+    pub lines: Option<u32>,
 }
 
 #[derive(
@@ -318,6 +497,9 @@ pub struct Suite {
     /// Machines each test runs on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub machines: Vec<String>,
+    /// Netboot images each test boots diskless over PXE (executor `qemu`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
     /// Toolchain snapshot the working snapshots are made from.
     pub toolchain: Option<String>,
     #[serde(default)]

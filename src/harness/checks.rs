@@ -11,75 +11,116 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::model::{Check, Scope, Severity};
 
-/// (name, regex, severity)
-pub const BUILTIN: &[(&str, &str, Severity)] = &[
-    (
+/// A built-in check: every pattern of kola's `consoleChecks` (harness.go),
+/// taken as kola writes it so every line kola flags is flagged here too, some
+/// widened with patterns of the same failure kola does not know.
+pub struct Builtin {
+    pub name: &'static str,
+    pub regex: &'static str,
+    pub severity: Severity,
+    /// Hits needed before it reports (kola's bonding check: ten of them).
+    pub count: u32,
+}
+
+const fn check(name: &'static str, regex: &'static str, severity: Severity) -> Builtin {
+    Builtin {
+        name,
+        regex,
+        severity,
+        count: 1,
+    }
+}
+
+pub const BUILTIN: &[Builtin] = &[
+    check(
         "emergency shell",
-        r"(?:You are in emergency mode|Entering emergency mode|Dropping to debug shell)",
+        r"Press Enter for emergency shell|Starting Emergency Shell|You are in emergency mode|Entering emergency mode|Dropping to debug shell",
         Severity::Fatal,
     ),
-    (
+    check("dracut fatal", r"Refusing to continue", Severity::Fatal),
+    check(
         "kernel panic",
-        r"Kernel panic - not syncing",
+        r"Kernel panic - not syncing: (.*)",
         Severity::Fatal,
     ),
-    (
-        "kernel oops",
-        r"\bOops: [0-9a-fx]+ \[#\d+\]|\bOops(?:: | - )",
-        Severity::Fail,
-    ),
-    (
+    check("kernel oops", r"Oops:", Severity::Fail),
+    check(
         "kernel BUG",
         r"\bBUG: (?:unable to handle|kernel NULL pointer|soft lockup|scheduling while atomic|Bad page|KASAN)",
         Severity::Fail,
     ),
-    (
+    check(
         "kernel warning",
-        r"WARNING: CPU: \d+ PID: \d+ at ",
+        r"WARNING: CPU: \d+ PID: \d+ at (.+)",
         Severity::Fail,
     ),
-    (
+    check(
         "offline device I/O",
         r"rejecting I/O to offline device",
         Severity::Fail,
     ),
-    (
+    check(
+        "CoreOS static network agent failure",
+        r"Failed to start CoreOS Static Network Agent",
+        Severity::Fail,
+    ),
+    Builtin {
+        // kola: (?s:link status up for interface [^,]+, enabling it in [0-9]+ ms.*?){10}
+        // over the whole console, i.e. ten such lines anywhere
+        name: "excessive bonding link status messages",
+        regex: r"link status up for interface [^,]+, enabling it in [0-9]+ ms",
+        severity: Severity::Fail,
+        count: 10,
+    },
+    // kola's pattern ends `… with max blocks \d+ with (error \d+)`; every line it matches matches this
+    check(
         "ext4 delayed allocation failure",
         r"EXT4-fs \([^)]+\): Delayed block allocation failed",
         Severity::Fail,
     ),
-    (
+    check(
         "GRUB magic broken",
-        r"alloc magic is broken at",
+        r"((alloc|free) magic) (is )?broken",
         Severity::Fail,
     ),
-    (
+    check(
+        "Ignition fetch cancellation race",
+        r"ignition\[[0-9]+\]: failed to fetch config: context canceled",
+        Severity::Fail,
+    ),
+    check(
+        "initrd-cleanup.service terminated",
+        r"initrd-cleanup\.service: Main process exited, code=killed, status=15/TERM",
+        Severity::Fail,
+    ),
+    check(
+        "bad page table",
+        r"mm/pgtable-generic.c:\d+: bad (p.d|pte)",
+        Severity::Fail,
+    ),
+    check(
         "Go panic",
-        r"^(?:panic: |fatal error: |goroutine \d+ \[running\]:)",
+        r"panic: (.*)|^fatal error: |^goroutine \d+ \[running\]:",
         Severity::Fail,
     ),
-    (
+    check(
         "segfault",
-        r"segfault at [0-9a-f]+ ip [0-9a-f]+ sp [0-9a-f]+ error",
+        r"SIGSEGV|=11/SEGV|segfault at [0-9a-f]+ ip [0-9a-f]+ sp [0-9a-f]+ error",
         Severity::Fail,
     ),
-    (
-        "core dump",
-        r"(?:dumped core|Process \d+ \(.+\) of user \d+ dumped core)",
-        Severity::Fail,
-    ),
-    (
+    check("core dump", r"[Cc]ore dump|dumped core", Severity::Fail),
+    check(
         "oom-killer",
-        r"(?:invoked oom-killer|Out of memory: Killed process)",
+        r"invoked oom-killer|Out of memory: Killed process",
         Severity::Fail,
     ),
-    ("ordering cycle", r"Ordering cycle found", Severity::Fail),
-    (
+    check("ordering cycle", r"Ordering cycle found", Severity::Fail),
+    check(
         "hung task",
         r"INFO: task .+ blocked for more than \d+ seconds",
         Severity::Warn,
     ),
-    (
+    check(
         "RCU stall",
         r"rcu: INFO: rcu_\w+ (?:self-)?detected stall",
         Severity::Fail,
@@ -92,18 +133,24 @@ pub struct ConsoleCheck {
     pub regex: Regex,
     pub severity: Severity,
     pub scope: Scope,
+    /// Hits needed before it reports.
+    pub count: u32,
+    /// The regex is matched against this many lines at once (joined by `\n`).
+    pub lines: u32,
 }
 
 /// Every check: built-in first, then the file's (a declared check may reuse a built-in name to override it).
 pub fn all(declared: &BTreeMap<String, Check>) -> Vec<ConsoleCheck> {
     let mut out: Vec<ConsoleCheck> = BUILTIN
         .iter()
-        .filter(|(name, ..)| !declared.contains_key(*name))
-        .map(|(name, re, sev)| ConsoleCheck {
-            name: name.to_string(),
-            regex: Regex::new(&format!("(?m){re}")).expect("built-in check regex"),
-            severity: *sev,
+        .filter(|b| !declared.contains_key(b.name))
+        .map(|b| ConsoleCheck {
+            name: b.name.to_string(),
+            regex: Regex::new(&format!("(?m){}", b.regex)).expect("built-in check regex"),
+            severity: b.severity,
             scope: Scope::Any,
+            count: b.count,
+            lines: 1,
         })
         .collect();
     for (name, c) in declared {
@@ -112,6 +159,8 @@ pub fn all(declared: &BTreeMap<String, Check>) -> Vec<ConsoleCheck> {
             regex: Regex::new(&c.regex).expect("validated regex"),
             severity: c.severity,
             scope: c.scope,
+            count: c.count.unwrap_or(1).max(1),
+            lines: c.lines.unwrap_or(1).max(1),
         });
     }
     out
@@ -134,13 +183,17 @@ pub struct Hit {
     pub suppressed: Option<String>,
 }
 
-/// A streaming scanner: feed bytes, get hits with line numbers.
 /// The checks of one scope, compiled once and shared by every test's scanner.
 pub struct CheckSet {
     checks: Vec<ConsoleCheck>,
-    /// All checks as one alternation: one pass finds the few lines worth a closer look.
+    /// Checks of one line: all of them as one alternation, so one pass over a
+    /// chunk finds the few lines worth a closer look, then a set to tell which.
+    single: Vec<usize>,
     any: Regex,
     set: RegexSet,
+    /// Checks over several lines, each matched against a window of the last lines.
+    multi: Vec<usize>,
+    window: usize,
 }
 
 impl CheckSet {
@@ -152,26 +205,44 @@ impl CheckSet {
             .filter(|c| scope == Scope::Any || c.scope == Scope::Any || c.scope == scope)
             .cloned()
             .collect();
-        let set = RegexSet::new(checks.iter().map(|c| c.regex.as_str())).expect("checks compile");
-        let alternation: Vec<String> = checks
+        let (multi, single): (Vec<usize>, Vec<usize>) =
+            (0..checks.len()).partition(|&i| checks[i].lines > 1);
+        let set = RegexSet::new(single.iter().map(|&i| checks[i].regex.as_str()))
+            .expect("checks compile");
+        let alternation: Vec<String> = single
             .iter()
-            .map(|c| format!("(?:{})", c.regex.as_str()))
+            .map(|&i| format!("(?:{})", checks[i].regex.as_str()))
             .collect();
         let any = if alternation.is_empty() {
             Regex::new(r"[^\s\S]").expect("never matches")
         } else {
             Regex::new(&format!("(?m){}", alternation.join("|"))).expect("checks compile")
         };
-        std::sync::Arc::new(CheckSet { checks, any, set })
+        let window = multi
+            .iter()
+            .map(|&i| checks[i].lines as usize)
+            .max()
+            .unwrap_or(0);
+        std::sync::Arc::new(CheckSet {
+            checks,
+            single,
+            any,
+            set,
+            multi,
+            window,
+        })
     }
 }
 
+/// A streaming scanner: feed bytes, get hits with line numbers.
 pub struct Scanner {
     compiled: std::sync::Arc<CheckSet>,
     suppressed: BTreeMap<String, String>,
     hits: BTreeMap<usize, Hit>,
     line: u64,
     partial: Vec<u8>,
+    /// The last lines, for checks over several lines.
+    recent: std::collections::VecDeque<Vec<u8>>,
     step: Option<String>,
     fatal: bool,
 }
@@ -197,6 +268,7 @@ impl Scanner {
             hits: BTreeMap::new(),
             line: 0,
             partial: Vec::new(),
+            recent: std::collections::VecDeque::new(),
             step: None,
             fatal: false,
         }
@@ -223,8 +295,21 @@ impl Scanner {
             self.partial.extend_from_slice(rest);
             return self.fatal;
         };
-        // whole lines in bulk: one search over the region; only lines with a match are split out
         let region = &rest[..=last];
+        if self.compiled.multi.is_empty() {
+            self.scan_region(region);
+        } else {
+            // checks over several lines see every line
+            for line in region[..region.len() - 1].split(|b| *b == b'\n') {
+                self.scan_line(line);
+            }
+        }
+        self.partial.extend_from_slice(&rest[last + 1..]);
+        self.fatal
+    }
+
+    /// Whole lines in bulk: one search over the region; only lines with a match are split out.
+    fn scan_region(&mut self, region: &[u8]) {
         let mut pos = 0;
         while pos < region.len() {
             let Some(m) = self.compiled.any.find_at(region, pos) else {
@@ -240,46 +325,93 @@ impl Scanner {
             self.scan_line(&region[start..end]);
             pos = end + 1;
         }
-        self.partial.extend_from_slice(&rest[last + 1..]);
-        self.fatal
     }
 
-    /// Scan the last line if it had no newline; returns the hits in check order.
+    /// Whole lines that are counted but not checked (the echo of what a
+    /// console driver typed: a command line naming `panic` is no panic).
+    pub fn skip(&mut self, lines: &[u8]) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.scan_line(&line);
+        }
+        self.line += memchr::memchr_iter(b'\n', lines).count() as u64;
+        if !lines.ends_with(b"\n") {
+            self.line += 1;
+        }
+        self.recent.clear();
+    }
+
+    /// Scan the last line if it had no newline; returns the hits that reached
+    /// their count, in check order.
     pub fn finish(mut self) -> Vec<Hit> {
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             self.scan_line(&line);
         }
-        self.hits.into_values().collect()
+        let compiled = self.compiled.clone();
+        self.hits
+            .into_iter()
+            .filter(|(i, h)| h.count >= compiled.checks[*i].count as u64)
+            .map(|(_, h)| h)
+            .collect()
     }
 
     fn scan_line(&mut self, line: &[u8]) {
         self.line += 1;
+        let compiled = self.compiled.clone();
         // one pass over the line for all checks; most lines match nothing
-        let matched = self.compiled.set.matches(line);
-        if !matched.matched_any() {
+        if compiled.any.is_match(line) {
+            for i in compiled.set.matches(line).iter() {
+                self.record(compiled.single[i], line);
+            }
+        }
+        if compiled.multi.is_empty() {
             return;
         }
-        for idx in matched.iter() {
-            let c = &self.compiled.checks[idx];
-            let suppressed = self.suppressed.get(&c.name).cloned();
-            if c.severity == Severity::Fatal && suppressed.is_none() {
-                self.fatal = true;
+        self.recent.push_back(line.to_vec());
+        while self.recent.len() > compiled.window {
+            self.recent.pop_front();
+        }
+        for &idx in &compiled.multi {
+            let n = (compiled.checks[idx].lines as usize).min(self.recent.len());
+            let lines: Vec<&[u8]> = self
+                .recent
+                .iter()
+                .skip(self.recent.len() - n)
+                .map(Vec::as_slice)
+                .collect();
+            let joined = lines.join(&b'\n');
+            let newest = joined.len() - line.len();
+            // a match counts once: on the line where it ends
+            if compiled.checks[idx]
+                .regex
+                .find_iter(&joined)
+                .any(|m| m.end() > newest || (m.end() == newest && line.is_empty()))
+            {
+                self.record(idx, line);
             }
-            let line_no = self.line;
-            let step = self.step.clone();
-            self.hits
-                .entry(idx)
-                .and_modify(|h| h.count += 1)
-                .or_insert_with(|| Hit {
-                    check: c.name.clone(),
-                    severity: c.severity,
-                    count: 1,
-                    line: line_no,
-                    excerpt: excerpt(line),
-                    step,
-                    suppressed,
-                });
+        }
+    }
+
+    fn record(&mut self, idx: usize, line: &[u8]) {
+        let c = &self.compiled.checks[idx];
+        let suppressed = self.suppressed.get(&c.name).cloned();
+        let (line_no, step) = (self.line, self.step.clone());
+        let hit = self
+            .hits
+            .entry(idx)
+            .and_modify(|h| h.count += 1)
+            .or_insert_with(|| Hit {
+                check: c.name.clone(),
+                severity: c.severity,
+                count: 1,
+                line: line_no,
+                excerpt: excerpt(line),
+                step,
+                suppressed: suppressed.clone(),
+            });
+        if c.severity == Severity::Fatal && suppressed.is_none() && hit.count >= c.count as u64 {
+            self.fatal = true;
         }
     }
 }

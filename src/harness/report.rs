@@ -56,6 +56,28 @@ pub struct Attempt {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
+    /// `kvm` or `tcg` when the test ran in a VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    /// Every timeout was multiplied by this (QEMU under TCG).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_factor: Option<f64>,
+    /// Where the time went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
+}
+
+/// Where an attempt's time went, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Phases {
+    /// Making the working snapshot (overlay) and preparing the platform.
+    pub provision_ms: u64,
+    /// From starting the VM to its prompt (0 without a VM).
+    pub boot_ms: u64,
+    /// The command itself.
+    pub run_ms: u64,
+    /// Killing what still runs and deleting the working snapshot.
+    pub teardown_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -72,6 +94,9 @@ pub struct TestResult {
     pub checks: Vec<Hit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
+    /// The netboot image it booted (PXE tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u32>,
     /// Digests the test ran on (the machine's source).

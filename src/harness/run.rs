@@ -13,16 +13,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::checks::{self, CheckSet, Hit, Scanner};
-use super::report::{Attempt, Class, Report, Summary, TestResult, Verdict};
+use super::report::{Attempt, Class, Phases, Report, Summary, TestResult, Verdict};
 use super::select::{Selected, Selection};
 use crate::config::model::{Executor, Scope, Severity};
 use crate::config::Desired;
 use crate::error::{Error, Result};
-use crate::executor::{
-    host::Host, namespace::Namespace, Executor as _, Invocation, Outcome, Stream,
-};
 use crate::fsops;
-use crate::resource::machine::working::WorkingSnapshot;
+use crate::platform::{self, Exit, Flow, Interrupt, Provision, Sink, Step, Stream, Target};
 use crate::state::{now_rfc3339, StateDir};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -53,8 +50,20 @@ impl Options {
 
 /// What the runner reports as it goes.
 pub enum Event<'a> {
-    Started { run_dir: &'a Path, tests: usize },
+    Started {
+        run_dir: &'a Path,
+        tests: usize,
+    },
+    /// One line about how tests run here (e.g. QEMU under TCG, timeouts scaled).
+    Note(&'a str),
     Finished(&'a TestResult),
+}
+
+/// The checks of each scope, compiled once per run and shared by every test's scanners.
+struct CheckSets {
+    console: Arc<CheckSet>,
+    output: Arc<CheckSet>,
+    journal: Arc<CheckSet>,
 }
 
 pub fn run(
@@ -75,12 +84,15 @@ pub fn run(
         tests: selection.selected.len(),
     });
 
+    for note in platform_notes(desired, &selection) {
+        on(Event::Note(&note));
+    }
     let all = checks::all(&desired.model.check);
-    // compiled once per run, shared by every test's scanners
-    let checks = (
-        CheckSet::new(&all, Scope::Console),
-        CheckSet::new(&all, Scope::Output),
-    );
+    let checks = CheckSets {
+        console: CheckSet::new(&all, Scope::Console),
+        output: CheckSet::new(&all, Scope::Output),
+        journal: CheckSet::new(&all, Scope::Journal),
+    };
     let queue: Mutex<VecDeque<Selected>> = Mutex::new(selection.selected.into_iter().collect());
     let (tx, rx) = mpsc::channel::<TestResult>();
     let state = StateDir::create(&desired.state_dir)?;
@@ -136,10 +148,44 @@ fn safe_dir_name(name: &str) -> String {
         .collect()
 }
 
+/// One line per distinct way QEMU will run (accelerator, timeout factor), said once per run.
+fn platform_notes(desired: &Desired, selection: &Selection) -> Vec<String> {
+    let mut notes: Vec<String> = Vec::new();
+    for sel in &selection.selected {
+        let case = &sel.case;
+        if case.executor != Executor::Qemu {
+            continue;
+        }
+        let m = case
+            .machine
+            .as_ref()
+            .and_then(|m| desired.model.machine.get(m));
+        let i = case.image.as_ref().and_then(|i| desired.model.image.get(i));
+        let (vm, arch) = match (m, i) {
+            (Some(m), _) => (
+                m.vm.clone().unwrap_or_default(),
+                m.arch
+                    .clone()
+                    .unwrap_or_else(|| std::env::consts::ARCH.into()),
+            ),
+            (None, Some(i)) => (i.vm.clone().unwrap_or_default(), i.arch.clone()),
+            _ => continue,
+        };
+        let note = match platform::qemu::decide(&vm, &arch) {
+            Ok((_, _, line)) => line,
+            Err(e) => format!("qemu: {e}"),
+        };
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+    notes
+}
+
 fn run_one(
     desired: &Desired,
     sel: &Selected,
-    checks: &(Arc<CheckSet>, Arc<CheckSet>),
+    checks: &CheckSets,
     run_dir: &Path,
     state: &StateDir,
     opts: &Options,
@@ -161,12 +207,23 @@ fn run_one(
         attempts: Vec::new(),
         checks: Vec::new(),
         machine: case.machine.clone(),
+        image: case.image.clone(),
         revision: machine.map(|m| m.revision),
         digests: Default::default(),
         output: out_dir.clone(),
     };
     if let Some(m) = machine {
         if let Some(sha) = m.source.sha256.clone() {
+            result.digests.insert("source_sha256".into(), sha);
+        }
+    }
+    if let Some(img) = case.image.as_ref().and_then(|i| desired.model.image.get(i)) {
+        for (file, src) in &img.files {
+            if let Some(sha) = &src.sha256 {
+                result.digests.insert(format!("files.{file}"), sha.clone());
+            }
+        }
+        if let Some(sha) = img.source.as_ref().and_then(|s| s.sha256.clone()) {
             result.digests.insert("source_sha256".into(), sha);
         }
     }
@@ -230,53 +287,173 @@ fn write_result(dir: &Path, r: &TestResult) {
     );
 }
 
-/// One attempt: snapshot, run, check; the snapshot is gone when this returns.
+/// Where a test's output goes as it arrives: its files and the console checks.
+struct TestSink {
+    stdout: File,
+    stderr: File,
+    console: File,
+    journal: Option<File>,
+    dir: PathBuf,
+    scanners: Scanners,
+    fatal: bool,
+}
+
+/// One scanner per scope a stream belongs to.
+struct Scanners {
+    console: Scanner,
+    output: Scanner,
+    journal: Scanner,
+}
+
+impl Scanners {
+    fn new(checks: &CheckSets, suppressed: &BTreeMap<String, String>) -> Scanners {
+        Scanners {
+            console: Scanner::with(checks.console.clone(), suppressed.clone()),
+            output: Scanner::with(checks.output.clone(), suppressed.clone()),
+            journal: Scanner::with(checks.journal.clone(), suppressed.clone()),
+        }
+    }
+
+    /// The hits of every scope, one per check (the console's first).
+    fn finish(self) -> Vec<Hit> {
+        let mut hits = self.console.finish();
+        for h in self
+            .journal
+            .finish()
+            .into_iter()
+            .chain(self.output.finish())
+        {
+            if !hits.iter().any(|x| x.check == h.check) {
+                hits.push(h);
+            }
+        }
+        hits
+    }
+}
+
+impl TestSink {
+    fn create(
+        dir: &Path,
+        checks: &CheckSets,
+        suppressed: &BTreeMap<String, String>,
+    ) -> std::io::Result<TestSink> {
+        Ok(TestSink {
+            stdout: File::create(dir.join("stdout.txt"))?,
+            stderr: File::create(dir.join("stderr.txt"))?,
+            console: File::create(dir.join("console.txt"))?,
+            journal: None,
+            dir: dir.to_path_buf(),
+            scanners: Scanners::new(checks, suppressed),
+            fatal: false,
+        })
+    }
+}
+
+impl Sink for TestSink {
+    fn step(&mut self, name: &str) {
+        self.scanners.console.set_step(name);
+        self.scanners.output.set_step(name);
+        self.scanners.journal.set_step(name);
+    }
+
+    fn output(&mut self, stream: Stream, bytes: &[u8]) -> Flow {
+        let s = &mut self.scanners;
+        let _ = match stream {
+            Stream::Stdout => {
+                s.output.feed(bytes);
+                self.stdout.write_all(bytes)
+            }
+            Stream::Stderr => {
+                s.output.feed(bytes);
+                self.stderr.write_all(bytes)
+            }
+            Stream::Console => {
+                self.fatal |= s.console.feed(bytes);
+                self.console.write_all(bytes)
+            }
+            Stream::Input => {
+                s.console.skip(bytes);
+                self.console.write_all(bytes)
+            }
+            Stream::Journal => {
+                self.fatal |= s.journal.feed(bytes);
+                if self.journal.is_none() {
+                    self.journal = File::create(self.dir.join("journal.txt")).ok();
+                }
+                match &mut self.journal {
+                    Some(f) => f.write_all(bytes),
+                    None => Ok(()),
+                }
+            }
+        };
+        if self.fatal {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+}
+
+/// One attempt: provision (a fresh working snapshot, a VM), run, check; the
+/// instance is torn down when this returns.
 fn attempt(
     desired: &Desired,
     sel: &Selected,
-    checks: &(Arc<CheckSet>, Arc<CheckSet>),
+    checks: &CheckSets,
     out_dir: &Path,
     state: &StateDir,
     opts: &Options,
 ) -> (Attempt, Vec<Hit>) {
     let case = &sel.case;
     let t0 = Instant::now();
-    let infra = |reason: String| {
-        (
-            Attempt {
-                result: Verdict::Fail,
-                class: Some(Class::Infra),
-                duration_ms: t0.elapsed().as_millis() as u64,
-                reason: Some(reason),
-                exit_status: None,
-            },
-            Vec::new(),
-        )
+    let mut attempt = Attempt {
+        result: Verdict::Fail,
+        class: Some(Class::Infra),
+        duration_ms: 0,
+        reason: None,
+        exit_status: None,
+        accel: None,
+        timeout_factor: None,
+        phases: None,
+    };
+    let infra = |mut a: Attempt, reason: String| {
+        a.duration_ms = t0.elapsed().as_millis() as u64;
+        a.reason = Some(reason);
+        (a, Vec::new())
     };
     if opts.cancel.load(Ordering::SeqCst) {
-        return infra("cancelled before it started".into());
+        return infra(attempt, "cancelled before it started".into());
     }
-    if matches!(case.executor, Executor::Qemu | Executor::Cloud) {
-        return infra(
-            format!(
-                "the {:?} executor is not available in this release",
-                case.executor
+    let mut sink = match TestSink::create(out_dir, checks, &case.spec.skip_checks) {
+        Ok(s) => s,
+        Err(e) => {
+            return infra(
+                attempt,
+                format!("cannot write output files in {}: {e}", out_dir.display()),
             )
-            .to_lowercase(),
-        );
-    }
-    // a fresh working snapshot per attempt (dropped — deleted — on every path out of here)
-    let snapshot = match &case.machine {
-        Some(m) => {
-            let mach = &desired.model.machine[m];
-            let volume = &desired.model.volume[&mach.volume];
-            match WorkingSnapshot::create(state, volume, m, case.toolchain.as_deref()) {
-                Ok(w) => Some(w),
-                Err(e) => return infra(format!("cannot create the working snapshot: {e}")),
-            }
         }
-        None => None,
     };
+    let target = match (&case.machine, &case.image) {
+        (Some(m), _) => Target::Machine {
+            name: m,
+            toolchain: case.toolchain.as_deref(),
+        },
+        (None, Some(i)) => Target::Image { name: i },
+        (None, None) => Target::Host,
+    };
+    let provision = Provision {
+        desired,
+        state,
+        cancel: opts.cancel.clone(),
+        log_dir: out_dir.to_path_buf(),
+        isolate_network: false,
+    };
+    let mut phases = Phases::default();
+    let mut instance = match platform::provision(&provision, case.executor, target) {
+        Ok(i) => i,
+        Err(e) => return infra(attempt, format!("cannot provision: {e}")),
+    };
+    phases.provision_ms = t0.elapsed().as_millis() as u64;
     let timeout = case
         .spec
         .timeout
@@ -284,105 +461,73 @@ fn attempt(
         .and_then(|t| humantime::parse_duration(t).ok())
         .unwrap_or(DEFAULT_TIMEOUT)
         .mul_f64(opts.timeout_multiplier.max(0.01));
-    let stop = Arc::new(AtomicBool::new(false));
-    let inv = Invocation {
+    let step = Step {
+        name: case.name.clone(),
         argv: case.spec.run.clone(),
         env: vec![("RECONCILE_TEST".into(), case.name.clone())],
-        cwd: None,
         timeout: Some(timeout),
-        stop: Some(stop.clone()),
-        // Ctrl-C stops a test even when it prints nothing
-        cancel: Some(opts.cancel.clone()),
     };
-    let files = (
-        File::create(out_dir.join("stdout.txt")),
-        File::create(out_dir.join("stderr.txt")),
-        File::create(out_dir.join("console.txt")),
-    );
-    let (Ok(mut fout), Ok(mut ferr), Ok(mut fcon)) = files else {
-        return infra(format!(
-            "cannot write output files in {}",
-            out_dir.display()
-        ));
-    };
-    let mut scanner = Scanner::with(checks.0.clone(), case.spec.skip_checks.clone());
-    scanner.set_step(&case.name);
-    let mut output_scanner = Scanner::with(checks.1.clone(), case.spec.skip_checks.clone());
-    output_scanner.set_step(&case.name);
-    let mut fatal = false;
-    let cancel = opts.cancel.clone();
-    let mut on_output = |s: Stream, chunk: &[u8]| {
-        let _ = match s {
-            Stream::Stdout => fout.write_all(chunk),
-            Stream::Stderr => ferr.write_all(chunk),
-        };
-        // executors without a console: the combined output plays its role
-        let _ = fcon.write_all(chunk);
-        fatal |= scanner.feed(chunk);
-        output_scanner.feed(chunk);
-        if fatal || cancel.load(Ordering::SeqCst) {
-            stop.store(true, Ordering::SeqCst);
-        }
-    };
-    let finished = match (&case.executor, &snapshot) {
-        (Executor::Namespace, Some(w)) => Namespace {
-            root: w.path.clone(),
-            hostname: w.name.clone(),
-            isolate_network: false,
-        }
-        .run(&inv, &mut on_output),
-        (Executor::Namespace, None) => Err(std::io::Error::other(
-            "the namespace executor needs a machine (set `machines` on the suite)",
-        )),
-        (_, w) => Host {
-            root: w.as_ref().map(|w| w.path.clone()),
-        }
-        .run(&inv, &mut on_output),
-    };
-    let mut hits = scanner.finish();
-    for h in output_scanner.finish() {
-        if !hits.iter().any(|x| x.check == h.check) {
-            hits.push(h);
-        }
-    }
-    drop(snapshot);
-    let finished = match finished {
-        Ok(f) => f,
-        Err(e) => return infra(format!("cannot run {:?}: {e}", case.spec.run)),
-    };
-    let duration_ms = finished.duration.as_millis() as u64;
-    let exit_status = match finished.outcome {
-        Outcome::Exited(c) => Some(c),
-        _ => None,
-    };
-    let fail = |class, reason: String| Attempt {
-        result: Verdict::Fail,
-        class: Some(class),
-        duration_ms,
-        reason: Some(reason),
-        exit_status,
-    };
+    let t_start = Instant::now();
+    let outcome = instance.start(&mut sink).and_then(|()| {
+        phases.boot_ms = t_start.elapsed().as_millis() as u64;
+        let t_run = Instant::now();
+        let r = instance.run(&step, &mut sink);
+        phases.run_ms = t_run.elapsed().as_millis() as u64;
+        r
+    });
+    let facts = instance.facts();
+    let t_down = Instant::now();
+    drop(instance);
+    phases.teardown_ms = t_down.elapsed().as_millis() as u64;
+    let fatal = sink.fatal;
+    let hits = sink.scanners.finish();
+    attempt.accel = facts.accel.map(str::to_string);
+    attempt.timeout_factor = facts.timeout_factor;
+    attempt.phases = Some(phases);
+    attempt.duration_ms = t0.elapsed().as_millis() as u64;
+    let factor = facts
+        .timeout_factor
+        .map(|f| format!(" (×{f} under TCG)"))
+        .unwrap_or_default();
     let failing_check = hits
         .iter()
         .find(|h| h.suppressed.is_none() && h.severity >= Severity::Fail);
-    let verdict = match finished.outcome {
-        Outcome::Stopped if fatal => fail(
+    let fail = |mut a: Attempt, class, reason: String| {
+        a.class = Some(class);
+        a.reason = Some(reason);
+        a
+    };
+    let verdict = match outcome {
+        Err(Interrupt::Stopped) if fatal => fail(
+            attempt,
             Class::Check,
             format!("fatal console check: {}", describe(failing_check)),
         ),
-        Outcome::Stopped => fail(Class::Infra, "cancelled (interrupted)".into()),
-        Outcome::TimedOut => fail(
+        Err(Interrupt::TimedOut { what, after }) => fail(
+            attempt,
             Class::Timeout,
-            format!("timed out after {}", humantime::format_duration(timeout)),
+            format!(
+                "{what} timed out after {}{factor}",
+                humantime::format_duration(after)
+            ),
         ),
-        _ if failing_check.is_some() => fail(
+        Err(i @ Interrupt::Stalled { .. }) => {
+            fail(attempt, Class::Infra, format!("stall: {i}{factor}"))
+        }
+        Err(i) => fail(attempt, Class::Infra, i.to_string()),
+        Ok(_) if failing_check.is_some() => fail(
+            attempt,
             Class::Check,
             format!("console check: {}", describe(failing_check)),
         ),
-        outcome => {
+        Ok(exit) => {
+            attempt.exit_status = match exit {
+                Exit::Code(c) => Some(c),
+                Exit::Signal(_) => None,
+            };
             let want = case.spec.expect.exit.unwrap_or(0);
-            let mismatch = if outcome != Outcome::Exited(want) {
-                Some(format!("{outcome}, expected exit status {want}"))
+            let mismatch = if exit != Exit::Code(want) {
+                Some(format!("{exit}, expected exit status {want}"))
             } else {
                 super::matchers::first_failure(&[
                     (
@@ -402,38 +547,26 @@ fn attempt(
                     ),
                 ])
             };
-            match mismatch {
-                Some(reason) => fail(Class::Test, reason),
-                None => {
-                    let warns: Vec<&Hit> = hits
-                        .iter()
-                        .filter(|h| h.suppressed.is_none() && h.severity == Severity::Warn)
-                        .collect();
-                    if warns.is_empty() {
-                        Attempt {
-                            result: Verdict::Pass,
-                            class: None,
-                            duration_ms,
-                            reason: None,
-                            exit_status,
-                        }
-                    } else {
-                        Attempt {
-                            result: Verdict::Warn,
-                            class: None,
-                            duration_ms,
-                            reason: Some(format!(
-                                "console check: {}",
-                                describe(warns.first().copied())
-                            )),
-                            exit_status,
-                        }
-                    }
-                }
+            let warn = hits
+                .iter()
+                .find(|h| h.suppressed.is_none() && h.severity == Severity::Warn);
+            match (mismatch, warn) {
+                (Some(reason), _) => fail(attempt, Class::Test, reason),
+                (None, Some(w)) => Attempt {
+                    result: Verdict::Warn,
+                    class: None,
+                    reason: Some(format!("console check: {}", describe(Some(w)))),
+                    ..attempt
+                },
+                (None, None) => Attempt {
+                    result: Verdict::Pass,
+                    class: None,
+                    reason: None,
+                    ..attempt
+                },
             }
         }
     };
-
     (verdict, hits)
 }
 

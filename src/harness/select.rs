@@ -16,10 +16,12 @@ use crate::error::{Error, Result};
 /// One test on one machine.
 #[derive(Debug, Clone)]
 pub struct TestCase {
-    /// `suite.test`, or `suite.test[machine]` when the suite has several machines.
+    /// `suite.test`, or `suite.test[machine]` when the suite has several machines or images.
     pub name: String,
     pub suite: String,
     pub machine: Option<String>,
+    /// A netboot image booted over PXE instead of a machine.
+    pub image: Option<String>,
     pub toolchain: Option<String>,
     pub executor: Executor,
     pub spec: Test,
@@ -107,21 +109,27 @@ pub fn discover(desired: &Desired) -> Result<Vec<TestCase>> {
         if let Some(dir) = &suite.dir {
             tests.extend(dir_tests(sname, &PathBuf::from(dir))?);
         }
-        let machines: Vec<Option<String>> = if suite.machines.is_empty() {
-            vec![None]
-        } else {
-            suite.machines.iter().cloned().map(Some).collect()
-        };
+        // each test runs on every machine and every image of its suite (or once, on the host)
+        let mut targets: Vec<(Option<String>, Option<String>)> = suite
+            .machines
+            .iter()
+            .map(|m| (Some(m.clone()), None))
+            .chain(suite.images.iter().map(|i| (None, Some(i.clone()))))
+            .collect();
+        if targets.is_empty() {
+            targets.push((None, None));
+        }
         for (tname, spec) in tests {
-            for m in &machines {
-                let name = match (m, machines.len()) {
-                    (Some(m), n) if n > 1 => format!("{sname}.{tname}[{m}]"),
+            for (m, i) in &targets {
+                let name = match (m.as_ref().or(i.as_ref()), targets.len()) {
+                    (Some(t), n) if n > 1 => format!("{sname}.{tname}[{t}]"),
                     _ => format!("{sname}.{tname}"),
                 };
                 out.push(TestCase {
                     name,
                     suite: sname.clone(),
                     machine: m.clone(),
+                    image: i.clone(),
                     toolchain: suite.toolchain.clone(),
                     executor: suite.executor,
                     spec: spec.clone(),
@@ -179,15 +187,6 @@ fn dir_tests(suite: &str, dir: &PathBuf) -> Result<Vec<(String, Test)>> {
         ));
     }
     Ok(out)
-}
-
-fn executor_name(e: Executor) -> &'static str {
-    match e {
-        Executor::Host => "host",
-        Executor::Namespace => "namespace",
-        Executor::Qemu => "qemu",
-        Executor::Cloud => "cloud",
-    }
 }
 
 /// `["x86_64", "!arm64"]` against a value: None when allowed, else why not.
@@ -318,11 +317,13 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
                 .machine
                 .as_ref()
                 .and_then(|m| desired.model.machine.get(m));
-            let arch = m.and_then(|m| m.arch.as_deref()).or(if m.is_none() {
-                Some(host_arch)
-            } else {
-                None
-            });
+            let image = case.image.as_ref().and_then(|i| desired.model.image.get(i));
+            // an image names its architecture the Debian way (amd64): compare the kernel's name
+            let arch = match (m, image) {
+                (Some(m), _) => m.arch.as_deref(),
+                (None, Some(i)) => Some(crate::platform::qemu::normalise_arch(&i.arch)),
+                (None, None) => Some(host_arch),
+            };
             if let Some(w) = list_filter("architecture", &case.spec.architectures, arch) {
                 return Some(w);
             }
@@ -336,7 +337,7 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
             if let Some(w) = list_filter(
                 "platform",
                 &case.spec.platforms,
-                Some(executor_name(case.executor)),
+                Some(crate::platform::executor_name(case.executor)),
             ) {
                 return Some(w);
             }

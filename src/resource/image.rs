@@ -22,7 +22,7 @@ use crate::state::{fault, now_rfc3339, Roots};
 pub const KIND: &str = "image";
 /// Roots-record kind for the parent directories reconcile created (pruned when empty).
 const CREATED_DIRS: &str = "image-dir";
-pub const IPXE_SCRIPT: &str = "boot.ipxe";
+pub use crate::config::model::IPXE_SCRIPT;
 
 pub struct ImageResource {
     address: String,
@@ -33,20 +33,12 @@ pub struct ImageResource {
     desired: Option<Image>,
 }
 
-pub fn target_of(img: &Image) -> PathBuf {
-    Path::new(&img.root)
-        .join(&img.arch)
-        .join(&img.subarch)
-        .join(&img.release)
-        .join(&img.purpose)
-}
-
 pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     let mut out: Vec<Box<dyn Resource>> = Vec::new();
     let mut declared: BTreeSet<PathBuf> = BTreeSet::new();
     let mut roots: BTreeSet<PathBuf> = cx.roots.of(KIND).cloned().collect();
     for (name, img) in &cx.desired.model.image {
-        let target = target_of(img);
+        let target = img.target();
         declared.insert(target.clone());
         roots.insert(PathBuf::from(&img.root));
         out.push(Box::new(ImageResource {

@@ -54,6 +54,10 @@ impl StateDir {
     pub fn last_apply_path(&self) -> PathBuf {
         self.root.join("last-apply.json")
     }
+    /// Where a VM outside a test run (a bootstrap, `exec`, `spawn`) writes `qemu.log`.
+    pub fn vm_log_dir(&self, what: &str) -> PathBuf {
+        self.root.join("logs").join(what)
+    }
 
     /// Directories reconcile has published objects of each kind into, so that
     /// objects whose declaration disappeared can still be found and pruned.

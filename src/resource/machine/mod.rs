@@ -8,64 +8,31 @@
 //! <volume>/<m>/.reconcile/      sidecar receipts (a read-only rootfs cannot carry one)
 //! ```
 
-pub mod working;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Action, ApplyContext, Change, Context, Observed, Resource};
 use crate::backend::{self, VolumeBackend};
-use crate::config::model::{Machine, MachineKind, Prune, Volume};
+use crate::config::model::{Executor, Machine, MachineKind, Prune, Volume};
 use crate::error::{Error, Result};
-use crate::executor::{host::Host, namespace, Executor, Invocation, Outcome};
 use crate::fsops::{self, digest::sha256_bytes};
+use crate::platform::{self, Interrupt, Provision, Tail, Target};
 use crate::source::{self, archive::Policy, Artifact, Location};
 use crate::state::journal::{Op, VolumeCommit};
 use crate::state::{fault, now_rfc3339};
+use crate::store::disk;
+use crate::store::working::live_bases;
+use crate::store::{
+    observe_dir, revision_of, Entry, EntryKind, EntryReceipt, MachineDir, MachineState,
+};
 
 pub const KIND: &str = "machine";
-/// Sidecar receipts live here inside the machine directory.
-pub const META_DIR: &str = ".reconcile";
 const DEFAULT_BOOTSTRAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-
-/// What reconcile knows about one entry of a machine directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryReceipt {
-    /// `revision`, `toolchain` or `working`
-    pub kind: String,
-    pub machine: String,
-    /// The revision it is (or was built on).
-    pub revision: u32,
-    pub source_sha256: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub toolchain: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bootstrap_sha256: Option<String>,
-    /// btrfs subvolume id or root inode of the volume it describes.
-    pub id: u64,
-    pub created: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<working::Owner>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub name: String,
-    /// Our receipt, when it describes the volume that is there now.
-    pub receipt: Option<EntryReceipt>,
-}
-
-/// What observe found in a machine directory.
-pub struct MachineState {
-    pub backend: &'static str,
-    /// Name the `<m>` link points at.
-    pub link: Option<String>,
-    pub entries: BTreeMap<String, Entry>,
-}
 
 /// One step of converging a machine, in the order they run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +50,7 @@ enum Step {
 
 pub struct MachineResource {
     address: String,
-    name: String,
-    volume: Volume,
+    layout: MachineDir,
     /// None: a machine directory reconcile made that is no longer declared.
     desired: Option<Machine>,
 }
@@ -103,8 +69,7 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
         declared.insert(Path::new(&volume.path).join(name));
         out.push(Box::new(MachineResource {
             address: format!("{KIND}.{name}"),
-            name: name.clone(),
-            volume,
+            layout: MachineDir::new(&volume, name),
             desired: Some(m.clone()),
         }));
     }
@@ -123,12 +88,11 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
             if declared.contains(&dir) || fsops::is_staging_name(&name) || !dir.is_dir() {
                 continue;
             }
-            let ours = dir.join(META_DIR).is_dir();
+            let ours = dir.join(crate::store::META_DIR).is_dir();
             if ours || volume.prune == Prune::All {
                 out.push(Box::new(MachineResource {
                     address: format!("{KIND}.{name}"),
-                    name,
-                    volume: volume.clone(),
+                    layout: MachineDir::new(volume, &name),
                     desired: None,
                 }));
             }
@@ -143,22 +107,28 @@ pub fn bootstrap_digest(argv: &[String]) -> String {
 
 impl MachineResource {
     fn dir(&self) -> PathBuf {
-        Path::new(&self.volume.path).join(&self.name)
+        self.layout.dir()
     }
     fn entry_path(&self, entry: &str) -> PathBuf {
-        self.dir().join(entry)
+        self.layout.entry_path(entry)
     }
     fn sidecar(&self, entry: &str) -> PathBuf {
-        self.dir().join(META_DIR).join(format!("{entry}.json"))
+        self.layout.sidecar(entry)
     }
     fn rev_name(&self, rev: u32) -> String {
-        format!("{}-{rev}", self.name)
+        self.layout.rev_name(rev)
     }
     fn tc_name(&self, tc: &str) -> String {
-        format!("{}-{tc}", self.name)
+        self.layout.tc_name(tc)
+    }
+    fn name(&self) -> &str {
+        &self.layout.name
+    }
+    fn volume(&self) -> &Volume {
+        &self.layout.volume
     }
     fn backend(&self) -> Result<Box<dyn VolumeBackend>> {
-        backend::for_volume(Path::new(&self.volume.path), self.volume.backend)
+        self.layout.backend()
     }
     fn state<'o>(&self, o: &'o Observed) -> &'o MachineState {
         o.detail
@@ -170,18 +140,19 @@ impl MachineResource {
     fn steps(&self, st: &MachineState, cx: &Context) -> Result<Vec<(Step, Change)>> {
         let mut out = Vec::new();
         let mut push = |step, action, reason: String| out.push((step, Change { action, reason }));
-        let live = working::live_bases(st);
+        let live = live_bases(st);
 
         let Some(m) = &self.desired else {
             // an undeclared machine: every entry goes, unless a live working snapshot needs it
-            if self.volume.prune == Prune::None {
+            if self.volume().prune == Prune::None {
                 return Ok(vec![]);
             }
+            let backing = self.backing(st, &live, &[]);
             for e in st.entries.values() {
-                if e.receipt.is_none() && self.volume.prune != Prune::All {
+                if e.receipt.is_none() && self.volume().prune != Prune::All {
                     continue;
                 }
-                if live.contains_key(&e.name) {
+                if live.contains_key(&e.name) || backing.contains(&e.name) {
                     continue;
                 }
                 push(
@@ -232,15 +203,16 @@ impl MachineResource {
         if st.link.as_deref() != Some(cur.as_str()) {
             let reason = match st.link.as_deref().and_then(|l| l.rsplit('-').next()) {
                 Some(old) => format!("current revision {old} → {}", m.revision),
-                None => format!("link {} → {cur} missing", self.name),
+                None => format!("link {} → {cur} missing", self.name()),
             };
             push(Step::SwitchLink, Action::Update, reason);
         }
+        let mut rebuilding: BTreeSet<String> = BTreeSet::new();
         for (tc, t) in &m.toolchain {
             let name = self.tc_name(tc);
             let want = bootstrap_digest(&t.bootstrap);
             let reason = match st.entries.get(&name).and_then(|e| e.receipt.as_ref()) {
-                None if st.entries.contains_key(&name) && self.volume.prune != Prune::All => {
+                None if st.entries.contains_key(&name) && self.volume().prune != Prune::All => {
                     return Err(Error::Foreign {
                         address: self.address.clone(),
                         path: self.entry_path(&name),
@@ -263,6 +235,7 @@ impl MachineResource {
                 Some(_) => None,
             };
             if let Some((action, reason)) = reason {
+                rebuilding.insert(name);
                 push(
                     Step::Bootstrap {
                         toolchain: tc.clone(),
@@ -272,19 +245,27 @@ impl MachineResource {
                 );
             }
         }
-        if self.volume.prune == Prune::None {
+        if self.volume().prune == Prune::None {
             return Ok(out);
         }
 
         // deletions: stale working snapshots, undeclared toolchains, revisions beyond keep, strays
+        let staying: Vec<&str> = m
+            .toolchain
+            .keys()
+            .map(|tc| self.tc_name(tc))
+            .filter(|n| !rebuilding.contains(n))
+            .filter_map(|n| st.entries.get_key_value(&n).map(|(k, _)| k.as_str()))
+            .collect();
+        let backing = self.backing(st, &live, &staying);
         let mut older: Vec<(u32, &Entry)> = Vec::new();
         for e in st.entries.values() {
-            if e.name == cur || live.contains_key(&e.name) {
+            if e.name == cur || live.contains_key(&e.name) || backing.contains(&e.name) {
                 continue;
             }
             let r = e.receipt.as_ref();
-            match r.map(|r| r.kind.as_str()) {
-                Some("working") => {
+            match r.map(|r| r.kind) {
+                Some(EntryKind::Working) => {
                     let owner = r.and_then(|r| r.owner.as_ref()).map(|o| o.pid).unwrap_or(0);
                     push(
                         Step::Delete {
@@ -297,7 +278,7 @@ impl MachineResource {
                         ),
                     );
                 }
-                Some("toolchain") => {
+                Some(EntryKind::Toolchain) => {
                     let tc = r.and_then(|r| r.toolchain.clone()).unwrap_or_default();
                     if !m.toolchain.contains_key(&tc) {
                         push(
@@ -309,13 +290,13 @@ impl MachineResource {
                         );
                     }
                 }
-                Some(_) => older.push((r.map(|r| r.revision).unwrap_or(0), e)),
-                None => match revision_of(&self.name, &e.name) {
+                Some(EntryKind::Revision) => older.push((r.map(|r| r.revision).unwrap_or(0), e)),
+                None => match revision_of(self.name(), &e.name) {
                     // a hand-made revision counts toward `keep` only under buildos behaviour
-                    Some(rev) if self.volume.prune == Prune::All => older.push((rev, e)),
-                    _ if self.volume.prune == Prune::All
+                    Some(rev) if self.volume().prune == Prune::All => older.push((rev, e)),
+                    _ if self.volume().prune == Prune::All
                         && !m.toolchain.contains_key(
-                            e.name.trim_start_matches(&format!("{}-", self.name)),
+                            e.name.trim_start_matches(&format!("{}-", self.name())),
                         ) =>
                     {
                         push(
@@ -352,6 +333,32 @@ impl MachineResource {
         Ok(out)
     }
 
+    /// Entries some overlay that stays still reads through: the backing chains
+    /// of live working snapshots and of `staying` toolchain snapshots (disk
+    /// machines; a btrfs or directory snapshot needs nothing it was made from).
+    fn backing(
+        &self,
+        st: &MachineState,
+        live: &BTreeMap<String, String>,
+        staying: &[&str],
+    ) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut todo: Vec<String> = live
+            .keys()
+            .map(String::as_str)
+            .chain(staying.iter().copied())
+            .map(str::to_string)
+            .collect();
+        while let Some(entry) = todo.pop() {
+            if let Some(base) = disk::backing_entry(&self.entry_path(&entry)) {
+                if st.entries.contains_key(&base) && out.insert(base.clone()) {
+                    todo.push(base);
+                }
+            }
+        }
+        out
+    }
+
     fn build_revision(&self, m: &Machine, cx: &mut ApplyContext) -> Result<()> {
         let be = self.backend()?;
         let artifact = cx.cx.fetcher.fetch(&m.source)?;
@@ -372,14 +379,14 @@ impl MachineResource {
                 (MachineKind::Rootfs, a) => {
                     source::unpack(a, staging, "rootfs", strip, limit, Policy { rootfs: true })?;
                 }
-                (MachineKind::Disk, Artifact::File { path, name, .. }) => {
-                    let file = if name.ends_with(".qcow2") {
-                        "disk.qcow2"
-                    } else {
-                        "disk.img"
-                    };
-                    reflink_copy::reflink_or_copy(path, staging.join(file))
-                        .map_err(|e| Error::io(staging, e))?;
+                (MachineKind::Disk, Artifact::File { path, .. }) => {
+                    // raw or qcow2 by content; a qcow2 must not reach outside itself
+                    let format = disk::check_source(path).map_err(|reason| Error::Resource {
+                        address: self.address.clone(),
+                        reason,
+                    })?;
+                    let to = staging.join(format.file_name());
+                    reflink_copy::reflink_or_copy(path, &to).map_err(|e| Error::io(&to, e))?;
                 }
                 (MachineKind::Disk, Artifact::Dir { .. }) => {
                     return Err(Error::Resource {
@@ -390,8 +397,8 @@ impl MachineResource {
             }
             fault::point(&self.address, "stage-partial");
             Ok(EntryReceipt {
-                kind: "revision".into(),
-                machine: self.name.clone(),
+                kind: EntryKind::Revision,
+                machine: self.name().to_string(),
                 revision: m.revision,
                 source_sha256: src_sha.clone(),
                 toolchain: None,
@@ -399,10 +406,15 @@ impl MachineResource {
                 id: 0,
                 created: now_rfc3339(),
                 owner: None,
+                kept: false,
             })
         })
     }
 
+    /// Bootstrap a toolchain snapshot: a snapshot of the current revision (a
+    /// qcow2 overlay of it, for a disk machine), the bootstrap run inside it
+    /// (namespaces as root, the host otherwise; over the serial console of a
+    /// VM for a disk machine, which is then shut down cleanly), sealed read-only.
     fn bootstrap(&self, m: &Machine, tc: &str, cx: &mut ApplyContext) -> Result<()> {
         let be = self.backend()?;
         let t = &m.toolchain[tc];
@@ -414,46 +426,84 @@ impl MachineResource {
             .as_deref()
             .and_then(|d| humantime::parse_duration(d).ok())
             .unwrap_or(DEFAULT_BOOTSTRAP_TIMEOUT);
-        let use_namespace = nix::unistd::geteuid().is_root();
-        if !use_namespace && be.name() == "btrfs" {
-            namespace::require_root().map_err(|e| Error::Resource {
-                address: self.address.clone(),
-                reason: e.to_string(),
-            })?;
-        }
-        self.publish_volume(cx, be.as_ref(), &name, |staging| {
-            be.snapshot(&base, staging, false).map_err(|e| Error::io(staging, e))?;
-            fault::point(&self.address, "stage-partial");
-            let inv = Invocation { argv: t.bootstrap.clone(), timeout: Some(timeout), ..Default::default() };
-            let mut output = Vec::new();
-            let mut keep = |_s, chunk: &[u8]| {
-                output.extend_from_slice(chunk);
-                if output.len() > 64 << 10 {
-                    output.drain(..output.len() - (64 << 10));
-                }
-            };
-            let finished = if use_namespace {
-                let ns = namespace::Namespace { root: staging.to_path_buf(), hostname: name.clone(), isolate_network: false };
-                ns.run(&inv, &mut keep)
-            } else {
-                Host { root: Some(staging.to_path_buf()) }.run(&inv, &mut keep)
-            }
-            .map_err(|e| Error::Resource { address: self.address.clone(), reason: format!("toolchain {tc}: cannot run the bootstrap: {e}") })?;
-            if finished.outcome != Outcome::Exited(0) {
-                let text = String::from_utf8_lossy(&output);
-                let tail: Vec<&str> = text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+        let executor = match m.kind {
+            MachineKind::Disk => Executor::Qemu,
+            MachineKind::Rootfs if nix::unistd::geteuid().is_root() => Executor::Namespace,
+            MachineKind::Rootfs if be.name() == "btrfs" => {
                 return Err(Error::Resource {
                     address: self.address.clone(),
-                    reason: format!(
-                        "toolchain {tc}: bootstrap failed ({}); the previous {name} stays. Its output:\n{}",
-                        finished.outcome,
-                        tail.join("\n")
-                    ),
-                });
+                    reason: platform::namespace::require_root()
+                        .expect_err("not root")
+                        .to_string(),
+                })
+            }
+            MachineKind::Rootfs => Executor::Host,
+        };
+        let provision = Provision {
+            desired: cx.cx.desired,
+            state: cx.cx.state,
+            // an apply finishes the step in progress when interrupted
+            cancel: Arc::new(AtomicBool::new(false)),
+            log_dir: cx.cx.state.vm_log_dir(&format!("{}.{tc}", self.address)),
+            isolate_network: false,
+        };
+        let failed = |what: String, tail: &Tail| Error::Resource {
+            address: self.address.clone(),
+            reason: format!(
+                "toolchain {tc}: {what}; the previous {name} stays. Its output:\n{}",
+                tail.lines(20)
+            ),
+        };
+        self.publish_volume(cx, be.as_ref(), &name, |staging| {
+            match m.kind {
+                MachineKind::Rootfs => be.snapshot(&base, staging, false),
+                MachineKind::Disk => be.create(staging).and_then(|()| {
+                    let (image, format) = disk::image_in(&base)?;
+                    disk::create_overlay(staging, &image, format).map(|_| ())
+                }),
+            }
+            .map_err(|e| Error::io(staging, e))?;
+            fault::point(&self.address, "stage-partial");
+            let mut instance = platform::provision(
+                &provision,
+                executor,
+                Target::Staging {
+                    machine: self.name(),
+                    root: staging,
+                },
+            )?;
+            let step = platform::Step {
+                name: format!("bootstrap {tc}"),
+                argv: t.bootstrap.clone(),
+                env: Vec::new(),
+                timeout: Some(timeout),
+            };
+            let mut tail = Tail::default();
+            let ran = instance
+                .start(&mut tail)
+                .and_then(|()| instance.run(&step, &mut tail));
+            match ran {
+                Ok(exit) if exit.success() => {}
+                Ok(exit) => return Err(failed(format!("bootstrap failed ({exit})"), &tail)),
+                Err(i) => return Err(failed(format!("bootstrap did not finish: {i}"), &tail)),
+            }
+            fault::point(&self.address, "bootstrapped");
+            instance
+                .shutdown(&mut tail)
+                .map_err(|i: Interrupt| failed(format!("clean shutdown failed: {i}"), &tail))?;
+            drop(instance);
+            if m.kind == MachineKind::Disk {
+                // what the overlay holds now is the toolchain: nothing writes to it again
+                let overlay = staging.join(disk::OVERLAY);
+                fs::set_permissions(
+                    &overlay,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o444),
+                )
+                .map_err(|e| Error::io(&overlay, e))?;
             }
             Ok(EntryReceipt {
-                kind: "toolchain".into(),
-                machine: self.name.clone(),
+                kind: EntryKind::Toolchain,
+                machine: self.name().to_string(),
                 revision: m.revision,
                 source_sha256: src_sha.clone(),
                 toolchain: Some(tc.to_string()),
@@ -461,6 +511,7 @@ impl MachineResource {
                 id: 0,
                 created: now_rfc3339(),
                 owner: None,
+                kept: false,
             })
         })
     }
@@ -539,12 +590,12 @@ impl MachineResource {
         if let Ok(rd) = fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with(&format!(".{}{}link-", self.name, fsops::STAGING_MARK)) {
+                if n.starts_with(&format!(".{}{}link-", self.name(), fsops::STAGING_MARK)) {
                     let _ = fs::remove_file(e.path());
                 }
             }
         }
-        if let Ok(rd) = fs::read_dir(dir.join(META_DIR)) {
+        if let Ok(rd) = fs::read_dir(dir.join(crate::store::META_DIR)) {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
                 if let Some(entry) = n.strip_suffix(".json") {
@@ -555,11 +606,6 @@ impl MachineResource {
             }
         }
     }
-}
-
-/// `linux-gcc-3` → 3 for machine `linux-gcc`.
-pub fn revision_of(machine: &str, entry: &str) -> Option<u32> {
-    entry.strip_prefix(machine)?.strip_prefix('-')?.parse().ok()
 }
 
 /// Revisions that live working snapshots were made from.
@@ -574,41 +620,6 @@ fn live_revisions(st: &MachineState, live: &BTreeMap<String, String>) -> BTreeSe
         .collect()
 }
 
-/// Observe a machine directory: entries, which of them carry a receipt that
-/// still describes them (same volume id), and the current link.
-pub fn observe_dir(dir: &Path, machine: &str, backend_name: &'static str) -> Result<MachineState> {
-    let mut st = MachineState {
-        backend: backend_name,
-        link: None,
-        entries: BTreeMap::new(),
-    };
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(st),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name == META_DIR || fsops::is_staging_name(&name) {
-            continue;
-        }
-        if name == machine {
-            st.link = fs::read_link(e.path())
-                .ok()
-                .map(|t| t.to_string_lossy().into_owned());
-            continue;
-        }
-        let receipt = fs::read(dir.join(META_DIR).join(format!("{name}.json")))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<EntryReceipt>(&b).ok())
-            // a receipt describes the volume only while the ids match (a working
-            // snapshot's receipt is written before the snapshot exists)
-            .filter(|r| r.kind == "working" || backend::volume_id(&e.path()).ok() == Some(r.id));
-        st.entries.insert(name.clone(), Entry { name, receipt });
-    }
-    Ok(st)
-}
-
 impl Resource for MachineResource {
     fn address(&self) -> &str {
         &self.address
@@ -620,7 +631,7 @@ impl Resource for MachineResource {
 
     fn observe(&self, _cx: &Context) -> Result<Observed> {
         let be = self.backend()?;
-        let st = observe_dir(&self.dir(), &self.name, be.name())?;
+        let st = self.layout.observe(be.name())?;
         let mut fp = format!("link={:?}\n", st.link);
         for e in st.entries.values() {
             fp.push_str(&format!(
@@ -636,8 +647,10 @@ impl Resource for MachineResource {
             .entries
             .values()
             .filter(|e| {
-                e.receipt.as_ref().is_some_and(|r| r.kind == "revision")
-                    || revision_of(&self.name, &e.name).is_some()
+                e.receipt
+                    .as_ref()
+                    .is_some_and(|r| r.kind == EntryKind::Revision)
+                    || revision_of(self.name(), &e.name).is_some()
             })
             .map(|e| e.name.clone())
             .collect();
@@ -668,12 +681,12 @@ impl Resource for MachineResource {
         let st = self.state(observed);
         self.tidy(st);
         fs::create_dir_all(self.dir()).map_err(|e| Error::io(self.dir(), e))?;
-        cx.roots.add(KIND, Path::new(&self.volume.path));
+        cx.roots.add(KIND, Path::new(&self.volume().path));
         for (step, _) in self.steps(st, cx.cx)? {
             match (&step, &self.desired) {
                 (Step::BuildRevision, Some(m)) => self.build_revision(m, cx)?,
                 (Step::SwitchLink, Some(m)) => {
-                    let link = self.entry_path(&self.name);
+                    let link = self.layout.link();
                     fsops::switch_symlink(Path::new(&self.rev_name(m.revision)), &link)
                         .map_err(|e| Error::io(&link, e))?
                 }
@@ -684,10 +697,10 @@ impl Resource for MachineResource {
         }
         if self.desired.is_none() {
             // the whole machine is gone when nothing is left in it but the link and receipts
-            let remaining = observe_dir(&self.dir(), &self.name, "any")?;
+            let remaining = observe_dir(&self.dir(), self.name(), "any")?;
             if remaining.entries.is_empty() {
-                let _ = fs::remove_file(self.entry_path(&self.name));
-                let _ = fs::remove_dir_all(self.dir().join(META_DIR));
+                let _ = fs::remove_file(self.layout.link());
+                let _ = fs::remove_dir_all(self.dir().join(crate::store::META_DIR));
                 let _ = fs::remove_dir(self.dir());
             }
         }

@@ -12,6 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -19,16 +21,18 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, sethostname, ForkResult};
 
-use super::{supervise, Executor, Finished, Invocation, Stream};
+use super::{process, Facts, Instance, Interrupt, Outcome, Provision, Root, Sink, Step};
+use crate::error::Result;
 
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub struct Namespace {
-    pub root: PathBuf,
-    pub hostname: String,
+pub struct NamespaceInstance {
+    root: Root,
+    hostname: String,
     /// Also a new (empty) network namespace.
-    pub isolate_network: bool,
+    isolate_network: bool,
+    cancel: Arc<AtomicBool>,
 }
 
 /// The error every caller shows when not root.
@@ -83,28 +87,39 @@ fn resolve(root: &Path, prog: &str) -> io::Result<String> {
     ))
 }
 
-impl Namespace {
-    fn spawn(&self, inv: &Invocation) -> io::Result<Child> {
+impl NamespaceInstance {
+    /// Run in `root` (a working snapshot it deletes when dropped, or a staging volume), as host `hostname`.
+    pub fn new(p: &Provision, root: Root, hostname: String) -> NamespaceInstance {
+        NamespaceInstance {
+            root,
+            hostname,
+            isolate_network: p.isolate_network,
+            cancel: p.cancel.clone(),
+        }
+    }
+
+    fn spawn(&self, step: &Step) -> io::Result<Child> {
         require_root()?;
-        let Some((prog, args)) = inv.argv.split_first() else {
+        let Some((prog, args)) = step.argv.split_first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
         };
+        let root = self.root.path();
         for d in ["proc", "dev"] {
-            let p = self.root.join(d);
+            let p = root.join(d);
             if !p.exists() {
                 std::fs::create_dir(&p)?;
             }
         }
-        let dev_dir = self.root.join("dev");
+        let dev_dir = root.join("dev");
         let prepared = Prepared {
-            root: cstr(&self.root)?,
-            proc_dir: cstr(&self.root.join("proc"))?,
+            root: cstr(root)?,
+            proc_dir: cstr(&root.join("proc"))?,
             dev_dir: cstr(&dev_dir)?,
             devices: DEVICES
                 .iter()
                 .map(|d| Ok((cstr(&Path::new("/dev").join(d))?, cstr(&dev_dir.join(d))?)))
                 .collect::<io::Result<_>>()?,
-            cwd: cstr(inv.cwd.as_deref().unwrap_or(Path::new("/")))?,
+            cwd: cstr(Path::new("/"))?,
             hostname: self.hostname.clone(),
             flags: CloneFlags::CLONE_NEWNS
                 | CloneFlags::CLONE_NEWPID
@@ -116,13 +131,13 @@ impl Namespace {
                     CloneFlags::empty()
                 },
         };
-        let mut cmd = Command::new(resolve(&self.root, prog)?);
+        let mut cmd = Command::new(resolve(root, prog)?);
         cmd.args(args)
             .env_clear()
             .env("PATH", PATH)
             .env("HOME", "/root")
             .env("LANG", "C.UTF-8")
-            .envs(inv.env.iter().map(|(k, v)| (k, v)))
+            .envs(step.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -227,24 +242,29 @@ fn exit_now(code: i32) -> ! {
     unsafe { nix::libc::_exit(code) }
 }
 
-impl Executor for Namespace {
-    fn run(
-        &self,
-        inv: &Invocation,
-        on_output: &mut dyn FnMut(Stream, &[u8]),
-    ) -> io::Result<Finished> {
-        let child = self.spawn(inv)?;
+impl Instance for NamespaceInstance {
+    fn run(&mut self, step: &Step, sink: &mut dyn Sink) -> Outcome {
+        sink.step(&step.name);
+        let child = self
+            .spawn(step)
+            .map_err(|e| Interrupt::Infra(format!("cannot run {:?}: {e}", step.argv)))?;
         let kill = |c: &mut Child| {
             // the intermediate's death SIGKILLs pid 1, which ends the whole pid namespace
             let _ = c.kill();
         };
-        supervise(
-            child,
-            inv.timeout,
-            [inv.stop.as_deref(), inv.cancel.as_deref()],
-            &kill,
-            on_output,
-        )
+        process::supervise(child, step.timeout, &self.cancel, &kill, sink)
+            .map_err(|e| Interrupt::Infra(format!("cannot supervise {:?}: {e}", step.argv)))?
+    }
+
+    fn facts(&self) -> Facts {
+        Facts {
+            snapshot: Some(self.root.path().to_path_buf()),
+            ..Facts::default()
+        }
+    }
+
+    fn keep(self: Box<Self>) -> Result<Option<PathBuf>> {
+        self.root.keep()
     }
 }
 

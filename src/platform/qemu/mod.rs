@@ -1,0 +1,698 @@
+//! The `qemu` executor: a disk machine booted from a qcow2 overlay of its
+//! revision (or toolchain snapshot), or a netboot image booted diskless over
+//! PXE from its published TFTP tree, each driven over its serial console
+//! ([`driver`]). KVM when usable, TCG otherwise ([`accel`]); under TCG every
+//! timeout is scaled. QEMU's own messages go to `qemu.log`, whose first line is
+//! the command line. QEMU dies with reconcile (`PR_SET_PDEATHSIG`), and a
+//! dropped instance kills it and deletes its overlay.
+
+pub mod accel;
+pub mod driver;
+pub mod terminal;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+
+use self::accel::Accel;
+use self::driver::{ConsoleConfig, Deadline, Driver};
+use super::{Exit, Facts, Instance, Interrupt, Outcome, Provision, Sink, Step, Target};
+use crate::config::model::{Console, DiskBus, Firmware, MachineKind, Network, Vm, IPXE_SCRIPT};
+use crate::error::{Error, Result};
+use crate::store::disk::{self, DiskFormat};
+use crate::store::working::WorkingSnapshot;
+
+pub const DEFAULT_PROMPT: &str = r"[#$] $";
+pub const DEFAULT_SHUTDOWN: &str = "poweroff";
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_TCG_FACTOR: f64 = 4.0;
+const DEFAULT_MEMORY_MIB: u64 = 512;
+const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `amd64` → `x86_64`, `arm64` → `aarch64`: QEMU's (and the kernel's) names.
+pub fn normalise_arch(arch: &str) -> &str {
+    match arch {
+        "amd64" | "x86_64" | "x64" => "x86_64",
+        "arm64" | "aarch64" => "aarch64",
+        "i386" | "i486" | "i586" | "i686" | "x86" => "i386",
+        "ppc64el" | "ppc64le" => "ppc64",
+        other => other,
+    }
+}
+
+/// The `qemu-system-*` program for a guest architecture.
+pub fn program(arch: &str) -> String {
+    format!("qemu-system-{}", normalise_arch(arch))
+}
+
+/// How the VM boots.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// From a disk image (an overlay), `cache=unsafe` when the writes are thrown away.
+    Disk {
+        image: PathBuf,
+        format: DiskFormat,
+        throwaway: bool,
+    },
+    /// Diskless over PXE: QEMU's user network serves `root` read-only over TFTP.
+    Pxe { root: PathBuf, bootfile: String },
+}
+
+/// Everything the command line is made of.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub arch: String,
+    pub vm: Vm,
+    pub accel: Accel,
+    pub boot: Boot,
+    /// `-name`, also what `ps` shows.
+    pub label: String,
+    /// Writable UEFI variables (a copy of OVMF's template) for `firmware = "uefi"`.
+    pub uefi_vars: Option<PathBuf>,
+}
+
+/// The UEFI firmware code and variable template for an architecture, when installed.
+pub fn uefi_firmware(arch: &str) -> Option<(PathBuf, PathBuf)> {
+    let candidates: &[(&str, &str)] = match normalise_arch(arch) {
+        "x86_64" => &[
+            (
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            ),
+            (
+                "/usr/share/OVMF/OVMF_CODE.fd",
+                "/usr/share/OVMF/OVMF_VARS.fd",
+            ),
+        ],
+        "aarch64" => &[(
+            "/usr/share/AAVMF/AAVMF_CODE.fd",
+            "/usr/share/AAVMF/AAVMF_VARS.fd",
+        )],
+        _ => &[],
+    };
+    candidates
+        .iter()
+        .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
+        .find(|(c, v)| c.exists() && v.exists())
+}
+
+impl Launch {
+    /// The program and its arguments.
+    pub fn command(&self) -> (String, Vec<String>) {
+        let vm = &self.vm;
+        let arch = normalise_arch(&self.arch);
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(&["-name", &self.label]);
+        let machine = vm.machine.clone().unwrap_or_else(|| {
+            match arch {
+                "aarch64" | "riscv64" | "arm" => "virt",
+                _ => "pc",
+            }
+            .to_string()
+        });
+        // graphics=off: SeaBIOS and iPXE print to the serial port too, so a boot
+        // failing before Linux is visible in console.txt
+        push(&["-machine", &format!("{machine},graphics=off")]);
+        match self.accel {
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => push(&[
+                "-accel",
+                if vm.cpus.unwrap_or(1) > 1 {
+                    "tcg,thread=multi"
+                } else {
+                    "tcg"
+                },
+                "-cpu",
+                "max",
+            ]),
+        }
+        let memory = vm.memory.map_or(DEFAULT_MEMORY_MIB, |m| m.mib);
+        push(&["-m", &memory.to_string()]);
+        push(&["-smp", &vm.cpus.unwrap_or(1).to_string()]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ]);
+        if let (Firmware::Uefi, Some((code, _)), Some(vars)) =
+            (vm.firmware, uefi_firmware(arch), &self.uefi_vars)
+        {
+            push(&[
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    code.display()
+                ),
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
+        match &self.boot {
+            Boot::Disk {
+                image,
+                format,
+                throwaway,
+            } => {
+                let cache = if *throwaway { "unsafe" } else { "writeback" };
+                let drive = format!(
+                    "file={},format={},cache={cache},if=none,id=disk0",
+                    qemu_path(image),
+                    format.qemu_name()
+                );
+                push(&["-drive", &drive]);
+                match vm.disk_bus {
+                    DiskBus::Virtio => push(&["-device", "virtio-blk-pci,drive=disk0"]),
+                    DiskBus::Ide => push(&["-device", "ide-hd,drive=disk0,bus=ide.0"]),
+                    DiskBus::Scsi => push(&[
+                        "-device",
+                        "virtio-scsi-pci,id=scsi0",
+                        "-device",
+                        "scsi-hd,drive=disk0,bus=scsi0.0",
+                    ]),
+                }
+                if vm.network == Network::User {
+                    push(&["-nic", "user,model=virtio-net-pci"]);
+                }
+                push(&["-boot", "c"]);
+            }
+            Boot::Pxe { root, bootfile } => {
+                // restrict=on: the guest reaches QEMU's own DHCP and TFTP, nothing else
+                let restrict = if vm.network == Network::User {
+                    "off"
+                } else {
+                    "on"
+                };
+                push(&[
+                    "-netdev",
+                    &format!(
+                        "user,id=net0,restrict={restrict},tftp={},bootfile={bootfile}",
+                        qemu_path(root)
+                    ),
+                    "-device",
+                    "e1000,netdev=net0",
+                    "-boot",
+                    "n",
+                ]);
+            }
+        }
+        a.extend(vm.qemu_args.iter().cloned());
+        (program(arch), a)
+    }
+}
+
+/// A path inside a QEMU option list, where `,` must be doubled.
+fn qemu_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// The compiled console settings, durations scaled by `factor`.
+pub fn console_config(c: Option<&Console>, factor: f64) -> Result<ConsoleConfig, String> {
+    let default = Console::default();
+    let c = c.unwrap_or(&default);
+    let compile = |what: &str, re: &str| {
+        Regex::new(re).map_err(|e| format!("console.{what}: invalid regex: {e}"))
+    };
+    let prompt = c.prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
+    Ok(ConsoleConfig {
+        ready: c
+            .ready
+            .as_deref()
+            .map(|r| compile("ready", r))
+            .transpose()?,
+        prompt: compile("prompt", &format!(r"(?:{prompt})\z"))?,
+        login: c
+            .login
+            .as_ref()
+            .map(|l| (l.user.clone(), l.password.clone())),
+        shutdown: c
+            .shutdown
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SHUTDOWN.into()),
+        boot_timeout: c
+            .boot_timeout
+            .unwrap_or(DEFAULT_BOOT_TIMEOUT)
+            .mul_f64(factor),
+        stall: c
+            .stall_timeout
+            .unwrap_or(DEFAULT_STALL_TIMEOUT)
+            .mul_f64(factor),
+    })
+}
+
+/// The accelerator and timeout factor for `vm` on a guest of `arch`, and one
+/// line saying which and why (printed once per run).
+pub fn decide(vm: &Vm, arch: &str) -> Result<(Accel, f64, String), String> {
+    let (accel, why_not_kvm) = accel::choose(vm.accel, arch)?;
+    Ok(match accel {
+        Accel::Kvm => (accel, 1.0, "qemu: KVM".to_string()),
+        Accel::Tcg => {
+            let factor = vm.tcg_timeout_factor.unwrap_or(DEFAULT_TCG_FACTOR);
+            let why = why_not_kvm.map(|w| format!("; {w}")).unwrap_or_default();
+            (
+                accel,
+                factor,
+                format!("qemu: TCG (software emulation{why}); timeouts ×{factor}"),
+            )
+        }
+    })
+}
+
+pub struct QemuInstance {
+    rt: tokio::runtime::Runtime,
+    launch: Launch,
+    console: ConsoleConfig,
+    factor: f64,
+    cancel: Arc<AtomicBool>,
+    log: PathBuf,
+    driver: Option<Driver>,
+    /// Deleted after QEMU is dead (see Drop).
+    snapshot: Option<WorkingSnapshot>,
+    boot: Option<Duration>,
+}
+
+fn infra(e: impl std::fmt::Display) -> Error {
+    Error::Usage(e.to_string())
+}
+
+impl QemuInstance {
+    pub fn provision(p: &Provision, target: Target) -> Result<QemuInstance> {
+        let model = &p.desired.model;
+        let (arch, vm, console, snapshot, boot, label, scratch) = match target {
+            Target::Machine { name, toolchain } => {
+                let m = &model.machine[name];
+                if m.kind != MachineKind::Disk {
+                    return Err(infra(format!(
+                        "machine `{name}` is a root filesystem; only disk machines (kind = \"disk\") boot in QEMU"
+                    )));
+                }
+                let arch = m.arch.clone().unwrap_or_else(host_arch);
+                let vm = m.vm.clone().unwrap_or_default();
+                check_runnable(&vm, &arch)?;
+                let volume = &model.volume[&m.volume];
+                let w = WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain)?;
+                let image = w
+                    .disk
+                    .clone()
+                    .expect("a disk machine's snapshot has an overlay");
+                let label = format!("reconcile-{}", w.name);
+                let scratch = w.path.clone();
+                let boot = Boot::Disk {
+                    image,
+                    format: DiskFormat::Qcow2,
+                    throwaway: true,
+                };
+                (arch, vm, m.console.clone(), Some(w), boot, label, scratch)
+            }
+            Target::Staging { machine, root } => {
+                let m = &model.machine[machine];
+                let arch = m.arch.clone().unwrap_or_else(host_arch);
+                let vm = m.vm.clone().unwrap_or_default();
+                check_runnable(&vm, &arch)?;
+                let (image, format) = disk::image_in(root).map_err(|e| Error::io(root, e))?;
+                let boot = Boot::Disk {
+                    image,
+                    format,
+                    throwaway: false,
+                };
+                let label = format!("reconcile-{machine}-bootstrap");
+                (
+                    arch,
+                    vm,
+                    m.console.clone(),
+                    None,
+                    boot,
+                    label,
+                    root.to_path_buf(),
+                )
+            }
+            Target::Image { name } => {
+                let img = model
+                    .image
+                    .get(name)
+                    .ok_or_else(|| Error::Usage(format!("no image `{name}` is declared")))?;
+                let arch = img.arch.clone();
+                let vm = img.vm.clone().unwrap_or_default();
+                check_runnable(&vm, &arch)?;
+                let script = img.target().join(IPXE_SCRIPT);
+                if !script.is_file() {
+                    return Err(infra(format!(
+                        "image `{name}` has no {IPXE_SCRIPT} at {}: declare `ipxe` on it and run `reconcile apply`",
+                        script.display()
+                    )));
+                }
+                let bootfile = script
+                    .strip_prefix(&img.root)
+                    .expect("the target is under the root")
+                    .display()
+                    .to_string();
+                let boot = Boot::Pxe {
+                    root: PathBuf::from(&img.root),
+                    bootfile,
+                };
+                let label = format!("reconcile-{name}-{}", std::process::id());
+                (
+                    arch,
+                    vm,
+                    img.console.clone(),
+                    None,
+                    boot,
+                    label,
+                    p.log_dir.clone(),
+                )
+            }
+            Target::Host => unreachable!("the factory refuses qemu without a target"),
+        };
+        std::fs::create_dir_all(&p.log_dir).map_err(|e| Error::io(&p.log_dir, e))?;
+        let (accel, factor, _) = decide(&vm, &arch).map_err(infra)?;
+        let console = console_config(console.as_ref(), factor).map_err(infra)?;
+        let uefi_vars = match vm.firmware {
+            Firmware::Bios => None,
+            Firmware::Uefi => {
+                let (_, template) = uefi_firmware(&arch).ok_or_else(|| {
+                    infra(format!(
+                        "firmware = \"uefi\" needs UEFI firmware for {arch} (apt-get install ovmf, or qemu-efi-aarch64)"
+                    ))
+                })?;
+                let vars = scratch.join("uefi-vars.fd");
+                if !vars.exists() {
+                    std::fs::copy(&template, &vars).map_err(|e| Error::io(&vars, e))?;
+                }
+                Some(vars)
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| infra(format!("cannot start the console driver: {e}")))?;
+        Ok(QemuInstance {
+            rt,
+            launch: Launch {
+                arch,
+                vm,
+                accel,
+                boot,
+                label,
+                uefi_vars,
+            },
+            console,
+            factor,
+            cancel: p.cancel.clone(),
+            log: p.log_dir.join("qemu.log"),
+            driver: None,
+            snapshot,
+            boot: None,
+        })
+    }
+
+    pub fn launch(&self) -> &Launch {
+        &self.launch
+    }
+
+    fn spawn(&mut self) -> std::result::Result<(), Interrupt> {
+        let (program, args) = self.launch.command();
+        let mut log = File::create(&self.log)
+            .map_err(|e| Interrupt::Infra(format!("cannot write {}: {e}", self.log.display())))?;
+        let mut line = shell_words::quote(&program).into_owned();
+        for a in &args {
+            line.push(' ');
+            line.push_str(&shell_words::quote(a));
+        }
+        let _ = writeln!(log, "# {line}");
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            // not in our process group: a terminal's Ctrl-C reaches reconcile,
+            // which tears the VM down itself
+            .process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes the prctl(2) syscall; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = {
+            let _rt = self.rt.enter();
+            cmd.spawn().map_err(|e| {
+                Interrupt::Infra(if e.kind() == std::io::ErrorKind::NotFound {
+                    format!(
+                        "{program} is not installed (apt-get install {})",
+                        package_of(&program)
+                    )
+                } else {
+                    format!("cannot start {program}: {e}")
+                })
+            })?
+        };
+        self.driver = Some(Driver::new(child, self.console.stall, self.cancel.clone()));
+        Ok(())
+    }
+
+    /// An infra message about QEMU itself, with what it said in qemu.log.
+    fn with_log(&self, i: Interrupt) -> Interrupt {
+        match i {
+            Interrupt::Infra(why) => {
+                let said = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let said: Vec<&str> = said.lines().filter(|l| !l.starts_with("# ")).collect();
+                if said.is_empty() {
+                    Interrupt::Infra(why)
+                } else {
+                    let tail = said[said.len().saturating_sub(3)..].join(" | ");
+                    Interrupt::Infra(format!("{why}; qemu.log: {tail}"))
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn stop_vm(&mut self) {
+        if let Some(mut d) = self.driver.take() {
+            let _ = d.child.start_kill();
+            let _ = self.rt.block_on(d.child.wait());
+        }
+    }
+}
+
+fn host_arch() -> String {
+    std::env::consts::ARCH.to_string()
+}
+
+fn package_of(program: &str) -> &'static str {
+    match program {
+        "qemu-system-x86_64" | "qemu-system-i386" => "qemu-system-x86",
+        "qemu-system-aarch64" | "qemu-system-arm" => "qemu-system-arm",
+        _ => "qemu-system",
+    }
+}
+
+/// Refuse early what can never run: an accelerator that cannot be had.
+fn check_runnable(vm: &Vm, arch: &str) -> Result<()> {
+    decide(vm, arch).map(|_| ()).map_err(infra)
+}
+
+impl Instance for QemuInstance {
+    fn start(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+        sink.step("boot");
+        let t0 = Instant::now();
+        self.spawn()?;
+        let console = self.console.clone();
+        let driver = self.driver.as_mut().expect("spawned");
+        let r = self.rt.block_on(driver.boot(&console, sink));
+        if r.is_ok() {
+            self.boot = Some(t0.elapsed());
+        }
+        r.map_err(|i| self.with_log(i))
+    }
+
+    fn run(&mut self, step: &Step, sink: &mut dyn Sink) -> Outcome {
+        if self.driver.is_none() {
+            self.start(sink)?;
+        }
+        sink.step(&step.name);
+        let mut script = String::new();
+        for (k, v) in &step.env {
+            script.push_str(&format!("{k}={} ", shell_words::quote(v)));
+        }
+        script.push_str(&shell_words::join(&step.argv));
+        let timeout = step
+            .timeout
+            .unwrap_or(DEFAULT_TEST_TIMEOUT)
+            .mul_f64(self.factor);
+        let deadline = Deadline::after(timeout, "the command");
+        let prompt = self.console.prompt.clone();
+        let driver = self.driver.as_mut().expect("started");
+        let r = self
+            .rt
+            .block_on(driver.run(&script, &prompt, sink, &deadline));
+        r.map(Exit::Code).map_err(|i| self.with_log(i))
+    }
+
+    fn shutdown(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+        let Some(driver) = self.driver.as_mut() else {
+            return Ok(());
+        };
+        sink.step("shutdown");
+        let deadline = Deadline::after(self.console.boot_timeout, "shutdown");
+        let command = self.console.shutdown.clone();
+        let status = self
+            .rt
+            .block_on(driver.shutdown(&command, sink, &deadline))
+            .map_err(|i| self.with_log(i))?;
+        self.driver = None;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(self.with_log(Interrupt::Infra(format!(
+                "QEMU exited with {status} after the shutdown command"
+            ))))
+        }
+    }
+
+    fn attach(&mut self, log: &Path) -> std::result::Result<(), Interrupt> {
+        if self.driver.is_none() {
+            self.spawn()?;
+        }
+        let mut file = File::create(log)
+            .map_err(|e| Interrupt::Infra(format!("cannot write {}: {e}", log.display())))?;
+        let driver = self.driver.as_mut().expect("spawned");
+        self.rt.block_on(terminal::attach(driver, &mut file))?;
+        Ok(())
+    }
+
+    fn facts(&self) -> Facts {
+        Facts {
+            accel: Some(self.launch.accel.name()),
+            timeout_factor: (self.launch.accel == Accel::Tcg).then_some(self.factor),
+            boot: self.boot,
+            snapshot: self.snapshot.as_ref().map(|w| w.path.clone()),
+        }
+    }
+
+    fn keep(mut self: Box<Self>) -> Result<Option<PathBuf>> {
+        self.stop_vm();
+        match self.snapshot.take() {
+            Some(w) => w.keep().map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for QemuInstance {
+    fn drop(&mut self) {
+        // the VM first: its overlay goes only once nothing has it open
+        self.stop_vm();
+        self.snapshot.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::MemorySize;
+
+    fn launch(vm: Vm, boot: Boot) -> Vec<String> {
+        Launch {
+            arch: "amd64".into(),
+            vm,
+            accel: Accel::Tcg,
+            boot,
+            label: "reconcile-kit-3-x".into(),
+            uefi_vars: None,
+        }
+        .command()
+        .1
+    }
+
+    #[test]
+    fn disk_command_line() {
+        let vm = Vm {
+            memory: Some(MemorySize::parse("1G").unwrap()),
+            cpus: Some(2),
+            ..Vm::default()
+        };
+        let a = launch(
+            vm,
+            Boot::Disk {
+                image: "/v/kit/kit-3-x/disk.qcow2".into(),
+                format: DiskFormat::Qcow2,
+                throwaway: true,
+            },
+        )
+        .join(" ");
+        assert!(a.contains("-machine pc,graphics=off"), "{a}");
+        assert!(
+            a.contains("-accel tcg,thread=multi -cpu max -m 1024 -smp 2"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-drive file=/v/kit/kit-3-x/disk.qcow2,format=qcow2,cache=unsafe,if=none,id=disk0 -device virtio-blk-pci,drive=disk0"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-serial stdio") && a.contains("-display none"),
+            "{a}"
+        );
+        assert!(!a.contains("-nic"), "no network unless asked: {a}");
+    }
+
+    #[test]
+    fn pxe_command_line_is_isolated_and_commas_are_escaped() {
+        let a = launch(
+            Vm::default(),
+            Boot::Pxe {
+                root: "/srv/tftp,x".into(),
+                bootfile: "amd64/generic/kit/test/boot.ipxe".into(),
+            },
+        )
+        .join(" ");
+        assert!(
+            a.contains("-netdev user,id=net0,restrict=on,tftp=/srv/tftp,,x,bootfile=amd64/generic/kit/test/boot.ipxe -device e1000,netdev=net0 -boot n"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn consoles_scale_under_tcg() {
+        let c = Console {
+            prompt: Some("kit# ".into()),
+            boot_timeout: Some(Duration::from_secs(10)),
+            ..Console::default()
+        };
+        let cfg = console_config(Some(&c), 4.0).unwrap();
+        assert_eq!(cfg.boot_timeout, Duration::from_secs(40));
+        assert_eq!(cfg.stall, DEFAULT_STALL_TIMEOUT * 4);
+        assert!(cfg.prompt.is_match("BusyBox\nkit# "));
+        assert!(!cfg.prompt.is_match("kit# echo hi"));
+        assert_eq!(cfg.shutdown, DEFAULT_SHUTDOWN);
+        let bad = Console {
+            ready: Some("(".into()),
+            ..Console::default()
+        };
+        assert!(console_config(Some(&bad), 1.0)
+            .unwrap_err()
+            .contains("ready"));
+    }
+
+    #[test]
+    fn architectures_map_to_programs() {
+        assert_eq!(program("amd64"), "qemu-system-x86_64");
+        assert_eq!(program("x86_64"), "qemu-system-x86_64");
+        assert_eq!(program("arm64"), "qemu-system-aarch64");
+    }
+}

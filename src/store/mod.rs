@@ -1,0 +1,171 @@
+//! The machine store: build2's buildos layout on a volume, below both the
+//! machine resource (which converges it) and the platforms (which run tests on
+//! working snapshots of it).
+//!
+//! ```text
+//! <volume>/<m>/<m>-<rev>        read-only revision (btrfs subvolume or directory)
+//! <volume>/<m>/<m>              symlink to the current revision, switched atomically
+//! <volume>/<m>/<m>-<tc>         read-only bootstrapped snapshot per toolchain
+//! <volume>/<m>/<m>-<tc>-<id>    writable working snapshots (tests, `reconcile exec`)
+//! <volume>/<m>/.reconcile/      sidecar receipts (a read-only rootfs cannot carry one)
+//! ```
+//!
+//! A disk machine keeps the same layout with one image file per entry: the
+//! revision holds `disk.img` (raw) or `disk.qcow2`; toolchain and working
+//! snapshots hold a qcow2 overlay backed by the entry they were made from
+//! ([`disk`]).
+
+pub mod disk;
+pub mod working;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{self, VolumeBackend};
+use crate::config::model::Volume;
+use crate::error::{Error, Result};
+use crate::fsops;
+
+/// Sidecar receipts live here inside the machine directory.
+pub const META_DIR: &str = ".reconcile";
+
+/// What an entry of a machine directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Revision,
+    Toolchain,
+    Working,
+}
+
+/// What reconcile knows about one entry of a machine directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryReceipt {
+    pub kind: EntryKind,
+    pub machine: String,
+    /// The revision it is (or was built on).
+    pub revision: u32,
+    pub source_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_sha256: Option<String>,
+    /// btrfs subvolume id or root inode of the volume it describes.
+    pub id: u64,
+    pub created: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<working::Owner>,
+    /// A working snapshot kept on purpose (`spawn --keep`): never pruned, and
+    /// what it was made from is kept with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    /// Our receipt, when it describes the volume that is there now.
+    pub receipt: Option<EntryReceipt>,
+}
+
+/// What observe found in a machine directory.
+#[derive(Debug, Clone)]
+pub struct MachineState {
+    pub backend: &'static str,
+    /// Name the `<m>` link points at.
+    pub link: Option<String>,
+    pub entries: BTreeMap<String, Entry>,
+}
+
+/// One machine's directory in a volume.
+#[derive(Debug, Clone)]
+pub struct MachineDir {
+    pub volume: Volume,
+    pub name: String,
+}
+
+impl MachineDir {
+    pub fn new(volume: &Volume, name: &str) -> MachineDir {
+        MachineDir {
+            volume: volume.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        Path::new(&self.volume.path).join(&self.name)
+    }
+    pub fn entry_path(&self, entry: &str) -> PathBuf {
+        self.dir().join(entry)
+    }
+    pub fn sidecar(&self, entry: &str) -> PathBuf {
+        self.dir().join(META_DIR).join(format!("{entry}.json"))
+    }
+    pub fn rev_name(&self, rev: u32) -> String {
+        format!("{}-{rev}", self.name)
+    }
+    pub fn tc_name(&self, tc: &str) -> String {
+        format!("{}-{tc}", self.name)
+    }
+    /// The `<m>` link.
+    pub fn link(&self) -> PathBuf {
+        self.entry_path(&self.name)
+    }
+    pub fn backend(&self) -> Result<Box<dyn VolumeBackend>> {
+        backend::for_volume(Path::new(&self.volume.path), self.volume.backend)
+    }
+    /// The sidecar receipt of `entry`, as written (not checked against the volume).
+    pub fn read_receipt(&self, entry: &str) -> Option<EntryReceipt> {
+        fs::read(self.sidecar(entry))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+    pub fn observe(&self, backend_name: &'static str) -> Result<MachineState> {
+        observe_dir(&self.dir(), &self.name, backend_name)
+    }
+}
+
+/// `linux-gcc-3` → 3 for machine `linux-gcc`.
+pub fn revision_of(machine: &str, entry: &str) -> Option<u32> {
+    entry.strip_prefix(machine)?.strip_prefix('-')?.parse().ok()
+}
+
+/// Observe a machine directory: entries, which of them carry a receipt that
+/// still describes them (same volume id), and the current link.
+pub fn observe_dir(dir: &Path, machine: &str, backend_name: &'static str) -> Result<MachineState> {
+    let mut st = MachineState {
+        backend: backend_name,
+        link: None,
+        entries: BTreeMap::new(),
+    };
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(st),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == META_DIR || fsops::is_staging_name(&name) {
+            continue;
+        }
+        if name == machine {
+            st.link = fs::read_link(e.path())
+                .ok()
+                .map(|t| t.to_string_lossy().into_owned());
+            continue;
+        }
+        let receipt = fs::read(dir.join(META_DIR).join(format!("{name}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<EntryReceipt>(&b).ok())
+            // a receipt describes the volume only while the ids match (a working
+            // snapshot's receipt is written before the snapshot exists)
+            .filter(|r| {
+                r.kind == EntryKind::Working || backend::volume_id(&e.path()).ok() == Some(r.id)
+            });
+        st.entries.insert(name.clone(), Entry { name, receipt });
+    }
+    Ok(st)
+}
