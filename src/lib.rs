@@ -23,4 +23,6 @@ pub mod schema;
 pub mod source;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod watch;

@@ -53,8 +53,20 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("expired skip", "version = 1\n[[skip]]\npattern = \"s.*\"\nreason = \"flaky\"\nuntil = 2020-01-31\n".into(), "reconcile.toml:5:9", "expired on 2020-01-31"),
         ("source with two locations", format!("version = 1\n[plugin.x]\nversion = \"1\"\nsource = {{ path = \"a\", url = \"https://h/x\", sha256 = \"{GOOD_SHA}\" }}\n"), "reconcile.toml:4:10", "exactly one of"),
         ("run names undeclared suite", "version = 1\n[run]\nsuites = [\"smoke\"]\n".into(), "reconcile.toml:3:11", "undeclared suite `smoke`"),
+        ("qemu suite on a root filesystem", format!("{VOL}[machine.r]\nrevision = 1\nsource = {{ dir = \"r\" }}\n[suite.s]\nmachines = [\"r\"]\nexecutor = \"qemu\"\n"), "reconcile.toml:8:13", "QEMU boots disk machines"),
+        ("disk machine in namespaces", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\n[suite.s]\nmachines = [\"d\"]\nexecutor = \"namespace\"\n"), "reconcile.toml:9:13", "the namespace executor cannot run it"),
+        ("image suite without ipxe", "version = 1\n[image.i]\nroot = \"t\"\narch = \"amd64\"\nrelease = \"r\"\npurpose = \"p\"\nfiles.linux = { path = \"l\" }\n[suite.s]\nimages = [\"i\"]\n".into(), "reconcile.toml:9:11", "has no `ipxe` table"),
+        ("image suite outside qemu", "version = 1\n[image.i]\nroot = \"t\"\narch = \"amd64\"\nrelease = \"r\"\npurpose = \"p\"\nfiles.linux = { path = \"l\" }\n[suite.s]\nimages = [\"i\"]\n".into(), "reconcile.toml:9:11", "only the qemu executor can do"),
+        ("bad prompt regex", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nconsole = {{ prompt = \"a(\" }}\n"), "reconcile.toml:8:22", "invalid regex in console.prompt"),
+        ("bad memory size", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nvm = {{ memory = \"lots\" }}\n"), "reconcile.toml:8:17", "not a memory size"),
+        ("bad boot timeout", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nconsole = {{ boot_timeout = \"soon\" }}\n"), "reconcile.toml:8:28", "expected a duration"),
+        ("zero TCG factor", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nvm = {{ tcg_timeout_factor = 0.0 }}\n"), "reconcile.toml:8:29", "out of range"),
+        ("zero check count", "version = 1\n[check.c]\nregex = \"x\"\ncount = 0\n".into(), "reconcile.toml:4:9", "`count` must be between 1"),
+        ("vm on a root filesystem", format!("{VOL}[machine.r]\nrevision = 1\nsource = {{ dir = \"r\" }}\nvm = {{ cpus = 2 }}\n"), "reconcile.toml:7:1", "`vm` applies to disk machines"),
     ]
 }
+
+const VOL: &str = "version = 1\n[volume.default]\npath = \"m\"\n";
 
 #[test]
 fn every_class_of_malformed_file_is_located_and_writes_nothing() {

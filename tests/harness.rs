@@ -639,6 +639,28 @@ fn console_check_corpus() {
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("kernel-panic.log:6: kernel panic (fatal, 2 hit(s)): [    1.235001] Kernel panic - not syncing"), "{text}");
+
+    // hits come in log order, as a reader goes through the log
+    let o = Command::new(BIN)
+        .args(["checks"])
+        .arg(corpus.join("kola-parity.log"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<u64> = text
+        .lines()
+        .map(|l| l.split(':').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(lines.len() >= 15, "{text}");
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{text}");
+    assert!(
+        text.contains(
+            "kola-parity.log:10: excessive bonding link status messages (fail, 10 hit(s))"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

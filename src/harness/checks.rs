@@ -500,4 +500,172 @@ mod tests {
         assert!(!s.feed(b"You are in emergency mode.\n"));
         assert!(!failing(&s.finish()));
     }
+
+    /// kola's `consoleChecks` (mantle v0.13.0 harness.go) verbatim, each with
+    /// the check of ours that must flag whatever it flags. dracut's "Refusing
+    /// to continue" is kola's later addition.
+    const KOLA: &[(&str, &str)] = &[
+        (
+            "Press Enter for emergency shell|Starting Emergency Shell|You are in emergency mode",
+            "emergency shell",
+        ),
+        ("Refusing to continue", "dracut fatal"),
+        ("Kernel panic - not syncing: (.*)", "kernel panic"),
+        ("Oops:", "kernel oops"),
+        (r"WARNING: CPU: \d+ PID: \d+ at (.+)", "kernel warning"),
+        ("rejecting I/O to offline device", "offline device I/O"),
+        (
+            "Failed to start CoreOS Static Network Agent",
+            "CoreOS static network agent failure",
+        ),
+        (
+            r"EXT4-fs \([^)]+\): Delayed block allocation failed for inode \d+ at logical offset \d+ with max blocks \d+ with (error \d+)",
+            "ext4 delayed allocation failure",
+        ),
+        ("((alloc|free) magic) (is )?broken", "GRUB magic broken"),
+        (
+            "ignition\\[[0-9]+\\]: failed to fetch config: context canceled",
+            "Ignition fetch cancellation race",
+        ),
+        (
+            "initrd-cleanup\\.service: Main process exited, code=killed, status=15/TERM",
+            "initrd-cleanup.service terminated",
+        ),
+        ("mm/pgtable-generic.c:\\d+: bad (p.d|pte)", "bad page table"),
+        ("panic: (.*)", "Go panic"),
+        ("SIGSEGV|=11/SEGV", "segfault"),
+        ("[Cc]ore dump", "core dump"),
+    ];
+    const KOLA_BONDING: &str =
+        "(?s:link status up for interface [^,]+, enabling it in [0-9]+ ms.*?){10}";
+    const CORPUS: &str = include_str!("../../tests/fixtures/console/kola-parity.log");
+    const NEAR_MISSES: &str = include_str!("../../tests/fixtures/console/kola-near-misses.log");
+
+    fn names(hits: &[Hit]) -> std::collections::BTreeSet<String> {
+        hits.iter().map(|h| h.check.clone()).collect()
+    }
+
+    #[test]
+    fn every_line_kola_flags_is_flagged() {
+        let kola: Vec<(regex::Regex, &str)> = KOLA
+            .iter()
+            .map(|(re, ours)| (regex::Regex::new(re).unwrap(), *ours))
+            .collect();
+        let mut covered = std::collections::BTreeSet::new();
+        for line in CORPUS.lines().chain(NEAR_MISSES.lines()) {
+            let ours = names(&scan(&format!("{line}\n")));
+            for (re, name) in &kola {
+                if re.is_match(line) {
+                    covered.insert(*name);
+                    assert!(
+                        ours.contains(*name),
+                        "kola flags {line:?} as {name}; we found {ours:?}"
+                    );
+                }
+            }
+        }
+        // the corpus exercises every kola pattern
+        assert_eq!(covered.len(), KOLA.len(), "{covered:?}");
+    }
+
+    #[test]
+    fn near_misses_flag_nothing_here_or_in_kola() {
+        for line in NEAR_MISSES.lines() {
+            for (re, _) in KOLA {
+                assert!(
+                    !regex::Regex::new(re).unwrap().is_match(line),
+                    "kola flags {line:?}"
+                );
+            }
+        }
+        assert_eq!(scan(NEAR_MISSES), vec![]);
+    }
+
+    #[test]
+    fn ten_bonding_messages_anywhere_flag_like_kolas_multi_line_regex() {
+        let kola = regex::Regex::new(KOLA_BONDING).unwrap();
+        let line = "bond0: link status up for interface eth0, enabling it in 200 ms\n";
+        for n in [9, 10, 12] {
+            // spread out, with other lines between, as kola's `.*?` allows
+            let text: String = (0..n).map(|i| format!("{line}other line {i}\n")).collect();
+            let ours = scan(&text);
+            let hit = ours
+                .iter()
+                .find(|h| h.check == "excessive bonding link status messages");
+            assert_eq!(kola.is_match(&text), n >= 10);
+            assert_eq!(hit.is_some(), n >= 10, "{n} messages: {ours:?}");
+            if let Some(h) = hit {
+                assert_eq!(h.count, n as u64);
+                assert_eq!(h.line, 1);
+            }
+        }
+        assert!(kola.is_match(CORPUS));
+        assert!(names(&scan(CORPUS)).contains("excessive bonding link status messages"));
+    }
+
+    fn declared(
+        regex: &str,
+        count: Option<u32>,
+        lines: Option<u32>,
+        severity: Severity,
+    ) -> BTreeMap<String, Check> {
+        [(
+            "mine".to_string(),
+            Check {
+                regex: regex.into(),
+                severity,
+                scope: Scope::Console,
+                count,
+                lines,
+            },
+        )]
+        .into()
+    }
+
+    #[test]
+    fn checks_over_several_lines_match_across_them_once() {
+        let checks = all(&declared(
+            r"(?s)BUG: Bad page state.*\nCall Trace:",
+            None,
+            Some(3),
+            Severity::Fail,
+        ));
+        let mut s = Scanner::new(&checks, Scope::Console, BTreeMap::new());
+        // split across chunks, with the two halves three lines apart (too far) and then two apart
+        for chunk in [
+            "BUG: Bad page state\na\nb\nCall",
+            " Trace:\nx\nBUG: Bad page state\ny\nCall Trace:\nz\n",
+        ] {
+            s.feed(chunk.as_bytes());
+        }
+        let hits = s.finish();
+        let h = hits
+            .iter()
+            .find(|h| h.check == "mine")
+            .expect("multi-line hit");
+        assert_eq!((h.line, h.count), (8, 1), "{h:?}");
+        assert_eq!(h.excerpt, "Call Trace:");
+    }
+
+    #[test]
+    fn a_fatal_check_with_a_count_stops_only_at_its_count() {
+        let checks = all(&declared("flap", Some(3), None, Severity::Fatal));
+        let mut s = Scanner::new(&checks, Scope::Console, BTreeMap::new());
+        assert!(!s.feed(b"flap\nflap\n"));
+        assert!(s.feed(b"ok\nflap\n"));
+        let hits = s.finish();
+        assert_eq!((hits[0].line, hits[0].count), (1, 3));
+    }
+
+    #[test]
+    fn typed_input_is_counted_but_not_checked() {
+        let checks = all(&BTreeMap::new());
+        let mut s = Scanner::new(&checks, Scope::Console, BTreeMap::new());
+        s.feed(b"boot\n");
+        s.skip(b"kit# printf 'Kernel panic - not syncing: %s\\n' x\n");
+        assert!(s.feed(b"Kernel panic - not syncing: x\n"));
+        let hits = s.finish();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].line, 3);
+    }
 }

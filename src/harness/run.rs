@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -289,10 +289,10 @@ fn write_result(dir: &Path, r: &TestResult) {
 
 /// Where a test's output goes as it arrives: its files and the console checks.
 struct TestSink {
-    stdout: File,
-    stderr: File,
-    console: File,
-    journal: Option<File>,
+    stdout: BufWriter<File>,
+    stderr: BufWriter<File>,
+    console: BufWriter<File>,
+    journal: Option<BufWriter<File>>,
     dir: PathBuf,
     scanners: Scanners,
     fatal: bool,
@@ -337,10 +337,13 @@ impl TestSink {
         checks: &CheckSets,
         suppressed: &BTreeMap<String, String>,
     ) -> std::io::Result<TestSink> {
+        let file = |name: &str| {
+            File::create(dir.join(name)).map(|f| BufWriter::with_capacity(64 << 10, f))
+        };
         Ok(TestSink {
-            stdout: File::create(dir.join("stdout.txt"))?,
-            stderr: File::create(dir.join("stderr.txt"))?,
-            console: File::create(dir.join("console.txt"))?,
+            stdout: file("stdout.txt")?,
+            stderr: file("stderr.txt")?,
+            console: file("console.txt")?,
             journal: None,
             dir: dir.to_path_buf(),
             scanners: Scanners::new(checks, suppressed),
@@ -349,8 +352,21 @@ impl TestSink {
     }
 }
 
+impl TestSink {
+    /// Everything written so far on disk (matchers read the files; someone may tail them).
+    fn flush(&mut self) {
+        let _ = self.stdout.flush();
+        let _ = self.stderr.flush();
+        let _ = self.console.flush();
+        if let Some(j) = &mut self.journal {
+            let _ = j.flush();
+        }
+    }
+}
+
 impl Sink for TestSink {
     fn step(&mut self, name: &str) {
+        self.flush();
         self.scanners.console.set_step(name);
         self.scanners.output.set_step(name);
         self.scanners.journal.set_step(name);
@@ -378,7 +394,9 @@ impl Sink for TestSink {
             Stream::Journal => {
                 self.fatal |= s.journal.feed(bytes);
                 if self.journal.is_none() {
-                    self.journal = File::create(self.dir.join("journal.txt")).ok();
+                    self.journal = File::create(self.dir.join("journal.txt"))
+                        .ok()
+                        .map(BufWriter::new);
                 }
                 match &mut self.journal {
                     Some(f) => f.write_all(bytes),
@@ -478,6 +496,7 @@ fn attempt(
     let facts = instance.facts();
     let t_down = Instant::now();
     drop(instance);
+    sink.flush();
     phases.teardown_ms = t_down.elapsed().as_millis() as u64;
     let fatal = sink.fatal;
     let hits = sink.scanners.finish();

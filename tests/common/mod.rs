@@ -482,3 +482,97 @@ pub fn rootfs_tar(farm: &Farm, rel: &str, marker: &str) -> Option<PathBuf> {
     fs::remove_dir_all(&dir).unwrap();
     Some(tar)
 }
+
+// ---------- QEMU guests built from Debian packages ----------
+
+/// The test guest of tests/fixtures/make-guest.sh, built once into
+/// target/guest (kernel, busybox initramfs, raw and qcow2 BIOS disks).
+pub struct Guest {
+    pub dir: PathBuf,
+}
+
+impl Guest {
+    /// None (after a visible skip, or a failure under CI) when QEMU or the
+    /// tools the fixture needs are missing.
+    pub fn get() -> Option<Guest> {
+        static BUILT: std::sync::Mutex<Option<Result<PathBuf, String>>> =
+            std::sync::Mutex::new(None);
+        if Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            skip("qemu-system-x86_64 missing (apt-get install qemu-system-x86; scripts/test does it)");
+            return None;
+        }
+        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        let result = built.get_or_insert_with(|| {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let dir = repo.join("target/guest");
+            fs::create_dir_all(&dir).unwrap();
+            // test binaries run side by side: one builds, the others wait for it
+            let lock = fs::File::create(dir.with_extension("lock")).unwrap();
+            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e.to_string())
+                .and_then(|_held| {
+                    let out = Command::new("bash")
+                        .arg(repo.join("tests/fixtures/make-guest.sh"))
+                        .arg(&dir)
+                        .output()
+                        .map_err(|e| e.to_string())?;
+                    if out.status.success() {
+                        Ok(dir)
+                    } else {
+                        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+                    }
+                })
+        });
+        match result {
+            Ok(dir) => Some(Guest { dir: dir.clone() }),
+            Err(e) => {
+                skip(&format!("cannot build the test guest: {e}"));
+                None
+            }
+        }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Copy a guest file into the farm (sources are relative to the farm).
+    pub fn copy_to(&self, farm: &Farm, name: &str, rel: &str) -> String {
+        let to = farm.path(rel);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(self.file(name), &to).unwrap();
+        sha_file(&to)
+    }
+}
+
+/// QEMU processes whose command line mentions `needle` (a farm's path).
+pub fn qemu_processes(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with("qemu-system") && cmdline.contains(&needle) {
+            out.push(cmdline);
+        }
+    }
+    out
+}
+
+/// Wait (up to 30 s) until no QEMU mentions `needle`; the ones still there.
+pub fn no_qemu_left(needle: &Path) -> Vec<String> {
+    for _ in 0..300 {
+        let left = qemu_processes(needle);
+        if left.is_empty() {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    qemu_processes(needle)
+}

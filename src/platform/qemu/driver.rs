@@ -230,7 +230,7 @@ impl Driver {
         sink: &mut dyn Sink,
         deadline: &Deadline,
     ) -> Result<Found, Interrupt> {
-        let mut buf = vec![0u8; 16 << 10];
+        let mut buf = vec![0u8; 64 << 10];
         loop {
             if let Some(found) = self.consume(&mut want, sink)? {
                 return Ok(found);
@@ -304,64 +304,78 @@ impl Driver {
     }
 
     /// Hand complete lines to the sink and look for what `want` waits for.
+    /// Lines are walked in place and handed over in runs (one call per run of
+    /// lines bound for the same stream), so a fast console costs a few calls
+    /// per read, not one per line.
     fn consume(
         &mut self,
         want: &mut Want,
         sink: &mut dyn Sink,
     ) -> Result<Option<Found>, Interrupt> {
-        loop {
-            let end = match memchr::memchr(b'\n', &self.partial) {
-                Some(i) => i + 1,
-                None if self.partial.len() > MAX_LINE => self.partial.len(),
+        let mut buf = std::mem::take(&mut self.partial);
+        let mut out = Runs::default();
+        let mut pos = 0;
+        let mut last_shown = None;
+        let mut found = None;
+        while found.is_none() {
+            let end = match memchr::memchr(b'\n', &buf[pos..]) {
+                Some(i) => pos + i + 1,
+                None if buf.len() - pos > MAX_LINE => buf.len(),
                 None => break,
             };
-            let line: Vec<u8> = self.partial.drain(..end).collect();
-            let text = visible(&line);
-            let shown = text.trim();
-            if !shown.is_empty() {
-                self.last_line = shown.chars().take(200).collect();
+            let line = &buf[pos..end];
+            if line.iter().any(|b| !b.is_ascii_whitespace()) {
+                last_shown = Some(pos..end);
             }
             match want {
                 Want::Line(re) => {
-                    self.deliver(sink, Stream::Console, &line)?;
-                    if re.is_match(&text) {
-                        return Ok(Some(Found::Matched));
+                    out.add(Stream::Console, pos..end);
+                    if re.is_match(&visible_line(line)) {
+                        found = Some(Found::Matched);
                     }
                 }
-                Want::Prompt(_, stream) => {
-                    let stream = *stream;
-                    self.deliver(sink, stream, &line)?
-                }
+                Want::Prompt(_, stream) => out.add(*stream, pos..end),
+                Want::Exit => out.add(Stream::Console, pos..end),
                 Want::Command(m) if !m.begun => {
-                    self.deliver(sink, Stream::Input, &line)?;
-                    m.begun = text.contains(&m.begin);
+                    out.add(Stream::Input, pos..end);
+                    m.begun = memchr::memmem::find(line, m.begin.as_bytes()).is_some();
                 }
                 Want::Command(m) => {
-                    if let Some(c) = m.end.captures(&line) {
+                    out.add(Stream::Console, pos..end);
+                    if let Some(c) = m.end.captures(line) {
                         let at = c.get(0).expect("whole match").start();
+                        out.stdout.extend_from_slice(&line[..at]);
                         let status = std::str::from_utf8(&c[1])
                             .ok()
                             .and_then(|s| s.parse().ok())
                             .unwrap_or(255);
-                        if at > 0 {
-                            self.deliver(sink, Stream::Stdout, &line[..at])?;
-                        }
-                        self.deliver(sink, Stream::Console, &line)?;
-                        return Ok(Some(Found::Status(status)));
+                        found = Some(Found::Status(status));
+                    } else {
+                        out.stdout.extend_from_slice(&without_cr(line));
                     }
-                    self.deliver(sink, Stream::Console, &line)?;
-                    self.deliver(sink, Stream::Stdout, &without_cr(&line))?;
                 }
-                Want::Exit => self.deliver(sink, Stream::Console, &line)?,
             }
+            pos = end;
         }
-        let current = visible(&self.partial);
-        match want {
-            Want::Line(re) | Want::Prompt(re, _) if re.is_match(&current) => {
-                Ok(Some(Found::Matched))
+        if let Some(r) = last_shown {
+            self.last_line = visible_line(&buf[r]).trim().chars().take(200).collect();
+        }
+        let delivered = out.deliver(&buf, sink);
+        buf.drain(..pos);
+        self.partial = buf;
+        if delivered == Flow::Stop {
+            self.kill();
+            return Err(Interrupt::Stopped);
+        }
+        if found.is_some() {
+            return Ok(found);
+        }
+        Ok(match want {
+            Want::Line(re) | Want::Prompt(re, _) if re.is_match(&visible(&self.partial)) => {
+                Some(Found::Matched)
             }
-            _ => Ok(None),
-        }
+            _ => None,
+        })
     }
 
     /// For `attach`: bytes received but not yet handed to a sink.
@@ -372,6 +386,48 @@ impl Driver {
     pub fn io(&mut self) -> (&mut ChildStdin, &mut ChildStdout) {
         (&mut self.stdin, &mut self.stdout)
     }
+}
+
+/// Lines bound for the sink, as runs of the read buffer per stream (and the
+/// command's output, which is copied: carriage returns come out of it).
+#[derive(Default)]
+struct Runs {
+    runs: Vec<(Stream, std::ops::Range<usize>)>,
+    stdout: Vec<u8>,
+}
+
+impl Runs {
+    fn add(&mut self, stream: Stream, r: std::ops::Range<usize>) {
+        match self.runs.last_mut() {
+            Some((s, last)) if *s == stream && last.end == r.start => last.end = r.end,
+            _ => self.runs.push((stream, r)),
+        }
+    }
+
+    /// Hand everything over; `Stop` as soon as the sink says so.
+    fn deliver(self, buf: &[u8], sink: &mut dyn Sink) -> Flow {
+        for (stream, r) in self.runs {
+            if sink.output(stream, &buf[r]) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        if !self.stdout.is_empty() && sink.output(Stream::Stdout, &self.stdout) == Flow::Stop {
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+}
+
+/// [`visible`] without copying when the line holds nothing a terminal would hide.
+fn visible_line(line: &[u8]) -> std::borrow::Cow<'_, str> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    if body.iter().all(|&b| b >= 0x20 && b != 0x7f || b == b'\t') {
+        if let Ok(s) = std::str::from_utf8(body) {
+            return std::borrow::Cow::Borrowed(s);
+        }
+    }
+    std::borrow::Cow::Owned(visible(line))
 }
 
 /// `line\r\n` → `line\n` (the tty's output translation undone).
@@ -471,13 +527,13 @@ pub fn typed(script: &str, nonce: &str) -> (Vec<String>, String) {
     let mut prepare = vec!["__rc=".to_string()];
     prepare.extend(b64.as_bytes().chunks(CHUNK).map(|c| {
         format!(
-            "__rc=$__rc{}",
+            "__rc=${{__rc}}{}",
             std::str::from_utf8(c).expect("base64 is ascii")
         )
     }));
     (
         prepare,
-        format!("{begin}; eval \"$(echo $__rc | base64 -d)\"; {end}"),
+        format!("{begin}; eval \"$(echo \"${{__rc}}\" | base64 -d)\"; {end}"),
     )
 }
 
@@ -539,7 +595,7 @@ mod tests {
             .all(|l| l.len() <= MAX_TYPED + 20));
         let joined: String = prep[1..]
             .iter()
-            .map(|p| p.trim_start_matches("__rc=$__rc"))
+            .map(|p| p.trim_start_matches("__rc=${__rc}"))
             .collect();
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(joined)
@@ -547,9 +603,206 @@ mod tests {
         assert_eq!(decoded, long.as_bytes());
     }
 
+    /// What the guest's shell makes of the typed lines: run them in /bin/sh.
+    fn through_a_shell(script: &str) -> String {
+        let (prep, line) = typed(script, "n0nce");
+        let all = prep
+            .into_iter()
+            .chain([line])
+            .collect::<Vec<_>>()
+            .join("\n");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(all)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn every_typed_form_runs_the_command_in_a_real_shell() {
+        let q = |args: &[&str]| shell_words::join(args);
+        assert_eq!(
+            through_a_shell(&q(&["printf", "%s|", "a b", "it's"])),
+            "n0nce-B\na b|it's|n0nce-0-\n"
+        );
+        let tab = q(&["printf", "%s\n", "tab\there", "two\nlines"]);
+        assert_eq!(
+            through_a_shell(&tab),
+            "n0nce-B\ntab\there\ntwo\nlines\nn0nce-0-\n"
+        );
+        let long = "y".repeat(3000);
+        let out = through_a_shell(&q(&["sh", "-c", &format!("echo {long}; exit 5")]));
+        assert_eq!(out, format!("n0nce-B\n{long}\nn0nce-5-\n"));
+    }
+
     #[test]
     fn carriage_returns_are_undone_in_output() {
         assert_eq!(without_cr(b"hello\r\n"), b"hello\n");
         assert_eq!(without_cr(b"hello\n"), b"hello\n");
+    }
+
+    /// A stand-in guest: a real shell on the other end of the pipes, with a
+    /// boot banner, a ready line and a prompt followed by a cursor query.
+    fn guest(script: &str) -> (tokio::runtime::Runtime, Driver) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let child = {
+            let _g = rt.enter();
+            tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        };
+        let d = Driver::new(
+            child,
+            Duration::from_millis(800),
+            Arc::new(AtomicBool::new(false)),
+        );
+        (rt, d)
+    }
+
+    const SHELL: &str = r#"echo 'Linux booting'; echo 'kit: up'; while :; do printf 'kit# \033[6n'; IFS= read -r line || exit 0; eval "$line"; done"#;
+
+    /// Collects what a sink gets; stops on a line containing `stop_on`.
+    #[derive(Default)]
+    struct Collect {
+        got: BTreeMap<&'static str, Vec<u8>>,
+        stop_on: Option<&'static str>,
+    }
+
+    use std::collections::BTreeMap;
+
+    impl Sink for Collect {
+        fn step(&mut self, _name: &str) {}
+        fn output(&mut self, stream: Stream, bytes: &[u8]) -> Flow {
+            let key = match stream {
+                Stream::Stdout => "stdout",
+                Stream::Console => "console",
+                Stream::Input => "input",
+                _ => "other",
+            };
+            self.got.entry(key).or_default().extend_from_slice(bytes);
+            match self.stop_on {
+                Some(s)
+                    if stream == Stream::Console && String::from_utf8_lossy(bytes).contains(s) =>
+                {
+                    Flow::Stop
+                }
+                _ => Flow::Continue,
+            }
+        }
+    }
+
+    fn config() -> ConsoleConfig {
+        ConsoleConfig {
+            ready: Some(Regex::new("kit: up").unwrap()),
+            prompt: Regex::new(r"(?:kit# )\z").unwrap(),
+            login: None,
+            shutdown: "exit".into(),
+            boot_timeout: Duration::from_secs(10),
+            stall: Duration::from_millis(800),
+        }
+    }
+
+    #[test]
+    fn a_command_over_the_console_gives_its_exact_output_and_status() {
+        let (rt, mut d) = guest(SHELL);
+        let cfg = config();
+        let mut sink = Collect::default();
+        rt.block_on(d.boot(&cfg, &mut sink)).unwrap();
+        let deadline = Deadline::after(Duration::from_secs(10), "the command");
+        let script = shell_words::join(["sh", "-c", "echo one; printf two; exit 3"]);
+        let status = rt
+            .block_on(d.run(&script, &cfg.prompt, &mut sink, &deadline))
+            .unwrap();
+        assert_eq!(status, 3);
+        assert_eq!(String::from_utf8_lossy(&sink.got["stdout"]), "one\ntwo");
+        let console = String::from_utf8_lossy(&sink.got["console"]).into_owned();
+        assert!(console.starts_with("Linux booting\nkit: up\n"), "{console}");
+        // what was typed never reaches the checks
+        assert!(!console.contains("printf '%s-B"), "{console}");
+        // and the shutdown command ends the guest
+        let exit = rt
+            .block_on(d.shutdown(
+                "exit 0",
+                &mut sink,
+                &Deadline::after(Duration::from_secs(5), "shutdown"),
+            ))
+            .unwrap();
+        assert!(exit.success());
+    }
+
+    #[test]
+    fn a_stop_from_the_sink_kills_the_guest_at_once() {
+        let (rt, mut d) = guest(SHELL);
+        let cfg = config();
+        let mut sink = Collect {
+            stop_on: Some("not syncing"),
+            ..Collect::default()
+        };
+        rt.block_on(d.boot(&cfg, &mut sink)).unwrap();
+        let script = shell_words::join([
+            "sh",
+            "-c",
+            "echo 'Kernel panic - not syncing: x'; sleep 30; echo never",
+        ]);
+        let deadline = Deadline::after(Duration::from_secs(60), "the command");
+        let r = rt.block_on(d.run(&script, &cfg.prompt, &mut sink, &deadline));
+        assert_eq!(r, Err(Interrupt::Stopped));
+        // killed: the guest is gone without having printed the rest
+        let status = rt.block_on(d.child.wait()).unwrap();
+        assert!(!status.success());
+        assert!(!String::from_utf8_lossy(&sink.got["console"]).contains("never"));
+    }
+
+    #[test]
+    fn silence_trips_the_stall_guard_naming_the_last_line() {
+        let (rt, mut d) = guest("echo 'Loading kernel'; echo 'last words'; sleep 30");
+        let mut sink = Collect::default();
+        let r = rt.block_on(d.boot(&config(), &mut sink));
+        match r {
+            Err(Interrupt::Stalled { after, last_line }) => {
+                assert_eq!(after, Duration::from_millis(800));
+                assert_eq!(last_line, "last words");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_chatty_guest_that_never_prompts_times_out() {
+        let (rt, mut d) = guest("while :; do echo still booting; sleep 0.05; done");
+        let mut cfg = config();
+        cfg.boot_timeout = Duration::from_millis(600);
+        let mut sink = Collect::default();
+        match rt.block_on(d.boot(&cfg, &mut sink)) {
+            Err(Interrupt::TimedOut { what, after }) => {
+                assert!(what.starts_with("boot"), "{what}");
+                assert_eq!(after, Duration::from_millis(600));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_guest_that_dies_is_infra_with_its_last_line() {
+        let (rt, mut d) = guest("echo 'kit: up'; echo 'segfault in init'; exit 1");
+        let mut sink = Collect::default();
+        match rt.block_on(d.boot(&config(), &mut sink)) {
+            Err(Interrupt::Infra(why)) => {
+                assert!(
+                    why.contains("QEMU exited") && why.contains("segfault in init"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

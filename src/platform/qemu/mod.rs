@@ -586,10 +586,15 @@ impl Instance for QemuInstance {
 
     fn keep(mut self: Box<Self>) -> Result<Option<PathBuf>> {
         self.stop_vm();
-        match self.snapshot.take() {
-            Some(w) => w.keep().map(Some),
-            None => Ok(None),
+        let Some(w) = self.snapshot.take() else {
+            return Ok(None);
+        };
+        // a kept overlay must not read through a toolchain snapshot a later
+        // apply rebuilds in place: it keeps its own copy of what it read
+        if let Some(overlay) = &w.disk {
+            disk::flatten(overlay).map_err(|e| Error::io(overlay, e))?;
         }
+        w.keep().map(Some)
     }
 }
 

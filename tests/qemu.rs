@@ -1,0 +1,549 @@
+//! The QEMU executor against real guests booted by real `qemu-system-x86_64`
+//! under TCG: disk machines (raw and qcow2), exact output and exit status over
+//! the serial console, fatal checks, the stall guard, timeouts and Ctrl-C
+//! each tearing everything down, PXE boots of a published netboot image,
+//! toolchain bootstraps of a disk machine surviving SIGKILL, `exec` and
+//! `spawn`. The guest is built from Debian packages by
+//! tests/fixtures/make-guest.sh. A missing QEMU skips loudly (and fails CI).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CONSOLE: &str = r#"console = { ready = 'kit: up', prompt = 'kit# ', shutdown = "sync; umount /mnt; poweroff -f" }"#;
+
+/// A farm with disk machines `kit` (raw) and `kitq` (qcow2), forced to TCG,
+/// and `extra` declarations (images/hang.img is there for them too).
+fn disk_farm(guest: &Guest, extra: &str) -> Farm {
+    let farm = Farm::new();
+    let raw = guest.copy_to(&farm, "disk.img", "images/kit.img");
+    let q = guest.copy_to(&farm, "disk.qcow2", "images/kit.qcow2");
+    guest.copy_to(&farm, "disk-hang.img", "images/hang.img");
+    farm.desired(&format!(
+        r#"version = 1
+[volume.default]
+path = "machines"
+backend = "dir"
+
+[machine.kit]
+revision = 1
+kind = "disk"
+source = {{ path = "images/kit.img", sha256 = "{raw}" }}
+arch = "x86_64"
+vm = {{ accel = "tcg", memory = "256M" }}
+{CONSOLE}
+
+[machine.kitq]
+revision = 1
+kind = "disk"
+source = {{ path = "images/kit.qcow2", sha256 = "{q}" }}
+arch = "x86_64"
+vm = {{ accel = "tcg", memory = "256M" }}
+{CONSOLE}
+{extra}"#
+    ));
+    farm.run(&["apply", "--no-test"]).expect(0);
+    farm
+}
+
+fn report(farm: &Farm) -> serde_json::Value {
+    let text = fs::read_to_string(farm.path(".reconcile/runs/latest/report.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn tests_by_name(report: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    report["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().to_string(), t.clone()))
+        .collect()
+}
+
+fn output(t: &serde_json::Value, file: &str) -> String {
+    let dir = Path::new(t["output"].as_str().unwrap());
+    fs::read_to_string(dir.join(file)).unwrap_or_default()
+}
+
+/// Entries of machine directories other than revisions, links and receipts:
+/// working snapshots (overlays) and staging leftovers.
+fn working_entries(farm: &Farm) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in fs::read_dir(farm.path("machines")).unwrap().flatten() {
+        let machine = m.file_name().to_string_lossy().into_owned();
+        for e in fs::read_dir(m.path()).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let rev = n
+                .strip_prefix(&format!("{machine}-"))
+                .is_some_and(|r| r.parse::<u32>().is_ok());
+            if !(rev || n == machine || n == ".reconcile" || n == format!("{machine}-build2")) {
+                out.push(format!("{machine}/{n}"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn disk_machines_boot_from_raw_and_qcow2_with_exact_output_and_status() {
+    let Some(guest) = Guest::get() else { return };
+    let long = "x".repeat(700);
+    let farm = disk_farm(
+        &guest,
+        &format!(
+            r#"
+[suite.vm]
+machines = ["kit", "kitq"]
+executor = "qemu"
+[suite.vm.test.hello]
+run = ["sh", "-c", "echo hello; echo to-stderr >&2; printf 'no newline'"]
+expect = {{ stdout = ["hello"] }}
+
+[suite.one]
+machines = ["kit"]
+executor = "qemu"
+[suite.one.test.exit3]
+run = ["sh", "-c", "exit 3"]
+[suite.one.test.unsafe]
+run = ["printf", "%s\n%s\n", "tab	here", "{long}"]
+"#
+        ),
+    );
+    let r = farm.run(&["test", "-j", "2"]);
+    r.expect(4);
+    assert!(
+        r.stderr.contains("qemu: TCG") || r.stdout.contains("qemu: TCG"),
+        "the accelerator is said once: {}",
+        r.all()
+    );
+    let rep = report(&farm);
+    let t = tests_by_name(&rep);
+    for name in ["vm.hello[kit]", "vm.hello[kitq]"] {
+        assert_eq!(t[name]["result"], "PASS", "{name}: {:#}", t[name]);
+        // the command's output exactly: stdout and stderr share the serial line
+        assert_eq!(
+            output(&t[name], "stdout.txt"),
+            "hello\nto-stderr\nno newline"
+        );
+        let console = output(&t[name], "console.txt");
+        assert!(console.contains("kit: up"), "{console}");
+        assert!(console.contains("Linux version 6."), "{console}");
+        let a = &t[name]["attempts"][0];
+        assert_eq!(a["accel"], "tcg");
+        assert_eq!(a["timeout_factor"], 4.0);
+        assert!(a["phases"]["boot_ms"].as_u64().unwrap() > 0, "{a:#}");
+        let log = output(&t[name], "qemu.log");
+        assert!(log.starts_with("# qemu-system-x86_64 "), "{log}");
+    }
+    assert!(output(&t["vm.hello[kitq]"], "qemu.log").contains("format=qcow2"));
+    // an exit status is exact: 3 fails the test as `test`, with the status recorded
+    let e = &t["one.exit3"];
+    assert_eq!(e["result"], "FAIL");
+    assert_eq!(e["class"], "test");
+    assert_eq!(e["attempts"][0]["exit_status"], 3);
+    assert!(
+        e["reason"].as_str().unwrap().contains("exit status 3"),
+        "{e:#}"
+    );
+    // arguments no terminal line could carry (a tab, 700 characters) arrive intact
+    let u = &t["one.unsafe"];
+    assert_eq!(u["result"], "PASS", "{u:#}");
+    assert_eq!(
+        output(u, "stdout.txt"),
+        format!("tab\there\n{long}\n"),
+        "{}",
+        output(u, "console.txt")
+    );
+    assert!(output(u, "console.txt").contains("base64 -d"));
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    assert_eq!(working_entries(&farm), Vec::<String>::new());
+}
+
+#[test]
+fn fatal_checks_stalls_timeouts_and_ctrl_c_leave_no_vm_and_no_overlay() {
+    let Some(guest) = Guest::get() else { return };
+    let hang = sha_file(&guest.file("disk-hang.img"));
+    let farm = disk_farm(
+        &guest,
+        &format!(
+            r#"
+[machine.hang]
+revision = 1
+kind = "disk"
+source = {{ path = "images/hang.img", sha256 = "{hang}" }}
+vm = {{ accel = "tcg", memory = "256M", tcg_timeout_factor = 1 }}
+console = {{ ready = 'kit: up', prompt = 'kit# ', boot_timeout = "10m", stall_timeout = "20s" }}
+
+[suite.p]
+machines = ["kit"]
+executor = "qemu"
+[suite.p.test.panic]
+run = ["sh", "-c", "printf 'Kernel panic - not syncing: %s\n' injected; sleep 100; echo never"]
+[suite.p.test.slow]
+run = ["sleep", "600"]
+timeout = "2s"
+
+[suite.h]
+machines = ["hang"]
+executor = "qemu"
+[suite.h.test.anything]
+run = ["true"]
+"#
+        ),
+    );
+    farm.run(&["test", "-j", "2"]).expect(4);
+    let t = tests_by_name(&report(&farm));
+
+    // a fatal check kills the VM at once: the command never got to finish
+    let p = &t["p.panic"];
+    assert_eq!(p["class"], "check", "{p:#}");
+    assert!(p["reason"]
+        .as_str()
+        .unwrap()
+        .contains("fatal console check: kernel panic"));
+    assert!(!output(p, "stdout.txt").contains("never"));
+    let hits = p["checks"].as_array().unwrap();
+    assert_eq!(
+        hits.len(),
+        1,
+        "only the output hit, not the typed command's echo: {hits:?}"
+    );
+    assert_eq!(hits[0]["step"], "p.panic");
+    let line = hits[0]["line"].as_u64().unwrap() as usize;
+    let console = output(p, "console.txt");
+    assert!(
+        console
+            .lines()
+            .nth(line - 1)
+            .unwrap()
+            .contains("not syncing: injected"),
+        "line {line} of console.txt"
+    );
+
+    // a test timeout is its own class, scaled under TCG and saying so
+    let s = &t["p.slow"];
+    assert_eq!(s["class"], "timeout", "{s:#}");
+    assert!(s["reason"].as_str().unwrap().contains("×4"), "{s:#}");
+
+    // a guest that goes quiet before its prompt: the stall guard names the last line
+    let h = &t["h.anything"];
+    assert_eq!(h["class"], "infra", "{h:#}");
+    let reason = h["reason"].as_str().unwrap();
+    assert!(reason.contains("printed nothing for 20s"), "{reason}");
+    assert!(reason.contains("kit: hanging"), "{reason}");
+
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    assert_eq!(working_entries(&farm), Vec::<String>::new());
+
+    // Ctrl-C while a VM boots: it is killed, its overlay deleted, the report incomplete
+    let mut child = farm
+        .cmd(&["test", "p.slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while qemu_processes(farm.dir.path()).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no VM started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    assert_eq!(working_entries(&farm), Vec::<String>::new());
+    assert_eq!(report(&farm)["incomplete"], true);
+}
+
+#[test]
+fn pxe_boots_the_published_image_and_the_next_boot_sees_a_new_initrd() {
+    let Some(guest) = Guest::get() else { return };
+    let farm = Farm::new();
+    let kernel = guest.copy_to(&farm, "vmlinuz", "netboot/vmlinuz");
+    let initrd_a = guest.copy_to(&farm, "initrd.img", "netboot/initrd-a.img");
+    let initrd_b = guest.copy_to(&farm, "initrd-b.img", "netboot/initrd-b.img");
+    let desired = |initrd: &str, sha: &str| {
+        farm.desired(&format!(
+            r#"version = 1
+[image.kit-netboot]
+root = "tftp"
+arch = "amd64"
+release = "kit"
+purpose = "test"
+files.vmlinuz = {{ path = "netboot/vmlinuz", sha256 = "{kernel}" }}
+files."initrd.img" = {{ path = "netboot/{initrd}", sha256 = "{sha}" }}
+ipxe = {{ kernel = "vmlinuz", initrd = "initrd.img", cmdline = "console=ttyS0 kit.tag=pxe" }}
+vm = {{ accel = "tcg", memory = "256M" }}
+console = {{ ready = 'kit: up', prompt = 'kit# ' }}
+
+[suite.pxe]
+images = ["kit-netboot"]
+executor = "qemu"
+[suite.pxe.test.release]
+run = ["sh", "-c", "cat /proc/cmdline /etc/release"]
+"#
+        ));
+    };
+    desired("initrd-a.img", &initrd_a);
+    farm.run(&["apply", "--no-test"]).expect(0);
+    farm.run(&["test"]).expect(0);
+    let t = tests_by_name(&report(&farm));
+    let r = &t["pxe.release"];
+    assert_eq!(r["image"], "kit-netboot");
+    let out = output(r, "stdout.txt");
+    assert!(out.contains("console=ttyS0 kit.tag=pxe"), "{out}");
+    assert!(out.ends_with("\nA\n"), "{out}");
+    // what a PXE client fetches from the farm's TFTP tree
+    let console = output(r, "console.txt");
+    assert!(
+        console.contains("amd64/generic/kit/test/boot.ipxe"),
+        "{console}"
+    );
+    let log = output(r, "qemu.log");
+    assert!(log.contains("restrict=on"), "{log}");
+    assert!(
+        log.contains(&format!("tftp={}", farm.path("tftp").display())),
+        "{log}"
+    );
+
+    // publish another initrd: the next boot gets it
+    desired("initrd-b.img", &initrd_b);
+    farm.run(&["apply", "--no-test"]).expect(0);
+    farm.run(&["test"]).expect(0);
+    let t = tests_by_name(&report(&farm));
+    let out = output(&t["pxe.release"], "stdout.txt");
+    assert!(out.ends_with("\nB\n"), "{out}");
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn a_disk_toolchain_is_bootstrapped_over_the_console_and_survives_sigkill() {
+    let Some(guest) = Guest::get() else { return };
+    let farm = disk_farm(
+        &guest,
+        r#"
+[machine.kit.toolchain.build2]
+bootstrap = ["sh", "-c", "echo built > /mnt/toolchain"]
+
+[suite.tc]
+machines = ["kit"]
+toolchain = "build2"
+executor = "qemu"
+[suite.tc.test.toolchain]
+run = ["cat", "/mnt/toolchain"]
+expect = { stdout = ["built"] }
+"#,
+    );
+    // the first apply already bootstrapped; remove it and kill the next one mid-bootstrap
+    assert!(farm.path("machines/kit/kit-build2/disk.qcow2").is_file());
+    fs::write(
+        farm.path("reconcile.toml"),
+        fs::read_to_string(farm.path("reconcile.toml"))
+            .unwrap()
+            .replace("> /mnt/toolchain", "> /mnt/toolchain; sync"),
+    )
+    .unwrap();
+    let killed = farm.run_env(
+        &["apply", "--no-test"],
+        &[("RECONCILE_FAULT", "machine.kit:bootstrapped")],
+    );
+    assert_eq!(killed.signal, Some(9), "{}", killed.all());
+    // QEMU dies with reconcile; the old toolchain snapshot is still the one in place
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    let receipt = fs::read_to_string(farm.path("machines/kit/.reconcile/kit-build2.json")).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&receipt).unwrap();
+    assert!(
+        !farm.leftovers("machines/kit").is_empty(),
+        "the half-made snapshot is there"
+    );
+
+    let r = farm.run(&["apply", "--no-test"]);
+    r.expect(0);
+    assert!(r.all().contains("recovered machine.kit"), "{}", r.all());
+    assert!(
+        farm.leftovers("machines/kit").is_empty(),
+        "{:?}",
+        farm.leftovers("machines/kit")
+    );
+    farm.run(&["plan"]).expect(0);
+    let receipt = fs::read_to_string(farm.path("machines/kit/.reconcile/kit-build2.json")).unwrap();
+    let after: serde_json::Value = serde_json::from_str(&receipt).unwrap();
+    assert_ne!(before["bootstrap_sha256"], after["bootstrap_sha256"]);
+
+    // the toolchain is an overlay of the revision, sealed read-only
+    let overlay = farm.path("machines/kit/kit-build2/disk.qcow2");
+    let mode = fs::metadata(&overlay).unwrap().permissions();
+    assert!(mode.readonly(), "{mode:?}");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["backing-filename"], "../kit-1/disk.img");
+
+    // tests run on a working snapshot of the toolchain and see what the bootstrap wrote
+    farm.run(&["test"]).expect(0);
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    assert_eq!(working_entries(&farm), Vec::<String>::new());
+}
+
+#[test]
+fn exec_runs_a_command_in_a_booted_snapshot_and_exits_with_its_status() {
+    let Some(guest) = Guest::get() else { return };
+    let farm = disk_farm(&guest, "");
+    let r = farm.run(&[
+        "exec",
+        "kitq",
+        "--",
+        "sh",
+        "-c",
+        "echo out-$((40+2)); exit 7",
+    ]);
+    assert_eq!(r.code, Some(7), "{}", r.all());
+    assert_eq!(r.stdout, "out-42\n");
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    assert_eq!(working_entries(&farm), Vec::<String>::new());
+}
+
+/// Read from a pty master until `want` shows up (or panic after two minutes).
+fn read_until(master: &mut fs::File, seen: &mut Vec<u8>, want: &str) {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(want) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no {want:?} in {}",
+            String::from_utf8_lossy(seen)
+        );
+        match master.read(&mut buf) {
+            Ok(0) => panic!(
+                "pty closed before {want:?}: {}",
+                String::from_utf8_lossy(seen)
+            ),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn pty() -> (fs::File, fs::File) {
+    let p = nix::pty::openpty(None, None).unwrap();
+    let master = fs::File::from(p.master);
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    (master, fs::File::from(p.slave))
+}
+
+#[test]
+fn spawn_attaches_a_terminal_to_the_console_and_restores_it() {
+    let Some(guest) = Guest::get() else { return };
+    let farm = disk_farm(&guest, "");
+    let (mut master, slave) = pty();
+    let before = nix::sys::termios::tcgetattr(&slave).unwrap();
+    let mut child = farm
+        .cmd(&["spawn", "kit"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut master, &mut seen, "kit# ");
+    // raw mode: the guest's line editor gets every key
+    let raw = nix::sys::termios::tcgetattr(&slave).unwrap();
+    assert!(!raw
+        .local_flags
+        .contains(nix::sys::termios::LocalFlags::ICANON));
+    master.write_all(b"echo spawned-$((6*7))\r").unwrap();
+    read_until(&mut master, &mut seen, "spawned-42");
+    // Ctrl-] detaches: the VM is stopped, the snapshot deleted, the terminal restored
+    master.write_all(&[0x1d]).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", String::from_utf8_lossy(&seen));
+    let after = nix::sys::termios::tcgetattr(&slave).unwrap();
+    assert_eq!(after.local_flags, before.local_flags);
+    assert_eq!(after.input_flags, before.input_flags);
+    assert_eq!(after.output_flags, before.output_flags);
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    assert_eq!(working_entries(&farm), Vec::<String>::new());
+    let log = fs::read_to_string(farm.path(".reconcile/logs/spawn-kit/console.txt")).unwrap();
+    assert!(log.contains("spawned-42"), "{log}");
+
+    // --keep: the snapshot stays, self-contained, and apply leaves it alone
+    let mut child = farm
+        .cmd(&["spawn", "kit", "--keep"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut master, &mut seen, "SeaBIOS");
+    master.write_all(&[0x1d]).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let kept = working_entries(&farm);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let overlay = farm.path("machines").join(&kept[0]).join("disk.qcow2");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(info.get("backing-filename").is_none(), "{info:#}");
+    farm.run(&["plan"]).expect(0);
+    farm.run(&["apply", "--no-test"]).expect(0);
+    assert_eq!(working_entries(&farm), kept);
+}
+
+#[test]
+fn kvm_declared_where_kvm_is_unusable_is_an_infra_error() {
+    let Some(guest) = Guest::get() else { return };
+    let Some(why) = reconcile::platform::qemu::accel::kvm_unusable("x86_64") else {
+        // KVM works here: nothing to refuse
+        return;
+    };
+    let farm = disk_farm(
+        &guest,
+        r#"
+[machine.fast]
+revision = 1
+kind = "disk"
+source = { path = "images/kit.img" }
+vm = { accel = "kvm" }
+
+[suite.k]
+machines = ["fast"]
+executor = "qemu"
+[suite.k.test.t]
+run = ["true"]
+"#,
+    );
+    farm.run(&["test"]).expect(4);
+    let t = tests_by_name(&report(&farm));
+    assert_eq!(t["k.t"]["class"], "infra");
+    let reason = t["k.t"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("KVM is unusable") && reason.contains(&why),
+        "{reason}"
+    );
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+}
