@@ -24,3 +24,20 @@ mean() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['result
 median() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['results'][int(sys.argv[2])]['median'])" "$1" "$2"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 ms() { python3 -c "import sys; print(f'{float(sys.argv[1])*1000:.1f}')" "$1"; }
+
+# every built-in console check of src/harness/checks.rs as one PCRE alternation (for `grep -P`)
+builtin_pcre() {
+    python3 - "$ROOT/src/harness/checks.rs" <<'PY'
+import re, sys
+src = open(sys.argv[1]).read()
+block = src[src.index("pub const BUILTIN"):]
+block = block[:block.index("\n];")]
+pats = re.findall(r'(?:check\(\s*"[^"]*",\s*|regex:\s*)r"((?:[^"\\]|\\.)*)"', block)
+print("|".join(f"(?:{p})" for p in pats))
+PY
+}
+
+# the same as POSIX extended regexes for `grep -E` (GNU grep knows \b and \w)
+builtin_ere() {
+    builtin_pcre | sed -e 's/(?:/(/g' -e 's/\\d/[0-9]/g'
+}

@@ -63,25 +63,7 @@ with open(sys.argv[1], "wb") as f:
         if i % 500000 == 0:
             f.write(b"[  999.000000] myapp[311]: segfault at 0 ip 000055d1c0de1234 sp 00007ffc0ffee000 error 4 in myapp\n")
 PY
-# the built-in checks as POSIX extended regexes
-ERE=(
-  -e 'You are in emergency mode|Entering emergency mode|Dropping to debug shell'
-  -e 'Kernel panic - not syncing'
-  -e '\bOops: [0-9a-fx]+ \[#[0-9]+\]|\bOops(: | - )'
-  -e '\bBUG: (unable to handle|kernel NULL pointer|soft lockup|scheduling while atomic|Bad page|KASAN)'
-  -e 'WARNING: CPU: [0-9]+ PID: [0-9]+ at '
-  -e 'rejecting I/O to offline device'
-  -e 'EXT4-fs \([^)]+\): Delayed block allocation failed'
-  -e 'alloc magic is broken at'
-  -e '^(panic: |fatal error: |goroutine [0-9]+ \[running\]:)'
-  -e 'segfault at [0-9a-f]+ ip [0-9a-f]+ sp [0-9a-f]+ error'
-  -e 'dumped core|Process [0-9]+ \(.+\) of user [0-9]+ dumped core'
-  -e 'invoked oom-killer|Out of memory: Killed process'
-  -e 'Ordering cycle found'
-  -e 'INFO: task .+ blocked for more than [0-9]+ seconds'
-  -e 'rcu: INFO: rcu_[a-z_]+ (self-)?detected stall'
-)
-printf '%s\n' "${ERE[@]}" | grep -v '^-e$' > "$D/patterns.ere"
+builtin_ere > "$D/patterns.ere"
 hyperfine -N --warmup 1 --runs 5 --export-json "$D/checks.json" \
     -n "reconcile checks (1 GiB)" "$RECONCILE checks $D/console.log" \
     -n "grep -E -n (same patterns)" "grep -E -n -f $D/patterns.ere $D/console.log" -i >/dev/null

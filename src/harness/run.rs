@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::checks::{self, CheckSet, Hit, Scanner};
 use super::report::{Attempt, Class, Phases, Report, Summary, TestResult, Verdict};
 use super::select::{Selected, Selection};
-use crate::config::model::{Executor, Scope, Severity};
+use crate::config::model::{Scope, Severity};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 use crate::fsops;
@@ -84,7 +84,18 @@ pub fn run(
         tests: selection.selected.len(),
     });
 
-    for note in platform_notes(desired, &selection) {
+    let targets: Vec<_> = selection
+        .selected
+        .iter()
+        .map(|s| {
+            (
+                s.case.executor,
+                s.case.machine.as_deref(),
+                s.case.image.as_deref(),
+            )
+        })
+        .collect();
+    for note in platform::notes(desired, &targets) {
         on(Event::Note(&note));
     }
     let all = checks::all(&desired.model.check);
@@ -146,40 +157,6 @@ fn safe_dir_name(name: &str) -> String {
     name.chars()
         .map(|c| if c == '/' || c.is_control() { '_' } else { c })
         .collect()
-}
-
-/// One line per distinct way QEMU will run (accelerator, timeout factor), said once per run.
-fn platform_notes(desired: &Desired, selection: &Selection) -> Vec<String> {
-    let mut notes: Vec<String> = Vec::new();
-    for sel in &selection.selected {
-        let case = &sel.case;
-        if case.executor != Executor::Qemu {
-            continue;
-        }
-        let m = case
-            .machine
-            .as_ref()
-            .and_then(|m| desired.model.machine.get(m));
-        let i = case.image.as_ref().and_then(|i| desired.model.image.get(i));
-        let (vm, arch) = match (m, i) {
-            (Some(m), _) => (
-                m.vm.clone().unwrap_or_default(),
-                m.arch
-                    .clone()
-                    .unwrap_or_else(|| std::env::consts::ARCH.into()),
-            ),
-            (None, Some(i)) => (i.vm.clone().unwrap_or_default(), i.arch.clone()),
-            _ => continue,
-        };
-        let note = match platform::qemu::decide(&vm, &arch) {
-            Ok((_, _, line)) => line,
-            Err(e) => format!("qemu: {e}"),
-        };
-        if !notes.contains(&note) {
-            notes.push(note);
-        }
-    }
-    notes
 }
 
 fn run_one(

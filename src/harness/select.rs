@@ -321,7 +321,7 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
             // an image names its architecture the Debian way (amd64): compare the kernel's name
             let arch = match (m, image) {
                 (Some(m), _) => m.arch.as_deref(),
-                (None, Some(i)) => Some(crate::platform::qemu::normalise_arch(&i.arch)),
+                (None, Some(i)) => Some(crate::platform::normalise_arch(&i.arch)),
                 (None, None) => Some(host_arch),
             };
             if let Some(w) = list_filter("architecture", &case.spec.architectures, arch) {

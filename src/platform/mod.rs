@@ -18,6 +18,8 @@ pub mod namespace;
 pub mod process;
 pub mod qemu;
 
+pub use qemu::normalise_arch;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -284,6 +286,40 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
             Some(root.to_path_buf().into()),
         ))),
     }
+}
+
+/// One line per distinct way instances of these (executor, machine, image)
+/// targets will run — for QEMU, the accelerator and the timeout factor — to
+/// be said once per run.
+pub fn notes(desired: &Desired, targets: &[(Executor, Option<&str>, Option<&str>)]) -> Vec<String> {
+    let model = &desired.model;
+    let mut notes: Vec<String> = Vec::new();
+    for (executor, machine, image) in targets {
+        if *executor != Executor::Qemu {
+            continue;
+        }
+        let (vm, arch) = match (
+            machine.and_then(|m| model.machine.get(m)),
+            image.and_then(|i| model.image.get(i)),
+        ) {
+            (Some(m), _) => (
+                m.vm.clone().unwrap_or_default(),
+                m.arch
+                    .clone()
+                    .unwrap_or_else(|| std::env::consts::ARCH.into()),
+            ),
+            (None, Some(i)) => (i.vm.clone().unwrap_or_default(), i.arch.clone()),
+            _ => continue,
+        };
+        let note = match qemu::decide(&vm, &arch) {
+            Ok((_, _, line)) => line,
+            Err(e) => format!("qemu: {e}"),
+        };
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+    notes
 }
 
 pub fn executor_name(e: Executor) -> &'static str {
