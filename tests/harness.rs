@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -88,10 +88,7 @@ fn suite_farm() -> Farm {
 }
 
 fn report(farm: &Farm) -> serde_json::Value {
-    serde_json::from_str(
-        &fs::read_to_string(farm.path(".reconcile/runs/latest/report.json")).unwrap(),
-    )
-    .unwrap()
+    farm.report()
 }
 
 fn by_name(report: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
@@ -397,16 +394,10 @@ fn each_test_gets_a_fresh_working_snapshot_deleted_whatever_happens() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while working_snapshots(&farm).is_empty() {
-        assert!(Instant::now() < deadline, "the test never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    wait_until("the test never started", Duration::from_secs(30), || {
+        !working_snapshots(&farm).is_empty()
+    });
+    interrupt(&child);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let rep = report(&farm);

@@ -54,8 +54,7 @@ vm = {{ accel = "tcg", memory = "256M" }}
 }
 
 fn report(farm: &Farm) -> serde_json::Value {
-    let text = fs::read_to_string(farm.path(".reconcile/runs/latest/report.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    farm.report()
 }
 
 fn tests_by_name(report: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
@@ -249,16 +248,10 @@ run = ["true"]
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while qemu_processes(farm.dir.path()).is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no VM started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    wait_until("no VM started", Duration::from_secs(60), || {
+        !qemu_processes(farm.dir.path()).is_empty()
+    });
+    interrupt(&child);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1));
     assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());

@@ -576,3 +576,31 @@ pub fn no_qemu_left(needle: &Path) -> Vec<String> {
     }
     qemu_processes(needle)
 }
+
+// ---------- test runs ----------
+
+impl Farm {
+    /// The `report.json` of the latest test run.
+    pub fn report(&self) -> serde_json::Value {
+        let text = fs::read_to_string(self.path(".reconcile/runs/latest/report.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// Wait (polling) until `ready` holds; panic naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Send SIGINT to a child, as Ctrl-C would.
+pub fn interrupt(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+}
