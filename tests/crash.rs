@@ -208,7 +208,7 @@ fn a_kill_inside_the_fallback_window_restores_the_old_copy() {
     farm.desired(&format!("version = 1\n{}", decl(&farm, "1.0.0")));
     farm.run(&["apply"]).expect(0);
     let target = farm.path("plugins/kolet");
-    let txn = "window-test";
+    let txn = "18eb6beb12477686-4242-0"; // the shape of a real transaction id
     let staging = farm.path(&format!("plugins/.kolet.reconcile-{txn}"));
     let retired = farm.path(&format!("plugins/.kolet.reconcile-{txn}.old"));
     fs::create_dir(&staging).unwrap();

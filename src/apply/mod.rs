@@ -58,7 +58,8 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
     let started = Instant::now();
     let state = StateDir::create(&desired.state_dir)?;
     let _lock = lock::acquire(&state, &opts.command, opts.lock_timeout)?;
-    let (mut journal, recovered) = Journal::open_and_recover(&state)?;
+    let roots = resource::managed_roots(desired, &state);
+    let (mut journal, recovered) = Journal::open_and_recover(&state, &roots)?;
     for r in &recovered {
         on(Event::Recovered(r));
     }

@@ -1,19 +1,22 @@
-//! btrfs through its ioctls (never by parsing `btrfs` CLI output). This is the
-//! only module with unsafe code: each block issues one ioctl on a file
-//! descriptor we own, with a `#[repr(C)]` argument laid out exactly as the
-//! kernel's `struct btrfs_ioctl_*` (sizes asserted at compile time).
+//! btrfs through its ioctls (never by parsing `btrfs` CLI output), on
+//! directories opened beneath the volume (never through a symlink). Each
+//! unsafe block issues one ioctl on a file descriptor we own, with a
+//! `#[repr(C)]` argument laid out exactly as the kernel's
+//! `struct btrfs_ioctl_*` (sizes asserted at compile time). `FICLONE`
+//! (btrfs's clone ioctl, which XFS implements too) gives the dir backend its
+//! reflinks.
 
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC};
+use nix::sys::statfs::{fstatfs, statfs, BTRFS_SUPER_MAGIC};
 
 use super::VolumeBackend;
+use crate::fsops::beneath::Beneath;
 
 /// The root directory of every btrfs subvolume has this inode number.
 const SUBVOLUME_ROOT_INO: u64 = 256;
@@ -54,6 +57,7 @@ nix::ioctl_readwrite!(ioc_ino_lookup, 0x94, 18, InoLookupArgs);
 nix::ioctl_write_ptr!(ioc_snap_create_v2, 0x94, 23, VolArgsV2);
 nix::ioctl_read!(ioc_subvol_getflags, 0x94, 25, u64);
 nix::ioctl_write_ptr!(ioc_subvol_setflags, 0x94, 26, u64);
+nix::ioctl_write_int!(ioc_clone, 0x94, 9);
 
 pub struct Btrfs;
 
@@ -61,49 +65,59 @@ pub fn is_btrfs(path: &Path) -> io::Result<bool> {
     Ok(statfs(path)?.filesystem_type() == BTRFS_SUPER_MAGIC)
 }
 
-/// Is `path` the root of a btrfs subvolume (btrfs, and inode 256)?
-pub fn is_subvolume(path: &Path) -> io::Result<bool> {
-    Ok(is_btrfs(path)? && std::fs::symlink_metadata(path)?.ino() == SUBVOLUME_ROOT_INO)
+fn on_btrfs(fd: impl AsFd) -> io::Result<bool> {
+    Ok(fstatfs(fd)?.filesystem_type() == BTRFS_SUPER_MAGIC)
 }
 
-fn require_subvolume(path: &Path) -> io::Result<()> {
-    if is_subvolume(path)? {
+/// Is `name` in `dir` the root of a btrfs subvolume (btrfs, and inode 256)?
+pub fn is_subvolume_in(dir: &Beneath, name: &Path) -> io::Result<bool> {
+    match dir.try_stat(name)? {
+        Some(s) if s.ino == SUBVOLUME_ROOT_INO => on_btrfs(dir),
+        _ => Ok(false),
+    }
+}
+
+/// The subvolume `name` in `dir`, opened (refused when it is not one).
+fn open_subvolume(dir: &Beneath, name: &Path) -> io::Result<Beneath> {
+    if !is_subvolume_in(dir, name)? {
+        return Err(io::Error::other(format!(
+            "{} is not a btrfs subvolume",
+            dir.shown(name).display()
+        )));
+    }
+    dir.open_dir(name)
+}
+
+fn require_btrfs(dir: &Beneath) -> io::Result<()> {
+    if on_btrfs(dir)? {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "{} is not a btrfs subvolume",
-            path.display()
+            "{} is not on btrfs",
+            dir.path().display()
         )))
     }
 }
 
-/// The parent directory (opened, on btrfs) and the final name of `path`.
-fn parent_and_name(path: &Path) -> io::Result<(File, &OsStr)> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other(format!("{} has no name", path.display())))?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !is_btrfs(parent)? {
-        return Err(io::Error::other(format!(
-            "{} is not on btrfs",
-            parent.display()
-        )));
-    }
-    Ok((File::open(parent)?, name))
-}
-
-fn copy_name(dst: &mut [u8], name: &OsStr) -> io::Result<()> {
-    let b = name.as_bytes();
-    if b.len() >= dst.len() || b.contains(&0) {
+fn copy_name(dst: &mut [u8], name: &Path) -> io::Result<()> {
+    let n: &OsStr = name.as_os_str();
+    let b = n.as_bytes();
+    if b.is_empty() || b.len() >= dst.len() || b.contains(&0) || b.contains(&b'/') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "subvolume name too long or has a NUL byte",
+            "subvolume name empty, too long, or not a single component",
         ));
     }
     dst[..b.len()].copy_from_slice(b);
+    Ok(())
+}
+
+/// Share `src`'s blocks with the empty file `dst` (a reflink). Fails with
+/// EOPNOTSUPP, EXDEV or EINVAL where the filesystem cannot.
+pub fn clone_file(src: &File, dst: &File) -> io::Result<()> {
+    // SAFETY: both descriptors are open for the call's duration; FICLONE takes
+    // the source fd as its integer argument and reads nothing else.
+    unsafe { ioc_clone(dst.as_raw_fd(), src.as_raw_fd() as nix::libc::c_ulong) }?;
     Ok(())
 }
 
@@ -112,43 +126,40 @@ impl VolumeBackend for Btrfs {
         "btrfs"
     }
 
-    fn create(&self, path: &Path) -> io::Result<()> {
-        let (parent, name) = parent_and_name(path)?;
+    fn create(&self, dir: &Beneath, name: &Path) -> io::Result<()> {
+        require_btrfs(dir)?;
         let mut args = VolArgs {
             fd: 0,
             name: [0; 4088],
         };
         copy_name(&mut args.name, name)?;
-        // SAFETY: `parent` is an open directory fd for the call's duration and
+        // SAFETY: `dir` is an open directory fd for the call's duration and
         // `args` is a fully initialised btrfs_ioctl_vol_args with a NUL-terminated name.
-        unsafe { ioc_subvol_create(parent.as_raw_fd(), &args) }?;
+        unsafe { ioc_subvol_create(dir.fd().as_raw_fd(), &args) }?;
         Ok(())
     }
 
-    fn snapshot(&self, src: &Path, dst: &Path, readonly: bool) -> io::Result<()> {
-        require_subvolume(src)?;
-        let source = File::open(src)?;
-        let (parent, name) = parent_and_name(dst)?;
+    fn snapshot(&self, dir: &Beneath, src: &Path, dst: &Path, readonly: bool) -> io::Result<()> {
+        let source = open_subvolume(dir, src)?;
         let mut args = VolArgsV2 {
-            fd: source.as_raw_fd() as i64,
+            fd: source.fd().as_raw_fd() as i64,
             transid: 0,
             flags: if readonly { SUBVOL_RDONLY } else { 0 },
             unused: [0; 4],
             name: [0; 4040],
         };
-        copy_name(&mut args.name, name)?;
-        // SAFETY: `parent` and `source` stay open across the call; `args` is a
+        copy_name(&mut args.name, dst)?;
+        // SAFETY: `dir` and `source` stay open across the call; `args` is a
         // fully initialised btrfs_ioctl_vol_args_v2 whose fd names the source subvolume.
-        unsafe { ioc_snap_create_v2(parent.as_raw_fd(), &args) }?;
+        unsafe { ioc_snap_create_v2(dir.fd().as_raw_fd(), &args) }?;
         Ok(())
     }
 
-    fn set_readonly(&self, path: &Path, readonly: bool) -> io::Result<()> {
-        require_subvolume(path)?;
-        let f = File::open(path)?;
+    fn set_readonly(&self, dir: &Beneath, name: &Path, readonly: bool) -> io::Result<()> {
+        let f = open_subvolume(dir, name)?;
         let mut flags: u64 = 0;
         // SAFETY: `f` is an open fd of a subvolume root; `flags` is a valid u64 for the kernel to fill.
-        unsafe { ioc_subvol_getflags(f.as_raw_fd(), &mut flags) }?;
+        unsafe { ioc_subvol_getflags(f.fd().as_raw_fd(), &mut flags) }?;
         let new = if readonly {
             flags | SUBVOL_RDONLY
         } else {
@@ -156,37 +167,34 @@ impl VolumeBackend for Btrfs {
         };
         if new != flags {
             // SAFETY: as above; the kernel only reads the u64.
-            unsafe { ioc_subvol_setflags(f.as_raw_fd(), &new) }?;
+            unsafe { ioc_subvol_setflags(f.fd().as_raw_fd(), &new) }?;
         }
         Ok(())
     }
 
-    fn is_readonly(&self, path: &Path) -> io::Result<bool> {
-        require_subvolume(path)?;
-        let f = File::open(path)?;
+    fn is_readonly(&self, dir: &Beneath, name: &Path) -> io::Result<bool> {
+        let f = open_subvolume(dir, name)?;
         let mut flags: u64 = 0;
         // SAFETY: `f` is an open fd of a subvolume root; `flags` is a valid u64 for the kernel to fill.
-        unsafe { ioc_subvol_getflags(f.as_raw_fd(), &mut flags) }?;
+        unsafe { ioc_subvol_getflags(f.fd().as_raw_fd(), &mut flags) }?;
         Ok(flags & SUBVOL_RDONLY != 0)
     }
 
-    fn delete(&self, path: &Path) -> io::Result<()> {
-        require_subvolume(path)?;
-        let (parent, name) = parent_and_name(path)?;
+    fn delete(&self, dir: &Beneath, name: &Path) -> io::Result<()> {
+        open_subvolume(dir, name)?;
         let mut args = VolArgs {
             fd: 0,
             name: [0; 4088],
         };
         copy_name(&mut args.name, name)?;
-        // SAFETY: `parent` is an open directory fd; `args` is a fully initialised
+        // SAFETY: `dir` is an open directory fd; `args` is a fully initialised
         // btrfs_ioctl_vol_args naming a child subvolume of it.
-        unsafe { ioc_snap_destroy(parent.as_raw_fd(), &args) }?;
+        unsafe { ioc_snap_destroy(dir.fd().as_raw_fd(), &args) }?;
         Ok(())
     }
 
-    fn id(&self, path: &Path) -> io::Result<u64> {
-        require_subvolume(path)?;
-        let f = File::open(path)?;
+    fn id(&self, dir: &Beneath, name: &Path) -> io::Result<u64> {
+        let f = open_subvolume(dir, name)?;
         let mut args = InoLookupArgs {
             treeid: 0,
             objectid: SUBVOLUME_ROOT_INO,
@@ -194,7 +202,7 @@ impl VolumeBackend for Btrfs {
         };
         // SAFETY: `f` is an open fd inside the subvolume; `args` is a fully
         // initialised btrfs_ioctl_ino_lookup_args the kernel reads and fills.
-        unsafe { ioc_ino_lookup(f.as_raw_fd(), &mut args) }?;
+        unsafe { ioc_ino_lookup(f.fd().as_raw_fd(), &mut args) }?;
         Ok(args.treeid)
     }
 }

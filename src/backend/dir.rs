@@ -2,12 +2,12 @@
 //! Snapshots are copies, reflinked file by file where the filesystem supports
 //! it (btrfs, XFS) and copied otherwise. Read-only is not enforced here.
 
-use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::VolumeBackend;
+use crate::fsops::beneath::{Beneath, Kind};
 
 pub struct Dir;
 
@@ -16,53 +16,59 @@ impl VolumeBackend for Dir {
         "dir"
     }
 
-    fn create(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir(path)
+    fn create(&self, dir: &Beneath, name: &Path) -> io::Result<()> {
+        dir.create_dir(name, 0o755)
     }
 
-    fn snapshot(&self, src: &Path, dst: &Path, _readonly: bool) -> io::Result<()> {
-        let meta = fs::symlink_metadata(src)?;
-        fs::create_dir(dst)?;
-        copy_tree(src, dst)?;
-        fs::set_permissions(dst, meta.permissions())
+    fn snapshot(&self, dir: &Beneath, src: &Path, dst: &Path, _readonly: bool) -> io::Result<()> {
+        let mode = dir.stat(src)?.mode;
+        dir.create_dir(dst, 0o700)?;
+        copy_tree(&dir.open_dir(src)?, &dir.open_dir(dst)?)?;
+        dir.set_mode(dst, mode)
     }
 
-    fn set_readonly(&self, _path: &Path, _readonly: bool) -> io::Result<()> {
+    fn set_readonly(&self, _dir: &Beneath, _name: &Path, _readonly: bool) -> io::Result<()> {
         Ok(())
     }
 
-    fn is_readonly(&self, _path: &Path) -> io::Result<bool> {
+    fn is_readonly(&self, _dir: &Beneath, _name: &Path) -> io::Result<bool> {
         Ok(false)
     }
 
-    fn delete(&self, path: &Path) -> io::Result<()> {
-        crate::fsops::remove_any(path)
+    fn delete(&self, dir: &Beneath, name: &Path) -> io::Result<()> {
+        super::remove_in(dir, name)
     }
 
-    fn id(&self, path: &Path) -> io::Result<u64> {
-        Ok(fs::symlink_metadata(path)?.ino())
+    fn id(&self, dir: &Beneath, name: &Path) -> io::Result<u64> {
+        Ok(dir.stat(name)?.ino)
     }
 }
 
-/// Copy the contents of `src` into the existing directory `dst`, keeping modes
-/// and symlinks; files are reflinked when the filesystem can.
-pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
-    for e in fs::read_dir(src)? {
-        let e = e?;
-        let (from, to) = (e.path(), dst.join(e.file_name()));
-        let meta = fs::symlink_metadata(&from)?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            fs::create_dir(&to)?;
-            copy_tree(&from, &to)?;
-            fs::set_permissions(&to, meta.permissions())?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
-        } else if ft.is_file() {
-            reflink_copy::reflink_or_copy(&from, &to)?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(meta.permissions().mode()))?;
+/// Copy the contents of `src` into the empty directory `dst`, keeping modes
+/// and symlinks (as symlinks); files are reflinked when the filesystem can.
+/// Device nodes, fifos and sockets are not part of a machine image and are skipped.
+pub fn copy_tree(src: &Beneath, dst: &Beneath) -> io::Result<()> {
+    for (name, kind) in src.entries()? {
+        let n = Path::new(&name);
+        match kind {
+            Kind::Dir => {
+                let mode = src.stat(n)?.mode;
+                dst.create_dir(n, 0o700)?;
+                copy_tree(&src.open_dir(n)?, &dst.open_dir(n)?)?;
+                dst.set_mode(n, mode)?;
+            }
+            Kind::Symlink => dst.symlink(&src.read_link(n)?, n)?,
+            Kind::File => {
+                let from = src.open_file(n)?;
+                let mode = from.metadata()?.permissions().mode();
+                let mut to = dst.create_file(n, 0o600)?;
+                if super::btrfs::clone_file(&from, &to).is_err() {
+                    std::io::copy(&mut &from, &mut to)?;
+                }
+                to.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            }
+            Kind::Other => {}
         }
-        // device nodes, fifos and sockets are not part of a machine image and are skipped
     }
     Ok(())
 }

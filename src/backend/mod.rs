@@ -1,6 +1,10 @@
 //! Storage backends of machine volumes: btrfs subvolumes and snapshots, or
 //! plain directories with reflink copies. Both give the buildos layout; only
 //! btrfs makes a snapshot O(1) and read-only for real.
+//!
+//! Every operation names an entry inside an opened machine directory (a
+//! [`Beneath`] handle), never a path: an entry is never reached through a
+//! symlink.
 
 pub mod btrfs;
 pub mod dir;
@@ -10,19 +14,20 @@ use std::path::Path;
 
 use crate::config::model::Backend as Declared;
 use crate::error::{Error, Result};
+use crate::fsops::beneath::{Beneath, Kind};
 
 pub trait VolumeBackend: Send + Sync {
     fn name(&self) -> &'static str;
-    /// An empty, writable volume (subvolume or directory) at `path`.
-    fn create(&self, path: &Path) -> io::Result<()>;
-    /// A snapshot of `src` at `dst` (which must not exist), writable or read-only.
-    fn snapshot(&self, src: &Path, dst: &Path, readonly: bool) -> io::Result<()>;
-    fn set_readonly(&self, path: &Path, readonly: bool) -> io::Result<()>;
-    fn is_readonly(&self, path: &Path) -> io::Result<bool>;
+    /// An empty, writable volume (subvolume or directory) `name` in `dir`.
+    fn create(&self, dir: &Beneath, name: &Path) -> io::Result<()>;
+    /// A snapshot `dst` of `src` (both in `dir`; `dst` must not exist), writable or read-only.
+    fn snapshot(&self, dir: &Beneath, src: &Path, dst: &Path, readonly: bool) -> io::Result<()>;
+    fn set_readonly(&self, dir: &Beneath, name: &Path, readonly: bool) -> io::Result<()>;
+    fn is_readonly(&self, dir: &Beneath, name: &Path) -> io::Result<bool>;
     /// Delete a volume made by `create` or `snapshot`, read-only or not.
-    fn delete(&self, path: &Path) -> io::Result<()>;
-    /// A stable identity of the volume at `path` (btrfs subvolume id, or the root directory's inode).
-    fn id(&self, path: &Path) -> io::Result<u64>;
+    fn delete(&self, dir: &Beneath, name: &Path) -> io::Result<()>;
+    /// A stable identity of the volume (btrfs subvolume id, or the root directory's inode).
+    fn id(&self, dir: &Beneath, name: &Path) -> io::Result<u64>;
 }
 
 /// The backend for a volume at `path` (the path or its nearest existing ancestor decides `auto`).
@@ -50,25 +55,38 @@ fn nearest_existing(path: &Path) -> &Path {
     p
 }
 
-/// Remove whatever is at `path`: a btrfs subvolume (deleted through the
-/// ioctl, even read-only), or a plain file or tree. Recovery uses this, so it
-/// must work without knowing which backend made the path.
-pub fn remove_any(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(m) if m.is_dir() && btrfs::is_subvolume(path).unwrap_or(false) => {
-            btrfs::Btrfs.delete(path)
+/// Remove `name` in `dir` whatever it is: a btrfs subvolume (deleted through
+/// the ioctl, even read-only), a directory tree (descending only through real
+/// directories, subvolumes inside it included), a file or a symlink (never
+/// what it points to). Recovery uses this, so it must work without knowing
+/// which backend made the entry. Missing is fine.
+pub fn remove_in(dir: &Beneath, name: &Path) -> io::Result<()> {
+    match dir.try_stat(name)? {
+        None => Ok(()),
+        Some(s) if s.kind == Kind::Dir => {
+            if btrfs::is_subvolume_in(dir, name)? {
+                // a read-only subvolume cannot be emptied first; the ioctl takes it whole
+                return btrfs::Btrfs.delete(dir, name);
+            }
+            let inner = dir.open_dir(name)?;
+            for (child, kind) in inner.entries()? {
+                if kind == Kind::Dir {
+                    remove_in(&inner, Path::new(&child))?;
+                } else {
+                    inner.remove_file(Path::new(&child))?;
+                }
+            }
+            dir.remove_dir(name)
         }
-        Ok(_) => crate::fsops::remove_any(path),
+        Some(_) => dir.remove_file(name),
     }
 }
 
-/// The identity of the volume at `path` whichever backend made it.
-pub fn volume_id(path: &Path) -> io::Result<u64> {
-    if btrfs::is_subvolume(path)? {
-        btrfs::Btrfs.id(path)
+/// The identity of the volume `name` in `dir` whichever backend made it.
+pub fn volume_id(dir: &Beneath, name: &Path) -> io::Result<u64> {
+    if btrfs::is_subvolume_in(dir, name)? {
+        btrfs::Btrfs.id(dir, name)
     } else {
-        dir::Dir.id(path)
+        dir::Dir.id(dir, name)
     }
 }

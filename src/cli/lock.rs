@@ -39,7 +39,7 @@ pub fn run(cli: &Cli, a: &LockArgs, p: &Printer) -> Result<i32> {
             (Some(pin), Some(i)) if !a.update && pin == i => pin.to_string(),
             _ => {
                 p.info(&format!("fetching {url} for {addr}"));
-                fetcher.download(url, inline.as_deref())?.1
+                fetcher.fetch_url(url, inline.as_deref())?.1
             }
         };
         pins.insert(url.clone(), Pin { sha256: sha });

@@ -93,10 +93,14 @@ impl StatIndex {
 
     fn entries(&self) -> &Mutex<HashMap<PathBuf, Entry>> {
         self.entries.get_or_init(|| {
+            // read beneath its directory, never through a symlink
             let entries = self
                 .path
                 .as_ref()
-                .and_then(|p| fs::read(p).ok())
+                .and_then(|p| {
+                    let dir = super::Beneath::open(p.parent()?).ok()?;
+                    dir.read(Path::new(p.file_name()?), 256 << 20).ok()
+                })
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default();
             Mutex::new(entries)
@@ -142,7 +146,10 @@ impl StatIndex {
         };
         let bytes =
             serde_json::to_vec(&*self.entries().lock().unwrap()).map_err(io::Error::other)?;
-        super::write_atomic(path, &bytes)
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::other("the stat index has no directory"));
+        };
+        super::Beneath::open(dir)?.write_atomic(Path::new(name), &bytes, 0o600)
     }
 }
 

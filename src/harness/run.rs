@@ -149,7 +149,9 @@ pub fn run(
     };
     report.write(&run_dir)?;
     let latest = opts.runs_dir.join("latest");
-    fsops::switch_symlink(Path::new(&run_name), &latest).map_err(|e| Error::io(&latest, e))?;
+    fsops::Beneath::open(&opts.runs_dir)
+        .and_then(|runs| fsops::switch_symlink(&runs, Path::new(&run_name), Path::new("latest")))
+        .map_err(|e| Error::io(&latest, e))?;
     Ok(report)
 }
 

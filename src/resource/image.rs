@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -15,8 +15,9 @@ use super::receipt::{self, record_tree, Receipt, ReceiptSource};
 use super::{Action, ApplyContext, Change, Context, Observed, Resource};
 use crate::config::model::{ArchiveFormat, Image, Source};
 use crate::error::{Error, Result};
-use crate::fsops::digest::{sha256_bytes, StatKey};
-use crate::source::{self, archive::Written, Artifact, Location};
+use crate::fsops::beneath::{self, Beneath};
+use crate::fsops::digest::sha256_bytes;
+use crate::source::{self, archive::Written, Location};
 use crate::state::{fault, now_rfc3339, Roots};
 
 pub const KIND: &str = "image";
@@ -118,6 +119,12 @@ fn render_ipxe(img: &Image) -> Option<String> {
     Some(s)
 }
 
+/// One digest over the parts' digests (`file:<name>`, `archive`, `ipxe`).
+fn combined(parts: &BTreeMap<String, String>) -> String {
+    let text: String = parts.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+    sha256_bytes(text.as_bytes())
+}
+
 /// Sources of `files` are the files themselves, never unpacked.
 fn as_file(s: &Source) -> Source {
     Source {
@@ -142,16 +149,14 @@ impl ImageResource {
         if let Some(script) = render_ipxe(img) {
             parts.insert("ipxe".into(), sha256_bytes(script.as_bytes()));
         }
-        let text: String = parts.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
         Ok(Wanted {
-            combined: sha256_bytes(text.as_bytes()),
+            combined: combined(&parts),
             parts,
         })
     }
 
     fn install(&self, img: &Image, cx: &mut ApplyContext) -> Result<()> {
-        let wanted = self.wanted(img, cx.cx)?;
-        // every source verified before anything is staged
+        // downloads are verified on their way into the cache; every file again while it is staged
         let mut files = Vec::new();
         for (name, s) in &img.files {
             files.push((name.clone(), cx.cx.fetcher.fetch(&as_file(s))?));
@@ -160,141 +165,146 @@ impl ImageResource {
             Some(s) => Some(cx.cx.fetcher.fetch(s)?),
             None => None,
         };
-        let parent = self.target.parent().expect("a purpose dir has a parent");
-        create_parents(parent, &self.root, cx.roots)?;
+        let root = self.open_root(cx.roots)?;
         cx.roots.add(KIND, &self.root);
         let limit = cx.cx.desired.extract_limit;
-        publish::replace_dir(cx.journal, &self.address, &self.target, |staging, txn| {
-            let mut written = Written::new();
-            for (i, (name, artifact)) in files.iter().enumerate() {
-                copy_verified(artifact, &staging.join(name))?;
-                if let Artifact::File { sha256, .. } = artifact {
-                    written.insert(PathBuf::from(name), sha256.clone());
-                }
-                if i == 0 {
-                    fault::point(&self.address, "stage-partial");
-                }
-            }
-            if let (Some(a), Some(s)) = (&archive, &img.source) {
-                written.extend(source::unpack(
-                    a,
-                    staging,
-                    "image",
-                    s.strip_components.unwrap_or(0),
-                    limit,
-                    Default::default(),
-                )?);
-                fault::point(&self.address, "stage-partial");
-            }
-            if let Some(script) = render_ipxe(img) {
-                let ipxe = img.ipxe.as_ref().expect("rendered");
-                for f in [Some(&ipxe.kernel), ipxe.initrd.as_ref()]
-                    .into_iter()
-                    .flatten()
-                {
-                    if !staging.join(f).is_file() {
-                        return Err(Error::Resource {
-                            address: self.address.clone(),
-                            reason: format!(
-                                "the iPXE script boots `{f}`, which the image does not contain"
-                            ),
-                        });
+        publish::replace_dir(
+            cx.journal,
+            &self.address,
+            &root,
+            &self.rel(),
+            |staging, txn| {
+                let mut written = Written::new();
+                let mut actual: BTreeMap<String, String> = BTreeMap::new();
+                for (i, (name, artifact)) in files.iter().enumerate() {
+                    let staged =
+                        source::unpack(artifact, staging, name, 0, limit, Default::default())?;
+                    staging
+                        .set_mode(Path::new(name), 0o644)
+                        .map_err(|e| Error::io(staging.shown(Path::new(name)), e))?;
+                    actual.insert(format!("file:{name}"), staged.sha256);
+                    written.extend(staged.written);
+                    if i == 0 {
+                        fault::point(&self.address, "stage-partial");
                     }
                 }
-                let p = staging.join(IPXE_SCRIPT);
-                fs::write(&p, &script).map_err(|e| Error::io(&p, e))?;
-                written.insert(PathBuf::from(IPXE_SCRIPT), sha256_bytes(script.as_bytes()));
-            }
-            let mut facts: BTreeMap<String, String> = wanted.parts.clone();
-            facts.insert("target".into(), self.target.display().to_string());
-            let location = match &img.source {
-                Some(s) => Location::of(s).describe(),
-                None => format!(
-                    "files: {}",
-                    img.files.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            };
-            Receipt {
-                kind: KIND.into(),
-                name: self.name.clone(),
-                version: Some(img.release.clone()),
-                source: ReceiptSource {
-                    location,
-                    sha256: wanted.combined.clone(),
-                },
-                txn: txn.to_string(),
-                installed_at: now_rfc3339(),
-                reconcile_version: env!("CARGO_PKG_VERSION").into(),
-                facts,
-                files: record_tree(staging, &written)?,
-            }
-            .write(staging)
-        })
+                if let (Some(a), Some(s)) = (&archive, &img.source) {
+                    let strip = s.strip_components.unwrap_or(0);
+                    let staged =
+                        source::unpack(a, staging, "image", strip, limit, Default::default())?;
+                    actual.insert("archive".into(), format!("{}/strip={strip}", staged.sha256));
+                    written.extend(staged.written);
+                    fault::point(&self.address, "stage-partial");
+                }
+                if let Some(script) = render_ipxe(img) {
+                    let ipxe = img.ipxe.as_ref().expect("rendered");
+                    for f in [Some(&ipxe.kernel), ipxe.initrd.as_ref()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        let kind = staging
+                            .try_stat(Path::new(f))
+                            .ok()
+                            .flatten()
+                            .map(|s| s.kind);
+                        if kind != Some(beneath::Kind::File) {
+                            return Err(Error::Resource {
+                            address: self.address.clone(),
+                            reason: format!(
+                                "the iPXE script boots `{f}`, which the image does not contain as a file"
+                            ),
+                        });
+                        }
+                    }
+                    let p = Path::new(IPXE_SCRIPT);
+                    let mut out = staging.create_file(p, 0o644).map_err(|e| Error::Resource {
+                    address: self.address.clone(),
+                    reason: if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        format!("the image source carries {IPXE_SCRIPT}, which reconcile writes from `ipxe`")
+                    } else {
+                        e.to_string()
+                    },
+                })?;
+                    out.write_all(script.as_bytes())
+                        .map_err(|e| Error::io(staging.shown(p), e))?;
+                    let sha = sha256_bytes(script.as_bytes());
+                    actual.insert("ipxe".into(), sha.clone());
+                    written.insert(PathBuf::from(IPXE_SCRIPT), sha);
+                }
+                // what was read while staging, not what was declared
+                let combined = combined(&actual);
+                let mut facts: BTreeMap<String, String> = actual;
+                facts.insert("target".into(), self.target.display().to_string());
+                let location = match &img.source {
+                    Some(s) => Location::of(s).describe(),
+                    None => format!(
+                        "files: {}",
+                        img.files.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                Receipt {
+                    kind: KIND.into(),
+                    name: self.name.clone(),
+                    version: Some(img.release.clone()),
+                    source: ReceiptSource {
+                        location,
+                        sha256: combined,
+                    },
+                    txn: txn.to_string(),
+                    installed_at: now_rfc3339(),
+                    reconcile_version: env!("CARGO_PKG_VERSION").into(),
+                    facts,
+                    files: record_tree(staging, &written)?,
+                }
+                .write(staging)
+            },
+        )
+    }
+
+    /// The target relative to the TFTP root.
+    fn rel(&self) -> PathBuf {
+        self.target
+            .strip_prefix(&self.root)
+            .expect("an image is published under its root")
+            .to_path_buf()
+    }
+
+    /// The TFTP root, opened, with the image's parents made beneath it (never
+    /// through a symlink), remembering which ones reconcile created.
+    fn open_root(&self, roots: &mut Roots) -> Result<Beneath> {
+        fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let root = Beneath::open(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let parent = self
+            .rel()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let made = root
+            .create_dir_all(&parent, 0o755)
+            .map_err(|e| Error::io(root.shown(&parent), e))?;
+        for m in made {
+            roots.add(CREATED_DIRS, &self.root.join(m));
+        }
+        Ok(root)
     }
 
     fn remove(&self, cx: &mut ApplyContext) -> Result<()> {
-        publish::remove_dir(cx.journal, &self.address, &self.target)?;
+        let root = Beneath::open(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        publish::remove_dir(cx.journal, &self.address, &root, &self.rel())?;
         // empty parents reconcile created go too; anything else (foreign files, other images) keeps them
-        let mut dir = self.target.parent();
-        while let Some(d) = dir {
-            if d == self.root
-                || !cx.roots.of(CREATED_DIRS).any(|c| c == d)
-                || fs::remove_dir(d).is_err()
-            {
+        let mut dir = self.rel().parent().map(Path::to_path_buf);
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            let full = self.root.join(&d);
+            if !cx.roots.of(CREATED_DIRS).any(|c| *c == full) || root.remove_dir(&d).is_err() {
                 break;
             }
             if let Some(set) = cx.roots.by_kind.get_mut(CREATED_DIRS) {
-                set.remove(d);
+                set.remove(&full);
             }
-            dir = d.parent();
+            dir = d.parent().map(Path::to_path_buf);
         }
         Ok(())
     }
-}
-
-/// Create the parents of a purpose directory, remembering which ones reconcile made.
-fn create_parents(parent: &Path, root: &Path, roots: &mut Roots) -> Result<()> {
-    let mut missing = Vec::new();
-    let mut d = Some(parent);
-    while let Some(p) = d {
-        if p.exists() {
-            break;
-        }
-        missing.push(p.to_path_buf());
-        d = p.parent();
-    }
-    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    for m in missing {
-        if m.starts_with(root) && m != root {
-            roots.add(CREATED_DIRS, &m);
-        }
-    }
-    Ok(())
-}
-
-/// Copy a verified file into the staging directory (in-kernel copy, reflink
-/// where the filesystem can), refusing if the source changed meanwhile.
-fn copy_verified(a: &Artifact, to: &Path) -> Result<()> {
-    let Artifact::File { path, .. } = a else {
-        return Err(Error::Resource {
-            address: to.display().to_string(),
-            reason: "a `dir` source cannot be an image file".into(),
-        });
-    };
-    let before = fs::metadata(path)
-        .map(|m| StatKey::of(&m))
-        .map_err(|e| Error::io(path, e))?;
-    fs::copy(path, to).map_err(|e| Error::io(to, e))?;
-    let after = fs::metadata(path)
-        .map(|m| StatKey::of(&m))
-        .map_err(|e| Error::io(path, e))?;
-    if before != after {
-        return Err(Error::Resource {
-            address: path.display().to_string(),
-            reason: "the source changed while it was being copied; apply again".into(),
-        });
-    }
-    fs::set_permissions(to, fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(to, e))
 }
 
 impl Resource for ImageResource {

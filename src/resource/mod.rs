@@ -107,6 +107,25 @@ pub trait Resource: Send + Sync {
     fn status(&self, observed: &Observed) -> serde_json::Value;
 }
 
+/// Every directory reconcile manages objects in: the plugin dirs, TFTP roots
+/// and volumes the file declares, and the roots it recorded publishing into
+/// (where pruned objects may still be). The journal may name nothing else.
+pub fn managed_roots(desired: &Desired, state: &StateDir) -> Vec<PathBuf> {
+    let m = &desired.model;
+    let mut roots: std::collections::BTreeSet<PathBuf> = m
+        .plugin
+        .values()
+        .map(|p| PathBuf::from(p.dir()))
+        .chain(m.image.values().map(|i| PathBuf::from(&i.root)))
+        .chain(m.volume.values().map(|v| PathBuf::from(&v.path)))
+        .collect();
+    let recorded = state.roots();
+    for kind in [plugin::KIND, image::KIND, machine::KIND] {
+        roots.extend(recorded.of(kind).cloned());
+    }
+    roots.into_iter().collect()
+}
+
 /// Every resource the desired state implies, including owned objects that are
 /// no longer declared (to be pruned).
 pub fn all(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -13,6 +13,7 @@ use super::receipt::{self, record_tree, Receipt, ReceiptSource};
 use super::{Action, ApplyContext, Change, Context, Observed, Resource};
 use crate::config::model::Plugin;
 use crate::error::{Error, Result};
+use crate::fsops::beneath::{self, Beneath};
 use crate::fsops::{self, digest::sha256_bytes};
 use crate::source::{self, archive::Written, Location};
 use crate::state::{fault, now_rfc3339};
@@ -93,44 +94,54 @@ impl PluginResource {
     }
 
     fn install(&self, p: &Plugin, cx: &mut ApplyContext) -> Result<()> {
-        let fetcher = &cx.cx.fetcher;
-        // verified before anything is staged: a bad download never touches the plugin dir
-        let artifact = fetcher.fetch(&p.source)?;
-        let source_sha = match &artifact {
-            source::Artifact::File { sha256, .. } => sha256.clone(),
-            source::Artifact::Dir { .. } => fetcher.expected_digest(&p.source)?,
-        };
+        // a download is verified on its way into the cache; every source is
+        // verified again, in the same pass, while it is staged
+        let artifact = cx.cx.fetcher.fetch(&p.source)?;
         fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let root = Beneath::open(&self.root).map_err(|e| Error::io(&self.root, e))?;
         cx.roots.add(KIND, &self.root);
         let limit = cx.cx.desired.extract_limit;
-        publish::replace_dir(cx.journal, &self.address, &self.target(), |staging, txn| {
-            self.stage(p, &artifact, staging, &source_sha, txn, limit)
-        })
+        publish::replace_dir(
+            cx.journal,
+            &self.address,
+            &root,
+            Path::new(&self.name),
+            |staging, txn| self.stage(p, &artifact, staging, txn, limit),
+        )
     }
 
-    /// Build the complete new plugin directory at `staging`, verified and fsynced.
+    /// Build the complete new plugin directory in `staging`, verified.
     fn stage(
         &self,
         p: &Plugin,
         artifact: &source::Artifact,
-        staging: &Path,
-        source_sha: &str,
+        staging: &Beneath,
         txn: &str,
         limit: u64,
     ) -> Result<()> {
         let bin = self.bin();
         let strip = p.source.strip_components.unwrap_or(0);
-        let mut written =
-            source::unpack(artifact, staging, &bin, strip, limit, Default::default())?;
+        let staged = source::unpack(artifact, staging, &bin, strip, limit, Default::default())?;
+        let mut written = staged.written;
         fault::point(&self.address, "stage-partial");
         if p.source.strip_components.is_none() {
             unwrap_single_dir(staging, &mut written)?;
         }
         normalise_bin(&self.address, staging, &bin, &mut written)?;
 
-        let manifest = staging.join("plugin.json");
-        if manifest.exists() {
-            let text = fs::read(&manifest).map_err(|e| Error::io(&manifest, e))?;
+        let manifest = Path::new("plugin.json");
+        let io = |e: std::io::Error| Error::io(staging.shown(manifest), e);
+        if let Some(st) = staging.try_stat(manifest).map_err(io)? {
+            if st.kind != beneath::Kind::File {
+                return Err(Error::Resource {
+                    address: self.address.clone(),
+                    reason: format!(
+                        "plugin.json in the source is a {}, not a file",
+                        beneath::kind_name(st.kind)
+                    ),
+                });
+            }
+            let text = staging.read(manifest, 1 << 20).map_err(io)?;
             let doc: serde_json::Value =
                 serde_json::from_slice(&text).map_err(|e| Error::Resource {
                     address: self.address.clone(),
@@ -151,7 +162,8 @@ impl PluginResource {
         } else {
             let doc = json!({ "name": self.name, "version": p.version, "bin": bin });
             let bytes = serde_json::to_vec_pretty(&doc).expect("json");
-            fs::write(&manifest, &bytes).map_err(|e| Error::io(&manifest, e))?;
+            let mut f = staging.create_file(manifest, 0o644).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
             written.insert(PathBuf::from("plugin.json"), sha256_bytes(&bytes));
         }
 
@@ -162,7 +174,8 @@ impl PluginResource {
             version: Some(p.version.clone()),
             source: ReceiptSource {
                 location: Location::of(&p.source).describe(),
-                sha256: source_sha.to_string(),
+                // what was read while staging, not what was declared
+                sha256: staged.sha256,
             },
             txn: txn.to_string(),
             installed_at: now_rfc3339(),
@@ -174,7 +187,8 @@ impl PluginResource {
     }
 
     fn remove(&self, cx: &mut ApplyContext) -> Result<()> {
-        publish::remove_dir(cx.journal, &self.address, &self.target())
+        let root = Beneath::open(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        publish::remove_dir(cx.journal, &self.address, &root, Path::new(&self.name))
     }
 }
 
@@ -279,22 +293,26 @@ impl Resource for PluginResource {
 
 /// An archive holding one directory and nothing else (`kolet_1.2.0_linux_amd64/…`)
 /// is unwrapped so the plugin's files sit at the top.
-fn unwrap_single_dir(staging: &Path, written: &mut Written) -> Result<()> {
-    let entries: Vec<_> = fs::read_dir(staging)
-        .map_err(|e| Error::io(staging, e))?
-        .filter_map(|e| e.ok())
-        .collect();
-    if entries.len() != 1 || !entries[0].file_type().map(|t| t.is_dir()).unwrap_or(false) {
+fn unwrap_single_dir(staging: &Beneath, written: &mut Written) -> Result<()> {
+    let entries = staging
+        .entries()
+        .map_err(|e| Error::io(staging.path(), e))?;
+    let [(wrapper, beneath::Kind::Dir)] = entries.as_slice() else {
         return Ok(());
+    };
+    let wrapper = PathBuf::from(wrapper);
+    let inner = staging
+        .open_dir(&wrapper)
+        .map_err(|e| Error::io(staging.shown(&wrapper), e))?;
+    for (name, _) in inner.entries().map_err(|e| Error::io(inner.path(), e))? {
+        let from = wrapper.join(&name);
+        staging
+            .rename(&from, Path::new(&name))
+            .map_err(|e| Error::io(staging.shown(&from), e))?;
     }
-    let wrapper = entries[0].file_name();
-    let inner = staging.join(&wrapper);
-    for e in fs::read_dir(&inner).map_err(|e| Error::io(&inner, e))? {
-        let e = e.map_err(|e| Error::io(&inner, e))?;
-        let to = staging.join(e.file_name());
-        fs::rename(e.path(), &to).map_err(|e| Error::io(&to, e))?;
-    }
-    fs::remove_dir(&inner).map_err(|e| Error::io(&inner, e))?;
+    staging
+        .remove_dir(&wrapper)
+        .map_err(|e| Error::io(staging.shown(&wrapper), e))?;
     let moved: Written = written
         .drain()
         .map(|(k, v)| {
@@ -310,20 +328,25 @@ fn unwrap_single_dir(staging: &Path, written: &mut Written) -> Result<()> {
 
 /// Make `<staging>/<bin>` the executable: GoReleaser-style names such as
 /// `kolet_1.2.0_linux_amd64` or `kolet-linux-amd64` are renamed to `kolet`.
-fn normalise_bin(address: &str, staging: &Path, bin: &str, written: &mut Written) -> Result<()> {
-    let exe = staging.join(bin);
-    if !exe.is_file() {
-        let mut candidates: Vec<String> = fs::read_dir(staging)
-            .map_err(|e| Error::io(staging, e))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+/// A `bin` that is a symlink makes the file it resolves to (inside the tree)
+/// executable; nothing outside the tree is ever touched.
+fn normalise_bin(address: &str, staging: &Beneath, bin: &str, written: &mut Written) -> Result<()> {
+    let exe = Path::new(bin);
+    let io = |e: std::io::Error| Error::io(staging.shown(exe), e);
+    let kind = staging.try_stat(exe).map_err(io)?.map(|s| s.kind);
+    if kind.is_none() {
+        let mut candidates: Vec<String> = staging
+            .entries()
+            .map_err(|e| Error::io(staging.path(), e))?
+            .into_iter()
+            .filter(|(_, k)| *k == beneath::Kind::File)
+            .map(|(n, _)| n.to_string_lossy().into_owned())
             .filter(|n| n.starts_with(&format!("{bin}_")) || n.starts_with(&format!("{bin}-")))
             .collect();
         candidates.sort();
         match candidates.as_slice() {
             [one] => {
-                fs::rename(staging.join(one), &exe).map_err(|e| Error::io(&exe, e))?;
+                staging.rename(Path::new(one), exe).map_err(io)?;
                 if let Some(sha) = written.remove(Path::new(one)) {
                     written.insert(PathBuf::from(bin), sha);
                 }
@@ -342,5 +365,23 @@ fn normalise_bin(address: &str, staging: &Path, bin: &str, written: &mut Written
             }
         }
     }
-    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).map_err(|e| Error::io(&exe, e))
+    let file = match kind {
+        Some(beneath::Kind::Symlink) => {
+            beneath::resolve_inside(staging, exe, false).map_err(|why| Error::Resource {
+                address: address.into(),
+                reason: format!("the executable `{bin}` is a symlink that {why}"),
+            })?
+        }
+        _ => exe.to_path_buf(),
+    };
+    match staging.try_stat(&file).map_err(io)? {
+        Some(s) if s.kind == beneath::Kind::File => {}
+        _ => {
+            return Err(Error::Resource {
+                address: address.into(),
+                reason: format!("the executable `{bin}` is not a regular file in the source"),
+            })
+        }
+    }
+    staging.set_mode(&file, 0o755).map_err(io)
 }

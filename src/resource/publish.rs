@@ -6,8 +6,9 @@ use std::fs;
 use std::path::Path;
 
 use super::receipt::{check_tree, Drift, Receipt};
+use crate::backend::remove_in;
 use crate::error::{Error, Result};
-use crate::fsops::{self, digest::sha256_bytes, Previous};
+use crate::fsops::{self, digest::sha256_bytes, Beneath, Previous};
 use crate::state::journal::{Journal, Op};
 
 /// What is at a managed directory's path.
@@ -107,60 +108,84 @@ pub fn drift_reason(drift: &[Drift]) -> Option<String> {
     Some(format!("file {first}{more}"))
 }
 
-/// Replace (or create) the directory `target` atomically. `build` fills the
-/// empty staging directory it is given and must write a receipt carrying the
-/// transaction id it is given (recovery reads it). On any error the staging
-/// directory is removed and `target` is untouched.
+/// The opened parent of `rel` (beneath `root`, never through a symlink) and `rel`'s name.
+fn parent_of<'r>(root: &Beneath, rel: &'r Path) -> Result<(Beneath, &'r Path)> {
+    let name = rel
+        .file_name()
+        .map(Path::new)
+        .ok_or_else(|| Error::io(root.shown(rel), std::io::Error::other("no name")))?;
+    let up = rel.parent().unwrap_or(Path::new(""));
+    let parent = root
+        .open_dir(up)
+        .map_err(|e| Error::io(root.shown(up), e))?;
+    Ok((parent, name))
+}
+
+/// Replace (or create) the directory `rel` beneath `root` atomically. `build`
+/// fills the empty staging directory it is given (as a handle: everything it
+/// writes stays beneath it) and must write a receipt carrying the transaction
+/// id it is given (recovery reads it). On any error the staging directory is
+/// removed and the target is untouched.
 pub fn replace_dir(
     journal: &mut Journal,
     address: &str,
-    target: &Path,
-    build: impl FnOnce(&Path, &str) -> Result<()>,
+    root: &Beneath,
+    rel: &Path,
+    build: impl FnOnce(&Beneath, &str) -> Result<()>,
 ) -> Result<()> {
+    let target = root.shown(rel);
+    let (parent, name) = parent_of(root, rel)?;
     // the staging names carry the transaction id, so recovery can tell them apart
     let txn = journal.begin(address, |id| Op::Publish {
-        target: target.to_path_buf(),
-        staging: fsops::staging_path(target, id),
-        retired: fsops::retired_path(target, id),
+        target: target.clone(),
+        staging: fsops::staging_path(&target, id),
+        retired: fsops::retired_path(&target, id),
     })?;
-    let staging = fsops::staging_path(target, &txn.id);
-    let retired = fsops::retired_path(target, &txn.id);
+    let staging = fsops::staging_name(name, &txn.id);
+    let retired = fsops::retired_name(name, &txn.id);
     journal.step(&txn, "stage")?;
-    let staged = fs::create_dir(&staging)
-        .map_err(|e| Error::io(&staging, e))
-        .and_then(|()| build(&staging, &txn.id))
-        .and_then(|()| fsops::sync_tree(&staging).map_err(|e| Error::io(&staging, e)));
+    let io = |e: std::io::Error| Error::io(parent.shown(&staging), e);
+    let staged = parent
+        .create_dir(&staging, 0o755)
+        .and_then(|()| parent.open_dir(&staging))
+        .map_err(io)
+        .and_then(|dir| {
+            build(&dir, &txn.id)?;
+            fsops::sync_tree(&dir).map_err(io)
+        });
     if let Err(e) = staged {
-        let _ = fsops::remove_any(&staging);
+        let _ = remove_in(&parent, &staging);
         journal.done(txn)?;
         return Err(e);
     }
     journal.step(&txn, "exchange")?;
-    let previous = fsops::publish(&staging, target, &retired).map_err(|e| {
-        let _ = fsops::remove_any(&staging);
-        Error::io(target, e)
+    let previous = fsops::publish(&parent, &staging, name, &retired).map_err(|e| {
+        let _ = remove_in(&parent, &staging);
+        Error::io(&target, e)
     })?;
     journal.step(&txn, "cleanup")?;
     if let Previous::At(old) = previous {
-        fsops::remove_any(&old).map_err(|e| Error::io(&old, e))?;
+        remove_in(&parent, &old).map_err(|e| Error::io(parent.shown(&old), e))?;
     }
     journal.done(txn)
 }
 
-/// Delete the directory (or btrfs subvolume) `target`: renamed aside in one step
-/// (journaled), then removed.
-pub fn remove_dir(journal: &mut Journal, address: &str, target: &Path) -> Result<()> {
+/// Delete the directory (or btrfs subvolume) `rel` beneath `root`: renamed
+/// aside in one step (journaled), then removed — never through a symlink.
+pub fn remove_dir(journal: &mut Journal, address: &str, root: &Beneath, rel: &Path) -> Result<()> {
+    let target = root.shown(rel);
+    let (parent, name) = parent_of(root, rel)?;
     let txn = journal.begin(address, |id| Op::Remove {
-        target: target.to_path_buf(),
-        retired: fsops::retired_path(target, id),
+        target: target.clone(),
+        retired: fsops::retired_path(&target, id),
     })?;
-    let retired = fsops::retired_path(target, &txn.id);
+    let retired = fsops::retired_name(name, &txn.id);
     journal.step(&txn, "retire")?;
-    fs::rename(target, &retired).map_err(|e| Error::io(target, e))?;
-    if let Some(parent) = target.parent() {
-        fsops::fsync_dir(parent).map_err(|e| Error::io(parent, e))?;
-    }
+    parent
+        .rename(name, &retired)
+        .and_then(|()| parent.sync())
+        .map_err(|e| Error::io(&target, e))?;
     journal.step(&txn, "cleanup")?;
-    crate::backend::remove_any(&retired).map_err(|e| Error::io(&retired, e))?;
+    remove_in(&parent, &retired).map_err(|e| Error::io(parent.shown(&retired), e))?;
     journal.done(txn)
 }

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::io::Write;
+
 use crate::error::{Error, Result};
+use crate::fsops::beneath::{self, Beneath};
 use crate::fsops::digest::{sha256_file, StatKey};
 use crate::fsops::is_staging_name;
 use crate::source::archive::Written;
@@ -160,10 +163,26 @@ impl Receipt {
         serde_json::from_slice(&bytes).ok().map(|r| (r, bytes))
     }
 
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let p = Self::path_in(dir);
+    /// Write the receipt into a staged directory; one already there (an
+    /// archive carrying a file of that name) is refused.
+    pub fn write(&self, dir: &Beneath) -> Result<()> {
+        let name = Path::new(RECEIPT_NAME);
         let bytes = serde_json::to_vec_pretty(self).expect("receipt serialises");
-        fs::write(&p, bytes).map_err(|e| Error::io(&p, e))
+        let mut f = dir.create_file(name, 0o644).map_err(|e| {
+            let e = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the source carries a file named {RECEIPT_NAME}, which reconcile writes"
+                    ),
+                )
+            } else {
+                e
+            };
+            Error::io(dir.shown(name), e)
+        })?;
+        f.write_all(&bytes)
+            .map_err(|e| Error::io(dir.shown(name), e))
     }
 
     pub fn file_count(&self) -> usize {
@@ -174,37 +193,69 @@ impl Receipt {
     }
 }
 
-/// Record every entry of a staged tree. Files whose digest was computed while
-/// writing them come from `written`; others are hashed now.
-pub fn record_tree(root: &Path, written: &Written) -> Result<Vec<FileRecord>> {
+/// Record every entry of a staged tree (through its handle: nothing is
+/// followed). Files whose digest was computed while writing them come from
+/// `written`; others are hashed now.
+pub fn record_tree(root: &Beneath, written: &Written) -> Result<Vec<FileRecord>> {
     let mut out = Vec::new();
-    walk(root, Path::new(""), &mut |rel, meta| {
-        let full = root.join(rel);
-        let mode = meta.permissions().mode() & 0o7777;
-        let kind = if meta.is_dir() {
-            EntryKind::Dir { mode }
-        } else if meta.file_type().is_symlink() {
-            EntryKind::Symlink {
-                target: fs::read_link(&full).map_err(|e| Error::io(&full, e))?,
+    record_dir(root, Path::new(""), written, &mut out)?;
+    Ok(out)
+}
+
+fn record_dir(
+    root: &Beneath,
+    rel: &Path,
+    written: &Written,
+    out: &mut Vec<FileRecord>,
+) -> Result<()> {
+    let dir = root
+        .open_dir(rel)
+        .map_err(|e| Error::io(root.shown(rel), e))?;
+    for (name, kind) in dir.entries().map_err(|e| Error::io(dir.path(), e))? {
+        if rel.as_os_str().is_empty() {
+            let n = name.to_string_lossy();
+            if n == RECEIPT_NAME || is_staging_name(&n) {
+                continue;
             }
-        } else {
-            let sha256 = match written.get(rel) {
-                Some(s) => s.clone(),
-                None => sha256_file(&full).map_err(|e| Error::io(&full, e))?,
-            };
-            EntryKind::File {
-                mode,
-                sha256,
-                stat: StatKey::of(meta),
+        }
+        let r = rel.join(&name);
+        let io = |e: std::io::Error| Error::io(root.shown(&r), e);
+        let entry = match kind {
+            beneath::Kind::Dir => EntryKind::Dir {
+                mode: root.stat(&r).map_err(io)?.mode,
+            },
+            beneath::Kind::Symlink => EntryKind::Symlink {
+                target: root.read_link(&r).map_err(io)?,
+            },
+            beneath::Kind::File => {
+                let f = root.open_file(&r).map_err(io)?;
+                let meta = f.metadata().map_err(io)?;
+                let sha256 = match written.get(&r) {
+                    Some(s) => s.clone(),
+                    None => crate::fsops::digest::sha256_reader(&f).map_err(io)?.0,
+                };
+                EntryKind::File {
+                    mode: meta.permissions().mode() & 0o7777,
+                    sha256,
+                    stat: StatKey::of(&meta),
+                }
+            }
+            beneath::Kind::Other => {
+                return Err(Error::Resource {
+                    address: root.shown(&r).display().to_string(),
+                    reason: "a device node, fifo or socket in a staged tree".into(),
+                })
             }
         };
         out.push(FileRecord {
-            path: rel.to_path_buf(),
-            kind,
+            path: r.clone(),
+            kind: entry,
         });
-        Ok(())
-    })?;
-    Ok(out)
+        if kind == beneath::Kind::Dir {
+            record_dir(root, &r, written, out)?;
+        }
+    }
+    Ok(())
 }
 
 /// Compare an installed tree with its receipt. Unchanged stat keys are trusted

@@ -1,20 +1,25 @@
 //! Safe archive extraction: tar (plain, gz, xz, zst) and zip.
 //!
 //! Every entry is checked before anything is written: no absolute paths, no
-//! `..`, no symlink or hard link that leaves the tree, no device nodes or
-//! fifos, no writing through a symlink, setuid/setgid/sticky bits stripped,
-//! and the total unpacked size capped against archive bombs.
+//! `..`, no device nodes or fifos, setuid/setgid/sticky bits stripped, and
+//! the total unpacked size capped against archive bombs. Everything is
+//! created through a [`Beneath`] handle on the destination, so nothing is
+//! ever written through a symlink, whatever the archive planted first. Once
+//! the tree is complete, every symlink in it is resolved inside the tree the
+//! way the kernel would (through the other links it meets), and one that
+//! leads out — however it is chained — refuses the archive.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::config::model::ArchiveFormat;
 use crate::error::{Error, Result};
+use crate::fsops::beneath::{self, Beneath, Kind as EntryType};
 
 /// Most entries an archive may have.
 pub const MAX_ENTRIES: u64 = 1_000_000;
@@ -82,19 +87,21 @@ pub struct Policy {
     pub rootfs: bool,
 }
 
-/// Extract `archive` into the existing, empty directory `dest`.
+/// Extract the archive read from `input` into the existing, empty
+/// directory `dest`. `label` names it in messages. Tar formats stream;
+/// zip needs the file itself (its directory is at the end).
 pub fn extract(
-    archive: &Path,
+    input: ArchiveInput,
     format: ArchiveFormat,
-    dest: &Path,
+    dest: &Beneath,
+    label: &str,
     strip: u32,
     limit: u64,
     policy: Policy,
 ) -> Result<Written> {
-    let label = archive.display().to_string();
     let mut x = Extractor {
         dest,
-        label: label.clone(),
+        label: label.to_string(),
         strip,
         limit,
         total: 0,
@@ -104,27 +111,49 @@ pub fn extract(
         owner: None,
         is_root: nix::unistd::geteuid().is_root(),
     };
-    let open = || File::open(archive).map_err(|e| Error::io(archive, e));
-    match format {
-        ArchiveFormat::Tar => x.tar(open()?)?,
-        ArchiveFormat::TarGz => x.tar(flate2::read::MultiGzDecoder::new(
-            io::BufReader::with_capacity(1 << 20, open()?),
-        ))?,
-        ArchiveFormat::TarXz => {
-            x.tar(liblzma::read::XzDecoder::new(io::BufReader::new(open()?)))?
+    match (format, input) {
+        (ArchiveFormat::Tar, ArchiveInput::Stream(r)) => x.tar(r)?,
+        (ArchiveFormat::TarGz, ArchiveInput::Stream(r)) => x.tar(
+            flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, r)),
+        )?,
+        (ArchiveFormat::TarXz, ArchiveInput::Stream(r)) => {
+            x.tar(liblzma::read::XzDecoder::new(io::BufReader::new(r)))?
         }
-        ArchiveFormat::TarZst => {
-            let d = zstd::stream::read::Decoder::new(open()?).map_err(|e| x.bad(e.to_string()))?;
+        (ArchiveFormat::TarZst, ArchiveInput::Stream(r)) => {
+            let d = zstd::stream::read::Decoder::new(r).map_err(|e| x.bad(e.to_string()))?;
             x.tar(d)?
         }
-        ArchiveFormat::Zip => x.zip(open()?)?,
-        ArchiveFormat::File => unreachable!("a plain file is not extracted"),
+        (ArchiveFormat::Zip, ArchiveInput::File(f)) => x.zip(f)?,
+        (ArchiveFormat::Zip, ArchiveInput::Stream(_)) => {
+            unreachable!("a zip is extracted from its file")
+        }
+        (_, ArchiveInput::File(f)) => {
+            return extract(
+                ArchiveInput::Stream(Box::new(f)),
+                format,
+                dest,
+                label,
+                strip,
+                limit,
+                policy,
+            )
+        }
+        (ArchiveFormat::File, _) => unreachable!("a plain file is not extracted"),
     }
+    x.check_links(Path::new(""))?;
     Ok(x.written)
 }
 
+/// What an archive is read from.
+pub enum ArchiveInput<'r> {
+    /// Read once, front to back (tar formats).
+    Stream(Box<dyn Read + 'r>),
+    /// Read where needed (zip).
+    File(File),
+}
+
 struct Extractor<'a> {
-    dest: &'a Path,
+    dest: &'a Beneath,
     label: String,
     strip: u32,
     limit: u64,
@@ -189,20 +218,29 @@ impl Extractor<'_> {
 
     /// Create the parent directories of `rel`, refusing to pass through anything but real directories.
     fn parent_dirs(&self, rel: &Path, raw: &Path) -> Result<()> {
-        let mut at = self.dest.to_path_buf();
-        let comps: Vec<_> = rel.components().collect();
-        for c in &comps[..comps.len().saturating_sub(1)] {
-            at.push(c);
-            match fs::symlink_metadata(&at) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(self.hostile(raw, "is written through a symlink"))
+        let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) else {
+            return Ok(());
+        };
+        self.dest
+            .create_dir_all(parent, 0o755)
+            .map(|_| ())
+            .map_err(|e| {
+                // say what is in the way
+                let mut at = PathBuf::new();
+                for c in parent.components() {
+                    at.push(c);
+                    match self.dest.try_stat(&at) {
+                        Ok(Some(s)) if s.kind == EntryType::Symlink => {
+                            return self.hostile(raw, "is written through a symlink")
+                        }
+                        Ok(Some(s)) if s.kind != EntryType::Dir => {
+                            return self.hostile(raw, "has a parent that is not a directory")
+                        }
+                        _ => {}
+                    }
                 }
-                Ok(_) => return Err(self.hostile(raw, "has a parent that is not a directory")),
-                Err(_) => fs::create_dir(&at).map_err(|e| Error::io(&at, e))?,
-            }
-        }
-        Ok(())
+                self.hostile(raw, format!("cannot be placed: {e}"))
+            })
     }
 
     fn place(&mut self, raw: &Path, kind: Kind, mode: u32, data: &mut dyn Read) -> Result<()> {
@@ -211,9 +249,9 @@ impl Extractor<'_> {
             return Ok(());
         };
         self.parent_dirs(&rel, raw)?;
-        let full = self.dest.join(&rel);
-        if let Ok(m) = fs::symlink_metadata(&full) {
-            if m.is_dir() && matches!(kind, Kind::Dir) {
+        let io = |e: io::Error| Error::io(self.dest.shown(&rel), e);
+        if let Some(st) = self.dest.try_stat(&rel).map_err(io)? {
+            if st.kind == EntryType::Dir && matches!(kind, Kind::Dir) {
                 return Ok(());
             }
             return Err(self.hostile(raw, "appears twice in the archive"));
@@ -225,21 +263,13 @@ impl Extractor<'_> {
             (mode & 0o777) | 0o600
         };
         let chown = self.owner.filter(|_| self.policy.rootfs && self.is_root);
-        let is_dir = matches!(kind, Kind::Dir);
         match kind {
             Kind::Dir => {
-                fs::create_dir(&full).map_err(|e| Error::io(&full, e))?;
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode | 0o700))
-                    .map_err(|e| Error::io(&full, e))?;
+                self.dest.create_dir(&rel, 0o700).map_err(io)?;
+                self.dest.set_mode(&rel, mode | 0o700).map_err(io)?;
             }
             Kind::File => {
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .mode(mode)
-                    .open(&full)
-                    .map_err(|e| Error::io(&full, e))?;
+                let mut f = self.dest.create_file(&rel, 0o600).map_err(io)?;
                 let room = self.limit.saturating_sub(self.total);
                 let mut w = HashingWriter::new(&mut f);
                 let n = io::copy(&mut data.take(room + 1), &mut w)
@@ -249,25 +279,25 @@ impl Extractor<'_> {
                     return Err(self.hostile(raw, format!("makes the archive unpack to more than {} bytes (settings.extract_limit)", self.limit)));
                 }
                 let sha = w.finish();
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
-                    .map_err(|e| Error::io(&full, e))?;
+                if let Some((uid, gid)) = chown {
+                    nix::unistd::fchown(&f, Some(uid.into()), Some(gid.into()))
+                        .map_err(|e| io(e.into()))?;
+                }
+                // through the open file: chown first (it clears setuid), the mode after
+                f.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(io)?;
                 self.written.insert(rel, sha);
+                return Ok(());
             }
             Kind::Symlink(target) => {
-                if target.is_absolute() {
+                if target.is_absolute() && !self.policy.rootfs {
                     return Err(self.hostile(
                         raw,
                         format!("is a symlink to the absolute path {}", target.display()),
                     ));
                 }
-                let base = rel.parent().unwrap_or(Path::new(""));
-                if !stays_inside(base, &target) {
-                    return Err(self.hostile(
-                        raw,
-                        format!("is a symlink to {} which leaves the tree", target.display()),
-                    ));
-                }
-                std::os::unix::fs::symlink(&target, &full).map_err(|e| Error::io(&full, e))?;
+                // where it leads is checked once the tree is complete (it may name entries still to come)
+                self.dest.symlink(&target, &rel).map_err(io)?;
             }
             Kind::HardLink(target) => {
                 let Some(trel) = self.clean(&target).map_err(|_| {
@@ -291,20 +321,51 @@ impl Extractor<'_> {
                         ),
                     ));
                 };
-                fs::hard_link(self.dest.join(&trel), &full).map_err(|e| Error::io(&full, e))?;
+                self.dest.hard_link(&trel, &rel).map_err(io)?;
                 self.written.insert(rel, sha);
+                return Ok(());
             }
         }
         if let Some((uid, gid)) = chown {
-            std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
-                .map_err(|e| Error::io(&full, e))?;
-            if !is_dir {
-                // chown clears setuid/setgid on files: put the mode back
-                if let Ok(m) = fs::symlink_metadata(&full) {
-                    if m.is_file() {
-                        let _ = fs::set_permissions(&full, fs::Permissions::from_mode(mode));
+            let (dir, name) = match rel.parent() {
+                Some(p) if !p.as_os_str().is_empty() => (
+                    self.dest.open_dir(p).map_err(io)?,
+                    rel.file_name().expect("a name"),
+                ),
+                _ => (self.dest.try_clone().map_err(io)?, rel.as_os_str()),
+            };
+            nix::unistd::fchownat(
+                dir.fd(),
+                name,
+                Some(uid.into()),
+                Some(gid.into()),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Every symlink of the finished tree, resolved inside it.
+    fn check_links(&self, rel: &Path) -> Result<()> {
+        let dir = self
+            .dest
+            .open_dir(rel)
+            .map_err(|e| Error::io(self.dest.shown(rel), e))?;
+        for (name, kind) in dir.entries().map_err(|e| Error::io(dir.path(), e))? {
+            let r = rel.join(&name);
+            match kind {
+                EntryType::Dir => self.check_links(&r)?,
+                EntryType::Symlink => {
+                    if let Err(why) = beneath::resolve_inside(self.dest, &r, self.policy.rootfs) {
+                        let target = self.dest.read_link(&r).unwrap_or_default();
+                        return Err(self.hostile(
+                            &r,
+                            format!("is a symlink to {} which {why}", target.display()),
+                        ));
                     }
                 }
+                _ => {}
             }
         }
         Ok(())
@@ -385,24 +446,36 @@ impl Extractor<'_> {
     }
 }
 
-/// Does `target`, taken relative to the directory `base` (both inside the tree), stay inside it?
-fn stays_inside(base: &Path, target: &Path) -> bool {
-    let mut depth: i64 = base
-        .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .count() as i64;
-    for c in target.components() {
-        match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-        if depth < 0 {
-            return false;
+/// A reader that hashes what passes through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
         }
     }
-    true
+
+    /// Read what is left (a tar reader stops at its end marker), then the digest and size.
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((hex::encode(self.hasher.finalize()), self.read))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// A writer that hashes what passes through it.
@@ -439,16 +512,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn symlink_containment() {
-        assert!(stays_inside(Path::new("a/b"), Path::new("../c")));
-        assert!(stays_inside(Path::new(""), Path::new("c/d")));
-        assert!(!stays_inside(Path::new(""), Path::new("../c")));
-        assert!(!stays_inside(Path::new("a"), Path::new("../../etc/passwd")));
-        assert!(!stays_inside(Path::new("a"), Path::new("b/../../../x")));
-    }
-
-    #[test]
     fn detects_by_name_and_magic() {
+        use std::fs;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("blob");
         fs::write(&p, [0x1f, 0x8b, 8, 0]).unwrap();

@@ -1,12 +1,19 @@
 //! Sources: `path`, `dir` and `url` (http, https, file). Remote content goes
-//! through a content-addressed cache in the state dir and is verified against
-//! its SHA-256 before anything is staged.
+//! through a content-addressed cache in the state dir.
+//!
+//! What is installed is hashed as it is installed: a source is opened once,
+//! its bytes hashed while they are copied or extracted from that one file
+//! descriptor, and the digest compared with the expected one before the
+//! staged copy can be committed — a file swapped after it was checked, or a
+//! cache object corrupted on disk, is caught in the same pass, and the
+//! receipt records the digest of the bytes actually read. A `dir` source is
+//! digested from the tree as it was copied.
 
 pub mod archive;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,8 +22,9 @@ use std::sync::Mutex;
 use crate::config::model::{ArchiveFormat, Source};
 use crate::config::Lockfile;
 use crate::error::{Error, Result};
+use crate::fsops::beneath::{self, Beneath, Kind};
 use crate::fsops::digest::{StatIndex, StatKey};
-use crate::source::archive::{HashingWriter, Written};
+use crate::source::archive::{ArchiveInput, HashingReader, HashingWriter, Written};
 
 /// Where a source is read from, once resolved.
 #[derive(Debug, Clone)]
@@ -65,15 +73,20 @@ impl Location {
 /// Content ready to stage.
 #[derive(Debug)]
 pub enum Artifact {
-    /// A verified local file (in the cache, or the `path` source itself).
+    /// A local file (in the cache, or the `path` source itself) and the
+    /// digest it must have; checked while it is staged.
     File {
         path: PathBuf,
         sha256: String,
         name: String,
         format: ArchiveFormat,
+        /// An object of the download cache (removed when it turns out corrupt).
+        cached: bool,
     },
     Dir {
         path: PathBuf,
+        /// The tree digest the plan saw; a copy that differs is refused.
+        expected: Option<String>,
     },
 }
 
@@ -142,11 +155,13 @@ impl<'a> Fetcher<'a> {
         Ok(d)
     }
 
-    /// Fetch and verify `s`. Nothing is staged by this; a wrong checksum fails here.
+    /// Fetch `s`: a download lands in the cache (verified on the way in); a
+    /// local file is found. Nothing is staged by this; [`unpack`] verifies the
+    /// bytes it stages.
     pub fn fetch(&self, s: &Source) -> Result<Artifact> {
         let loc = Location::of(s);
         let name = loc.file_name();
-        let (path, sha256) = match &loc {
+        let (path, sha256, cached) = match &loc {
             Location::Dir(d) => {
                 if !d.is_dir() {
                     return Err(Error::io(
@@ -154,24 +169,28 @@ impl<'a> Fetcher<'a> {
                         io::Error::new(io::ErrorKind::NotFound, "source directory missing"),
                     ));
                 }
-                return Ok(Artifact::Dir { path: d.clone() });
+                return Ok(Artifact::Dir {
+                    path: d.clone(),
+                    expected: Some(self.expected_digest(s)?),
+                });
             }
             Location::File(p) => {
-                let actual = self.index.digest(p, true).map_err(|e| Error::io(p, e))?;
-                if let Some(want) = &s.sha256 {
-                    if !want.eq_ignore_ascii_case(&actual) {
-                        return Err(Error::Checksum {
-                            what: p.display().to_string(),
-                            expected: want.clone(),
-                            actual,
-                        });
-                    }
+                let meta = fs::metadata(p).map_err(|e| Error::io(p, e))?;
+                if !meta.is_file() {
+                    return Err(Error::io(
+                        p,
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "the source is not a regular file",
+                        ),
+                    ));
                 }
-                (p.clone(), actual)
+                (p.clone(), self.expected_digest(s)?, false)
             }
             Location::Url(url) => {
                 let want = self.expected_digest(s)?;
-                (self.download(url, Some(&want))?.0, want)
+                let (path, fresh) = self.download(url, Some(&want))?;
+                (path, want, !fresh)
             }
         };
         let format = s.format.unwrap_or_else(|| archive::detect(&name, &path));
@@ -180,27 +199,29 @@ impl<'a> Fetcher<'a> {
             sha256,
             name,
             format,
+            cached,
         })
     }
 
-    /// Download `url` into the cache (or find it there) and check it has `want`.
-    /// `want = None` (used by `reconcile lock`) accepts any content. Returns the
-    /// cached path and the content's digest.
-    pub fn download(&self, url: &str, want: Option<&str>) -> Result<(PathBuf, String)> {
-        let dir = self.cache_dir.join("sha256");
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    /// The cached object for `url` when it is there (its bytes are checked
+    /// when staged), or a fresh download checked on its way into the cache.
+    /// Returns the path and whether it was downloaded now.
+    pub fn download(&self, url: &str, want: Option<&str>) -> Result<(PathBuf, bool)> {
         if let Some(want) = want {
-            let cached = dir.join(want);
-            if cached.is_file()
-                && self
-                    .index
-                    .digest(&cached, self.verify)
-                    .map(|d| d == want)
-                    .unwrap_or(false)
-            {
-                return Ok((cached, want.to_string()));
+            let cached = self.cache_dir.join("sha256").join(want);
+            if fs::symlink_metadata(&cached).is_ok_and(|m| m.is_file()) {
+                return Ok((cached, false));
             }
         }
+        self.fetch_url(url, want).map(|(p, _)| (p, true))
+    }
+
+    /// Download `url` into the cache and check it has `want` (`None`, for
+    /// `reconcile lock`, accepts any content). Returns the cached path and the
+    /// content's digest.
+    pub fn fetch_url(&self, url: &str, want: Option<&str>) -> Result<(PathBuf, String)> {
+        let dir = self.cache_dir.join("sha256");
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let tmp = self.cache_dir.join(format!(
             "download-{}-{}",
             std::process::id(),
@@ -283,78 +304,253 @@ impl<'a> Fetcher<'a> {
     }
 }
 
-/// Copy an artifact into the empty directory `dest`: extract an archive, copy a
-/// plain file as `file_name`, or copy a directory tree. Returns digests of what was written.
+/// What staging an artifact produced.
+#[derive(Debug)]
+pub struct Staged {
+    /// Digests of the files written, by path relative to the destination.
+    pub written: Written,
+    /// Digest of the source as it was read (the file's bytes, or the tree of a `dir`).
+    pub sha256: String,
+}
+
+/// Copy an artifact into the empty directory `dest`: extract an archive, copy
+/// a plain file as `file_name`, or copy a directory tree — reading the source
+/// once, hashing it on the way, and refusing (nothing committed) when what was
+/// read is not what was expected.
 pub fn unpack(
     a: &Artifact,
-    dest: &Path,
+    dest: &Beneath,
     file_name: &str,
     strip: u32,
     limit: u64,
     policy: archive::Policy,
-) -> Result<Written> {
+) -> Result<Staged> {
     match a {
         Artifact::File {
             path,
-            format: ArchiveFormat::File,
+            format,
             sha256,
+            cached,
             ..
         } => {
-            let to = dest.join(file_name);
-            fs::copy(path, &to).map_err(|e| Error::io(&to, e))?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
-                .map_err(|e| Error::io(&to, e))?;
-            Ok([(PathBuf::from(file_name), sha256.clone())].into())
+            let (written, actual) =
+                stage_file(path, *format, dest, file_name, strip, limit, policy)?;
+            if actual != *sha256 {
+                if *cached {
+                    // a corrupt cache object: the next apply downloads it afresh
+                    let _ = fs::remove_file(path);
+                }
+                return Err(Error::Checksum {
+                    what: format!(
+                        "{}{}",
+                        path.display(),
+                        if *cached {
+                            " (cached copy, now removed)"
+                        } else {
+                            " (as read while installing)"
+                        }
+                    ),
+                    expected: sha256.clone(),
+                    actual,
+                });
+            }
+            Ok(Staged {
+                written,
+                sha256: actual,
+            })
         }
-        Artifact::File { path, format, .. } => {
-            archive::extract(path, *format, dest, strip, limit, policy)
-        }
-        Artifact::Dir { path } => {
-            let mut written = Written::new();
-            copy_tree(path, dest, Path::new(""), &mut written)?;
-            Ok(written)
+        Artifact::Dir { path, expected } => {
+            let src = Beneath::open(path).map_err(|e| Error::io(path, e))?;
+            let mut copy = TreeCopy::default();
+            copy.copy(&src, dest, Path::new(""))?;
+            for link in &copy.links {
+                if let Err(why) = beneath::resolve_inside(dest, link, policy.rootfs) {
+                    return Err(Error::Resource {
+                        address: path.join(link).display().to_string(),
+                        reason: format!("the source directory holds a symlink that {why}"),
+                    });
+                }
+            }
+            let actual = crate::fsops::digest::sha256_bytes(copy.lines.as_bytes());
+            if expected.as_deref().is_some_and(|e| *e != actual) {
+                return Err(Error::Resource {
+                    address: path.display().to_string(),
+                    reason: "the source directory changed while it was being copied; apply again"
+                        .into(),
+                });
+            }
+            Ok(Staged {
+                written: copy.written,
+                sha256: actual,
+            })
         }
     }
 }
 
-fn copy_tree(src: &Path, dest: &Path, rel: &Path, written: &mut Written) -> Result<()> {
-    let from = src.join(rel);
-    let mut entries: Vec<_> = fs::read_dir(&from)
-        .map_err(|e| Error::io(&from, e))?
-        .collect::<io::Result<_>>()
-        .map_err(|e| Error::io(&from, e))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let r = rel.join(e.file_name());
-        let (s, d) = (src.join(&r), dest.join(&r));
-        let meta = fs::symlink_metadata(&s).map_err(|e| Error::io(&s, e))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if meta.is_dir() {
-            fs::create_dir(&d).map_err(|e| Error::io(&d, e))?;
-            copy_tree(src, dest, &r, written)?;
-            fs::set_permissions(&d, fs::Permissions::from_mode(mode | 0o700))
-                .map_err(|e| Error::io(&d, e))?;
-        } else if meta.file_type().is_symlink() {
-            let t = fs::read_link(&s).map_err(|e| Error::io(&s, e))?;
-            std::os::unix::fs::symlink(&t, &d).map_err(|e| Error::io(&d, e))?;
-        } else if meta.is_file() {
-            let mut input = File::open(&s).map_err(|e| Error::io(&s, e))?;
-            let mut out = File::create(&d).map_err(|e| Error::io(&d, e))?;
+/// Stage one file artifact, hashing it as it is read; returns what was
+/// written and the digest of the bytes read.
+fn stage_file(
+    path: &Path,
+    format: ArchiveFormat,
+    dest: &Beneath,
+    file_name: &str,
+    strip: u32,
+    limit: u64,
+    policy: archive::Policy,
+) -> Result<(Written, String)> {
+    let input = open_source(path)?;
+    let label = path.display().to_string();
+    match format {
+        ArchiveFormat::File => {
+            let to = Path::new(file_name);
+            let mut out = dest
+                .create_file(to, 0o600)
+                .map_err(|e| Error::io(dest.shown(to), e))?;
+            let mut r = HashingReader::new(input);
             let mut w = HashingWriter::new(&mut out);
-            io::copy(&mut input, &mut w).map_err(|e| Error::io(&d, e))?;
-            let sha = w.finish();
-            out.flush().map_err(|e| Error::io(&d, e))?;
-            fs::set_permissions(&d, fs::Permissions::from_mode(mode | 0o600))
-                .map_err(|e| Error::io(&d, e))?;
-            written.insert(r, sha);
-        } else {
-            return Err(Error::Resource {
-                address: s.display().to_string(),
-                reason: "source directory holds a device node, fifo or socket".into(),
-            });
+            io::copy(&mut r, &mut w).map_err(|e| Error::io(dest.shown(to), e))?;
+            let written = w.finish();
+            out.set_permissions(fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io(dest.shown(to), e))?;
+            let (sha, _) = r.finish().map_err(|e| Error::io(path, e))?;
+            Ok(([(PathBuf::from(file_name), written)].into(), sha))
+        }
+        ArchiveFormat::Zip => {
+            // zip's directory is at its end: hash the file, then extract from the
+            // same descriptor, and refuse if it was modified in between
+            let mut f = input;
+            let before = StatKey::of(&f.metadata().map_err(|e| Error::io(path, e))?);
+            let (sha, _) = HashingReader::new(&mut f)
+                .finish()
+                .map_err(|e| Error::io(path, e))?;
+            use std::io::Seek;
+            f.rewind().map_err(|e| Error::io(path, e))?;
+            let check = f.try_clone().map_err(|e| Error::io(path, e))?;
+            let written = archive::extract(
+                ArchiveInput::File(f),
+                format,
+                dest,
+                &label,
+                strip,
+                limit,
+                policy,
+            )?;
+            let after = StatKey::of(&check.metadata().map_err(|e| Error::io(path, e))?);
+            if before != after {
+                return Err(Error::Resource {
+                    address: label,
+                    reason: "the archive changed while it was being extracted; apply again".into(),
+                });
+            }
+            Ok((written, sha))
+        }
+        _ => {
+            let mut r = HashingReader::new(input);
+            let written = archive::extract(
+                ArchiveInput::Stream(Box::new(&mut r)),
+                format,
+                dest,
+                &label,
+                strip,
+                limit,
+                policy,
+            )?;
+            let (sha, _) = r.finish().map_err(|e| Error::io(path, e))?;
+            Ok((written, sha))
         }
     }
-    Ok(())
+}
+
+/// Open a source file for reading: a regular file (a fifo or device would
+/// block or never end), opened without blocking on the open itself.
+fn open_source(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the source is not a regular file",
+            ),
+        ));
+    }
+    nix::fcntl::fcntl(
+        &f,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|e| Error::io(path, e.into()))?;
+    Ok(f)
+}
+
+/// A `dir` source copied through two [`Beneath`] handles (nothing followed
+/// on either side), with the digest lines of what was copied.
+#[derive(Default)]
+struct TreeCopy {
+    written: Written,
+    /// The [`tree_digest`] lines of the copy, in the same order.
+    lines: String,
+    links: Vec<PathBuf>,
+}
+
+impl TreeCopy {
+    fn copy(&mut self, src: &Beneath, dest: &Beneath, rel: &Path) -> Result<()> {
+        let dir = src
+            .open_dir(rel)
+            .map_err(|e| Error::io(src.shown(rel), e))?;
+        for (name, kind) in dir.entries().map_err(|e| Error::io(dir.path(), e))? {
+            let r = rel.join(&name);
+            let io_src = |e: io::Error| Error::io(src.shown(&r), e);
+            let io_dest = |e: io::Error| Error::io(dest.shown(&r), e);
+            match kind {
+                Kind::Dir => {
+                    let mode = src.stat(&r).map_err(io_src)?.mode & 0o777;
+                    self.lines
+                        .push_str(&format!("d {mode:o} {}\n", r.display()));
+                    dest.create_dir(&r, 0o700).map_err(io_dest)?;
+                    self.copy(src, dest, &r)?;
+                    dest.set_mode(&r, mode | 0o700).map_err(io_dest)?;
+                }
+                Kind::Symlink => {
+                    let t = src.read_link(&r).map_err(io_src)?;
+                    self.lines
+                        .push_str(&format!("l {} -> {}\n", r.display(), t.display()));
+                    dest.symlink(&t, &r).map_err(io_dest)?;
+                    self.links.push(r);
+                }
+                Kind::File => {
+                    let input = src.open_file(&r).map_err(io_src)?;
+                    let mode = file_mode(&input).map_err(io_src)?;
+                    let mut out = dest.create_file(&r, 0o600).map_err(io_dest)?;
+                    let mut w = HashingWriter::new(&mut out);
+                    io::copy(&mut &input, &mut w).map_err(io_dest)?;
+                    let sha = w.finish();
+                    out.set_permissions(fs::Permissions::from_mode(mode | 0o600))
+                        .map_err(io_dest)?;
+                    self.lines
+                        .push_str(&format!("f {mode:o} {} {sha}\n", r.display()));
+                    self.written.insert(r, sha);
+                }
+                Kind::Other => {
+                    return Err(Error::Resource {
+                        address: src.shown(&r).display().to_string(),
+                        reason: "source directory holds a device node, fifo or socket".into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Permission bits of an open file.
+fn file_mode(f: &File) -> io::Result<u32> {
+    Ok(f.metadata()?.permissions().mode() & 0o777)
 }
 
 /// Digest of a directory tree: names, kinds, modes and file digests, in name order.

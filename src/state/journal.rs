@@ -3,17 +3,24 @@
 //! the journal and, for each transaction without `done`, inspects the
 //! filesystem to decide whether the commit happened, then rolls forward
 //! (removes the retired copy) or back (removes staging, restores the old copy).
+//!
+//! A journal is not trusted to say where to act: each record may only name a
+//! target inside a root the desired state declares (or reconcile recorded),
+//! and staging and retired names that are exactly the ones its transaction
+//! would use; anything else stops recovery with an error naming the record.
+//! Recovery then acts through handles on those roots, never through a symlink.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use super::{fault, StateDir};
+use crate::backend::{remove_in, volume_id};
 use crate::error::{Error, Result};
-use crate::fsops;
+use crate::fsops::{self, Beneath};
 
 /// Name of the receipt every published directory carries; its `txn` tells recovery
 /// which transaction published it.
@@ -61,6 +68,7 @@ struct Record {
     data: Option<serde_json::Value>,
 }
 
+#[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
     file: File,
@@ -99,13 +107,16 @@ fn new_txn_id() -> String {
 
 impl Journal {
     /// Open the journal of `state`, recovering interrupted transactions first.
-    pub fn open_and_recover(state: &StateDir) -> Result<(Journal, Vec<Recovered>)> {
+    /// `roots` are the directories records may name targets in.
+    pub fn open_and_recover(
+        state: &StateDir,
+        roots: &[PathBuf],
+    ) -> Result<(Journal, Vec<Recovered>)> {
         let path = state.journal_path();
-        let recovered = recover(&path)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let recovered = recover(state, roots)?;
+        let file = state
+            .open()?
+            .open_rw(Path::new(super::JOURNAL), true, 0o600)
             .map_err(|e| Error::io(&path, e))?;
         if !recovered.is_empty() || file.metadata().map(|m| m.len() > 0).unwrap_or(false) {
             file.set_len(0).map_err(|e| Error::io(&path, e))?;
@@ -176,40 +187,54 @@ impl Journal {
     }
 }
 
-/// Finish or undo every transaction the journal at `path` left open.
-pub fn recover(path: &Path) -> Result<Vec<Recovered>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
+/// Finish or undo every transaction the journal of `state` left open.
+pub fn recover(state: &StateDir, roots: &[PathBuf]) -> Result<Vec<Recovered>> {
+    let path = state.journal_path();
+    let Some(bytes) = state.read_file(super::JOURNAL) else {
+        return Ok(Vec::new());
     };
+    let text = String::from_utf8_lossy(&bytes);
     // A torn last line (killed mid-write) does not parse and is ignored: its step never happened.
-    let records: Vec<Record> = text
+    let records: Vec<(usize, Record)> = text
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .enumerate()
+        .filter_map(|(i, l)| serde_json::from_str(l).ok().map(|r| (i + 1, r)))
         .collect();
     let mut out = Vec::new();
-    let mut open: Vec<(String, String, Op, String, Option<serde_json::Value>)> = Vec::new();
-    for r in records {
+    let mut open: Vec<(usize, String, String, Op, String, Option<serde_json::Value>)> = Vec::new();
+    for (line, r) in records {
         match (r.op, r.step.as_str()) {
-            (Some(op), "begin") => open.push((r.txn, r.address, op, "begin".into(), None)),
-            (_, "done") => open.retain(|(t, ..)| *t != r.txn),
+            (Some(op), "begin") => open.push((line, r.txn, r.address, op, "begin".into(), None)),
+            (_, "done") => open.retain(|o| o.1 != r.txn),
             (_, step) => {
-                if let Some(o) = open.iter_mut().find(|(t, ..)| *t == r.txn) {
-                    o.3 = step.to_string();
+                if let Some(o) = open.iter_mut().find(|o| o.1 == r.txn) {
+                    o.4 = step.to_string();
                     if r.data.is_some() {
-                        o.4 = r.data;
+                        o.5 = r.data;
                     }
                 }
             }
         }
     }
-    for (txn, address, op, last_step, data) in open {
-        let commit = data.and_then(|d| serde_json::from_value::<VolumeCommit>(d).ok());
-        let outcome = undo_or_finish(&txn, &op, commit.as_ref()).map_err(|e| Error::State {
-            path: path.to_path_buf(),
-            reason: format!("recovering {address} (transaction {txn}): {e}"),
+    // every record is checked before anything is done for any of them
+    let mut checked = Vec::new();
+    for (line, txn, address, op, last_step, data) in open {
+        let place = check(&op, &txn, roots).map_err(|why| Error::State {
+            path: path.clone(),
+            reason: format!(
+                "line {line} (transaction {txn}, {address}) {why}; refusing to recover. \
+                 If reconcile did not write this journal, move it away and run again"
+            ),
         })?;
+        checked.push((txn, address, op, last_step, data, place));
+    }
+    for (txn, address, op, last_step, data, place) in checked {
+        let commit = data.and_then(|d| serde_json::from_value::<VolumeCommit>(d).ok());
+        let outcome =
+            undo_or_finish(&txn, &op, &place, commit.as_ref()).map_err(|e| Error::State {
+                path: path.clone(),
+                reason: format!("recovering {address} (transaction {txn}): {e}"),
+            })?;
         out.push(Recovered {
             address,
             txn,
@@ -220,12 +245,94 @@ pub fn recover(path: &Path) -> Result<Vec<Recovered>> {
     Ok(out)
 }
 
-fn published_by(target: &Path) -> Option<String> {
+/// Where a checked record acts: the root it is under, and its target relative to it.
+struct Place {
+    root: PathBuf,
+    rel: PathBuf,
+}
+
+/// Does the record only name what its transaction would? Then where it acts.
+fn check(op: &Op, txn: &str, roots: &[PathBuf]) -> std::result::Result<Place, String> {
+    let well_formed = {
+        let parts: Vec<&str> = txn.split('-').collect();
+        parts.len() == 3
+            && parts[0].bytes().all(|b| b.is_ascii_hexdigit())
+            && parts[1..]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if !well_formed {
+        return Err(format!(
+            "has a transaction id {txn:?} reconcile never makes"
+        ));
+    }
+    let (target, staging, retired, sidecar) = match op {
+        Op::Publish {
+            target,
+            staging,
+            retired,
+        } => (target, Some(staging), retired, None),
+        Op::Remove { target, retired } => (target, None, retired, None),
+        Op::Volume {
+            target,
+            staging,
+            retired,
+            sidecar,
+        } => (target, Some(staging), retired, Some(sidecar)),
+    };
+    let plain = target.is_absolute()
+        && target.components().skip(1).all(
+            |c| matches!(c, Component::Normal(n) if !fsops::is_staging_name(&n.to_string_lossy())),
+        );
+    let root = roots
+        .iter()
+        .filter(|r| plain && target.starts_with(r) && target != *r)
+        .max_by_key(|r| r.components().count())
+        .ok_or_else(|| {
+            format!(
+                "names {}, which is inside no managed root",
+                target.display()
+            )
+        })?;
+    if staging.is_some_and(|s| *s != fsops::staging_path(target, txn))
+        || *retired != fsops::retired_path(target, txn)
+    {
+        return Err(format!(
+            "names staging or retired paths that are not {}'s for this transaction",
+            target.display()
+        ));
+    }
+    let rel = target.strip_prefix(root).expect("checked").to_path_buf();
+    if let Some(sidecar) = sidecar {
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        let want = target
+            .with_file_name(crate::store::META_DIR)
+            .join(format!("{name}.json"));
+        if *sidecar != want || rel.components().count() != 2 {
+            return Err(format!(
+                "names a receipt {} that is not {}'s",
+                sidecar.display(),
+                target.display()
+            ));
+        }
+    }
+    Ok(Place {
+        root: root.clone(),
+        rel,
+    })
+}
+
+/// Which transaction published the directory `name` in `dir` (from its receipt).
+fn published_by(dir: &Beneath, name: &Path) -> Option<String> {
     #[derive(Deserialize)]
     struct TxnOnly {
         txn: String,
     }
-    let bytes = std::fs::read(target.join(RECEIPT_NAME)).ok()?;
+    let bytes = dir
+        .open_dir(name)
+        .ok()?
+        .read(Path::new(RECEIPT_NAME), 16 << 20)
+        .ok()?;
     serde_json::from_slice::<TxnOnly>(&bytes)
         .ok()
         .map(|t| t.txn)
@@ -234,67 +341,62 @@ fn published_by(target: &Path) -> Option<String> {
 fn undo_or_finish(
     txn: &str,
     op: &Op,
+    place: &Place,
     commit: Option<&VolumeCommit>,
 ) -> std::io::Result<&'static str> {
+    let root = Beneath::open(&place.root)?;
+    let name = Path::new(place.rel.file_name().unwrap_or_default());
+    let up = place.rel.parent().unwrap_or(Path::new(""));
+    let dir = match root.open_dir(up) {
+        Ok(d) => d,
+        // nothing was ever staged below a parent that is not there
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("rolled back"),
+        Err(e) => return Err(e),
+    };
+    let staging = fsops::staging_name(name, txn);
+    let retired = fsops::retired_name(name, txn);
+    let exists = |n: &Path| dir.try_stat(n).map(|s| s.is_some());
     match op {
-        Op::Volume {
-            target,
-            staging,
-            retired,
-            sidecar,
-        } => {
-            let at_target = crate::backend::volume_id(target).ok();
-            match commit {
-                Some(c) if at_target == Some(c.id) => {
-                    // committed: make sure the receipt is there, then drop the old copy
-                    let bytes =
-                        serde_json::to_vec_pretty(&c.receipt).map_err(std::io::Error::other)?;
-                    if let Some(dir) = sidecar.parent() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    fsops::write_atomic(sidecar, &bytes)?;
-                    crate::backend::remove_any(staging)?;
-                    crate::backend::remove_any(retired)?;
-                    Ok("rolled forward")
-                }
-                _ => {
-                    if std::fs::symlink_metadata(target).is_err()
-                        && std::fs::symlink_metadata(retired).is_ok()
-                    {
-                        std::fs::rename(retired, target)?;
-                    }
-                    crate::backend::remove_any(staging)?;
-                    Ok("rolled back")
-                }
+        Op::Volume { .. } => match commit {
+            Some(c) if volume_id(&dir, name).ok() == Some(c.id) => {
+                // committed: make sure the receipt is there, then drop the old copy
+                let bytes = serde_json::to_vec_pretty(&c.receipt).map_err(std::io::Error::other)?;
+                let sidecar =
+                    Path::new(crate::store::META_DIR).join(format!("{}.json", name.display()));
+                dir.create_dir_all(Path::new(crate::store::META_DIR), 0o755)?;
+                dir.write_atomic(&sidecar, &bytes, 0o644)?;
+                remove_in(&dir, &staging)?;
+                remove_in(&dir, &retired)?;
+                Ok("rolled forward")
             }
-        }
-        Op::Publish {
-            target,
-            staging,
-            retired,
-        } => {
-            if published_by(target).as_deref() == Some(txn) {
+            _ => {
+                if !exists(name)? && exists(&retired)? {
+                    dir.rename(&retired, name)?;
+                }
+                remove_in(&dir, &staging)?;
+                Ok("rolled back")
+            }
+        },
+        Op::Publish { .. } => {
+            if published_by(&dir, name).as_deref() == Some(txn) {
                 // committed: what sits at the staging or retired name is the old copy
-                fsops::remove_any(staging)?;
-                fsops::remove_any(retired)?;
+                remove_in(&dir, &staging)?;
+                remove_in(&dir, &retired)?;
                 Ok("rolled forward")
             } else {
-                if std::fs::symlink_metadata(target).is_err()
-                    && std::fs::symlink_metadata(retired).is_ok()
-                {
+                if !exists(name)? && exists(&retired)? {
                     // killed inside the two-rename fallback: put the old copy back
-                    std::fs::rename(retired, target)?;
+                    dir.rename(&retired, name)?;
                 }
-                fsops::remove_any(staging)?;
+                remove_in(&dir, &staging)?;
                 Ok("rolled back")
             }
         }
-        Op::Remove { target, retired } => {
-            if std::fs::symlink_metadata(retired).is_ok() {
-                crate::backend::remove_any(retired)?;
+        Op::Remove { .. } => {
+            if exists(&retired)? {
+                remove_in(&dir, &retired)?;
                 Ok("rolled forward")
             } else {
-                let _ = target;
                 Ok("rolled back")
             }
         }
@@ -310,79 +412,131 @@ mod tests {
         fs::write(dir.join(RECEIPT_NAME), format!("{{\"txn\":\"{txn}\"}}")).unwrap();
     }
 
-    #[test]
-    fn uncommitted_publish_is_rolled_back() {
+    fn publish_op(target: &Path) -> impl FnOnce(&str) -> Op + '_ {
+        move |id| Op::Publish {
+            target: target.to_path_buf(),
+            staging: fsops::staging_path(target, id),
+            retired: fsops::retired_path(target, id),
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, StateDir, PathBuf, Vec<PathBuf>) {
         let d = tempfile::tempdir().unwrap();
         let state = StateDir::create(&d.path().join("state")).unwrap();
-        let target = d.path().join("p");
-        fs::create_dir(&target).unwrap();
+        let target = d.path().join("plugins/p");
+        fs::create_dir_all(&target).unwrap();
         receipt(&target, "old");
-        let (mut j, _) = Journal::open_and_recover(&state).unwrap();
-        let staging = fsops::staging_path(&target, "x");
-        let txn = j
-            .begin("plugin.p", |_| Op::Publish {
-                target: target.clone(),
-                staging: staging.clone(),
-                retired: fsops::retired_path(&target, "x"),
-            })
-            .unwrap();
+        let roots = vec![d.path().join("plugins")];
+        (d, state, target, roots)
+    }
+
+    fn published(target: &Path) -> Option<String> {
+        let dir = Beneath::open(target.parent().unwrap()).unwrap();
+        published_by(&dir, Path::new(target.file_name().unwrap()))
+    }
+
+    #[test]
+    fn uncommitted_publish_is_rolled_back() {
+        let (_d, state, target, roots) = setup();
+        let (mut j, _) = Journal::open_and_recover(&state, &roots).unwrap();
+        let txn = j.begin("plugin.p", publish_op(&target)).unwrap();
+        let staging = fsops::staging_path(&target, &txn.id);
         fs::create_dir(&staging).unwrap();
         receipt(&staging, &txn.id);
         drop(j);
-        let (_, rec) = Journal::open_and_recover(&state).unwrap();
+        let (_, rec) = Journal::open_and_recover(&state, &roots).unwrap();
         assert_eq!(rec.len(), 1);
         assert_eq!(rec[0].outcome, "rolled back");
         assert!(!staging.exists());
-        assert_eq!(published_by(&target).as_deref(), Some("old"));
+        assert_eq!(published(&target).as_deref(), Some("old"));
     }
 
     #[test]
     fn committed_publish_is_rolled_forward() {
-        let d = tempfile::tempdir().unwrap();
-        let state = StateDir::create(&d.path().join("state")).unwrap();
-        let target = d.path().join("p");
-        fs::create_dir(&target).unwrap();
-        receipt(&target, "old");
-        let (mut j, _) = Journal::open_and_recover(&state).unwrap();
-        let staging = fsops::staging_path(&target, "x");
-        let retired = fsops::retired_path(&target, "x");
-        let txn = j
-            .begin("plugin.p", |_| Op::Publish {
-                target: target.clone(),
-                staging: staging.clone(),
-                retired: retired.clone(),
-            })
-            .unwrap();
+        let (_d, state, target, roots) = setup();
+        let (mut j, _) = Journal::open_and_recover(&state, &roots).unwrap();
+        let txn = j.begin("plugin.p", publish_op(&target)).unwrap();
+        let staging = fsops::staging_path(&target, &txn.id);
         fs::create_dir(&staging).unwrap();
         receipt(&staging, &txn.id);
-        fsops::publish(&staging, &target, &retired).unwrap();
+        let dir = Beneath::open(target.parent().unwrap()).unwrap();
+        let name = Path::new("p");
+        fsops::publish(
+            &dir,
+            &fsops::staging_name(name, &txn.id),
+            name,
+            &fsops::retired_name(name, &txn.id),
+        )
+        .unwrap();
         drop(j);
-        let (_, rec) = Journal::open_and_recover(&state).unwrap();
+        let (_, rec) = Journal::open_and_recover(&state, &roots).unwrap();
         assert_eq!(rec[0].outcome, "rolled forward");
-        assert!(!staging.exists() && !retired.exists());
-        assert_eq!(published_by(&target), Some(txn.id));
+        assert!(!staging.exists() && !fsops::retired_path(&target, &txn.id).exists());
+        assert_eq!(published(&target), Some(txn.id));
     }
 
     #[test]
     fn fallback_window_restores_old_copy() {
-        let d = tempfile::tempdir().unwrap();
-        let state = StateDir::create(&d.path().join("state")).unwrap();
-        let target = d.path().join("p");
-        let staging = fsops::staging_path(&target, "x");
-        let retired = fsops::retired_path(&target, "x");
-        fs::create_dir(&retired).unwrap();
-        receipt(&retired, "old");
-        fs::create_dir(&staging).unwrap();
-        let (mut j, _) = Journal::open_and_recover(&state).unwrap();
-        j.begin("plugin.p", |_| Op::Publish {
-            target: target.clone(),
-            staging: staging.clone(),
-            retired,
-        })
-        .unwrap();
+        let (_d, state, target, roots) = setup();
+        let (mut j, _) = Journal::open_and_recover(&state, &roots).unwrap();
+        let txn = j.begin("plugin.p", publish_op(&target)).unwrap();
+        let retired = fsops::retired_path(&target, &txn.id);
+        fs::rename(&target, &retired).unwrap();
+        fs::create_dir(fsops::staging_path(&target, &txn.id)).unwrap();
         drop(j);
-        Journal::open_and_recover(&state).unwrap();
-        assert_eq!(published_by(&target).as_deref(), Some("old"));
-        assert!(!staging.exists());
+        Journal::open_and_recover(&state, &roots).unwrap();
+        assert_eq!(published(&target).as_deref(), Some("old"));
+        assert!(!fsops::staging_path(&target, &txn.id).exists());
+    }
+
+    /// Write a journal line by hand, as someone tampering with it would.
+    fn tamper(state: &StateDir, op: serde_json::Value) {
+        let mut rec =
+            serde_json::json!({"txn": "1a2b-3-0", "address": "plugin.p", "step": "begin"});
+        rec.as_object_mut()
+            .unwrap()
+            .extend(op.as_object().unwrap().clone());
+        fs::write(state.journal_path(), format!("{rec}\n")).unwrap();
+    }
+
+    #[test]
+    fn a_tampered_journal_stops_recovery_and_touches_nothing() {
+        let (d, state, target, roots) = setup();
+        let victim = d.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("precious"), "x").unwrap();
+        // a target outside every managed root
+        tamper(
+            &state,
+            serde_json::json!({"op": "remove", "target": victim, "retired": victim}),
+        );
+        let e = Journal::open_and_recover(&state, &roots)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1") && e.contains("inside no managed root"),
+            "{e}"
+        );
+        // a managed target with a retired path that is not its own
+        tamper(
+            &state,
+            serde_json::json!({"op": "remove", "target": target, "retired": victim}),
+        );
+        let e = Journal::open_and_recover(&state, &roots)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not") && e.contains("for this transaction"),
+            "{e}"
+        );
+        // `..` to climb out of a root
+        let climbing = d.path().join("plugins/../victim");
+        tamper(
+            &state,
+            serde_json::json!({"op": "remove", "target": climbing, "retired": fsops::retired_path(&climbing, "1a2b-3-0")}),
+        );
+        assert!(Journal::open_and_recover(&state, &roots).is_err());
+        assert!(victim.join("precious").exists());
+        assert_eq!(published(&target).as_deref(), Some("old"));
     }
 }

@@ -2,7 +2,7 @@
 //! by the kernel when the holder dies. The holder writes who it is into the
 //! file so a waiting command can say who holds it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::time::{Duration, Instant};
 
@@ -39,14 +39,11 @@ impl std::fmt::Display for Holder {
 /// Take the lock, waiting up to `timeout` (no wait when `None`).
 pub fn acquire(state: &StateDir, command: &str, timeout: Option<Duration>) -> Result<ApplyLock> {
     let path = state.lock_path();
+    let dir = state.open()?;
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
+        let file = dir
+            .open_rw(std::path::Path::new(super::LOCK), false, 0o600)
             .map_err(|e| Error::io(&path, e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut flock) => {

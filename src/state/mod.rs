@@ -1,5 +1,11 @@
 //! The state dir: lock, journal, download cache, stat index, the roots
 //! reconcile has published into, and the record of the last apply.
+//!
+//! Nothing in it is trusted blindly: it is created 0700; an existing one must
+//! belong to the user running reconcile and be writable by no one else (like
+//! ssh's StrictModes), and no directory above it may be writable by others
+//! without the sticky bit; its files are opened beneath it without following
+//! a symlink.
 
 pub mod fault;
 pub mod journal;
@@ -12,21 +18,44 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsops;
+use crate::fsops::Beneath;
+
+const ROOTS: &str = "roots.json";
+const LAST_APPLY: &str = "last-apply.json";
+pub const LOCK: &str = "lock";
+pub const JOURNAL: &str = "journal.jsonl";
 
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pub root: PathBuf,
 }
 
+/// Largest state file read (roots, last apply, stat index).
+const MAX_STATE_FILE: u64 = 256 << 20;
+
 impl StateDir {
     /// The state dir at `root`, created if needed (only mutating commands and `plan` call this,
-    /// and only once the file is valid).
+    /// and only once the file is valid), and checked.
     pub fn create(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root.join("cache")).map_err(|e| Error::io(root, e))?;
-        Ok(StateDir {
+        if fs::symlink_metadata(root).is_err() {
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            use std::os::unix::fs::DirBuilderExt;
+            match fs::DirBuilder::new().mode(0o700).create(root) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io(root, e))
+                }
+                _ => {}
+            }
+        }
+        let state = StateDir {
             root: root.to_path_buf(),
-        })
+        };
+        let dir = state.open()?;
+        dir.create_dir_all(Path::new("cache/sha256"), 0o700)
+            .map_err(|e| Error::io(root.join("cache"), e))?;
+        Ok(state)
     }
 
     /// The state dir at `root` without creating anything (`status`).
@@ -34,6 +63,64 @@ impl StateDir {
         StateDir {
             root: root.to_path_buf(),
         }
+    }
+
+    /// The state dir, opened and checked: ours, writable by no one else, and
+    /// not below a directory others could swap it in.
+    pub fn open(&self) -> Result<Beneath> {
+        let dir = Beneath::open(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let st = dir
+            .stat(Path::new(""))
+            .map_err(|e| Error::io(&self.root, e))?;
+        let me = nix::unistd::geteuid().as_raw();
+        let refuse = |reason: String| Error::State {
+            path: self.root.clone(),
+            reason,
+        };
+        if st.uid != me {
+            return Err(refuse(format!(
+                "it belongs to uid {}, not to uid {me} running reconcile, who keeps its lock and journal there; \
+                 chown it, or set settings.state_dir to a directory of your own",
+                st.uid
+            )));
+        }
+        if st.mode & 0o022 != 0 {
+            return Err(refuse(format!(
+                "it is writable by others (mode {:o}); `chmod go-w` it (reconcile makes it 0700)",
+                st.mode & 0o777
+            )));
+        }
+        let abs = std::path::absolute(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        for parent in abs.ancestors().skip(1) {
+            let Ok(m) = fs::metadata(parent) else {
+                continue;
+            };
+            use std::os::unix::fs::MetadataExt;
+            let sticky = m.mode() & 0o1000 != 0;
+            if m.mode() & 0o002 != 0 && !sticky {
+                return Err(refuse(format!(
+                    "{} above it is writable by everyone without the sticky bit: anyone could put their own state dir in its place",
+                    parent.display()
+                )));
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Read a state file (no symlink followed); None when it is missing or unreadable.
+    pub fn read_file(&self, name: &str) -> Option<Vec<u8>> {
+        Beneath::open(&self.root)
+            .ok()?
+            .read(Path::new(name), MAX_STATE_FILE)
+            .ok()
+    }
+
+    /// Write a state file atomically (no symlink followed).
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.root.join(name);
+        self.open()?
+            .write_atomic(Path::new(name), bytes, 0o600)
+            .map_err(|e| Error::io(&path, e))
     }
 
     pub fn lock_path(&self) -> PathBuf {
@@ -48,11 +135,8 @@ impl StateDir {
     pub fn stat_index_path(&self) -> PathBuf {
         self.root.join("statindex.json")
     }
-    fn roots_path(&self) -> PathBuf {
-        self.root.join("roots.json")
-    }
     pub fn last_apply_path(&self) -> PathBuf {
-        self.root.join("last-apply.json")
+        self.root.join(LAST_APPLY)
     }
     /// Where a VM outside a test run (a bootstrap, `exec`, `spawn`) writes `qemu.log`.
     pub fn vm_log_dir(&self, what: &str) -> PathBuf {
@@ -62,27 +146,24 @@ impl StateDir {
     /// Directories reconcile has published objects of each kind into, so that
     /// objects whose declaration disappeared can still be found and pruned.
     pub fn roots(&self) -> Roots {
-        fs::read(self.roots_path())
-            .ok()
+        self.read_file(ROOTS)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
 
     pub fn save_roots(&self, roots: &Roots) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(roots).expect("roots serialise");
-        fsops::write_atomic(&self.roots_path(), &bytes).map_err(|e| Error::io(self.roots_path(), e))
+        self.write_file(ROOTS, &bytes)
     }
 
     pub fn last_apply(&self) -> Option<LastApply> {
-        fs::read(self.last_apply_path())
-            .ok()
+        self.read_file(LAST_APPLY)
             .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     pub fn save_last_apply(&self, a: &LastApply) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(a).expect("last apply serialises");
-        fsops::write_atomic(&self.last_apply_path(), &bytes)
-            .map_err(|e| Error::io(self.last_apply_path(), e))
+        self.write_file(LAST_APPLY, &bytes)
     }
 }
 

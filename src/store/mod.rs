@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{self, VolumeBackend};
 use crate::config::model::Volume;
 use crate::error::{Error, Result};
-use crate::fsops;
+use crate::fsops::{self, beneath::Kind, Beneath};
+
+/// Largest sidecar receipt read.
+const MAX_RECEIPT: u64 = 1 << 20;
 
 /// Sidecar receipts live here inside the machine directory.
 pub const META_DIR: &str = ".reconcile";
@@ -117,15 +120,90 @@ impl MachineDir {
     pub fn backend(&self) -> Result<Box<dyn VolumeBackend>> {
         backend::for_volume(Path::new(&self.volume.path), self.volume.backend)
     }
-    /// The sidecar receipt of `entry`, as written (not checked against the volume).
-    pub fn read_receipt(&self, entry: &str) -> Option<EntryReceipt> {
-        fs::read(self.sidecar(entry))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+
+    /// The volume, opened (created when missing).
+    pub fn open_volume(&self) -> Result<Beneath> {
+        let path = Path::new(&self.volume.path);
+        fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        Beneath::open(path).map_err(|e| Error::io(path, e))
     }
+
+    /// The machine directory, opened beneath its volume (created when missing).
+    /// A symlink in its place is refused: reconcile never follows one in a volume.
+    pub fn open(&self) -> Result<Beneath> {
+        let volume = self.open_volume()?;
+        let name = Path::new(&self.name);
+        match volume.try_stat(name).map_err(|e| Error::io(self.dir(), e))? {
+            None => volume
+                .create_dir(name, 0o755)
+                .map_err(|e| Error::io(self.dir(), e))?,
+            Some(s) if s.kind == Kind::Dir => {}
+            Some(s) => {
+                return Err(Error::Resource {
+                    address: format!("machine.{}", self.name),
+                    reason: format!(
+                        "{} is a {}, not a machine directory; reconcile never follows one in a volume — move it away",
+                        self.dir().display(),
+                        fsops::beneath::kind_name(s.kind)
+                    ),
+                })
+            }
+        }
+        volume.open_dir(name).map_err(|e| Error::io(self.dir(), e))
+    }
+
+    /// The machine directory when it exists (and is a real directory), without creating anything.
+    pub fn existing(&self) -> Result<Option<Beneath>> {
+        let Ok(volume) = Beneath::open(Path::new(&self.volume.path)) else {
+            return Ok(None);
+        };
+        match volume.try_stat(Path::new(&self.name)) {
+            Ok(Some(s)) if s.kind == Kind::Dir => volume
+                .open_dir(Path::new(&self.name))
+                .map(Some)
+                .map_err(|e| Error::io(self.dir(), e)),
+            Ok(Some(_)) => Err(Error::Resource {
+                address: format!("machine.{}", self.name),
+                reason: format!(
+                    "{} is not a directory; reconcile never follows a symlink in a volume — move it away",
+                    self.dir().display()
+                ),
+            }),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Error::io(self.dir(), e)),
+        }
+    }
+
     pub fn observe(&self, backend_name: &'static str) -> Result<MachineState> {
-        observe_dir(&self.dir(), &self.name, backend_name)
+        match self.existing()? {
+            Some(dir) => observe_dir(&dir, &self.name, backend_name),
+            None => Ok(MachineState {
+                backend: backend_name,
+                link: None,
+                entries: BTreeMap::new(),
+            }),
+        }
     }
+}
+
+/// The sidecar receipt of `entry` in the opened machine directory, as written
+/// (not checked against the volume).
+pub fn read_receipt(dir: &Beneath, entry: &str) -> Option<EntryReceipt> {
+    dir.read(&sidecar_rel(entry), MAX_RECEIPT)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// `.reconcile/<entry>.json`, relative to the machine directory.
+pub fn sidecar_rel(entry: &str) -> PathBuf {
+    Path::new(META_DIR).join(format!("{entry}.json"))
+}
+
+/// Write the sidecar receipt of `entry` atomically.
+pub fn write_receipt(dir: &Beneath, entry: &str, r: &EntryReceipt) -> std::io::Result<()> {
+    dir.create_dir_all(Path::new(META_DIR), 0o755)?;
+    let bytes = serde_json::to_vec_pretty(r).expect("receipt serialises");
+    dir.write_atomic(&sidecar_rel(entry), &bytes, 0o644)
 }
 
 /// `linux-gcc-3` → 3 for machine `linux-gcc`.
@@ -133,37 +211,38 @@ pub fn revision_of(machine: &str, entry: &str) -> Option<u32> {
     entry.strip_prefix(machine)?.strip_prefix('-')?.parse().ok()
 }
 
-/// Observe a machine directory: entries, which of them carry a receipt that
-/// still describes them (same volume id), and the current link.
-pub fn observe_dir(dir: &Path, machine: &str, backend_name: &'static str) -> Result<MachineState> {
+/// Observe an opened machine directory: entries, which of them carry a
+/// receipt that still describes them (same volume id), and the current link.
+pub fn observe_dir(
+    dir: &Beneath,
+    machine: &str,
+    backend_name: &'static str,
+) -> Result<MachineState> {
     let mut st = MachineState {
         backend: backend_name,
         link: None,
         entries: BTreeMap::new(),
     };
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(st),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+    for (name, kind) in dir.entries().map_err(|e| Error::io(dir.path(), e))? {
+        let name = name.to_string_lossy().into_owned();
         if name == META_DIR || fsops::is_staging_name(&name) {
             continue;
         }
         if name == machine {
-            st.link = fs::read_link(e.path())
-                .ok()
-                .map(|t| t.to_string_lossy().into_owned());
+            if kind == Kind::Symlink {
+                st.link = dir
+                    .read_link(Path::new(&name))
+                    .ok()
+                    .map(|t| t.to_string_lossy().into_owned());
+            }
             continue;
         }
-        let receipt = fs::read(dir.join(META_DIR).join(format!("{name}.json")))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<EntryReceipt>(&b).ok())
+        let receipt = read_receipt(dir, &name)
             // a receipt describes the volume only while the ids match (a working
             // snapshot's receipt is written before the snapshot exists)
             .filter(|r| {
-                r.kind == EntryKind::Working || backend::volume_id(&e.path()).ok() == Some(r.id)
+                r.kind == EntryKind::Working
+                    || backend::volume_id(dir, Path::new(&name)).ok() == Some(r.id)
             });
         st.entries.insert(name.clone(), Entry { name, receipt });
     }

@@ -11,17 +11,19 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use super::disk;
-use super::{EntryKind, EntryReceipt, MachineDir, MachineState};
+use super::{
+    read_receipt, sidecar_rel, write_receipt, EntryKind, EntryReceipt, MachineDir, MachineState,
+};
 use crate::backend::{self, VolumeBackend};
 use crate::config::model::{MachineKind, Volume};
 use crate::error::{Error, Result};
-use crate::fsops;
+use crate::fsops::Beneath;
 use crate::state::{lock, now_rfc3339, StateDir};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,8 +77,9 @@ pub fn live_bases(st: &MachineState) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Snapshots this process made and has not deleted yet (for the signal handler).
-static LIVE: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+/// Snapshots this process made and has not deleted yet, as (machine
+/// directory, entry name), for the signal handler.
+static LIVE: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
 /// Held while a snapshot is being created or deleted, so the signal handler
 /// never cleans up halfway through either.
 static BUSY: Mutex<()> = Mutex::new(());
@@ -91,9 +94,11 @@ pub fn cleanup_on_signals() {
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             let _busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
-            for (path, sidecar) in LIVE.lock().unwrap().drain(..) {
-                let _ = backend::remove_any(&path);
-                let _ = fs::remove_file(sidecar);
+            for (dir, name) in LIVE.lock().unwrap().drain(..) {
+                if let Ok(dir) = Beneath::open(&dir) {
+                    let _ = backend::remove_in(&dir, std::path::Path::new(&name));
+                    let _ = dir.remove_file(&sidecar_rel(&name));
+                }
             }
             std::process::exit(128 + sig);
         }
@@ -106,7 +111,8 @@ pub struct WorkingSnapshot {
     pub machine: String,
     /// The overlay QEMU boots, for a disk machine.
     pub disk: Option<PathBuf>,
-    sidecar: PathBuf,
+    /// The machine directory it lives in.
+    dir: Beneath,
     backend: Box<dyn VolumeBackend>,
     deleted: bool,
 }
@@ -130,9 +136,11 @@ impl WorkingSnapshot {
         let _busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
         let layout = MachineDir::new(volume, machine);
         let be = layout.backend()?;
+        let dir = layout.open()?;
         let base = match toolchain {
             Some(tc) => layout.tc_name(tc),
-            None => fs::read_link(layout.link())
+            None => dir
+                .read_link(Path::new(machine))
                 .map_err(|_| Error::Resource {
                     address: format!("machine.{machine}"),
                     reason: "has no current revision yet; run `reconcile apply` first".into(),
@@ -140,14 +148,19 @@ impl WorkingSnapshot {
                 .to_string_lossy()
                 .into_owned(),
         };
-        let base_path = layout.entry_path(&base);
-        if !base_path.exists() {
+        if super::revision_of(machine, &base).is_none() && toolchain.is_none() {
+            return Err(Error::Resource {
+                address: format!("machine.{machine}"),
+                reason: format!("its link points at {base:?}, which is not one of its revisions"),
+            });
+        }
+        if dir.try_stat(Path::new(&base)).ok().flatten().is_none() {
             return Err(Error::Resource {
                 address: format!("machine.{machine}"),
                 reason: format!("{base} does not exist; run `reconcile apply` first"),
             });
         }
-        let base_receipt = layout.read_receipt(&base);
+        let base_receipt = read_receipt(&dir, &base);
         let revision = base_receipt
             .as_ref()
             .map(|r| r.revision)
@@ -156,7 +169,6 @@ impl WorkingSnapshot {
         let id = unique_id();
         let name = format!("{base}-{id}");
         let path = layout.entry_path(&name);
-        let sidecar = layout.sidecar(&name);
         let mut receipt = EntryReceipt {
             kind: EntryKind::Working,
             machine: machine.to_string(),
@@ -170,38 +182,38 @@ impl WorkingSnapshot {
             kept: false,
         };
         // the receipt (with its owner) first: a crash after it leaves a snapshot `apply` knows to delete
-        fs::create_dir_all(layout.dir().join(super::META_DIR))
-            .map_err(|e| Error::io(layout.dir(), e))?;
         let write = |r: &EntryReceipt| {
-            fsops::write_atomic(&sidecar, &serde_json::to_vec_pretty(r).expect("receipt"))
-                .map_err(|e| Error::io(&sidecar, e))
+            write_receipt(&dir, &name, r).map_err(|e| Error::io(layout.sidecar(&name), e))
         };
         write(&receipt)?;
-        LIVE.lock().unwrap().push((path.clone(), sidecar.clone()));
+        LIVE.lock().unwrap().push((layout.dir(), name.clone()));
+        let entry = Path::new(&name);
         let made = match kind {
-            MachineKind::Rootfs => be.snapshot(&base_path, &path, false).map(|()| None),
-            MachineKind::Disk => be.create(&path).and_then(|()| {
-                let (image, format) = disk::image_in(&base_path)?;
+            MachineKind::Rootfs => be
+                .snapshot(&dir, Path::new(&base), entry, false)
+                .map(|()| None),
+            MachineKind::Disk => be.create(&dir, entry).and_then(|()| {
+                let (image, format) = disk::image_in(&layout.entry_path(&base))?;
                 disk::create_overlay(&path, &image, format).map(Some)
             }),
         };
         let disk = match made {
             Ok(d) => d,
             Err(e) => {
-                LIVE.lock().unwrap().retain(|(p, _)| *p != path);
-                let _ = backend::remove_any(&path);
-                let _ = fs::remove_file(&sidecar);
+                LIVE.lock().unwrap().retain(|(_, n)| *n != name);
+                let _ = backend::remove_in(&dir, entry);
+                let _ = dir.remove_file(&sidecar_rel(&name));
                 return Err(Error::io(&path, e));
             }
         };
-        receipt.id = be.id(&path).map_err(|e| Error::io(&path, e))?;
+        receipt.id = be.id(&dir, entry).map_err(|e| Error::io(&path, e))?;
         write(&receipt)?;
         Ok(WorkingSnapshot {
             path,
             name,
             machine: machine.to_string(),
             disk,
-            sidecar,
+            dir,
             backend: be,
             deleted: false,
         })
@@ -216,19 +228,16 @@ impl WorkingSnapshot {
     /// `apply` neither prunes it nor what it was made from.
     pub fn keep(mut self) -> Result<PathBuf> {
         let _busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes = fs::read(&self.sidecar).map_err(|e| Error::io(&self.sidecar, e))?;
-        let mut r: EntryReceipt = serde_json::from_slice(&bytes).map_err(|e| Error::State {
-            path: self.sidecar.clone(),
-            reason: e.to_string(),
+        let sidecar = sidecar_rel(&self.name);
+        let mut r = read_receipt(&self.dir, &self.name).ok_or_else(|| Error::State {
+            path: self.dir.shown(&sidecar),
+            reason: "the working snapshot's receipt is gone".into(),
         })?;
         r.kept = true;
         r.owner = None;
-        fsops::write_atomic(
-            &self.sidecar,
-            &serde_json::to_vec_pretty(&r).expect("receipt"),
-        )
-        .map_err(|e| Error::io(&self.sidecar, e))?;
-        LIVE.lock().unwrap().retain(|(p, _)| *p != self.path);
+        write_receipt(&self.dir, &self.name, &r)
+            .map_err(|e| Error::io(self.dir.shown(&sidecar), e))?;
+        LIVE.lock().unwrap().retain(|(_, n)| *n != self.name);
         self.deleted = true;
         Ok(self.path.clone())
     }
@@ -239,11 +248,12 @@ impl WorkingSnapshot {
             return Ok(());
         }
         self.deleted = true;
-        LIVE.lock().unwrap().retain(|(p, _)| *p != self.path);
+        LIVE.lock().unwrap().retain(|(_, n)| *n != self.name);
+        let entry = std::path::Path::new(&self.name);
         self.backend
-            .delete(&self.path)
+            .delete(&self.dir, entry)
             .map_err(|e| Error::io(&self.path, e))?;
-        let _ = fs::remove_file(&self.sidecar);
+        let _ = self.dir.remove_file(&sidecar_rel(&self.name));
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use super::{Action, ApplyContext, Change, Context, Observed, Resource};
 use crate::backend::{self, VolumeBackend};
 use crate::config::model::{Executor, Machine, MachineKind, Prune, Volume};
 use crate::error::{Error, Result};
+use crate::fsops::beneath::{self, Beneath};
 use crate::fsops::{self, digest::sha256_bytes};
 use crate::platform::{self, Interrupt, Provision, Tail, Target};
 use crate::source::{self, archive::Policy, Artifact, Location};
@@ -28,7 +29,8 @@ use crate::state::{fault, now_rfc3339};
 use crate::store::disk;
 use crate::store::working::live_bases;
 use crate::store::{
-    observe_dir, revision_of, Entry, EntryKind, EntryReceipt, MachineDir, MachineState,
+    observe_dir, revision_of, write_receipt, Entry, EntryKind, EntryReceipt, MachineDir,
+    MachineState,
 };
 
 pub const KIND: &str = "machine";
@@ -73,22 +75,30 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
             desired: Some(m.clone()),
         }));
     }
-    // machine directories no longer declared, in declared volumes
+    // machine directories no longer declared, in declared volumes (real
+    // directories only: a symlink in a volume is never taken for a machine)
     for volume in cx.desired.model.volume.values() {
-        let Ok(rd) = fs::read_dir(&volume.path) else {
+        let Ok(root) = Beneath::open(Path::new(&volume.path)) else {
             continue;
         };
-        let mut names: Vec<String> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        for name in names {
+        let Ok(entries) = root.entries() else {
+            continue;
+        };
+        for (name, kind) in entries {
+            let name = name.to_string_lossy().into_owned();
             let dir = Path::new(&volume.path).join(&name);
-            if declared.contains(&dir) || fsops::is_staging_name(&name) || !dir.is_dir() {
+            if kind != beneath::Kind::Dir
+                || declared.contains(&dir)
+                || fsops::is_staging_name(&name)
+            {
                 continue;
             }
-            let ours = dir.join(crate::store::META_DIR).is_dir();
+            let meta = Path::new(&name).join(crate::store::META_DIR);
+            let ours = root
+                .try_stat(&meta)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.kind == beneath::Kind::Dir);
             if ours || volume.prune == Prune::All {
                 out.push(Box::new(MachineResource {
                     address: format!("{KIND}.{name}"),
@@ -362,31 +372,21 @@ impl MachineResource {
     fn build_revision(&self, m: &Machine, cx: &mut ApplyContext) -> Result<()> {
         let be = self.backend()?;
         let artifact = cx.cx.fetcher.fetch(&m.source)?;
-        let src_sha = match &artifact {
-            Artifact::File { sha256, .. } => sha256.clone(),
-            Artifact::Dir { .. } => cx.cx.fetcher.expected_digest(&m.source)?,
-        };
         let name = self.rev_name(m.revision);
         let limit = cx.cx.desired.extract_limit;
         let strip = m.source.strip_components.unwrap_or(0);
         let kind = m.kind;
-        self.publish_volume(cx, be.as_ref(), &name, |staging| {
-            be.create(staging).map_err(|e| Error::io(staging, e))?;
-            match (kind, &artifact) {
-                (MachineKind::Rootfs, Artifact::Dir { path }) => {
-                    backend::dir::copy_tree(path, staging).map_err(|e| Error::io(staging, e))?;
-                }
+        self.publish_volume(cx, be.as_ref(), &name, |dir, staging| {
+            let io = |e: std::io::Error| Error::io(dir.shown(staging), e);
+            be.create(dir, staging).map_err(io)?;
+            let volume = dir.open_dir(staging).map_err(io)?;
+            let source_sha = match (kind, &artifact) {
                 (MachineKind::Rootfs, a) => {
-                    source::unpack(a, staging, "rootfs", strip, limit, Policy { rootfs: true })?;
+                    source::unpack(a, &volume, "rootfs", strip, limit, Policy { rootfs: true })?
+                        .sha256
                 }
-                (MachineKind::Disk, Artifact::File { path, .. }) => {
-                    // raw or qcow2 by content; a qcow2 must not reach outside itself
-                    let format = disk::check_source(path).map_err(|reason| Error::Resource {
-                        address: self.address.clone(),
-                        reason,
-                    })?;
-                    let to = staging.join(format.file_name());
-                    reflink_copy::reflink_or_copy(path, &to).map_err(|e| Error::io(&to, e))?;
+                (MachineKind::Disk, Artifact::File { .. }) => {
+                    self.stage_disk(&artifact, &volume)?
                 }
                 (MachineKind::Disk, Artifact::Dir { .. }) => {
                     return Err(Error::Resource {
@@ -394,13 +394,13 @@ impl MachineResource {
                         reason: "a disk machine needs a file source (a raw or qcow2 image)".into(),
                     })
                 }
-            }
+            };
             fault::point(&self.address, "stage-partial");
             Ok(EntryReceipt {
                 kind: EntryKind::Revision,
                 machine: self.name().to_string(),
                 revision: m.revision,
-                source_sha256: src_sha.clone(),
+                source_sha256: source_sha,
                 toolchain: None,
                 bootstrap_sha256: None,
                 id: 0,
@@ -411,6 +411,53 @@ impl MachineResource {
         })
     }
 
+    /// Copy a disk image into the staged revision — reflinked where the
+    /// filesystem can, copied otherwise — then check what was staged: its
+    /// digest (the bytes installed, not the ones checked earlier) and its
+    /// format, told apart by content, a qcow2 self-contained.
+    fn stage_disk(&self, artifact: &Artifact, volume: &Beneath) -> Result<String> {
+        let Artifact::File {
+            path,
+            sha256,
+            cached,
+            ..
+        } = artifact
+        else {
+            unreachable!("a disk source is a file");
+        };
+        let tmp = Path::new("disk.staged");
+        let io = |e: std::io::Error| Error::io(volume.shown(tmp), e);
+        let from = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut to = volume.create_file(tmp, 0o644).map_err(io)?;
+        let actual = if crate::backend::btrfs::clone_file(&from, &to).is_ok() {
+            crate::fsops::digest::sha256_reader(volume.open_file(tmp).map_err(io)?)
+                .map_err(io)?
+                .0
+        } else {
+            let mut r = source::archive::HashingReader::new(&from);
+            std::io::copy(&mut r, &mut to).map_err(io)?;
+            r.finish().map_err(io)?.0
+        };
+        if actual != *sha256 {
+            if *cached {
+                let _ = fs::remove_file(path);
+            }
+            return Err(Error::Checksum {
+                what: format!("{} (as staged)", path.display()),
+                expected: sha256.clone(),
+                actual,
+            });
+        }
+        let format = disk::check_source(&volume.shown(tmp)).map_err(|reason| Error::Resource {
+            address: self.address.clone(),
+            reason,
+        })?;
+        volume
+            .rename(tmp, Path::new(format.file_name()))
+            .map_err(io)?;
+        Ok(actual)
+    }
+
     /// Bootstrap a toolchain snapshot: a snapshot of the current revision (a
     /// qcow2 overlay of it, for a disk machine), the bootstrap run inside it
     /// (namespaces as root, the host otherwise; over the serial console of a
@@ -418,7 +465,8 @@ impl MachineResource {
     fn bootstrap(&self, m: &Machine, tc: &str, cx: &mut ApplyContext) -> Result<()> {
         let be = self.backend()?;
         let t = &m.toolchain[tc];
-        let base = self.entry_path(&self.rev_name(m.revision));
+        let base_name = self.rev_name(m.revision);
+        let base = self.entry_path(&base_name);
         let src_sha = cx.cx.fetcher.expected_digest(&m.source)?;
         let name = self.tc_name(tc);
         let timeout = t
@@ -454,10 +502,11 @@ impl MachineResource {
                 tail.lines(20)
             ),
         };
-        self.publish_volume(cx, be.as_ref(), &name, |staging| {
+        self.publish_volume(cx, be.as_ref(), &name, |dir, staging_name| {
+            let staging = &dir.shown(staging_name);
             match m.kind {
-                MachineKind::Rootfs => be.snapshot(&base, staging, false),
-                MachineKind::Disk => be.create(staging).and_then(|()| {
+                MachineKind::Rootfs => be.snapshot(dir, Path::new(&base_name), staging_name, false),
+                MachineKind::Disk => be.create(dir, staging_name).and_then(|()| {
                     let (image, format) = disk::image_in(&base)?;
                     disk::create_overlay(staging, &image, format).map(|_| ())
                 }),
@@ -516,39 +565,39 @@ impl MachineResource {
         })
     }
 
-    /// Build a volume under a temporary name with `build`, seal it read-only and
-    /// publish it as `name` (exchanging with the old one when replacing), journaled.
+    /// Build a volume under a temporary name with `build` (given the opened
+    /// machine directory and the staging name), seal it read-only and publish
+    /// it as `name` (exchanging with the old one when replacing), journaled.
     fn publish_volume(
         &self,
         cx: &mut ApplyContext,
         be: &dyn VolumeBackend,
         name: &str,
-        build: impl FnOnce(&Path) -> Result<EntryReceipt>,
+        build: impl FnOnce(&Beneath, &Path) -> Result<EntryReceipt>,
     ) -> Result<()> {
+        let dir = self.layout.open()?;
         let target = self.entry_path(name);
         let sidecar = self.sidecar(name);
-        fs::create_dir_all(sidecar.parent().expect("sidecar dir"))
-            .map_err(|e| Error::io(&sidecar, e))?;
         let txn = cx.journal.begin(&self.address, |id| Op::Volume {
             target: target.clone(),
             staging: fsops::staging_path(&target, id),
             retired: fsops::retired_path(&target, id),
             sidecar: sidecar.clone(),
         })?;
-        let staging = fsops::staging_path(&target, &txn.id);
-        let retired = fsops::retired_path(&target, &txn.id);
+        let staging = fsops::staging_name(Path::new(name), &txn.id);
+        let retired = fsops::retired_name(Path::new(name), &txn.id);
+        let io = |e: std::io::Error| Error::io(dir.shown(&staging), e);
         cx.journal.step(&txn, "stage")?;
-        let built = build(&staging).and_then(|mut receipt| {
-            fsops::sync_tree(&staging).map_err(|e| Error::io(&staging, e))?;
-            be.set_readonly(&staging, true)
-                .map_err(|e| Error::io(&staging, e))?;
-            receipt.id = be.id(&staging).map_err(|e| Error::io(&staging, e))?;
+        let built = build(&dir, &staging).and_then(|mut receipt| {
+            fsops::sync_tree(&dir.open_dir(&staging).map_err(io)?).map_err(io)?;
+            be.set_readonly(&dir, &staging, true).map_err(io)?;
+            receipt.id = be.id(&dir, &staging).map_err(io)?;
             Ok(receipt)
         });
         let receipt = match built {
             Ok(r) => r,
             Err(e) => {
-                let _ = backend::remove_any(&staging);
+                let _ = backend::remove_in(&dir, &staging);
                 cx.journal.done(txn)?;
                 return Err(e);
             }
@@ -564,44 +613,46 @@ impl MachineResource {
             Some(serde_json::to_value(&commit).expect("commit serialises")),
         )?;
         // a new name is placed with RENAME_NOREPLACE, an existing one exchanged in one step
-        let previous = fsops::publish(&staging, &target, &retired).map_err(|e| {
-            let _ = backend::remove_any(&staging);
+        let previous = fsops::publish(&dir, &staging, Path::new(name), &retired).map_err(|e| {
+            let _ = backend::remove_in(&dir, &staging);
             Error::io(&target, e)
         })?;
         cx.journal.step(&txn, "receipt")?;
-        let bytes = serde_json::to_vec_pretty(&value).expect("receipt serialises");
-        fsops::write_atomic(&sidecar, &bytes).map_err(|e| Error::io(&sidecar, e))?;
+        write_receipt(&dir, name, &receipt).map_err(|e| Error::io(&sidecar, e))?;
         cx.journal.step(&txn, "cleanup")?;
         if let fsops::Previous::At(old) = previous {
-            backend::remove_any(&old).map_err(|e| Error::io(&old, e))?;
+            backend::remove_in(&dir, &old).map_err(|e| Error::io(dir.shown(&old), e))?;
         }
         cx.journal.done(txn)
     }
 
     fn delete(&self, entry: &str, cx: &mut ApplyContext) -> Result<()> {
-        super::publish::remove_dir(cx.journal, &self.address, &self.entry_path(entry))?;
-        let _ = fs::remove_file(self.sidecar(entry));
+        let volume = self.layout.open_volume()?;
+        let rel = Path::new(self.name()).join(entry);
+        super::publish::remove_dir(cx.journal, &self.address, &volume, &rel)?;
+        if let Ok(dir) = self.layout.open() {
+            let _ = dir.remove_file(&crate::store::sidecar_rel(entry));
+        }
         Ok(())
     }
 
     /// Leftovers that need no journal: temporary links and receipts of entries that are gone.
-    fn tidy(&self, st: &MachineState) {
-        let dir = self.dir();
-        if let Ok(rd) = fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with(&format!(".{}{}link-", self.name(), fsops::STAGING_MARK)) {
-                    let _ = fs::remove_file(e.path());
-                }
+    fn tidy(&self, dir: &Beneath, st: &MachineState) {
+        let link_tmp = format!(".{}{}link-", self.name(), fsops::STAGING_MARK);
+        for (name, kind) in dir.entries().unwrap_or_default() {
+            if kind == beneath::Kind::Symlink && name.to_string_lossy().starts_with(&link_tmp) {
+                let _ = dir.remove_file(Path::new(&name));
             }
         }
-        if let Ok(rd) = fs::read_dir(dir.join(crate::store::META_DIR)) {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if let Some(entry) = n.strip_suffix(".json") {
-                    if !st.entries.contains_key(entry) && !dir.join(entry).exists() {
-                        let _ = fs::remove_file(e.path());
-                    }
+        let Ok(meta) = dir.open_dir(Path::new(crate::store::META_DIR)) else {
+            return;
+        };
+        for (name, _) in meta.entries().unwrap_or_default() {
+            let n = name.to_string_lossy();
+            if let Some(entry) = n.strip_suffix(".json") {
+                let gone = dir.try_stat(Path::new(entry)).ok().flatten().is_none();
+                if !st.entries.contains_key(entry) && gone {
+                    let _ = meta.remove_file(Path::new(&name));
                 }
             }
         }
@@ -679,16 +730,16 @@ impl Resource for MachineResource {
 
     fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()> {
         let st = self.state(observed);
-        self.tidy(st);
-        fs::create_dir_all(self.dir()).map_err(|e| Error::io(self.dir(), e))?;
+        let dir = self.layout.open()?;
+        self.tidy(&dir, st);
         cx.roots.add(KIND, Path::new(&self.volume().path));
         for (step, _) in self.steps(st, cx.cx)? {
             match (&step, &self.desired) {
                 (Step::BuildRevision, Some(m)) => self.build_revision(m, cx)?,
                 (Step::SwitchLink, Some(m)) => {
-                    let link = self.layout.link();
-                    fsops::switch_symlink(Path::new(&self.rev_name(m.revision)), &link)
-                        .map_err(|e| Error::io(&link, e))?
+                    let link = Path::new(self.name());
+                    fsops::switch_symlink(&dir, Path::new(&self.rev_name(m.revision)), link)
+                        .map_err(|e| Error::io(self.layout.link(), e))?
                 }
                 (Step::Bootstrap { toolchain }, Some(m)) => self.bootstrap(m, toolchain, cx)?,
                 (Step::Delete { name }, _) => self.delete(name, cx)?,
@@ -697,11 +748,13 @@ impl Resource for MachineResource {
         }
         if self.desired.is_none() {
             // the whole machine is gone when nothing is left in it but the link and receipts
-            let remaining = observe_dir(&self.dir(), self.name(), "any")?;
+            let remaining = observe_dir(&dir, self.name(), "any")?;
             if remaining.entries.is_empty() {
-                let _ = fs::remove_file(self.layout.link());
-                let _ = fs::remove_dir_all(self.dir().join(crate::store::META_DIR));
-                let _ = fs::remove_dir(self.dir());
+                let _ = dir.remove_file(Path::new(self.name()));
+                let _ = dir.remove_tree(Path::new(crate::store::META_DIR));
+                if let Ok(volume) = self.layout.open_volume() {
+                    let _ = volume.remove_dir(Path::new(self.name()));
+                }
             }
         }
         Ok(())

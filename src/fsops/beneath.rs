@@ -1,0 +1,716 @@
+//! Paths beneath a root, never through a symlink. Every managed write goes
+//! through a [`Beneath`] handle on a root reconcile was told about (a plugin
+//! dir, a TFTP root, a machine volume, the state dir, a staging directory):
+//! a path below it is resolved by the kernel with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` — or, where openat2 is
+//! missing, one `openat(O_NOFOLLOW)` per component — so no `..` leads out,
+//! no absolute path is taken, and no symlink is followed anywhere along the
+//! way: a symlink in the way is an error, never a detour. Changes are made
+//! relative to the opened parent directory (`mkdirat`, `symlinkat`,
+//! `renameat2`, `unlinkat`) and modes through the opened file (`fchmod`).
+//!
+//! The root itself is opened as given: a symlink the user put *above* the
+//! root is theirs to make.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
+use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
+
+/// What an entry is, from `fstatat` without following it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    /// A device node, fifo or socket.
+    Other,
+}
+
+/// An entry's metadata, never through a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: Kind,
+    /// Permission bits (with setuid/setgid/sticky).
+    pub mode: u32,
+    pub size: u64,
+    pub ino: u64,
+    pub dev: u64,
+    pub uid: u32,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl Stat {
+    pub fn of(st: &FileStat) -> Stat {
+        let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        let kind = if fmt == SFlag::S_IFREG {
+            Kind::File
+        } else if fmt == SFlag::S_IFDIR {
+            Kind::Dir
+        } else if fmt == SFlag::S_IFLNK {
+            Kind::Symlink
+        } else {
+            Kind::Other
+        };
+        Stat {
+            kind,
+            mode: st.st_mode & 0o7777,
+            size: st.st_size as u64,
+            ino: st.st_ino,
+            dev: st.st_dev,
+            uid: st.st_uid,
+            mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+            ctime_ns: st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128,
+        }
+    }
+}
+
+/// An open directory that paths are resolved beneath.
+#[derive(Debug)]
+pub struct Beneath {
+    fd: OwnedFd,
+    /// Where it is, for messages only: nothing is resolved through it.
+    path: PathBuf,
+}
+
+/// Set once openat2 answers ENOSYS (kernels before 5.6): the per-component walk is used after.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// `rel` as its normal components; anything else (absolute, `..`) is refused.
+pub fn components(rel: &Path) -> io::Result<Vec<&OsStr>> {
+    let mut out = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} is not a plain relative path", rel.display()),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Beneath {
+    /// Open the root itself.
+    pub fn open(root: &Path) -> io::Result<Beneath> {
+        let fd = nix::fcntl::open(
+            root,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| with_path(errno(e), root))?;
+        Ok(Beneath {
+            fd,
+            path: root.to_path_buf(),
+        })
+    }
+
+    /// Where the handle is (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `rel` below the root, for messages.
+    pub fn shown(&self, rel: &Path) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Open `rel` beneath the root with `flags`, refusing symlinks on the way and at the end.
+    fn open_at(&self, rel: &Path, flags: OFlag, mode: Mode) -> io::Result<OwnedFd> {
+        let parts = components(rel)?;
+        let flags = flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+        if parts.is_empty() {
+            // the root itself
+            return nix::fcntl::openat(self.fd.as_fd(), ".", flags, mode).map_err(errno);
+        }
+        if !NO_OPENAT2.load(Ordering::Relaxed) {
+            let how = OpenHow::new().flags(flags).mode(mode).resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+            let joined: PathBuf = parts.iter().collect();
+            match openat2(self.fd.as_fd(), joined.as_path(), how) {
+                Err(Errno::ENOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+                other => return other.map_err(errno),
+            }
+        }
+        self.open_walk(&parts, flags, mode)
+    }
+
+    /// openat2's resolution done by hand: one component at a time, each opened
+    /// without following a symlink (`..` and absolute paths never get here).
+    fn open_walk(&self, parts: &[&OsStr], flags: OFlag, mode: Mode) -> io::Result<OwnedFd> {
+        let mut dir: Option<OwnedFd> = None;
+        for (i, name) in parts.iter().enumerate() {
+            let at = dir.as_ref().map_or(self.fd.as_fd(), |d| d.as_fd());
+            let last = i + 1 == parts.len();
+            let f = if last {
+                flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+            } else {
+                OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW
+            };
+            dir = Some(nix::fcntl::openat(at, *name, f, mode).map_err(errno)?);
+        }
+        dir.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty path"))
+    }
+
+    /// The directory `rel` beneath the root, as a handle of its own.
+    pub fn open_dir(&self, rel: &Path) -> io::Result<Beneath> {
+        let fd = self
+            .open_at(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty())
+            .map_err(|e| with_path(e, &self.shown(rel)))?;
+        Ok(Beneath {
+            fd,
+            path: self.shown(rel),
+        })
+    }
+
+    /// The opened parent of `rel` and the last component.
+    fn parent<'r>(&self, rel: &'r Path) -> io::Result<(Beneath, &'r OsStr)> {
+        let parts = components(rel)?;
+        let Some((name, up)) = parts.split_last() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the root itself has no parent here",
+            ));
+        };
+        let up: PathBuf = up.iter().collect();
+        Ok((self.open_dir(&up)?, name))
+    }
+
+    pub fn stat(&self, rel: &Path) -> io::Result<Stat> {
+        if components(rel)?.is_empty() {
+            return fstat(self.fd.as_fd()).map(|s| Stat::of(&s)).map_err(errno);
+        }
+        let (dir, name) = self.parent(rel)?;
+        fstatat(
+            dir.fd.as_fd(),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map(|s| Stat::of(&s))
+        .map_err(|e| with_path(errno(e), &self.shown(rel)))
+    }
+
+    /// Like [`Beneath::stat`], with a missing entry (or a missing parent) as `None`.
+    pub fn try_stat(&self, rel: &Path) -> io::Result<Option<Stat>> {
+        match self.stat(rel) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn create_dir(&self, rel: &Path, mode: u32) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        mkdirat(dir.fd.as_fd(), name, Mode::from_bits_truncate(mode))
+            .map_err(|e| with_path(errno(e), &self.shown(rel)))
+    }
+
+    /// Create `rel` and the directories above it that are missing; returns the
+    /// ones created, outermost first. A symlink in the way is an error.
+    pub fn create_dir_all(&self, rel: &Path, mode: u32) -> io::Result<Vec<PathBuf>> {
+        let mut made = Vec::new();
+        let mut at = PathBuf::new();
+        for name in components(rel)? {
+            at.push(name);
+            match self.try_stat(&at)? {
+                Some(s) if s.kind == Kind::Dir => {}
+                Some(s) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{} is a {} where a directory is needed (reconcile does not follow it)",
+                            self.shown(&at).display(),
+                            kind_name(s.kind)
+                        ),
+                    ))
+                }
+                None => match self.create_dir(&at, mode) {
+                    Ok(()) => made.push(at.clone()),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(made)
+    }
+
+    /// A new regular file (it must not exist, not even as a dangling symlink).
+    pub fn create_file(&self, rel: &Path, mode: u32) -> io::Result<File> {
+        let fd = self
+            .open_at(
+                rel,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY,
+                Mode::from_bits_truncate(mode),
+            )
+            .map_err(|e| with_path(e, &self.shown(rel)))?;
+        Ok(File::from(fd))
+    }
+
+    /// An existing regular file, for reading.
+    pub fn open_file(&self, rel: &Path) -> io::Result<File> {
+        let fd = self
+            .open_at(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())
+            .map_err(|e| with_path(e, &self.shown(rel)))?;
+        let f = File::from(fd);
+        let st = Stat::of(&fstat(f.as_fd()).map_err(errno)?);
+        if st.kind != Kind::File {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", self.shown(rel).display()),
+            ));
+        }
+        // back to blocking reads (O_NONBLOCK only kept a fifo from blocking the open)
+        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty())).map_err(errno)?;
+        Ok(f)
+    }
+
+    /// Open (creating it when missing) a regular file for reading and
+    /// writing, or appending — the state dir's lock and journal.
+    pub fn open_rw(&self, rel: &Path, append: bool, mode: u32) -> io::Result<File> {
+        let mut flags = OFlag::O_CREAT | OFlag::O_RDWR | OFlag::O_NONBLOCK;
+        if append {
+            flags |= OFlag::O_APPEND;
+        }
+        let fd = self
+            .open_at(rel, flags, Mode::from_bits_truncate(mode))
+            .map_err(|e| with_path(e, &self.shown(rel)))?;
+        let f = File::from(fd);
+        if Stat::of(&fstat(f.as_fd()).map_err(errno)?).kind != Kind::File {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", self.shown(rel).display()),
+            ));
+        }
+        let keep = if append {
+            OFlag::O_APPEND
+        } else {
+            OFlag::empty()
+        };
+        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(keep)).map_err(errno)?;
+        Ok(f)
+    }
+
+    /// Read a whole regular file of at most `limit` bytes.
+    pub fn read(&self, rel: &Path, limit: u64) -> io::Result<Vec<u8>> {
+        let f = self.open_file(rel)?;
+        let mut out = Vec::new();
+        f.take(limit + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is larger than {limit} bytes", self.shown(rel).display()),
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        symlinkat(target, dir.fd.as_fd(), name).map_err(|e| with_path(errno(e), &self.shown(rel)))
+    }
+
+    pub fn read_link(&self, rel: &Path) -> io::Result<PathBuf> {
+        let (dir, name) = self.parent(rel)?;
+        nix::fcntl::readlinkat(dir.fd.as_fd(), name)
+            .map(PathBuf::from)
+            .map_err(|e| with_path(errno(e), &self.shown(rel)))
+    }
+
+    /// A hard link `to` of the file `from` (never of a symlink's target).
+    pub fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (a, an) = self.parent(from)?;
+        let (b, bn) = self.parent(to)?;
+        linkat(
+            a.fd.as_fd(),
+            an,
+            b.fd.as_fd(),
+            bn,
+            nix::fcntl::AtFlags::empty(),
+        )
+        .map_err(|e| with_path(errno(e), &self.shown(to)))
+    }
+
+    /// chmod through the opened file or directory; a symlink is refused.
+    pub fn set_mode(&self, rel: &Path, mode: u32) -> io::Result<()> {
+        let fd = self
+            .open_at(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())
+            .map_err(|e| with_path(e, &self.shown(rel)))?;
+        fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))
+            .map_err(|e| with_path(errno(e), &self.shown(rel)))
+    }
+
+    /// Rename within the root (both ends beneath it, neither followed).
+    pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.rename_with(from, to, nix::fcntl::RenameFlags::empty())
+    }
+
+    pub fn rename_with(
+        &self,
+        from: &Path,
+        to: &Path,
+        flags: nix::fcntl::RenameFlags,
+    ) -> io::Result<()> {
+        let (a, an) = self.parent(from)?;
+        let (b, bn) = self.parent(to)?;
+        nix::fcntl::renameat2(a.fd.as_fd(), an, b.fd.as_fd(), bn, flags)
+            .map_err(|e| with_path(errno(e), &self.shown(to)))
+    }
+
+    pub fn remove_file(&self, rel: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        unlinkat(dir.fd.as_fd(), name, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| with_path(errno(e), &self.shown(rel)))
+    }
+
+    pub fn remove_dir(&self, rel: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        unlinkat(dir.fd.as_fd(), name, UnlinkatFlags::RemoveDir)
+            .map_err(|e| with_path(errno(e), &self.shown(rel)))
+    }
+
+    /// Remove `rel` whatever it is — a file, a symlink (not what it points
+    /// to), or a whole tree, descending only through real directories.
+    /// Missing is fine.
+    pub fn remove_tree(&self, rel: &Path) -> io::Result<()> {
+        match self.try_stat(rel)? {
+            None => Ok(()),
+            Some(s) if s.kind == Kind::Dir => {
+                let dir = self.open_dir(rel)?;
+                for (name, kind) in dir.entries()? {
+                    let child = Path::new(&name);
+                    match kind {
+                        Kind::Dir => dir.remove_tree(child)?,
+                        _ => ignore_missing(dir.remove_file(child))?,
+                    }
+                }
+                ignore_missing(self.remove_dir(rel))
+            }
+            Some(_) => ignore_missing(self.remove_file(rel)),
+        }
+    }
+
+    /// The names in this directory with their kinds (never following a symlink).
+    pub fn entries(&self) -> io::Result<Vec<(OsString, Kind)>> {
+        let fd = nix::fcntl::openat(
+            self.fd.as_fd(),
+            ".",
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let mut dir = nix::dir::Dir::from_fd(fd).map_err(errno)?;
+        let mut out = Vec::new();
+        for e in dir.iter() {
+            let e = e.map_err(errno)?;
+            let name = OsStr::from_bytes(e.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match e.file_type() {
+                Some(nix::dir::Type::File) => Kind::File,
+                Some(nix::dir::Type::Directory) => Kind::Dir,
+                Some(nix::dir::Type::Symlink) => Kind::Symlink,
+                Some(_) => Kind::Other,
+                // a filesystem without d_type: ask
+                None => self.stat(Path::new(name))?.kind,
+            };
+            out.push((name.to_os_string(), kind));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Write a small file atomically: a temporary file beside it, fsynced,
+    /// renamed over it, the directory fsynced.
+    pub fn write_atomic(&self, rel: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+        let (dir, name) = self.parent(rel)?;
+        let tmp = OsString::from(format!(
+            ".{}{}tmp-{}",
+            name.to_string_lossy(),
+            super::STAGING_MARK,
+            std::process::id()
+        ));
+        let _ = dir.remove_file(Path::new(&tmp));
+        let mut f = dir.create_file(Path::new(&tmp), mode)?;
+        let written = f.write_all(bytes).and_then(|()| f.sync_all());
+        if let Err(e) = written.and_then(|()| dir.rename(Path::new(&tmp), Path::new(name))) {
+            let _ = dir.remove_file(Path::new(&tmp));
+            return Err(e);
+        }
+        dir.sync()
+    }
+
+    /// fsync the directory itself.
+    pub fn sync(&self) -> io::Result<()> {
+        nix::unistd::fsync(self.fd.as_fd()).map_err(errno)
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// An independent handle on the same directory.
+    pub fn try_clone(&self) -> io::Result<Beneath> {
+        let fd = nix::unistd::dup(self.fd.as_fd()).map_err(errno)?;
+        Ok(Beneath {
+            fd,
+            path: self.path.clone(),
+        })
+    }
+
+    /// A `/proc/self/fd` path naming this directory, for tools that take paths
+    /// (qemu-img, btrfs ioctls on a child): it resolves to the opened
+    /// directory, not to whatever its path names now.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
+fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+pub fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::File => "file",
+        Kind::Dir => "directory",
+        Kind::Symlink => "symlink",
+        Kind::Other => "device node, fifo or socket",
+    }
+}
+
+/// An io::Error that names the path it is about; ELOOP says what it means here.
+fn with_path(e: io::Error, p: &Path) -> io::Error {
+    let why = match e.raw_os_error() {
+        Some(c) if c == Errno::ELOOP as i32 => {
+            "a symlink is in the way (reconcile never follows one inside a managed root)"
+                .to_string()
+        }
+        Some(c) if c == Errno::EXDEV as i32 => {
+            "the path leads outside its root (reconcile resolves every path beneath it)".to_string()
+        }
+        _ => e.to_string(),
+    };
+    io::Error::new(e.kind(), format!("{}: {why}", p.display()))
+}
+
+/// Where a symlink at `link` (relative to the tree's root) leads, resolved
+/// inside the tree the way the kernel would — through the other symlinks it
+/// meets, `..` included — or why it leaves the tree. An absolute target
+/// leaves it, unless `chroot` (a root filesystem: `/` is the tree's root).
+/// Parts that do not exist (yet) are taken as they are written.
+pub fn resolve_inside(tree: &Beneath, link: &Path, chroot: bool) -> Result<PathBuf, String> {
+    let mut at: Vec<OsString> = components(link)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|c| c.to_os_string())
+        .collect();
+    // the link itself is resolved from its directory
+    let mut todo: Vec<OsString> = Vec::new();
+    let mut follows = 0;
+    let first = at.pop();
+    if let Some(name) = first {
+        todo.push(name);
+    }
+    while let Some(part) = todo.pop() {
+        let here: PathBuf = at.iter().chain([&part]).collect();
+        if part == ".." {
+            if at.pop().is_none() && !chroot {
+                return Err("leaves the tree (it climbs above the tree's top)".to_string());
+            }
+            continue;
+        }
+        if part == "." {
+            continue;
+        }
+        match tree.try_stat(&here) {
+            Ok(Some(s)) if s.kind == Kind::Symlink => {
+                follows += 1;
+                if follows > 40 {
+                    return Err("never ends (a loop of symlinks)".into());
+                }
+                let target = tree.read_link(&here).map_err(|e| e.to_string())?;
+                if target.is_absolute() {
+                    if !chroot {
+                        return Err(format!(
+                            "leaves the tree (through {} it reaches the absolute path {})",
+                            here.display(),
+                            target.display()
+                        ));
+                    }
+                    at.clear();
+                }
+                // the target's parts come next, in order
+                let parts: Vec<OsString> = target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(n) => Some(n.to_os_string()),
+                        Component::ParentDir => Some(OsString::from("..")),
+                        _ => None,
+                    })
+                    .collect();
+                todo.extend(parts.into_iter().rev());
+            }
+            _ => at.push(part),
+        }
+    }
+    Ok(at.iter().collect())
+}
+
+impl AsFd for Beneath {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tree() -> (tempfile::TempDir, Beneath) {
+        let d = tempfile::tempdir().unwrap();
+        let b = Beneath::open(d.path()).unwrap();
+        (d, b)
+    }
+
+    #[test]
+    fn nothing_is_reached_through_a_symlink_or_above_the_root() {
+        let (d, b) = tree();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("amd64")).unwrap();
+        // writing beneath a symlinked directory is refused, at every depth
+        assert!(b.create_dir_all(Path::new("amd64/generic"), 0o755).is_err());
+        assert!(b.create_file(Path::new("amd64/x"), 0o644).is_err());
+        assert!(b.open_dir(Path::new("amd64")).is_err());
+        assert!(b.create_file(Path::new("../x"), 0o644).is_err());
+        assert!(b.create_file(Path::new("/tmp/x"), 0o644).is_err());
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        // a dangling symlink is not created through
+        std::os::unix::fs::symlink(outside.path().join("made"), d.path().join("plugin.json"))
+            .unwrap();
+        assert!(b.create_file(Path::new("plugin.json"), 0o644).is_err());
+        assert!(!outside.path().join("made").exists());
+        // chmod never reaches a symlink's target
+        fs::write(outside.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), d.path().join("bin")).unwrap();
+        assert!(b.set_mode(Path::new("bin"), 0o755).is_err());
+        let mode = fs::metadata(outside.path().join("secret"))
+            .unwrap()
+            .permissions();
+        assert_ne!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn the_walk_without_openat2_refuses_symlinks_too() {
+        let (d, b) = tree();
+        let outside = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("amd64")).unwrap();
+        let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY;
+        let mode = Mode::from_bits_truncate(0o644);
+        let walk = |p: &[&str]| {
+            let parts: Vec<&OsStr> = p.iter().map(OsStr::new).collect();
+            b.open_walk(&parts, flags, mode)
+        };
+        // O_NOFOLLOW on a symlink: ELOOP (ENOTDIR when O_DIRECTORY is asked, EEXIST with O_EXCL)
+        let refused = |e: io::Error| {
+            [Errno::ELOOP, Errno::ENOTDIR, Errno::EEXIST]
+                .iter()
+                .any(|c| e.raw_os_error() == Some(*c as i32))
+        };
+        assert!(refused(walk(&["amd64", "x"]).unwrap_err()));
+        assert!(refused(walk(&["amd64"]).unwrap_err()));
+        assert!(walk(&["real", "x"]).is_ok());
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn remove_tree_removes_links_not_what_they_point_to() {
+        let (d, b) = tree();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("keep"), "k").unwrap();
+        fs::create_dir_all(d.path().join("m/sub")).unwrap();
+        fs::write(d.path().join("m/sub/f"), "f").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("m/link")).unwrap();
+        b.remove_tree(Path::new("m")).unwrap();
+        assert!(!d.path().join("m").exists());
+        assert!(outside.path().join("keep").exists());
+        // a symlink given as the tree is removed itself
+        std::os::unix::fs::symlink(outside.path(), d.path().join("m2")).unwrap();
+        b.remove_tree(Path::new("m2")).unwrap();
+        assert!(outside.path().join("keep").exists());
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_tree_or_say_how_they_leave() {
+        let (d, b) = tree();
+        let p = d.path();
+        fs::create_dir_all(p.join("a0/a1/a2")).unwrap();
+        let link = |t: &str, at: &str| std::os::unix::fs::symlink(t, p.join(at)).unwrap();
+        // the chain of issue 13: each link alone looks harmless, together they leave
+        link("../..", "a0/a1/a2/up");
+        link("a0/a1/a2/up/../..", "esc");
+        link("esc/etc/shadow", "bin");
+        let r = |at: &str| resolve_inside(&b, Path::new(at), false);
+        assert!(r("a0/a1/a2/up").is_ok());
+        assert_eq!(r("a0/a1/a2/up").unwrap(), Path::new("a0"));
+        assert!(r("esc").is_err(), "{:?}", r("esc"));
+        assert!(r("bin").is_err());
+        link("a0/a1", "inside");
+        assert_eq!(r("inside").unwrap(), Path::new("a0/a1"));
+        link("/etc/passwd", "abs");
+        assert!(r("abs").is_err());
+        // a root filesystem's absolute links point into the tree
+        assert_eq!(
+            resolve_inside(&b, Path::new("abs"), true).unwrap(),
+            Path::new("etc/passwd")
+        );
+        link("loop2", "loop1");
+        link("loop1", "loop2");
+        assert!(r("loop1").unwrap_err().contains("loop"));
+        assert!(r("esc").unwrap_err().contains("leaves the tree"));
+        link("missing/x", "dangling");
+        assert_eq!(r("dangling").unwrap(), Path::new("missing/x"));
+    }
+
+    #[test]
+    fn atomic_writes_and_entries() {
+        let (d, b) = tree();
+        b.create_dir_all(Path::new("x/y"), 0o755).unwrap();
+        b.write_atomic(Path::new("x/y/state.json"), b"{}", 0o600)
+            .unwrap();
+        assert_eq!(fs::read(d.path().join("x/y/state.json")).unwrap(), b"{}");
+        let x = b.open_dir(Path::new("x/y")).unwrap();
+        let names: Vec<_> = x.entries().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec![OsString::from("state.json")]);
+        assert_eq!(b.read(Path::new("x/y/state.json"), 10).unwrap(), b"{}");
+        assert!(b.read(Path::new("x/y/state.json"), 1).is_err());
+    }
+}
