@@ -2,7 +2,35 @@
 //! a terminal and never with NO_COLOR, progress bars only on a terminal, and
 //! nothing but the JSON document on stdout with `--json`.
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
+
+/// Text that came from disk or a log (a file name, an archive entry, a
+/// console line), made safe to show on a terminal: control characters
+/// (escape sequences, carriage returns, newlines, backspaces), C1 controls
+/// and bidirectional overrides are shown as `\x1b`-style escapes, so a name
+/// can neither rewrite the terminal nor fake a line of output.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x100 && unsafe_char(c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum ColorChoice {
@@ -103,5 +131,25 @@ impl Printer {
             "{}",
             serde_json::to_string_pretty(v).expect("json output serialises")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn names_cannot_drive_the_terminal() {
+        let hostile = "x\u{1b}]0;owned\u{7}\u{1b}[2K\r+ plugin.fake: in sync\nnext\u{202e}";
+        let shown = escape(hostile);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert_eq!(
+            shown,
+            "x\\x1b]0;owned\\x07\\x1b[2K\\r+ plugin.fake: in sync\\nnext\\u{202e}"
+        );
+        assert!(matches!(
+            escape("kolet_1.2.0 ✓"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

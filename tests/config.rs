@@ -59,7 +59,7 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("image suite outside qemu", "version = 1\n[image.i]\nroot = \"t\"\narch = \"amd64\"\nrelease = \"r\"\npurpose = \"p\"\nfiles.linux = { path = \"l\" }\n[suite.s]\nimages = [\"i\"]\n".into(), "reconcile.toml:9:11", "only the qemu executor can do"),
         ("bad prompt regex", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nconsole = {{ prompt = \"a(\" }}\n"), "reconcile.toml:8:22", "invalid regex in console.prompt"),
         ("bad memory size", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nvm = {{ memory = \"lots\" }}\n"), "reconcile.toml:8:17", "not a memory size"),
-        ("bad boot timeout", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nconsole = {{ boot_timeout = \"soon\" }}\n"), "reconcile.toml:8:28", "expected a duration"),
+        ("bad boot timeout", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nconsole = {{ boot_timeout = \"soon\" }}\n"), "reconcile.toml:8:28", "invalid duration `soon`"),
         ("zero TCG factor", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nvm = {{ tcg_timeout_factor = 0.0 }}\n"), "reconcile.toml:8:29", "out of range"),
         ("zero check count", "version = 1\n[check.c]\nregex = \"x\"\ncount = 0\n".into(), "reconcile.toml:4:9", "`count` must be between 1"),
         ("vm on a root filesystem", format!("{VOL}[machine.r]\nrevision = 1\nsource = {{ dir = \"r\" }}\nvm = {{ cpus = 2 }}\n"), "reconcile.toml:7:1", "`vm` applies to disk machines"),
@@ -117,11 +117,13 @@ revision = 1
 source = { dir = "r" }
 [machine.m.toolchain.42]
 bootstrap = ["true"]
-timeout = "soon"
 [check.c]
 regex = "a(b"
 [suite.s]
 machines = ["ghost"]
+[suite.t.test.u]
+run = ["true"]
+timeout = "soon"
 [[skip]]
 pattern = "s.*"
 reason = "flaky"
@@ -138,10 +140,10 @@ until = 2020-01-31
         .map(|d| d["line"].as_u64().unwrap())
         .collect();
     // unknown key, unknown field, no sha256, bad name, bad sha256, undeclared volume,
-    // toolchain like a revision, bad duration, bad regex, undeclared machine, expired skip
+    // toolchain like a revision, bad regex, undeclared machine, bad duration, expired skip
     assert_eq!(
         lines,
-        vec![2, 5, 8, 9, 11, 13, 16, 18, 20, 22, 26],
+        vec![2, 5, 8, 9, 11, 13, 16, 19, 21, 24, 28],
         "{:#}",
         doc
     );

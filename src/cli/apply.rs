@@ -2,7 +2,7 @@ use super::{render, targets, ApplyArgs, Cli};
 use crate::apply::{self, Event};
 use crate::config;
 use crate::error::{exit, Error, Result};
-use crate::output::{Printer, Style};
+use crate::output::{escape, Printer, Style};
 
 pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
     let desired = config::load(&cli.file)?;
@@ -29,7 +29,9 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         Event::Recovered(r) => {
             p.info(&format!(
                 "recovered {}: interrupted at step `{}`, {}",
-                r.address, r.last_step, r.outcome
+                escape(&r.address),
+                escape(&r.last_step),
+                r.outcome
             ));
             events.push(serde_json::json!({ "event": "recovered", "address": r.address, "outcome": r.outcome, "step": r.last_step }));
         }
@@ -41,16 +43,18 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         Event::Applying { address, changes } => {
             for c in changes {
                 p.detail(&format!(
-                    "{} {address}: {}",
+                    "{} {}: {}",
                     render::action(p, c.action),
-                    c.reason
+                    escape(address),
+                    escape(&c.reason)
                 ));
             }
         }
         Event::Applied { address, took } => {
             p.info(&format!(
-                "{} {address} ({} ms)",
+                "{} {} ({} ms)",
                 p.paint(Style::Create, "done"),
+                escape(address),
                 took.as_millis()
             ));
             events.push(serde_json::json!({ "event": "applied", "address": address, "ms": took.as_millis() }));
@@ -62,7 +66,7 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
             } else {
                 format!("{address}: {msg}")
             };
-            eprintln!("{} {msg}", p.paint(Style::Error, "failed:"));
+            eprintln!("{} {}", p.paint(Style::Error, "failed:"), escape(&msg));
             if let Some(h) = error.help() {
                 eprintln!("  {} {h}", p.paint(Style::Dim, "help:"));
             }
@@ -106,7 +110,7 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
             outcome.changes
         ));
     } else {
-        p.out(&format!("Apply failed for {}; everything else converged. The failed resources keep their previous state.", outcome.failed.join(", ")));
+        p.out(&format!("Apply failed for {}; everything else converged. The failed resources keep their previous state.", escape(&outcome.failed.join(", "))));
     }
     if let (exit::OK, Some(plan), false) = (
         code,

@@ -6,7 +6,7 @@ use super::{ChecksArgs, Cli};
 use crate::config::model::Severity;
 use crate::error::{exit, Error, Result};
 use crate::harness::checks;
-use crate::output::{Printer, Style};
+use crate::output::{escape, Printer, Style};
 
 /// Scan log files with the built-in and declared console checks.
 pub fn run(_cli: &Cli, a: &ChecksArgs, p: &Printer) -> Result<i32> {
@@ -33,12 +33,12 @@ pub fn run(_cli: &Cli, a: &ChecksArgs, p: &Printer) -> Result<i32> {
             };
             p.out(&format!(
                 "{}:{}: {} ({}, {} hit(s)): {}",
-                log.display(),
+                escape(&log.display().to_string()),
                 h.line,
-                p.paint(style, &h.check),
+                p.paint(style, &escape(&h.check)),
                 sev,
                 h.count,
-                h.excerpt
+                escape(&h.excerpt)
             ));
         }
         docs.push(json!({ "file": log, "hits": hits }));

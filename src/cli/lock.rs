@@ -28,7 +28,7 @@ pub fn run(cli: &Cli, a: &LockArgs, p: &Printer) -> Result<i32> {
     );
     let mut pins: BTreeMap<String, Pin> = BTreeMap::new();
     for (addr, s) in desired.sources() {
-        let Some(url) = &s.url else { continue };
+        let Some(url) = s.url() else { continue };
         if pins.contains_key(url) {
             continue;
         }
@@ -42,7 +42,7 @@ pub fn run(cli: &Cli, a: &LockArgs, p: &Printer) -> Result<i32> {
                 fetcher.fetch_url(url, inline.as_deref())?.1
             }
         };
-        pins.insert(url.clone(), Pin { sha256: sha });
+        pins.insert(url.to_string(), Pin { sha256: sha });
     }
     let _ = index.save();
     let path = lockfile::path_for(&desired.path);

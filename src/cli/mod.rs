@@ -163,8 +163,8 @@ pub struct TestArgs {
     /// Where runs go (default <state_dir>/runs): <DIR>/<UTC time>-<pid>/ and <DIR>/latest.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Multiply every test's timeout (slow machines, emulation).
-    #[arg(long, default_value_t = 1.0)]
+    /// Multiply every test's timeout (slow machines, emulation): 0.01 to 1000.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_multiplier)]
     pub timeout_multiplier: f64,
 }
 
@@ -233,6 +233,15 @@ pub struct LockArgs {
     /// Download and re-pin every remote source, not only unpinned ones.
     #[arg(long)]
     pub update: bool,
+}
+
+fn parse_multiplier(s: &str) -> Result<f64, String> {
+    let m: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if m.is_finite() && (0.01..=1000.0).contains(&m) {
+        Ok(m)
+    } else {
+        Err(format!("{s} is not between 0.01 and 1000"))
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -4,9 +4,13 @@ use miette::{GraphicalReportHandler, GraphicalTheme};
 
 use crate::config::Diagnostic;
 use crate::error::Error;
-use crate::output::{Printer, Style};
+use crate::output::{escape, Printer, Style};
 use crate::plan::Plan;
 use crate::resource::Action;
+
+/// Diagnostics shown with their source snippet; past this, one line each
+/// (a snippet costs a scan of the file, and thousands of them help no one).
+const WITH_SNIPPETS: usize = 50;
 
 pub fn diagnostics(p: &Printer, diags: &[Diagnostic]) {
     let theme = if p.color() {
@@ -15,7 +19,24 @@ pub fn diagnostics(p: &Printer, diags: &[Diagnostic]) {
         GraphicalTheme::unicode_nocolor()
     };
     let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1);
-    for d in diags {
+    for (i, d) in diags.iter().enumerate() {
+        if i == WITH_SNIPPETS {
+            eprintln!(
+                "… and {} more, one line each (`reconcile validate --json` lists them all):",
+                diags.len() - WITH_SNIPPETS
+            );
+        }
+        if i >= WITH_SNIPPETS {
+            eprintln!(
+                "{}:{}:{}: {} {}",
+                d.file,
+                d.line,
+                d.column,
+                p.paint(Style::Error, "error:"),
+                escape(&d.message)
+            );
+            continue;
+        }
         let mut s = String::new();
         if handler.render_report(&mut s, d).is_err() {
             s = format!("{}:{}:{}: {}\n", d.file, d.line, d.column, d.message);
@@ -36,7 +57,11 @@ pub fn error(p: &Printer, e: &Error) {
     if let Error::Invalid(diags) = e {
         diagnostics(p, diags);
     }
-    eprintln!("{} {e}", p.paint(Style::Error, "error:"));
+    eprintln!(
+        "{} {}",
+        p.paint(Style::Error, "error:"),
+        escape(&e.to_string())
+    );
     if let Some(h) = e.help() {
         eprintln!("  {} {h}", p.paint(Style::Dim, "help:"));
     }
@@ -58,10 +83,10 @@ pub fn plan(p: &Printer, plan: &Plan) {
             p.out(&format!(
                 "{} {} {} {}: {}",
                 action(p, c.action),
-                p.paint(Style::Bold, &r.address),
+                p.paint(Style::Bold, &escape(&r.address)),
                 p.paint(Style::Dim, "→"),
-                crate::config::display_name(&r.path),
-                c.reason
+                escape(&crate::config::display_name(&r.path)),
+                escape(&c.reason)
             ));
         }
     }

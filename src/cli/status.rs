@@ -2,7 +2,7 @@ use serde_json::json;
 
 use super::Cli;
 use crate::error::{exit, Result};
-use crate::output::{Printer, Style};
+use crate::output::{escape, Printer, Style};
 use crate::state::StateDir;
 use crate::{apply, config};
 
@@ -24,10 +24,11 @@ pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
             .map(|s| config::display_name(std::path::Path::new(s)))
             .unwrap_or_default();
         let mut line = format!(
-            "{} {} {path}: {}",
-            p.paint(Style::Bold, addr),
+            "{} {} {}: {}",
+            p.paint(Style::Bold, &escape(addr)),
             p.paint(Style::Dim, "→"),
-            r["state"].as_str().unwrap_or("")
+            escape(&path),
+            escape(r["state"].as_str().unwrap_or(""))
         );
         if let Some(at) = r["installed_at"].as_str() {
             line.push_str(&format!(" (since {at})"));

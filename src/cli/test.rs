@@ -10,7 +10,7 @@ use crate::error::{exit, Result};
 use crate::harness::report::{Report, Verdict};
 use crate::harness::run::{self, Event};
 use crate::harness::select::{self, Filters};
-use crate::output::{Printer, Style};
+use crate::output::{escape, Printer, Style};
 
 pub fn run(cli: &Cli, a: &TestArgs, p: &Printer) -> Result<i32> {
     let desired = config::load(&cli.file)?;
@@ -76,17 +76,24 @@ fn list(desired: &Desired, filters: &Filters, explain: bool, p: &Printer) -> Res
         match &s.skip {
             Some(k) if k.warn => p.out(&format!(
                 "{}  (runs; a failure only warns: {})",
-                s.case.name, k.reason
+                escape(&s.case.name),
+                k.reason
             )),
-            Some(k) => p.out(&format!("{}  (skipped: {})", s.case.name, k.reason)),
-            None => p.out(&s.case.name),
+            Some(k) => p.out(&format!(
+                "{}  (skipped: {})",
+                escape(&s.case.name),
+                k.reason
+            )),
+            None => p.out(&escape(&s.case.name)),
         }
     }
     if explain {
         for (name, why) in &sel.excluded {
             p.out(&format!(
-                "{} {name}: {why}",
-                p.paint(Style::Dim, "not selected:")
+                "{} {}: {}",
+                p.paint(Style::Dim, "not selected:"),
+                escape(name),
+                escape(why)
             ));
         }
     }
@@ -154,13 +161,13 @@ pub fn run_tests(
             let reason = t
                 .reason
                 .as_deref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", escape(r)))
                 .unwrap_or_default();
             if !p.json {
                 println!(
                     "{} {} ({} ms){reason}",
                     p.paint(style, word),
-                    t.name,
+                    escape(&t.name),
                     t.duration_ms
                 );
             }
@@ -173,9 +180,11 @@ pub fn run_tests(
         println!();
         for (name, (reason, out)) in run::failures(&report) {
             println!(
-                "{} {name}: {reason}\n     output: {}",
+                "{} {}: {}\n     output: {}",
                 p.paint(Style::Delete, "failed:"),
-                config::display_name(&out)
+                escape(&name),
+                escape(&reason),
+                escape(&config::display_name(&out))
             );
         }
         println!(

@@ -2,7 +2,7 @@ use serde_json::json;
 
 use super::{render, Cli, WatchArgs};
 use crate::error::{exit, Result};
-use crate::output::{Printer, Style};
+use crate::output::{escape, Printer, Style};
 use crate::state::now_rfc3339;
 use crate::watch::{self, Event};
 
@@ -34,7 +34,11 @@ fn log(p: &Printer, e: &Event) {
         Event::Drift { addresses, paths } => (
             "drift",
             json!({ "addresses": addresses, "paths": paths }),
-            format!("drift in {}: {}", addresses.join(", "), join_paths(paths)),
+            format!(
+                "drift in {}: {}",
+                escape(&addresses.join(", ")),
+                join_paths(paths)
+            ),
         ),
         Event::Planned {
             addresses,
@@ -45,7 +49,7 @@ fn log(p: &Printer, e: &Event) {
             json!({ "addresses": addresses, "changes": changes, "trigger": trigger }),
             format!(
                 "{changes} change(s) to {} ({trigger})",
-                addresses.join(", ")
+                escape(&addresses.join(", "))
             ),
         ),
         Event::Applied {
@@ -58,7 +62,7 @@ fn log(p: &Printer, e: &Event) {
             format!(
                 "{} {} in {} ms",
                 p.paint(Style::Create, "applied"),
-                addresses.join(", "),
+                escape(&addresses.join(", ")),
                 took.as_millis()
             ),
         ),
@@ -79,7 +83,7 @@ fn log(p: &Printer, e: &Event) {
         Event::Error { message } => (
             "error",
             json!({ "message": message }),
-            format!("{} {message}", p.paint(Style::Error, "error:")),
+            format!("{} {}", p.paint(Style::Error, "error:"), escape(message)),
         ),
         Event::Stopped { signal } => (
             "stopped",
@@ -112,7 +116,7 @@ fn join_paths(paths: &[std::path::PathBuf]) -> String {
     let shown: Vec<String> = paths
         .iter()
         .take(3)
-        .map(|p| crate::config::display_name(p))
+        .map(|p| escape(&crate::config::display_name(p)).into_owned())
         .collect();
     let more = if paths.len() > 3 {
         format!(" and {} more", paths.len() - 3)

@@ -53,6 +53,19 @@ impl Diagnostic {
             Some(r) => line_column(text, r.start),
             None => (1, 1),
         };
+        Self::located(file, text, span, (line, column), message, label, help)
+    }
+
+    /// A diagnostic whose line and column are already known (from a file's line index).
+    pub fn located(
+        file: &str,
+        text: &Arc<String>,
+        span: Option<Range<usize>>,
+        (line, column): (usize, usize),
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: Option<String>,
+    ) -> Self {
         Diagnostic {
             message: message.into(),
             source_code: NamedSource::new(file, text.clone()),
@@ -79,6 +92,22 @@ impl Diagnostic {
             help: self.help.as_deref(),
         }
     }
+}
+
+/// Byte offsets where each line of `text` starts.
+pub fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1))
+        .collect()
+}
+
+/// [`line_column`] with the file's line index: a binary search, then the
+/// characters of one line — linear in the number of diagnostics, not quadratic.
+pub fn line_column_indexed(text: &str, starts: &[usize], offset: usize) -> (usize, usize) {
+    let offset = floor_char_boundary(text, offset.min(text.len()));
+    let line = starts.partition_point(|&s| s <= offset).max(1);
+    let column = text[starts[line - 1]..offset].chars().count() + 1;
+    (line, column)
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -108,5 +137,13 @@ mod tests {
         assert_eq!(line_column(text, 6), (2, 1));
         // 'é' is two bytes: the column counts characters
         assert_eq!(line_column(text, 9), (2, 3));
+        let starts = line_starts(text);
+        for offset in 0..=text.len() {
+            assert_eq!(
+                line_column_indexed(text, &starts, offset),
+                line_column(text, offset),
+                "offset {offset}"
+            );
+        }
     }
 }

@@ -34,7 +34,7 @@ pub fn path_for(desired: &Path) -> PathBuf {
 impl Lockfile {
     /// A missing lock file is an empty one.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match super::read_file(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),

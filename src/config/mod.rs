@@ -5,9 +5,11 @@
 
 mod check;
 pub mod diagnostic;
+pub mod dirtests;
 pub mod lockfile;
 pub mod model;
 mod parse;
+pub mod units;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -38,6 +40,101 @@ pub struct Desired {
 }
 
 pub const DEFAULT_EXTRACT_LIMIT: u64 = 8 << 30;
+
+/// Largest desired-state file (and include) read.
+pub const MAX_FILE: u64 = 16 << 20;
+/// Entries an include pattern may look at before it is refused as too broad.
+pub const MAX_INCLUDE_WALK: usize = 100_000;
+/// Files an include pattern may match.
+pub const MAX_INCLUDES: usize = 1_000;
+
+/// Read a desired-state file: a regular file (a fifo or a device would block
+/// or never end) of at most [`MAX_FILE`] bytes, opened without blocking.
+pub fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_FILE >> 20),
+        ));
+    }
+    let mut text = String::new();
+    f.take(MAX_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_FILE >> 20),
+        ));
+    }
+    Ok(text)
+}
+
+/// The files an include pattern names, found by a bounded walk from the
+/// pattern's literal directory: symlinks are not followed, only regular
+/// files match, and a pattern that looks at more than [`MAX_INCLUDE_WALK`]
+/// entries (say `/**/*`) is refused instead of walking the filesystem.
+fn expand_include(full: &Path) -> std::result::Result<Vec<PathBuf>, String> {
+    let text = full.to_string_lossy();
+    let pattern = glob::Pattern::new(&text).map_err(|e| format!("invalid include pattern: {e}"))?;
+    let parts: Vec<&std::ffi::OsStr> = full.iter().collect();
+    let first_glob = parts
+        .iter()
+        .position(|p| p.to_string_lossy().contains(['*', '?', '[']))
+        .unwrap_or(parts.len());
+    let base: PathBuf = parts[..first_glob].iter().collect();
+    if first_glob == parts.len() {
+        // a literal name: whatever is there is read (and refused) by read_file
+        return Ok(if std::fs::symlink_metadata(&base).is_ok() {
+            vec![base]
+        } else {
+            vec![]
+        });
+    }
+    let rest = &parts[first_glob..];
+    let deep = rest.iter().any(|p| *p == "**");
+    let mut walk = walkdir::WalkDir::new(&base)
+        .follow_links(false)
+        .min_depth(1);
+    if !deep {
+        walk = walk.max_depth(rest.len());
+    }
+    let opts = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let mut out = Vec::new();
+    for (seen, entry) in walk.into_iter().enumerate() {
+        if seen >= MAX_INCLUDE_WALK {
+            return Err(format!(
+                "include pattern `{text}` looks at more than {MAX_INCLUDE_WALK} entries; narrow it (e.g. farm.d/*.toml)"
+            ));
+        }
+        let Ok(entry) = entry else { continue };
+        if entry.file_type().is_file() && pattern.matches_path_with(entry.path(), opts) {
+            out.push(entry.into_path());
+            if out.len() > MAX_INCLUDES {
+                return Err(format!(
+                    "include pattern `{text}` matches more than {MAX_INCLUDES} files"
+                ));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
 
 /// Where each merged entry came from, for locating diagnostics.
 #[derive(Debug, Default)]
@@ -101,7 +198,7 @@ pub fn load(path: &Path) -> Result<Desired, Error> {
 
 pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
     let path = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::ReadDesired {
+    let text = read_file(&path).map_err(|e| Error::ReadDesired {
         path: path.clone(),
         source: e,
     })?;
@@ -123,13 +220,13 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
     let mut seen: HashSet<PathBuf> = [path.clone()].into();
     for (i, pattern) in model.include.clone().iter().enumerate() {
         let full = main_dir.join(pattern);
-        let matches: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
-            Ok(paths) => paths.filter_map(Result::ok).collect(),
-            Err(e) => {
+        let matches: Vec<PathBuf> = match expand_include(&full) {
+            Ok(paths) => paths,
+            Err(why) => {
                 diagnostics.push(sources.at(
                     &["include", &i.to_string()],
                     false,
-                    format!("invalid include pattern: {e}"),
+                    why,
                     "here",
                     None,
                 ));
@@ -149,7 +246,7 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
             if !seen.insert(inc.clone()) {
                 continue;
             }
-            let text = match std::fs::read_to_string(&inc) {
+            let text = match read_file(&inc) {
                 Ok(t) => t,
                 Err(e) => {
                     diagnostics.push(sources.at(
@@ -200,6 +297,14 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         &today,
         opts.allow_unpinned,
     ));
+    // executable tests in suite dirs: their headers are part of the file's contract
+    for suite in model.suite.values() {
+        if let Some(dir) = &suite.dir {
+            if let Err(problems) = dirtests::read(Path::new(dir)) {
+                diagnostics.extend(problems);
+            }
+        }
+    }
     if !diagnostics.is_empty() {
         let order: HashMap<String, usize> = sources
             .files
@@ -233,8 +338,7 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
     );
     let extract_limit = settings
         .extract_limit
-        .as_deref()
-        .map(|s| check::parse_size(s).expect("checked"))
+        .map(|s| s.0)
         .unwrap_or(DEFAULT_EXTRACT_LIMIT);
     Ok(Desired {
         path,
@@ -369,13 +473,9 @@ fn absolutize(m: &mut DesiredFile, base: &Path) {
             *p = base.join(&*p).to_string_lossy().into_owned();
         }
     };
-    let source = |s: &mut model::Source| {
-        if let Some(p) = s.path.as_mut() {
-            abs(p)
-        }
-        if let Some(p) = s.dir.as_mut() {
-            abs(p)
-        }
+    let source = |s: &mut model::Source| match &mut s.location {
+        model::SourceLocation::Path(p) | model::SourceLocation::Dir(p) => abs(p),
+        model::SourceLocation::Url(_) => {}
     };
     if let Some(st) = m.settings.as_mut() {
         if let Some(p) = st.state_dir.as_mut() {
@@ -440,7 +540,7 @@ impl Desired {
     pub fn unlocked_sources(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (addr, s) in self.sources() {
-            let Some(url) = &s.url else { continue };
+            let Some(url) = s.url() else { continue };
             match (self.lock.sha256_for(url), &s.sha256) {
                 (None, _) => out.push(format!("{addr}: {url} is not pinned in reconcile.lock")),
                 (Some(pin), Some(inline)) if !pin.eq_ignore_ascii_case(inline) => out.push(

@@ -4,8 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use super::units::{FailureClass, Size};
 
 /// The desired state of one build/test farm host.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -56,7 +60,7 @@ pub struct Settings {
     /// Default `.reconcile` beside the file.
     pub state_dir: Option<String>,
     /// Largest total size an archive may unpack to, e.g. `"8 GiB"` (default).
-    pub extract_limit: Option<String>,
+    pub extract_limit: Option<Size>,
 }
 
 /// A storage volume holding machines in the buildos layout.
@@ -283,14 +287,14 @@ pub struct Console {
     /// it). Default `poweroff`.
     pub shutdown: Option<String>,
     /// From QEMU's start to the prompt, e.g. `"120s"` (default; scaled under TCG).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "super::units::duration")]
     #[schemars(with = "Option<String>")]
-    pub boot_timeout: Option<std::time::Duration>,
+    pub boot_timeout: Option<Duration>,
     /// A test (or boot) fails as `infra` when the console prints nothing for
     /// this long, e.g. `"60s"` (default; scaled under TCG).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "super::units::duration")]
     #[schemars(with = "Option<String>")]
-    pub stall_timeout: Option<std::time::Duration>,
+    pub stall_timeout: Option<Duration>,
 }
 
 /// Credentials typed at the console's login prompt (for test VMs only).
@@ -308,13 +312,49 @@ pub struct Toolchain {
     /// Command run inside the snapshot (argv).
     pub bootstrap: Vec<String>,
     /// Time limit of the bootstrap, e.g. `30m`.
-    pub timeout: Option<String>,
+    #[serde(default, with = "super::units::duration")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
+}
+
+/// Where content comes from, checked when the file is read: exactly one
+/// location, and nothing a `dir` cannot have.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(try_from = "SourceTable", into = "SourceTable")]
+pub struct Source {
+    pub location: SourceLocation,
+    pub sha256: Option<String>,
+    pub format: Option<ArchiveFormat>,
+    pub strip_components: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceLocation {
+    /// A local file (an archive or a single file).
+    Path(String),
+    /// A local directory, copied as it is.
+    Dir(String),
+    /// `http://`, `https://` or `file://`.
+    Url(String),
+}
+
+impl Source {
+    pub fn url(&self) -> Option<&str> {
+        match &self.location {
+            SourceLocation::Url(u) => Some(u),
+            _ => None,
+        }
+    }
+    pub fn is_dir(&self) -> bool {
+        matches!(self.location, SourceLocation::Dir(_))
+    }
 }
 
 /// Where content comes from: exactly one of `path`, `dir` or `url`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Source {
+#[schemars(rename = "Source")]
+pub struct SourceTable {
     /// A local file (an archive or a single file), relative to the file naming it.
     pub path: Option<String>,
     /// A local directory copied as it is.
@@ -327,6 +367,58 @@ pub struct Source {
     pub format: Option<ArchiveFormat>,
     /// Leading path components removed from archive entries.
     pub strip_components: Option<u32>,
+}
+
+impl TryFrom<SourceTable> for Source {
+    type Error = String;
+
+    fn try_from(t: SourceTable) -> Result<Source, String> {
+        let location =
+            match (t.path, t.dir, t.url) {
+                (Some(p), None, None) => SourceLocation::Path(p),
+                (None, Some(d), None) => SourceLocation::Dir(d),
+                (None, None, Some(u)) => SourceLocation::Url(u),
+                (None, None, None) => {
+                    return Err(
+                        "a source needs exactly one of `path`, `dir` or `url` (it has none)".into(),
+                    )
+                }
+                _ => return Err(
+                    "a source needs exactly one of `path`, `dir` or `url` (it has more than one)"
+                        .into(),
+                ),
+            };
+        if matches!(location, SourceLocation::Dir(_))
+            && (t.sha256.is_some() || t.format.is_some() || t.strip_components.is_some())
+        {
+            return Err("a `dir` source takes no `sha256`, `format` or `strip_components`".into());
+        }
+        Ok(Source {
+            location,
+            sha256: t.sha256,
+            format: t.format,
+            strip_components: t.strip_components,
+        })
+    }
+}
+
+impl From<Source> for SourceTable {
+    fn from(s: Source) -> SourceTable {
+        let (mut path, mut dir, mut url) = (None, None, None);
+        match s.location {
+            SourceLocation::Path(p) => path = Some(p),
+            SourceLocation::Dir(d) => dir = Some(d),
+            SourceLocation::Url(u) => url = Some(u),
+        }
+        SourceTable {
+            path,
+            dir,
+            url,
+            sha256: s.sha256,
+            format: s.format,
+            strip_components: s.strip_components,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -538,7 +630,9 @@ pub struct Test {
     #[serde(default)]
     pub expect: Expect,
     /// Time limit, e.g. `60s`.
-    pub timeout: Option<String>,
+    #[serde(default, with = "super::units::duration")]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// Architectures the test runs on; `!x` excludes.
@@ -559,7 +653,7 @@ pub struct Test {
     pub skip_checks: BTreeMap<String, String>,
     /// Retries per failure class (`test`, `check`, `timeout`, `infra`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub retries: BTreeMap<String, u32>,
+    pub retries: BTreeMap<FailureClass, u32>,
 }
 
 /// What a test's output must look like.

@@ -69,6 +69,8 @@ pub struct SourceFile {
     pub text: Arc<String>,
     /// Built on first use: only a file with problems needs it.
     spans: std::sync::OnceLock<SpanIndex>,
+    /// Where each line starts, built on first use like `spans`.
+    lines: std::sync::OnceLock<Vec<usize>>,
 }
 
 impl SourceFile {
@@ -89,7 +91,16 @@ impl SourceFile {
         label: impl Into<String>,
         help: Option<String>,
     ) -> Diagnostic {
-        Diagnostic::new(&self.name, &self.text, span, message, label, help)
+        let at = match &span {
+            Some(r) => {
+                let starts = self
+                    .lines
+                    .get_or_init(|| super::diagnostic::line_starts(&self.text));
+                super::diagnostic::line_column_indexed(&self.text, starts, r.start)
+            }
+            None => (1, 1),
+        };
+        Diagnostic::located(&self.name, &self.text, span, at, message, label, help)
     }
 }
 
@@ -113,6 +124,7 @@ pub fn parse_file(name: &str, text: String) -> Parsed {
         name: name.to_string(),
         text: text.clone(),
         spans: std::sync::OnceLock::new(),
+        lines: std::sync::OnceLock::new(),
     };
     let mut diagnostics = Vec::new();
     let mut fragment = DesiredFile::default();

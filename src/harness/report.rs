@@ -22,29 +22,8 @@ pub enum Verdict {
     Skip,
 }
 
-/// Why a test failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Class {
-    /// Exit status or an `expect` matcher.
-    Test,
-    /// A `fail` or `fatal` console check.
-    Check,
-    Timeout,
-    /// The harness could not run it (snapshot, executor, cancelled).
-    Infra,
-}
-
-impl Class {
-    pub fn key(self) -> &'static str {
-        match self {
-            Class::Test => "test",
-            Class::Check => "check",
-            Class::Timeout => "timeout",
-            Class::Infra => "infra",
-        }
-    }
-}
+/// Why a test failed (the classes `retries` names in the file).
+pub use crate::config::model::FailureClass as Class;
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Attempt {

@@ -104,7 +104,7 @@ pub fn run(
         output: CheckSet::new(&all, Scope::Output),
         journal: CheckSet::new(&all, Scope::Journal),
     };
-    let queue: Mutex<VecDeque<Selected>> = Mutex::new(selection.selected.into_iter().collect());
+    let queue = Queue::new(desired, selection.selected);
     let (tx, rx) = mpsc::channel::<TestResult>();
     let state = StateDir::create(&desired.state_dir)?;
     let mut results = Vec::new();
@@ -112,12 +112,13 @@ pub fn run(
         for _ in 0..opts.jobs.max(1) {
             let tx = tx.clone();
             let (queue, checks, run_dir, state) = (&queue, &checks, &run_dir, &state);
-            s.spawn(move || loop {
-                let next = queue.lock().unwrap().pop_front();
-                let Some(sel) = next else { break };
-                let r = run_one(desired, &sel, checks, run_dir, state, opts);
-                if tx.send(r).is_err() {
-                    break;
+            s.spawn(move || {
+                while let Some(sel) = queue.next() {
+                    let r = run_one(desired, &sel, checks, run_dir, state, opts);
+                    queue.done(&sel.case.suite);
+                    if tx.send(r).is_err() {
+                        break;
+                    }
                 }
             });
         }
@@ -153,6 +154,60 @@ pub fn run(
         .and_then(|runs| fsops::switch_symlink(&runs, Path::new(&run_name), Path::new("latest")))
         .map_err(|e| Error::io(&latest, e))?;
     Ok(report)
+}
+
+/// The tests still to run, handed to the workers in order — but never more
+/// at once of one suite than its `parallel` allows.
+struct Queue {
+    inner: Mutex<(VecDeque<Selected>, BTreeMap<String, usize>)>,
+    freed: std::sync::Condvar,
+    limits: BTreeMap<String, usize>,
+}
+
+impl Queue {
+    fn new(desired: &Desired, tests: Vec<Selected>) -> Queue {
+        let limits = desired
+            .model
+            .suite
+            .iter()
+            .filter_map(|(n, s)| s.parallel.map(|p| (n.clone(), p as usize)))
+            .collect();
+        Queue {
+            inner: Mutex::new((tests.into(), BTreeMap::new())),
+            freed: std::sync::Condvar::new(),
+            limits,
+        }
+    }
+
+    /// The next test a worker may start (waiting while only full suites are left), or None at the end.
+    fn next(&self) -> Option<Selected> {
+        let mut g = self.inner.lock().unwrap();
+        loop {
+            let (queue, running) = &mut *g;
+            if queue.is_empty() {
+                return None;
+            }
+            let free = |suite: &str| {
+                self.limits
+                    .get(suite)
+                    .is_none_or(|limit| running.get(suite).copied().unwrap_or(0) < *limit)
+            };
+            if let Some(i) = queue.iter().position(|s| free(&s.case.suite)) {
+                let sel = queue.remove(i).expect("found");
+                *running.entry(sel.case.suite.clone()).or_default() += 1;
+                return Some(sel);
+            }
+            g = self.freed.wait(g).unwrap();
+        }
+    }
+
+    fn done(&self, suite: &str) {
+        let mut g = self.inner.lock().unwrap();
+        if let Some(n) = g.1.get_mut(suite) {
+            *n = n.saturating_sub(1);
+        }
+        self.freed.notify_all();
+    }
 }
 
 fn safe_dir_name(name: &str) -> String {
@@ -220,7 +275,7 @@ fn run_one(
         let verdict = attempt.result;
         result.attempts.push(attempt);
         let retries = class
-            .and_then(|c| case.spec.retries.get(c.key()).copied())
+            .and_then(|c| case.spec.retries.get(&c).copied())
             .unwrap_or(0) as usize;
         let failed_so_far = result
             .attempts
@@ -454,10 +509,8 @@ fn attempt(
     let timeout = case
         .spec
         .timeout
-        .as_deref()
-        .and_then(|t| humantime::parse_duration(t).ok())
         .unwrap_or(DEFAULT_TIMEOUT)
-        .mul_f64(opts.timeout_multiplier.max(0.01));
+        .mul_f64(opts.timeout_multiplier);
     let step = Step {
         name: case.name.clone(),
         argv: case.spec.run.clone(),

@@ -3,13 +3,7 @@
 //! architectures, distros, platforms, version ranges and the `[[skip]]` list.
 //! Every test left out carries the reason, for `test --list --explain`.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-
-use serde::Deserialize;
-
-use crate::config::model::{Executor, Expect, Test};
+use crate::config::model::{Executor, Test};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 
@@ -74,29 +68,6 @@ impl Filters {
     }
 }
 
-/// Metadata of an executable test in a suite's `dir`: a `# reconcile: {…}` header line.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DirMeta {
-    #[serde(default)]
-    tags: Vec<String>,
-    #[serde(default)]
-    architectures: Vec<String>,
-    #[serde(default)]
-    distros: Vec<String>,
-    #[serde(default)]
-    platforms: Vec<String>,
-    min_version: Option<String>,
-    end_version: Option<String>,
-    timeout: Option<String>,
-    #[serde(default)]
-    expect: Expect,
-    #[serde(default)]
-    skip_checks: BTreeMap<String, String>,
-    #[serde(default)]
-    retries: BTreeMap<String, u32>,
-}
-
 /// Every test the file declares, expanded per machine.
 pub fn discover(desired: &Desired) -> Result<Vec<TestCase>> {
     let mut out = Vec::new();
@@ -107,7 +78,10 @@ pub fn discover(desired: &Desired) -> Result<Vec<TestCase>> {
             .map(|(n, t)| (n.clone(), t.clone()))
             .collect();
         if let Some(dir) = &suite.dir {
-            tests.extend(dir_tests(sname, &PathBuf::from(dir))?);
+            // checked when the file was loaded; a test added since is checked here
+            tests.extend(
+                crate::config::dirtests::read(std::path::Path::new(dir)).map_err(Error::Invalid)?,
+            );
         }
         // each test runs on every machine and every image of its suite (or once, on the host)
         let mut targets: Vec<(Option<String>, Option<String>)> = suite
@@ -138,54 +112,6 @@ pub fn discover(desired: &Desired) -> Result<Vec<TestCase>> {
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-fn dir_tests(suite: &str, dir: &PathBuf) -> Result<Vec<(String, Test)>> {
-    let mut out = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut entries: Vec<_> = rd.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let Ok(meta) = e.metadata() else { continue };
-        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-            continue;
-        }
-        let name = e.file_name().to_string_lossy().into_owned();
-        let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let header = String::from_utf8_lossy(&text[..text.len().min(4096)])
-            .lines()
-            .take(10)
-            .find_map(|l| {
-                l.trim_start_matches(['#', '/', ' '])
-                    .strip_prefix("reconcile:")
-                    .map(|j| j.trim().to_string())
-            });
-        let meta: DirMeta = match header {
-            Some(json) => serde_json::from_str(&json).map_err(|e| Error::Resource {
-                address: format!("suite.{suite}"),
-                reason: format!("{}: bad `# reconcile:` header: {e}", path.display()),
-            })?,
-            None => DirMeta::default(),
-        };
-        out.push((
-            name,
-            Test {
-                run: vec![path.to_string_lossy().into_owned()],
-                expect: meta.expect,
-                timeout: meta.timeout,
-                tags: meta.tags,
-                architectures: meta.architectures,
-                distros: meta.distros,
-                platforms: meta.platforms,
-                min_version: meta.min_version,
-                end_version: meta.end_version,
-                skip_checks: meta.skip_checks,
-                retries: meta.retries,
-            },
-        ));
-    }
     Ok(out)
 }
 

@@ -58,10 +58,12 @@ impl Plan {
     }
 
     pub fn load(path: &Path) -> Result<Plan> {
-        let bytes = std::fs::read(path).map_err(|e| Error::BadPlan {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+        let bytes = crate::config::read_file(path)
+            .map(String::into_bytes)
+            .map_err(|e| Error::BadPlan {
+                path: path.into(),
+                reason: e.to_string(),
+            })?;
         let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| Error::BadPlan {
             path: path.into(),
             reason: format!("not a reconcile plan: {e}"),

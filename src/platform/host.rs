@@ -44,6 +44,12 @@ impl Instance for HostInstance {
                 .env("RECONCILE_ROOT", root.path());
         }
         cmd.envs(step.env.iter().map(|(k, v)| (k, v)));
+        let lock = self.root.as_ref().and_then(Root::lock_fd);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes the two syscalls of `tie_to_parent`; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || process::tie_to_parent(lock));
+        }
         let child = cmd
             .spawn()
             .map_err(|e| Interrupt::Infra(format!("cannot run {:?}: {e}", step.argv)))?;

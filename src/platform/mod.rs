@@ -346,6 +346,14 @@ impl Root {
         }
     }
 
+    /// The working snapshot's lock, for the processes run in it to inherit.
+    pub fn lock_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Root::Snapshot(w) => w.lock_fd(),
+            Root::Borrowed(_) => None,
+        }
+    }
+
     /// Keep a working snapshot after the instance is gone.
     pub fn keep(self) -> Result<Option<PathBuf>> {
         match self {

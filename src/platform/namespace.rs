@@ -54,6 +54,8 @@ fn require_root_as(is_root: bool) -> io::Result<()> {
 
 /// Everything the child needs, allocated before fork (nothing may allocate after it).
 struct Prepared {
+    /// The working snapshot's lock, inherited by the namespace's pid 1.
+    lock: Option<std::os::fd::RawFd>,
     root: CString,
     proc_dir: CString,
     dev_dir: CString,
@@ -112,6 +114,7 @@ impl NamespaceInstance {
         }
         let dev_dir = root.join("dev");
         let prepared = Prepared {
+            lock: self.root.lock_fd(),
             root: cstr(root)?,
             proc_dir: cstr(&root.join("proc"))?,
             dev_dir: cstr(&dev_dir)?,
@@ -154,6 +157,8 @@ impl NamespaceInstance {
 /// In the child: new namespaces, then fork so the command is pid 1 of the new
 /// pid namespace; this process stays behind to pass on its exit status.
 fn enter(p: &Prepared) -> io::Result<()> {
+    // the intermediate dies with reconcile, and its death takes pid 1 (below) with it
+    super::process::tie_to_parent(p.lock)?;
     unshare(p.flags)?;
     // SAFETY: the child of Command's fork is single-threaded; forking again is sound.
     match unsafe { fork() }? {
@@ -212,7 +217,8 @@ type CStr0 = std::ffi::CStr;
 
 /// The intermediate keeps only stdio: in particular it drops its copy of the
 /// spawner's exec-status pipe, so `spawn` returns once the command has exec'd
-/// (or reports its setup error) instead of waiting for it to finish.
+/// (or reports its setup error) instead of waiting for it to finish. (pid 1
+/// keeps the working snapshot's lock; the intermediate needs none.)
 fn close_inherited_fds() {
     // SAFETY: close_range(2) and close(2) take plain integers; closing fds this
     // process will never use again is sound.

@@ -118,6 +118,25 @@ pub fn supervise(
     }))
 }
 
+/// What a child must do between fork and exec to be tied to reconcile: die
+/// when the thread that started it dies (`PR_SET_PDEATHSIG`: a killed
+/// reconcile takes its tests with it), and keep `lock` — its working
+/// snapshot's lock — open across exec, so the snapshot counts as in use for
+/// as long as it or anything it starts lives. Async-signal-safe: two syscalls.
+pub fn tie_to_parent(lock: Option<std::os::fd::RawFd>) -> std::io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if let Some(fd) = lock {
+        // SAFETY: `fd` is the snapshot's lock, open in the parent and so in
+        // this freshly forked child; clearing FD_CLOEXEC touches nothing else.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )?;
+    }
+    Ok(())
+}
+
 /// A pipe we can both poll and read.
 trait ReadFd: Read {
     fn fd(&self) -> std::os::fd::BorrowedFd<'_>;

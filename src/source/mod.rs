@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
-use crate::config::model::{ArchiveFormat, Source};
+use crate::config::model::{ArchiveFormat, Source, SourceLocation};
 use crate::config::Lockfile;
 use crate::error::{Error, Result};
 use crate::fsops::beneath::{self, Beneath, Kind};
@@ -36,11 +36,10 @@ pub enum Location {
 
 impl Location {
     pub fn of(s: &Source) -> Location {
-        match (&s.path, &s.dir, &s.url) {
-            (Some(p), _, _) => Location::File(PathBuf::from(p)),
-            (_, Some(d), _) => Location::Dir(PathBuf::from(d)),
-            (_, _, Some(u)) => Location::Url(u.clone()),
-            _ => unreachable!("validated: exactly one location"),
+        match &s.location {
+            SourceLocation::Path(p) => Location::File(PathBuf::from(p)),
+            SourceLocation::Dir(d) => Location::Dir(PathBuf::from(d)),
+            SourceLocation::Url(u) => Location::Url(u.clone()),
         }
     }
 
@@ -333,8 +332,10 @@ pub fn unpack(
             cached,
             ..
         } => {
-            let (written, actual) =
+            let (staged, actual) =
                 stage_file(path, *format, dest, file_name, strip, limit, policy)?;
+            // the digest first: a corrupt or swapped file is reported as that,
+            // not as whatever its bytes made the extraction say
             if actual != *sha256 {
                 if *cached {
                     // a corrupt cache object: the next apply downloads it afresh
@@ -355,7 +356,7 @@ pub fn unpack(
                 });
             }
             Ok(Staged {
-                written,
+                written: staged?,
                 sha256: actual,
             })
         }
@@ -387,8 +388,9 @@ pub fn unpack(
     }
 }
 
-/// Stage one file artifact, hashing it as it is read; returns what was
-/// written and the digest of the bytes read.
+/// Stage one file artifact, hashing it as it is read; returns what staging
+/// gave (an archive may fail to extract) and the digest of every byte of the
+/// source, read to its end either way.
 fn stage_file(
     path: &Path,
     format: ArchiveFormat,
@@ -397,7 +399,7 @@ fn stage_file(
     strip: u32,
     limit: u64,
     policy: archive::Policy,
-) -> Result<(Written, String)> {
+) -> Result<(Result<Written>, String)> {
     let input = open_source(path)?;
     let label = path.display().to_string();
     match format {
@@ -413,7 +415,7 @@ fn stage_file(
             out.set_permissions(fs::Permissions::from_mode(0o755))
                 .map_err(|e| Error::io(dest.shown(to), e))?;
             let (sha, _) = r.finish().map_err(|e| Error::io(path, e))?;
-            Ok(([(PathBuf::from(file_name), written)].into(), sha))
+            Ok((Ok([(PathBuf::from(file_name), written)].into()), sha))
         }
         ArchiveFormat::Zip => {
             // zip's directory is at its end: hash the file, then extract from the
@@ -434,7 +436,7 @@ fn stage_file(
                 strip,
                 limit,
                 policy,
-            )?;
+            );
             let after = StatKey::of(&check.metadata().map_err(|e| Error::io(path, e))?);
             if before != after {
                 return Err(Error::Resource {
@@ -446,7 +448,7 @@ fn stage_file(
         }
         _ => {
             let mut r = HashingReader::new(input);
-            let written = archive::extract(
+            let extracted = archive::extract(
                 ArchiveInput::Stream(Box::new(&mut r)),
                 format,
                 dest,
@@ -454,9 +456,11 @@ fn stage_file(
                 strip,
                 limit,
                 policy,
-            )?;
+            );
+            // the digest is finished either way: a corrupt copy fails to
+            // decompress, and its digest then says why
             let (sha, _) = r.finish().map_err(|e| Error::io(path, e))?;
-            Ok((written, sha))
+            Ok((extracted, sha))
         }
     }
 }

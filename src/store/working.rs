@@ -8,12 +8,18 @@
 //! A disk machine's working snapshot is a fresh volume holding one qcow2
 //! overlay backed by the base's image: O(1) whatever the image's size, on
 //! every backend.
+//!
+//! Each snapshot also has a lock file (`.reconcile/<name>.lock`), held shared
+//! by reconcile and handed to the processes that run in the snapshot: while
+//! any of them lives — even a test's grandchild after reconcile was killed —
+//! `apply` finds the lock held and leaves the snapshot alone.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::disk;
@@ -57,14 +63,32 @@ fn start_time(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Working snapshots in use (owner alive, or kept on purpose) → the entry each
-/// was made from.
-pub fn live_bases(st: &MachineState) -> BTreeMap<String, String> {
+/// `.reconcile/<name>.lock`, relative to the machine directory.
+fn lock_rel(name: &str) -> PathBuf {
+    Path::new(super::META_DIR).join(format!("{name}.lock"))
+}
+
+/// Does some process still hold the lock of working snapshot `name`?
+pub fn lock_held(dir: &Beneath, name: &str) -> bool {
+    let Ok(f) = dir.open_file(&lock_rel(name)) else {
+        return false;
+    };
+    matches!(
+        Flock::lock(f, FlockArg::LockExclusiveNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
+}
+
+/// Working snapshots in use (owner alive, lock held by a process still
+/// running in it, or kept on purpose) → the entry each was made from.
+pub fn live_bases(dir: Option<&Beneath>, st: &MachineState) -> BTreeMap<String, String> {
     st.entries
         .values()
         .filter_map(|e| {
             let r = e.receipt.as_ref()?;
-            let in_use = r.kept || r.owner.as_ref().is_some_and(Owner::alive);
+            let in_use = r.kept
+                || r.owner.as_ref().is_some_and(Owner::alive)
+                || dir.is_some_and(|d| lock_held(d, &e.name));
             if r.kind != EntryKind::Working || !in_use {
                 return None;
             }
@@ -98,6 +122,7 @@ pub fn cleanup_on_signals() {
                 if let Ok(dir) = Beneath::open(&dir) {
                     let _ = backend::remove_in(&dir, std::path::Path::new(&name));
                     let _ = dir.remove_file(&sidecar_rel(&name));
+                    let _ = dir.remove_file(&lock_rel(&name));
                 }
             }
             std::process::exit(128 + sig);
@@ -113,6 +138,8 @@ pub struct WorkingSnapshot {
     pub disk: Option<PathBuf>,
     /// The machine directory it lives in.
     dir: Beneath,
+    /// Held shared while the snapshot is in use; handed to the processes run in it.
+    lock: Option<Flock<fs::File>>,
     backend: Box<dyn VolumeBackend>,
     deleted: bool,
 }
@@ -187,6 +214,13 @@ impl WorkingSnapshot {
         };
         write(&receipt)?;
         LIVE.lock().unwrap().push((layout.dir(), name.clone()));
+        let lock = dir
+            .open_rw(&lock_rel(&name), false, 0o600)
+            .map_err(|e| Error::io(layout.dir().join(lock_rel(&name)), e))
+            .and_then(|f| {
+                Flock::lock(f, FlockArg::LockSharedNonblock)
+                    .map_err(|(_, e)| Error::io(layout.dir().join(lock_rel(&name)), e.into()))
+            })?;
         let entry = Path::new(&name);
         let made = match kind {
             MachineKind::Rootfs => be
@@ -203,6 +237,7 @@ impl WorkingSnapshot {
                 LIVE.lock().unwrap().retain(|(_, n)| *n != name);
                 let _ = backend::remove_in(&dir, entry);
                 let _ = dir.remove_file(&sidecar_rel(&name));
+                let _ = dir.remove_file(&lock_rel(&name));
                 return Err(Error::io(&path, e));
             }
         };
@@ -214,9 +249,16 @@ impl WorkingSnapshot {
             machine: machine.to_string(),
             disk,
             dir,
+            lock: Some(lock),
             backend: be,
             deleted: false,
         })
+    }
+
+    /// The lock's descriptor, for a process run in the snapshot to inherit.
+    pub fn lock_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.lock.as_ref().map(|l| l.as_raw_fd())
     }
 
     /// Delete the snapshot and its receipt.
@@ -254,6 +296,8 @@ impl WorkingSnapshot {
             .delete(&self.dir, entry)
             .map_err(|e| Error::io(&self.path, e))?;
         let _ = self.dir.remove_file(&sidecar_rel(&self.name));
+        self.lock.take();
+        let _ = self.dir.remove_file(&lock_rel(&self.name));
         Ok(())
     }
 }

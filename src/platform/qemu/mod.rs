@@ -439,13 +439,11 @@ impl QemuInstance {
             // not in our process group: a terminal's Ctrl-C reaches reconcile,
             // which tears the VM down itself
             .process_group(0);
+        let lock = self.snapshot.as_ref().and_then(|w| w.lock_fd());
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes the prctl(2) syscall; it allocates nothing.
+        // makes the two syscalls of `tie_to_parent`; it allocates nothing.
         unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
+            cmd.pre_exec(move || super::process::tie_to_parent(lock));
         }
         let child = {
             let _rt = self.rt.enter();

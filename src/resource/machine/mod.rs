@@ -150,7 +150,8 @@ impl MachineResource {
     fn steps(&self, st: &MachineState, cx: &Context) -> Result<Vec<(Step, Change)>> {
         let mut out = Vec::new();
         let mut push = |step, action, reason: String| out.push((step, Change { action, reason }));
-        let live = live_bases(st);
+        let dir = self.layout.existing().ok().flatten();
+        let live = live_bases(dir.as_ref(), st);
 
         let Some(m) = &self.desired else {
             // an undeclared machine: every entry goes, unless a live working snapshot needs it
@@ -469,11 +470,7 @@ impl MachineResource {
         let base = self.entry_path(&base_name);
         let src_sha = cx.cx.fetcher.expected_digest(&m.source)?;
         let name = self.tc_name(tc);
-        let timeout = t
-            .timeout
-            .as_deref()
-            .and_then(|d| humantime::parse_duration(d).ok())
-            .unwrap_or(DEFAULT_BOOTSTRAP_TIMEOUT);
+        let timeout = t.timeout.unwrap_or(DEFAULT_BOOTSTRAP_TIMEOUT);
         let executor = match m.kind {
             MachineKind::Disk => Executor::Qemu,
             MachineKind::Rootfs if nix::unistd::geteuid().is_root() => Executor::Namespace,
