@@ -224,8 +224,11 @@ fn case_6_the_state_dir_is_ours_and_nothing_in_it_is_followed() {
     plugin(&farm, "{ path = \"t\" }");
     farm.run(&["apply"]).expect(0);
     assert_eq!(mode(&farm.path(".reconcile")), 0o700);
+}
 
-    // one that belongs to someone else is refused (as root: hand it to nobody)
+#[test]
+#[ignore = "needs root (to hand a state dir to another user)"]
+fn case_6_a_state_dir_of_another_user_is_refused() {
     if !is_root() {
         return skip("refusing another user's state dir is tested as root");
     }
@@ -449,6 +452,7 @@ fn processes(needle: &str) -> Vec<i32> {
 }
 
 #[test]
+#[ignore = "needs busybox-static for a test root filesystem"]
 fn case_11_a_killed_test_run_never_has_its_snapshot_deleted_under_a_live_process() {
     let farm = Farm::new();
     let Some(_) = rootfs(&farm, "rootfs", "r1") else {

@@ -58,6 +58,7 @@ fn read(farm: &Farm, rel: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root, btrfs-progs and busybox-static"]
 fn btrfs_revisions_link_toolchains_and_rollback() {
     let Some(mnt) = BtrfsMount::new() else { return };
     let farm = mnt.farm();
@@ -179,6 +180,7 @@ fn btrfs_revisions_link_toolchains_and_rollback() {
 }
 
 #[test]
+#[ignore = "needs root, btrfs-progs and busybox-static"]
 fn retention_keeps_n_older_revisions_and_what_a_live_working_snapshot_needs() {
     let Some(mnt) = BtrfsMount::new() else { return };
     let farm = mnt.farm();
@@ -258,6 +260,7 @@ fn retention_keeps_n_older_revisions_and_what_a_live_working_snapshot_needs() {
 }
 
 #[test]
+#[ignore = "needs root, btrfs-progs and busybox-static"]
 fn exec_runs_isolated_in_a_working_snapshot_and_cleans_up() {
     let Some(mnt) = BtrfsMount::new() else { return };
     let farm = mnt.farm();
@@ -334,6 +337,7 @@ fn exec_runs_isolated_in_a_working_snapshot_and_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root, btrfs-progs and busybox-static"]
 fn exec_deletes_its_snapshot_on_sigterm() {
     let Some(mnt) = BtrfsMount::new() else { return };
     let farm = mnt.farm();
@@ -373,6 +377,7 @@ fn exec_deletes_its_snapshot_on_sigterm() {
 }
 
 #[test]
+#[ignore = "needs root, btrfs-progs and busybox-static"]
 fn a_failed_bootstrap_keeps_the_previous_toolchain_and_shows_its_output() {
     let Some(mnt) = BtrfsMount::new() else { return };
     let farm = mnt.farm();
@@ -431,6 +436,7 @@ fn entries(farm: &Farm) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs busybox-static for a test root filesystem"]
 fn dir_backend_gives_the_same_layout_on_an_ordinary_filesystem() {
     let farm = Farm::new();
     let Some(()) = revisions(&farm, 2) else {
@@ -480,6 +486,7 @@ fn dir_backend_gives_the_same_layout_on_an_ordinary_filesystem() {
 }
 
 #[test]
+#[ignore = "needs busybox-static for a test root filesystem"]
 fn prune_modes_and_undeclared_machines() {
     let farm = Farm::new();
     let Some(()) = revisions(&farm, 1) else {
@@ -620,6 +627,7 @@ fn crash_at_every_step(new_farm: &dyn Fn() -> Farm, fixtures: &Farm, backend: &s
 }
 
 #[test]
+#[ignore = "needs root, btrfs-progs and busybox-static"]
 fn kill_at_every_step_on_btrfs() {
     let Some(mnt) = BtrfsMount::new() else { return };
     let fixtures = Farm::new();
@@ -633,6 +641,7 @@ fn kill_at_every_step_on_btrfs() {
 }
 
 #[test]
+#[ignore = "needs busybox-static for a test root filesystem"]
 fn kill_at_every_step_with_the_dir_backend() {
     let fixtures = Farm::new();
     let Some(()) = revisions(&fixtures, 2) else {
@@ -642,6 +651,7 @@ fn kill_at_every_step_with_the_dir_backend() {
 }
 
 #[test]
+#[ignore = "needs qemu-utils"]
 fn disk_machines_are_stored_by_content_and_must_be_self_contained() {
     let farm = Farm::new();
     let qemu_img = |args: &[&str]| {
@@ -717,6 +727,7 @@ fn disk_machines_are_stored_by_content_and_must_be_self_contained() {
 }
 
 #[test]
+#[ignore = "needs busybox-static for a test root filesystem"]
 fn without_root_the_dir_backend_bootstraps_on_the_host() {
     let farm = Farm::new();
     let Some(_) = rootfs(&farm, "rootfs", "r1") else {

@@ -91,6 +91,7 @@ fn working_entries(farm: &Farm) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn disk_machines_boot_from_raw_and_qcow2_with_exact_output_and_status() {
     let Some(guest) = Guest::get() else { return };
     let long = "x".repeat(700);
@@ -166,6 +167,7 @@ run = ["printf", "%s\n%s\n", "tab	here", "{long}"]
 }
 
 #[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn fatal_checks_stalls_timeouts_and_ctrl_c_leave_no_vm_and_no_overlay() {
     let Some(guest) = Guest::get() else { return };
     let hang = sha_file(&guest.file("disk-hang.img"));
@@ -260,6 +262,7 @@ run = ["true"]
 }
 
 #[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn pxe_boots_the_published_image_and_the_next_boot_sees_a_new_initrd() {
     let Some(guest) = Guest::get() else { return };
     let farm = Farm::new();
@@ -321,6 +324,7 @@ run = ["sh", "-c", "cat /proc/cmdline /etc/release"]
 }
 
 #[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn a_disk_toolchain_is_bootstrapped_over_the_console_and_survives_sigkill() {
     let Some(guest) = Guest::get() else { return };
     let farm = disk_farm(
@@ -393,6 +397,7 @@ expect = { stdout = ["built"] }
 }
 
 #[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn exec_runs_a_command_in_a_booted_snapshot_and_exits_with_its_status() {
     let Some(guest) = Guest::get() else { return };
     let farm = disk_farm(&guest, "");
@@ -446,6 +451,7 @@ fn pty() -> (fs::File, fs::File) {
 }
 
 #[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn spawn_attaches_a_terminal_to_the_console_and_restores_it() {
     let Some(guest) = Guest::get() else { return };
     let farm = disk_farm(&guest, "");
@@ -508,6 +514,7 @@ fn spawn_attaches_a_terminal_to_the_console_and_restores_it() {
 }
 
 #[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn kvm_declared_where_kvm_is_unusable_is_an_infra_error() {
     let Some(guest) = Guest::get() else { return };
     let Some(why) = reconcile::platform::qemu::accel::kvm_unusable("x86_64") else {

@@ -170,6 +170,7 @@ for i in range(int(sys.argv[2])):
 }
 
 #[test]
+#[ignore = "needs python jsonschema (target/venv, made by scripts/test)"]
 fn examples_validate_against_the_schema_with_a_real_validator() {
     let Some(py) = python() else {
         skip("python with the jsonschema package (run the test command in README, which makes target/venv)");

@@ -6,6 +6,8 @@
 mod check;
 pub mod diagnostic;
 pub mod dirtests;
+#[cfg(test)]
+mod fuzz;
 pub mod lockfile;
 pub mod model;
 mod parse;

@@ -10,6 +10,8 @@
 //! digested from the tree as it was copied.
 
 pub mod archive;
+#[cfg(test)]
+mod fuzz;
 
 use std::collections::HashMap;
 use std::fs::{self, File};

@@ -267,6 +267,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs qemu-utils"]
     fn qcow2_sources_must_be_self_contained() {
         if !have_qemu_img() {
             return;
@@ -284,6 +285,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs qemu-utils"]
     fn overlays_name_their_base_relative_to_the_layout() {
         if !have_qemu_img() {
             return;
