@@ -648,3 +648,93 @@ fn status_reports_installed_plugins() {
     assert_eq!(p["drift"].as_array().unwrap().len(), 0);
     assert_eq!(doc["last_apply"]["result"], "converged");
 }
+
+/// Once what a plan looked at is older than the stat index's settle time, a
+/// no-op plan takes directory listings, source digests and receipts from the
+/// index instead of reading them. None of that may hide a change: each
+/// plugin below is changed in one way after the index remembered it, and one
+/// plan must report every change and nothing for the untouched plugin.
+#[test]
+fn remembered_listings_digests_and_receipts_never_hide_a_change() {
+    let farm = Farm::new();
+    let names = ["added", "rewritten", "nested", "extra", "tampered", "same"];
+    let mut toml = String::from("version = 1\n");
+    for n in names {
+        let tool = farm.write(&format!("src/{n}/tool"), format!("#!/bin/sh\necho {n}\n"));
+        make_executable(&tool);
+        farm.write(&format!("src/{n}/share/README"), "readme\n");
+        toml.push_str(&format!(
+            "[plugin.{n}]\nversion = \"1\"\nbin = \"tool\"\nsource = {{ dir = \"src/{n}\" }}\n"
+        ));
+    }
+    farm.desired(&toml);
+    farm.run(&["apply"]).expect(0);
+    // past the settle time (2 s): changes after this land in a later clock tick
+    std::thread::sleep(Duration::from_millis(2_300));
+    farm.run(&["plan"]).expect(0);
+    let index = fs::read(farm.path(".reconcile/statindex.bin")).unwrap();
+    for remembered in [
+        "src/added/share",
+        "plugins/extra/.reconcile-receipt.json",
+        "src/same/tool",
+    ] {
+        let needle = farm.path(remembered).into_os_string().into_encoded_bytes();
+        assert!(
+            index.windows(needle.len()).any(|w| w == needle.as_slice()),
+            "the index remembers {remembered}"
+        );
+    }
+    farm.run(&["plan"]).expect(0);
+
+    let keep_mtime = |p: &std::path::Path, data: &[u8]| {
+        let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(p).unwrap());
+        fs::write(p, data).unwrap();
+        filetime::set_file_mtime(p, mtime).unwrap();
+    };
+    // a source directory gains a file
+    farm.write("src/added/new-file", "x");
+    // a source file is rewritten in place: same size, mtime put back
+    keep_mtime(
+        &farm.path("src/rewritten/tool"),
+        b"#!/bin/sh\necho XXXXXXXXX\n",
+    );
+    // a nested source directory gains a file
+    farm.write("src/nested/share/more", "y");
+    // the installed tree gains a file
+    farm.write("plugins/extra/dropped-in", "z");
+    // an installed file is rewritten in place: same size, mtime put back
+    keep_mtime(
+        &farm.path("plugins/tampered/tool"),
+        b"#!/bin/sh\necho XXXXXXXX\n",
+    );
+
+    let plan = farm.run(&["plan"]);
+    plan.expect(2);
+    let line = |addr: &str| {
+        plan.stdout
+            .lines()
+            .find(|l| l.contains(&format!("plugin.{addr}")))
+            .unwrap_or_else(|| panic!("no line for plugin.{addr} in\n{}", plan.stdout))
+            .to_string()
+    };
+    for changed in ["added", "rewritten", "nested"] {
+        assert!(line(changed).contains("≠ declared"), "{}", plan.stdout);
+    }
+    assert!(
+        line("extra").contains("dropped-in is not part of the installed tree"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        line("tampered").contains("tool modified (sha256"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        !plan.stdout.contains("plugin.same"),
+        "the untouched plugin stays in sync:\n{}",
+        plan.stdout
+    );
+    farm.run(&["apply"]).expect(0);
+    farm.run(&["plan"]).expect(0);
+}

@@ -137,16 +137,37 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
     Ok(outcome)
 }
 
+/// What a dry run observed, handed back so that a one-shot command can leave
+/// it to the operating system at exit: freeing tens of thousands of small
+/// allocations one by one is most of a no-op plan's last milliseconds.
+pub struct Observations {
+    _planned: Vec<crate::plan::Planned>,
+    _index: StatIndex,
+}
+
 /// Observe and diff without changing anything outside the state dir.
-pub fn dry_run(desired: &Desired, verify: bool, targets: &[glob::Pattern]) -> Result<Plan> {
+pub fn dry_run(
+    desired: &Desired,
+    verify: bool,
+    targets: &[glob::Pattern],
+) -> Result<(Plan, Observations)> {
     let state = StateDir::create(&desired.state_dir)?;
     let index = StatIndex::load(&state.stat_index_path());
-    let cx = Context::new(desired, &state, &index, false, verify);
-    let resources = resource::all(&cx)?;
-    let (plan, _) = plan::make(resources, &cx, targets)?;
+    let planned = {
+        let cx = Context::new(desired, &state, &index, false, verify);
+        let resources = resource::all(&cx)?;
+        plan::make(resources, &cx, targets)
+    };
+    let (plan, planned) = planned?;
     // the stat index is a cache inside the state dir; failing to save it loses nothing
     let _ = index.save();
-    Ok(plan)
+    Ok((
+        plan,
+        Observations {
+            _planned: planned,
+            _index: index,
+        },
+    ))
 }
 
 /// Observe for `status`: writes nothing at all, not even the state dir.

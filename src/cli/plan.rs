@@ -14,7 +14,9 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
             )));
         }
     }
-    let plan = apply::dry_run(&desired, a.verify, &targets(&a.target)?)?;
+    let (plan, observations) = apply::dry_run(&desired, a.verify, &targets(&a.target)?)?;
+    // the process exits next: the OS reclaims these at once
+    std::mem::forget(observations);
     if let Some(out) = &a.out {
         let bytes = serde_json::to_vec_pretty(&plan).expect("plan serialises");
         fsops::write_atomic(out, &bytes).map_err(|e| Error::io(out, e))?;
@@ -29,9 +31,11 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
     } else {
         render::plan(p, &plan);
     }
-    Ok(if plan.has_changes() {
+    let code = if plan.has_changes() {
         exit::CHANGES
     } else {
         exit::OK
-    })
+    };
+    std::mem::forget((plan, desired));
+    Ok(code)
 }

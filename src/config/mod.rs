@@ -345,7 +345,7 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
     Ok(Desired {
         path,
         model,
-        digest: hex::encode(hasher.finalize()),
+        digest: crate::fsops::digest::to_hex(&hasher.finalize()),
         state_dir,
         extract_limit,
         lock,

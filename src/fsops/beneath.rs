@@ -16,7 +16,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -26,7 +26,7 @@ use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
 
 /// What an entry is, from `fstatat` without following it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     File,
     Dir,
@@ -80,6 +80,25 @@ pub struct Beneath {
     fd: OwnedFd,
     /// Where it is, for messages only: nothing is resolved through it.
     path: PathBuf,
+    /// The descriptor's directory offset has moved (a listing read it): the
+    /// next listing rewinds first. Each handle owns its open file description.
+    listed: bool,
+}
+
+/// A path's parent directory: the handle itself, or one opened below it.
+enum Parent<'a> {
+    Same(&'a Beneath),
+    Opened(Beneath),
+}
+
+impl std::ops::Deref for Parent<'_> {
+    type Target = Beneath;
+    fn deref(&self) -> &Beneath {
+        match self {
+            Parent::Same(b) => b,
+            Parent::Opened(b) => b,
+        }
+    }
 }
 
 /// Set once openat2 answers ENOSYS (kernels before 5.6): the per-component walk is used after.
@@ -108,6 +127,14 @@ pub fn components(rel: &Path) -> io::Result<Vec<&OsStr>> {
 }
 
 impl Beneath {
+    fn new(fd: OwnedFd, path: PathBuf) -> Beneath {
+        Beneath {
+            fd,
+            path,
+            listed: false,
+        }
+    }
+
     /// Open the root itself.
     pub fn open(root: &Path) -> io::Result<Beneath> {
         let fd = nix::fcntl::open(
@@ -116,10 +143,66 @@ impl Beneath {
             Mode::empty(),
         )
         .map_err(|e| with_path(errno(e), root))?;
-        Ok(Beneath {
-            fd,
-            path: root.to_path_buf(),
-        })
+        Ok(Beneath::new(fd, root.to_path_buf()))
+    }
+
+    /// Open `path` as a handle only if it is a real directory (not a symlink
+    /// to one): None when nothing is there, an error naming what is.
+    pub fn open_existing_dir(path: &Path) -> io::Result<Option<Beneath>> {
+        match nix::fcntl::open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(Some(Beneath::new(fd, path.to_path_buf()))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(with_path(errno(e), path)),
+        }
+    }
+
+    /// The names in this directory with their kinds from the listing itself
+    /// (`d_type`; a filesystem without it is asked with `fstatat`), unsorted.
+    /// Reads the handle's own descriptor: `&mut` so no one else moves its
+    /// offset meanwhile.
+    pub fn names(&mut self) -> io::Result<Vec<(OsString, Kind)>> {
+        if self.listed {
+            nix::unistd::lseek(self.fd.as_fd(), 0, nix::unistd::Whence::SeekSet).map_err(errno)?;
+        }
+        self.listed = true;
+        let mut out = read_names(self.fd.as_fd())?;
+        for (name, kind) in &mut out {
+            if kind.is_none() {
+                *kind = Some(self.stat(Path::new(name))?.kind);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(n, k)| (n, k.unwrap_or(Kind::Other)))
+            .collect())
+    }
+
+    /// `fstatat` each name relative to this directory (nothing followed), in
+    /// name order; a name gone since it was listed is left out.
+    pub fn stat_names<'n>(&self, names: impl Iterator<Item = &'n OsStr>) -> Vec<(OsString, Stat)> {
+        let mut out = Vec::new();
+        for name in names {
+            if let Some(st) = self.stat_name(name) {
+                out.push((name.to_os_string(), st));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// One entry of this directory (a single name), not followed; None when it is gone or unreadable.
+    pub fn stat_name(&self, name: &OsStr) -> Option<Stat> {
+        fstatat(
+            self.fd.as_fd(),
+            name,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()
+        .map(|st| Stat::of(&st))
     }
 
     /// Where the handle is (for messages).
@@ -177,14 +260,12 @@ impl Beneath {
         let fd = self
             .open_at(rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty())
             .map_err(|e| with_path(e, &self.shown(rel)))?;
-        Ok(Beneath {
-            fd,
-            path: self.shown(rel),
-        })
+        Ok(Beneath::new(fd, self.shown(rel)))
     }
 
-    /// The opened parent of `rel` and the last component.
-    fn parent<'r>(&self, rel: &'r Path) -> io::Result<(Beneath, &'r OsStr)> {
+    /// The parent of `rel` (this handle itself for a single name, else opened)
+    /// and the last component.
+    fn parent<'s, 'r>(&'s self, rel: &'r Path) -> io::Result<(Parent<'s>, &'r OsStr)> {
         let parts = components(rel)?;
         let Some((name, up)) = parts.split_last() else {
             return Err(io::Error::new(
@@ -192,8 +273,11 @@ impl Beneath {
                 "the root itself has no parent here",
             ));
         };
+        if up.is_empty() {
+            return Ok((Parent::Same(self), name));
+        }
         let up: PathBuf = up.iter().collect();
-        Ok((self.open_dir(&up)?, name))
+        Ok((Parent::Opened(self.open_dir(&up)?), name))
     }
 
     pub fn stat(&self, rel: &Path) -> io::Result<Stat> {
@@ -268,6 +352,11 @@ impl Beneath {
 
     /// An existing regular file, for reading.
     pub fn open_file(&self, rel: &Path) -> io::Result<File> {
+        Ok(self.open_regular(rel)?.0)
+    }
+
+    /// An existing regular file and its metadata (from the opened file).
+    fn open_regular(&self, rel: &Path) -> io::Result<(File, Stat)> {
         let fd = self
             .open_at(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())
             .map_err(|e| with_path(e, &self.shown(rel)))?;
@@ -279,9 +368,8 @@ impl Beneath {
                 format!("{} is not a regular file", self.shown(rel).display()),
             ));
         }
-        // back to blocking reads (O_NONBLOCK only kept a fifo from blocking the open)
-        nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty())).map_err(errno)?;
-        Ok(f)
+        // O_NONBLOCK kept a fifo from blocking the open; on a regular file it changes nothing
+        Ok((f, st))
     }
 
     /// Open (creating it when missing) a regular file for reading and
@@ -312,16 +400,46 @@ impl Beneath {
 
     /// Read a whole regular file of at most `limit` bytes.
     pub fn read(&self, rel: &Path, limit: u64) -> io::Result<Vec<u8>> {
-        let f = self.open_file(rel)?;
-        let mut out = Vec::new();
-        f.take(limit + 1).read_to_end(&mut out)?;
-        if out.len() as u64 > limit {
-            return Err(io::Error::new(
+        Ok(self.read_stat(rel, limit)?.0)
+    }
+
+    /// [`Beneath::read`], with the metadata of the file that was read (taken when it was opened).
+    pub fn read_stat(&self, rel: &Path, limit: u64) -> io::Result<(Vec<u8>, Stat)> {
+        let (mut f, st) = self.open_regular(rel)?;
+        let too_big = || {
+            io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{} is larger than {limit} bytes", self.shown(rel).display()),
-            ));
+            )
+        };
+        if st.size > limit {
+            return Err(too_big());
         }
-        Ok(out)
+        // sized from the file: one read when it is as large as it was at the open
+        let mut out = vec![0u8; st.size as usize + 1];
+        let mut got = 0;
+        loop {
+            match f.read(&mut out[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if got < out.len() {
+                // a short read of a regular file is its end
+                break;
+            }
+            // it grew since the open: read on, still bounded
+            if got as u64 > limit {
+                return Err(too_big());
+            }
+            out.resize(out.len() * 2, 0);
+        }
+        out.truncate(got);
+        if out.len() as u64 > limit {
+            return Err(too_big());
+        }
+        Ok((out, st))
     }
 
     pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
@@ -469,13 +587,17 @@ impl Beneath {
         self.fd.as_fd()
     }
 
-    /// An independent handle on the same directory.
+    /// An independent handle on the same directory (its own open file
+    /// description, so listing one never moves the other's offset).
     pub fn try_clone(&self) -> io::Result<Beneath> {
-        let fd = nix::unistd::dup(self.fd.as_fd()).map_err(errno)?;
-        Ok(Beneath {
-            fd,
-            path: self.path.clone(),
-        })
+        let fd = nix::fcntl::openat(
+            self.fd.as_fd(),
+            ".",
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        Ok(Beneath::new(fd, self.path.clone()))
     }
 
     /// A `/proc/self/fd` path naming this directory, for tools that take paths
@@ -484,6 +606,61 @@ impl Beneath {
     pub fn proc_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
+}
+
+/// The names in the directory `fd` (from its current offset) with their
+/// `d_type` kinds, `.` and `..` left out, read with getdents64 — without
+/// libc's `DIR`, whose `fdopendir` and rewind cost three more syscalls per
+/// directory.
+fn read_names(fd: BorrowedFd) -> io::Result<Vec<(OsString, Option<Kind>)>> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with_borrow_mut(|buf| {
+        if buf.is_empty() {
+            buf.resize(32 << 10, 0);
+        }
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: getdents64 writes at most `buf.len()` bytes of linux_dirent64
+            // records into `buf`, which outlives the call; `fd` is an open directory.
+            let n = unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_getdents64,
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if n == 0 {
+                return Ok(names);
+            }
+            // each record: d_ino (8), d_off (8), d_reclen (2), d_type (1), d_name (NUL-terminated)
+            let mut at = 0usize;
+            while at + 19 <= n as usize {
+                let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                if reclen < 19 || at + reclen > n as usize {
+                    return Err(io::Error::other("a malformed directory record"));
+                }
+                let name = &buf[at + 19..at + reclen];
+                let name = &name[..memchr::memchr(0, name).unwrap_or(name.len())];
+                if name != b"." && name != b".." {
+                    let kind = match buf[at + 18] {
+                        nix::libc::DT_REG => Some(Kind::File),
+                        nix::libc::DT_DIR => Some(Kind::Dir),
+                        nix::libc::DT_LNK => Some(Kind::Symlink),
+                        nix::libc::DT_UNKNOWN => None,
+                        _ => Some(Kind::Other),
+                    };
+                    names.push((OsStr::from_bytes(name).to_os_string(), kind));
+                }
+                at += reclen;
+            }
+        }
+    })
 }
 
 fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
@@ -578,6 +755,184 @@ pub fn resolve_inside(tree: &Beneath, link: &Path, chroot: bool) -> Result<PathB
         }
     }
     Ok(at.iter().collect())
+}
+
+/// A directory named by a plain relative path beneath an open root, looked at
+/// without being opened: its entries are stat with one `fstatat` from the
+/// root each (`<rel>/<name>`), which is how a no-op plan stays at the cost
+/// of `find`. Only looking goes through the path: a stat of the directory
+/// itself refuses a symlink there, and everything that reads (a file, a
+/// link, a listing) is opened beneath the root with nothing followed. A
+/// directory swapped for a symlink between two stats can mislead one
+/// observation, never a read or a write.
+#[derive(Debug, Clone)]
+pub struct DirAt {
+    base: std::sync::Arc<Beneath>,
+    rel: PathBuf,
+}
+
+impl DirAt {
+    pub fn new(base: std::sync::Arc<Beneath>, rel: &Path) -> io::Result<DirAt> {
+        components(rel)?;
+        Ok(DirAt {
+            base,
+            rel: rel.to_path_buf(),
+        })
+    }
+
+    /// Where it is, for messages and as the stat index's key.
+    pub fn path(&self) -> PathBuf {
+        self.base.shown(&self.rel)
+    }
+
+    /// The subdirectory `name`.
+    pub fn join(&self, name: &OsStr) -> DirAt {
+        DirAt {
+            base: self.base.clone(),
+            rel: self.rel.join(name),
+        }
+    }
+
+    fn below(&self, name: &OsStr) -> PathBuf {
+        self.rel.join(name)
+    }
+
+    /// The directory's own metadata; a symlink or file here is an error, not followed.
+    pub fn stat(&self) -> io::Result<Stat> {
+        let st = if self.rel.as_os_str().is_empty() {
+            fstat(self.base.fd.as_fd()).map_err(errno)?
+        } else {
+            fstatat(
+                self.base.fd.as_fd(),
+                self.rel.as_path(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| with_path(errno(e), &self.path()))?
+        };
+        let st = Stat::of(&st);
+        if st.kind != Kind::Dir {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!(
+                    "{} is a {}, not a directory (reconcile does not follow it)",
+                    self.path().display(),
+                    kind_name(st.kind)
+                ),
+            ));
+        }
+        Ok(st)
+    }
+
+    /// One entry, not followed; None when it is gone or unreadable.
+    pub fn stat_name(&self, name: &OsStr) -> Option<Stat> {
+        if self.rel.as_os_str().is_empty() {
+            return self.base.stat_name(name);
+        }
+        fstatat(
+            self.base.fd.as_fd(),
+            self.below(name).as_path(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()
+        .map(|st| Stat::of(&st))
+    }
+
+    /// [`DirAt::stat_name`] of each name, in name order, the gone left out.
+    pub fn stat_names<'n>(&self, names: impl Iterator<Item = &'n OsStr>) -> Vec<(OsString, Stat)> {
+        if self.rel.as_os_str().is_empty() {
+            return self.base.stat_names(names);
+        }
+        // one path buffer for all of them: `<rel>/<name>`
+        let mut at = self.rel.clone().into_os_string().into_vec();
+        at.push(b'/');
+        let keep = at.len();
+        let mut out = Vec::new();
+        for n in names {
+            at.truncate(keep);
+            at.extend_from_slice(n.as_bytes());
+            let st = fstatat(
+                self.base.fd.as_fd(),
+                OsStr::from_bytes(&at),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            );
+            if let Ok(st) = st {
+                out.push((n.to_os_string(), Stat::of(&st)));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The directory opened for reading (beneath the root, nothing followed).
+    pub fn open(&self) -> io::Result<Beneath> {
+        if self.rel.as_os_str().is_empty() {
+            return self.base.try_clone();
+        }
+        self.base.open_dir(&self.rel)
+    }
+
+    /// The directory's names and kinds, read from it.
+    pub fn names(&self) -> io::Result<Vec<(OsString, Kind)>> {
+        self.open()?.names()
+    }
+
+    pub fn open_file(&self, name: &OsStr) -> io::Result<File> {
+        self.base.open_file(&self.below(name))
+    }
+
+    pub fn read_stat(&self, name: &OsStr, limit: u64) -> io::Result<(Vec<u8>, Stat)> {
+        self.base.read_stat(&self.below(name), limit)
+    }
+
+    pub fn read_link(&self, name: &OsStr) -> io::Result<PathBuf> {
+        self.base.read_link(&self.below(name))
+    }
+
+    pub fn shown(&self, name: &OsStr) -> PathBuf {
+        self.base.shown(&self.below(name))
+    }
+}
+
+/// Roots opened once per run and shared by everything observed beneath them:
+/// a plugin directory, a TFTP root, the parent of local sources. A resource's
+/// directory is then one short `openat2` below an open descriptor instead of
+/// a walk of its whole path. Only successful opens are kept (a root made
+/// later in the run is found then).
+#[derive(Debug, Default)]
+pub struct OpenRoots {
+    open: std::sync::Mutex<foldhash::HashMap<PathBuf, std::sync::Arc<Beneath>>>,
+}
+
+impl OpenRoots {
+    /// The root itself, opened as given (a symlink above a root is the user's to make).
+    pub fn root(&self, root: &Path) -> io::Result<std::sync::Arc<Beneath>> {
+        if let Some(b) = self.open.lock().unwrap().get(root) {
+            return Ok(b.clone());
+        }
+        let b = std::sync::Arc::new(Beneath::open(root)?);
+        self.open
+            .lock()
+            .unwrap()
+            .insert(root.to_path_buf(), b.clone());
+        Ok(b)
+    }
+
+    /// The directory `rel` beneath `root`, to be looked at ([`DirAt`]):
+    /// None when it (or the root) is not there; an error naming what is
+    /// there instead of a directory (a file, a symlink).
+    pub fn dir_at(&self, root: &Path, rel: &Path) -> io::Result<Option<(DirAt, Stat)>> {
+        let r = match self.root(root) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let at = DirAt::new(r, rel)?;
+        match at.stat() {
+            Ok(st) => Ok(Some((at, st))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl AsFd for Beneath {

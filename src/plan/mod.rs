@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -125,6 +124,67 @@ pub struct Planned {
 
 /// Observe (in parallel) and diff every resource; resources not matched by
 /// `targets` (glob patterns over addresses) are left out.
+/// Observe and diff every resource, on as many threads as there are CPUs
+/// (at most 8): each takes the next resource from a shared counter, so no
+/// thread waits on another and none spins when the work runs out. Results
+/// keep the resources' order; the first error (in that order) is returned.
+fn observe_in_parallel(resources: Vec<Box<dyn Resource>>, cx: &Context) -> Result<Vec<Planned>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let one = |resource: Box<dyn Resource>| -> Result<Planned> {
+        let observed = resource.observe(cx)?;
+        let changes = resource.diff(&observed, cx)?;
+        Ok(Planned {
+            resource,
+            observed,
+            changes,
+        })
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(resources.len());
+    if threads <= 1 {
+        return resources.into_iter().map(one).collect();
+    }
+    let slots: Vec<Mutex<Option<Box<dyn Resource>>>> =
+        resources.into_iter().map(|r| Mutex::new(Some(r))).collect();
+    let results: Vec<Mutex<Option<Result<Planned>>>> =
+        slots.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= slots.len() || failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let resource = slots[i]
+                    .lock()
+                    .unwrap()
+                    .take()
+                    .expect("each slot is taken once");
+                let r = one(resource);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                *results[i].lock().unwrap() = Some(r);
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        match r.into_inner().unwrap() {
+            Some(Ok(p)) => out.push(p),
+            Some(Err(e)) => return Err(e),
+            // left when an earlier-taken resource failed: its error follows
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
 pub fn make(
     resources: Vec<Box<dyn Resource>>,
     cx: &Context,
@@ -135,18 +195,7 @@ pub fn make(
         .filter(|r| targets.is_empty() || targets.iter().any(|t| t.matches(r.address())))
         .collect();
     resources.sort_by(|a, b| a.address().cmp(b.address()));
-    let planned: Vec<Planned> = resources
-        .into_par_iter()
-        .map(|resource| {
-            let observed = resource.observe(cx)?;
-            let changes = resource.diff(&observed, cx)?;
-            Ok(Planned {
-                resource,
-                observed,
-                changes,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let planned = observe_in_parallel(resources, cx)?;
     let mut summary = Summary::default();
     for p in &planned {
         if p.changes.is_empty() {

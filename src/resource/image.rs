@@ -52,7 +52,7 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     }
     // owned images no longer declared: <root>/<arch>/<subarch>/<release>/<purpose> with our receipt
     for root in roots {
-        for target in dirs_at_depth(&root, 4) {
+        for target in dirs_at_depth(cx, &root, 4) {
             if declared.contains(&target) {
                 continue;
             }
@@ -79,26 +79,37 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     Ok(out)
 }
 
-/// Directories exactly `depth` levels below `root`, skipping staging names.
-fn dirs_at_depth(root: &Path, depth: usize) -> Vec<PathBuf> {
-    let mut level = vec![root.to_path_buf()];
+/// Directories exactly `depth` levels below `root`, skipping staging names
+/// and never following a symlink. Each directory's names come from the stat
+/// index when it is unchanged (found by one `fstatat` from the root); a
+/// directory is opened only to list it afresh.
+fn dirs_at_depth(cx: &Context, root: &Path, depth: usize) -> Vec<PathBuf> {
+    let Ok(Some((top, _))) = cx.dirs.dir_at(root, Path::new("")) else {
+        return Vec::new();
+    };
+    let mut level = vec![(top, PathBuf::new())];
     for _ in 0..depth {
         let mut next = Vec::new();
-        for dir in level {
-            let Ok(rd) = fs::read_dir(&dir) else { continue };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if crate::fsops::is_staging_name(&name) || !e.file_type().is_ok_and(|t| t.is_dir())
+        for (dir, rel) in level {
+            let Ok(names) = dir
+                .stat()
+                .and_then(|st| cx.fetcher.index.listing(&dir, &st, cx.verify))
+            else {
+                continue;
+            };
+            for (name, kind) in names.iter() {
+                if kind == beneath::Kind::Dir
+                    && !crate::fsops::is_staging_name(&name.to_string_lossy())
                 {
-                    continue;
+                    next.push((dir.join(name), rel.join(name)));
                 }
-                next.push(e.path());
             }
         }
         level = next;
     }
-    level.sort();
-    level
+    let mut out: Vec<PathBuf> = level.into_iter().map(|(_, rel)| root.join(rel)).collect();
+    out.sort();
+    out
 }
 
 /// What the image should contain, as digests: per declared file (or the archive), and the iPXE script.
@@ -317,7 +328,8 @@ impl Resource for ImageResource {
     }
 
     fn observe(&self, cx: &Context) -> Result<Observed> {
-        publish::observe(&self.target, KIND, cx.verify, "not published", |r| {
+        let rel = self.target.strip_prefix(&self.root).unwrap_or(&self.target);
+        publish::observe(cx, &self.root, rel, KIND, "not published", |r| {
             format!("published ({} files)", r.file_count())
         })
     }

@@ -64,6 +64,8 @@ pub struct Context<'a> {
     pub roots: Roots,
     /// Re-hash everything instead of trusting stat keys.
     pub verify: bool,
+    /// Managed roots opened once for the run.
+    pub dirs: crate::fsops::beneath::OpenRoots,
 }
 
 impl<'a> Context<'a> {
@@ -80,6 +82,7 @@ impl<'a> Context<'a> {
             fetcher: Fetcher::new(state.cache_dir(), index, &desired.lock, progress, verify),
             roots: state.roots(),
             verify,
+            dirs: Default::default(),
         }
     }
 }

@@ -30,10 +30,14 @@ pub struct PluginResource {
 
 pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     let mut out: Vec<Box<dyn Resource>> = Vec::new();
-    let mut declared: BTreeSet<(PathBuf, String)> = BTreeSet::new();
+    // declared names per root
+    let mut declared: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
     for (name, p) in &cx.desired.model.plugin {
         let root = PathBuf::from(p.dir());
-        declared.insert((root.clone(), name.clone()));
+        declared
+            .entry(root.clone())
+            .or_default()
+            .insert(name.clone());
         out.push(Box::new(PluginResource {
             address: format!("{KIND}.{name}"),
             name: name.clone(),
@@ -42,21 +46,33 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
         }));
     }
     let roots: BTreeSet<PathBuf> = declared
-        .iter()
-        .map(|(r, _)| r.clone())
+        .keys()
+        .cloned()
         .chain(cx.roots.of(KIND).cloned())
         .collect();
+    let none = BTreeSet::new();
     for root in roots {
-        let Ok(entries) = fs::read_dir(&root) else {
+        // the root's names from the stat index while it is unchanged
+        let listed = cx
+            .dirs
+            .dir_at(&root, Path::new(""))
+            .and_then(|found| match found {
+                Some((at, st)) => cx.fetcher.index.listing(&at, &st, cx.verify),
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            });
+        let Ok(listed) = listed else {
             continue;
         };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+        let here = declared.get(&root).unwrap_or(&none);
+        let mut names: Vec<String> = listed
+            .iter()
+            .map(|(n, _)| n.to_string_lossy())
+            .filter(|n| !here.contains(n.as_ref()))
+            .map(|n| n.into_owned())
             .collect();
         names.sort();
         for name in names {
-            if fsops::is_staging_name(&name) || declared.contains(&(root.clone(), name.clone())) {
+            if fsops::is_staging_name(&name) {
                 continue;
             }
             let path = root.join(&name);
@@ -202,9 +218,14 @@ impl Resource for PluginResource {
     }
 
     fn observe(&self, cx: &Context) -> Result<Observed> {
-        publish::observe(&self.target(), KIND, cx.verify, "not installed", |r| {
-            format!("{} installed", r.version.as_deref().unwrap_or("?"))
-        })
+        publish::observe(
+            cx,
+            &self.root,
+            Path::new(&self.name),
+            KIND,
+            "not installed",
+            |r| format!("{} installed", r.version.as_deref().unwrap_or("?")),
+        )
     }
 
     fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {

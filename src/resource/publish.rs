@@ -6,6 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use super::receipt::{check_tree, Drift, Receipt};
+use super::Context;
 use crate::backend::remove_in;
 use crate::error::{Error, Result};
 use crate::fsops::{self, digest::sha256_bytes, Beneath, Previous};
@@ -22,24 +23,41 @@ pub enum DirState {
     },
 }
 
-/// Observe `target`: absent, foreign, or installed with its drift from the receipt.
-/// Returns the state and a fingerprint (saved plans compare it).
-pub fn observe_dir(target: &Path, kind: &str, verify: bool) -> Result<(DirState, String)> {
-    let meta = match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((DirState::Absent, "absent".into()))
-        }
-        Err(e) => return Err(Error::io(target, e)),
-        Ok(m) => m,
+/// Observe the directory `rel` beneath `root`: absent, foreign, or installed
+/// with its drift from the receipt. Returns the state and a fingerprint
+/// (saved plans compare it).
+pub fn observe_dir(
+    cx: &Context,
+    root: &Path,
+    rel: &Path,
+    kind: &str,
+) -> Result<(DirState, String)> {
+    let target = root.join(rel);
+    let foreign = |mtime: Option<i128>| {
+        let fp = format!("foreign:{mtime:?}");
+        Ok((DirState::Foreign, sha256_bytes(fp.as_bytes())))
     };
-    match Receipt::read(target).filter(|(r, _)| meta.is_dir() && r.kind == kind) {
-        None => {
-            let fp = format!("foreign:{:?}", meta.modified().ok());
-            Ok((DirState::Foreign, sha256_bytes(fp.as_bytes())))
+    // looked at beneath its root (opened once for the run), never through a symlink
+    let (dir, dir_stat) = match cx.dirs.dir_at(root, rel) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok((DirState::Absent, "absent".into())),
+        Err(_) => {
+            // a symlink or a file where the directory belongs
+            let meta = fs::symlink_metadata(&target).map_err(|e| Error::io(&target, e))?;
+            let mtime = meta.modified().ok().and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_nanos() as i128)
+            });
+            return foreign(mtime);
         }
-        Some((receipt, bytes)) => {
-            let drift = check_tree(target, &receipt, verify)?;
-            let mut fp = bytes;
+    };
+    let index = cx.fetcher.index;
+    match Receipt::read_indexed(&dir, &dir_stat, index, cx.verify).filter(|(r, _)| r.kind == kind) {
+        None => foreign(Some(dir_stat.mtime_ns)),
+        Some((receipt, receipt_sha256)) => {
+            let drift = check_tree(&dir, &dir_stat, &receipt, index, cx.verify)?;
+            let mut fp = receipt_sha256.into_bytes();
             for d in &drift {
                 fp.extend_from_slice(d.to_string().as_bytes());
             }
@@ -57,13 +75,14 @@ pub fn observe_dir(target: &Path, kind: &str, verify: bool) -> Result<(DirState,
 /// Observe a published directory and summarise it for `status`: `absent`
 /// when it is not there, `installed(receipt)` when it is ours (plus the first drift).
 pub fn observe(
-    target: &Path,
+    cx: &Context,
+    root: &Path,
+    rel: &Path,
     kind: &str,
-    verify: bool,
     absent: &str,
     installed: impl Fn(&Receipt) -> String,
 ) -> Result<super::Observed> {
-    let (state, fingerprint) = observe_dir(target, kind, verify)?;
+    let (state, fingerprint) = observe_dir(cx, root, rel, kind)?;
     let summary = match &state {
         DirState::Absent => absent.to_string(),
         DirState::Foreign => "not made by reconcile".to_string(),

@@ -3,7 +3,7 @@
 //! and stat key (so a no-op observe never re-reads content).
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -12,11 +12,14 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 
 use crate::error::{Error, Result};
-use crate::fsops::beneath::{self, Beneath};
-use crate::fsops::digest::{sha256_file, StatKey};
+use crate::fsops::beneath::{self, Beneath, DirAt};
+use crate::fsops::digest::{StatIndex, StatKey};
 use crate::fsops::is_staging_name;
 use crate::source::archive::Written;
 use crate::state::journal::RECEIPT_NAME;
+
+/// Largest receipt read (a tree of a million files fits).
+const MAX_RECEIPT: u64 = 256 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -124,6 +127,100 @@ impl From<FileRecord> for FlatRecord {
     }
 }
 
+/// A receipt as the stat index keeps it: postcard knows no optional or
+/// skipped fields, so the fields are laid out plainly.
+#[derive(Serialize, Deserialize)]
+struct Indexed {
+    /// Of the receipt file's bytes (the observation's fingerprint).
+    sha256: String,
+    receipt: IndexedReceipt,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexedReceipt {
+    kind: String,
+    name: String,
+    version: Option<String>,
+    source: (String, String),
+    txn: String,
+    installed_at: String,
+    reconcile_version: String,
+    facts: Vec<(String, String)>,
+    files: Vec<(PathBuf, IndexedKind)>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum IndexedKind {
+    Dir(u32),
+    File(u32, String, StatKey),
+    Symlink(PathBuf),
+}
+
+impl From<&Receipt> for IndexedReceipt {
+    fn from(r: &Receipt) -> Self {
+        IndexedReceipt {
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            version: r.version.clone(),
+            source: (r.source.location.clone(), r.source.sha256.clone()),
+            txn: r.txn.clone(),
+            installed_at: r.installed_at.clone(),
+            reconcile_version: r.reconcile_version.clone(),
+            facts: r
+                .facts
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            files: r
+                .files
+                .iter()
+                .map(|f| {
+                    let k = match &f.kind {
+                        EntryKind::Dir { mode } => IndexedKind::Dir(*mode),
+                        EntryKind::File { mode, sha256, stat } => {
+                            IndexedKind::File(*mode, sha256.clone(), *stat)
+                        }
+                        EntryKind::Symlink { target } => IndexedKind::Symlink(target.clone()),
+                    };
+                    (f.path.clone(), k)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<IndexedReceipt> for Receipt {
+    fn from(r: IndexedReceipt) -> Self {
+        Receipt {
+            kind: r.kind,
+            name: r.name,
+            version: r.version,
+            source: ReceiptSource {
+                location: r.source.0,
+                sha256: r.source.1,
+            },
+            txn: r.txn,
+            installed_at: r.installed_at,
+            reconcile_version: r.reconcile_version,
+            facts: r.facts.into_iter().collect(),
+            files: r
+                .files
+                .into_iter()
+                .map(|(path, k)| FileRecord {
+                    path,
+                    kind: match k {
+                        IndexedKind::Dir(mode) => EntryKind::Dir { mode },
+                        IndexedKind::File(mode, sha256, stat) => {
+                            EntryKind::File { mode, sha256, stat }
+                        }
+                        IndexedKind::Symlink(target) => EntryKind::Symlink { target },
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
     Dir {
@@ -159,8 +256,53 @@ impl Receipt {
 
     /// The receipt of `dir`, or None when it has none (not ours) or it is unreadable.
     pub fn read(dir: &Path) -> Option<(Receipt, Vec<u8>)> {
-        let bytes = fs::read(Self::path_in(dir)).ok()?;
+        Self::read_in(&Beneath::open_existing_dir(dir).ok()??)
+    }
+
+    /// The receipt of an opened directory.
+    pub fn read_in(dir: &Beneath) -> Option<(Receipt, Vec<u8>)> {
+        let bytes = dir.read(Path::new(RECEIPT_NAME), MAX_RECEIPT).ok()?;
         serde_json::from_slice(&bytes).ok().map(|r| (r, bytes))
+    }
+
+    /// The receipt of the directory `dir` (whose own metadata is `dir_stat`)
+    /// and the SHA-256 of its bytes: from the stat index while the directory's
+    /// key is the one it was decoded under, else read and decoded. reconcile
+    /// only ever replaces a receipt by renaming (a new directory is exchanged
+    /// in), which changes the directory's key; an edit in place is seen by
+    /// `--verify` or once the directory changes.
+    pub fn read_indexed(
+        dir: &DirAt,
+        dir_stat: &beneath::Stat,
+        index: &StatIndex,
+        verify: bool,
+    ) -> Option<(Receipt, String)> {
+        let name = std::ffi::OsStr::new(RECEIPT_NAME);
+        let path = dir.shown(name);
+        let key = StatKey::from_stat(dir_stat);
+        if let Some(bytes) = index.blob(&path, &key, verify) {
+            if let Ok(c) = postcard::from_bytes::<Indexed>(&bytes) {
+                return Some((c.receipt.into(), c.sha256));
+            }
+        }
+        let (bytes, _) = dir.read_stat(name, MAX_RECEIPT).ok()?;
+        let receipt: Receipt = serde_json::from_slice(&bytes).ok()?;
+        let sha256 = crate::fsops::digest::sha256_bytes(&bytes);
+        let indexed = Indexed {
+            sha256: sha256.clone(),
+            receipt: IndexedReceipt::from(&receipt),
+        };
+        // remembered only if the directory still has the key it had before the read
+        if dir
+            .stat()
+            .ok()
+            .is_some_and(|now| StatKey::from_stat(&now) == key)
+        {
+            if let Ok(b) = postcard::to_stdvec(&indexed) {
+                index.remember_blob(&path, key, b);
+            }
+        }
+        Some((receipt, sha256))
     }
 
     /// Write the receipt into a staged directory; one already there (an
@@ -258,55 +400,34 @@ fn record_dir(
     Ok(())
 }
 
-/// Compare an installed tree with its receipt. Unchanged stat keys are trusted
-/// unless `verify`; otherwise the file is re-hashed.
-pub fn check_tree(root: &Path, receipt: &Receipt, verify: bool) -> Result<Vec<Drift>> {
+/// Compare an installed tree (opened as `root`) with its receipt. Unchanged
+/// stat keys are trusted unless `verify`; otherwise the file is re-hashed.
+/// Read the way `find` reads: each directory opened once, its entries stat
+/// relative to it, nothing followed.
+pub fn check_tree(
+    root: &DirAt,
+    root_stat: &beneath::Stat,
+    receipt: &Receipt,
+    index: &StatIndex,
+    verify: bool,
+) -> Result<Vec<Drift>> {
     let mut drift = Vec::new();
-    let mut expected: BTreeMap<&Path, &EntryKind> = receipt
+    // keyed by the path's bytes: compared with memcmp, not component by component
+    let mut expected: BTreeMap<&[u8], (&Path, &EntryKind)> = receipt
         .files
         .iter()
-        .map(|f| (f.path.as_path(), &f.kind))
+        .map(|f| (f.path.as_os_str().as_bytes(), (f.path.as_path(), &f.kind)))
         .collect();
-    walk(root, Path::new(""), &mut |rel, meta| {
-        let full = root.join(rel);
-        let d = |what: String| Drift {
-            path: rel.to_path_buf(),
-            what,
-        };
-        match expected.remove(rel) {
-            None => drift.push(d("is not part of the installed tree (extra)".into())),
-            Some(EntryKind::Dir { .. }) if meta.is_dir() => {}
-            Some(EntryKind::Symlink { target }) if meta.file_type().is_symlink() => {
-                if fs::read_link(&full).ok().as_deref() != Some(target.as_path()) {
-                    drift.push(d("points elsewhere".into()));
-                }
-            }
-            Some(EntryKind::File { mode, sha256, stat }) if meta.is_file() => {
-                let now = StatKey::of(meta);
-                let m = meta.permissions().mode() & 0o7777;
-                if m != *mode {
-                    drift.push(d(format!("mode {m:o} ≠ installed {mode:o}")));
-                } else if now.size != stat.size {
-                    drift.push(d(format!(
-                        "modified (size {} ≠ installed {})",
-                        now.size, stat.size
-                    )));
-                } else if verify || now != *stat {
-                    let actual = sha256_file(&full).map_err(|e| Error::io(&full, e))?;
-                    if actual != *sha256 {
-                        drift.push(d(format!(
-                            "modified (sha256 {} ≠ installed {})",
-                            short(&actual),
-                            short(sha256)
-                        )));
-                    }
-                }
-            }
-            Some(_) => drift.push(d("changed type".into())),
-        }
-        Ok(())
-    })?;
-    for (path, kind) in expected {
+    check_dir(
+        root,
+        root_stat,
+        Path::new(""),
+        index,
+        verify,
+        &mut expected,
+        &mut drift,
+    )?;
+    for (path, kind) in expected.into_values() {
         let what = match kind {
             EntryKind::Dir { .. } => "directory missing",
             _ => "missing",
@@ -320,36 +441,66 @@ pub fn check_tree(root: &Path, receipt: &Receipt, verify: bool) -> Result<Vec<Dr
     Ok(drift)
 }
 
-/// Walk a tree in name order, skipping the receipt itself and staging leftovers.
-fn walk(
-    root: &Path,
+fn check_dir(
+    dir: &DirAt,
+    dir_stat: &beneath::Stat,
     rel: &Path,
-    f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>,
+    index: &StatIndex,
+    verify: bool,
+    expected: &mut BTreeMap<&[u8], (&Path, &EntryKind)>,
+    drift: &mut Vec<Drift>,
 ) -> Result<()> {
-    let dir = root.join(rel);
-    // DirEntry::metadata stats relative to the open directory (no path walk per file)
-    let mut entries = Vec::new();
-    for e in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-        let e = e.map_err(|e| Error::io(&dir, e))?;
-        let name = e.file_name();
-        if rel.as_os_str().is_empty() {
-            let n = name.to_string_lossy();
-            if n == RECEIPT_NAME || is_staging_name(&n) {
-                continue;
-            }
-        }
-        match e.metadata() {
-            Ok(m) => entries.push((name, m)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(Error::io(e.path(), err)),
-        }
-    }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, meta) in entries {
+    let top = rel.as_os_str().is_empty();
+    let ignored =
+        |n: &std::ffi::OsStr| top && (n == RECEIPT_NAME || n.to_str().is_some_and(is_staging_name));
+    let entries = index
+        .entries_stat(dir, dir_stat, verify, ignored)
+        .map_err(|e| Error::io(dir.path(), e))?;
+    for (name, st) in entries {
         let r = rel.join(&name);
-        f(&r, &meta)?;
-        if meta.is_dir() {
-            walk(root, &r, f)?;
+        let n = name.as_os_str();
+        let d = |what: String| Drift {
+            path: r.clone(),
+            what,
+        };
+        match (
+            expected.remove(r.as_os_str().as_bytes()).map(|(_, k)| k),
+            st.kind,
+        ) {
+            (None, _) => drift.push(d("is not part of the installed tree (extra)".into())),
+            (Some(EntryKind::Dir { .. }), beneath::Kind::Dir) => {}
+            (Some(EntryKind::Symlink { target }), beneath::Kind::Symlink) => {
+                if dir.read_link(n).ok().as_deref() != Some(target.as_path()) {
+                    drift.push(d("points elsewhere".into()));
+                }
+            }
+            (Some(EntryKind::File { mode, sha256, stat }), beneath::Kind::File) => {
+                let now = StatKey::from_stat(&st);
+                if st.mode != *mode {
+                    drift.push(d(format!("mode {:o} ≠ installed {mode:o}", st.mode)));
+                } else if now.size != stat.size {
+                    drift.push(d(format!(
+                        "modified (size {} ≠ installed {})",
+                        now.size, stat.size
+                    )));
+                } else if verify || now != *stat {
+                    let f = dir.open_file(n).map_err(|e| Error::io(dir.shown(n), e))?;
+                    let actual = crate::fsops::digest::sha256_reader(f)
+                        .map_err(|e| Error::io(dir.shown(n), e))?
+                        .0;
+                    if actual != *sha256 {
+                        drift.push(d(format!(
+                            "modified (sha256 {} ≠ installed {})",
+                            short(&actual),
+                            short(sha256)
+                        )));
+                    }
+                }
+            }
+            (Some(_), _) => drift.push(d("changed type".into())),
+        }
+        if st.kind == beneath::Kind::Dir {
+            check_dir(&dir.join(n), &st, &r, index, verify, expected, drift)?;
         }
     }
     Ok(())

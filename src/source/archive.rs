@@ -465,7 +465,10 @@ impl<R: Read> HashingReader<R> {
     /// Read what is left (a tar reader stops at its end marker), then the digest and size.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((hex::encode(self.hasher.finalize()), self.read))
+        Ok((
+            crate::fsops::digest::to_hex(&self.hasher.finalize()),
+            self.read,
+        ))
     }
 }
 
@@ -492,7 +495,7 @@ impl<W: Write> HashingWriter<W> {
         }
     }
     pub fn finish(self) -> String {
-        hex::encode(self.hasher.finalize())
+        crate::fsops::digest::to_hex(&self.hasher.finalize())
     }
 }
 

@@ -14,6 +14,7 @@ pub mod archive;
 mod fuzz;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +25,7 @@ use std::sync::Mutex;
 use crate::config::model::{ArchiveFormat, Source, SourceLocation};
 use crate::config::Lockfile;
 use crate::error::{Error, Result};
-use crate::fsops::beneath::{self, Beneath, Kind};
+use crate::fsops::beneath::{self, Beneath, DirAt, Kind, Stat};
 use crate::fsops::digest::{StatIndex, StatKey};
 use crate::source::archive::{ArchiveInput, HashingReader, HashingWriter, Written};
 
@@ -100,6 +101,8 @@ pub struct Fetcher<'a> {
     pub verify: bool,
     /// Digests of local sources computed in this run (many resources may share one source).
     pub memo: Mutex<HashMap<PathBuf, String>>,
+    /// Parents of local source directories, opened once for the run.
+    pub dirs: crate::fsops::beneath::OpenRoots,
 }
 
 static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -119,6 +122,7 @@ impl<'a> Fetcher<'a> {
             progress,
             verify,
             memo: Mutex::new(HashMap::new()),
+            dirs: Default::default(),
         }
     }
 
@@ -140,8 +144,30 @@ impl<'a> Fetcher<'a> {
                         .map_err(|e| Error::io(&p, e))
                 }),
             },
-            Location::Dir(d) => self.memoised(&d, || tree_digest(&d, self.index, self.verify)),
+            Location::Dir(d) => self.memoised(&d, || {
+                let (root, st) = self.open_source_dir(&d)?;
+                tree_digest_in(&root, &st, &d, self.index, self.verify)
+            }),
         }
+    }
+
+    /// A local source directory, opened beneath its parent (shared by the
+    /// sources beside it) — or by its whole path when it is a symlink the
+    /// user made.
+    fn open_source_dir(&self, d: &Path) -> Result<(DirAt, Stat)> {
+        if let (Some(parent), Some(name)) = (d.parent(), d.file_name()) {
+            if let Ok(Some(found)) = self.dirs.dir_at(parent, Path::new(name)) {
+                return Ok(found);
+            }
+        }
+        let io = |e| Error::io(d, e);
+        let at = DirAt::new(
+            std::sync::Arc::new(Beneath::open(d).map_err(io)?),
+            Path::new(""),
+        )
+        .map_err(io)?;
+        let st = at.stat().map_err(io)?;
+        Ok((at, st))
     }
 
     fn memoised(&self, key: &Path, f: impl FnOnce() -> Result<String>) -> Result<String> {
@@ -559,40 +585,65 @@ fn file_mode(f: &File) -> io::Result<u32> {
     Ok(f.metadata()?.permissions().mode() & 0o777)
 }
 
-/// Digest of a directory tree: names, kinds, modes and file digests, in name order.
+/// Digest of a directory tree: names, kinds, modes and file digests, in name
+/// order — read the way `find` reads: each directory opened once, its entries
+/// stat relative to it, a file read only when the stat index does not know it.
 pub fn tree_digest(dir: &Path, index: &StatIndex, verify: bool) -> Result<String> {
+    let io = |e| Error::io(dir, e);
+    let root = DirAt::new(
+        std::sync::Arc::new(Beneath::open(dir).map_err(io)?),
+        Path::new(""),
+    )
+    .map_err(io)?;
+    let st = root.stat().map_err(io)?;
+    tree_digest_in(&root, &st, dir, index, verify)
+}
+
+/// [`tree_digest`] of the directory `root` (at `dir`, whose metadata is `stat`).
+pub fn tree_digest_in(
+    root: &DirAt,
+    stat: &Stat,
+    dir: &Path,
+    index: &StatIndex,
+    verify: bool,
+) -> Result<String> {
     let mut lines = String::new();
-    walk_digest(dir, Path::new(""), index, verify, &mut lines)?;
+    walk_digest(root, stat, dir, Path::new(""), index, verify, &mut lines)?;
     Ok(crate::fsops::digest::sha256_bytes(lines.as_bytes()))
 }
 
 fn walk_digest(
+    dir: &DirAt,
+    dir_stat: &Stat,
     root: &Path,
     rel: &Path,
     index: &StatIndex,
     verify: bool,
     out: &mut String,
 ) -> Result<()> {
-    let dir = root.join(rel);
-    let mut names: Vec<_> = fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    names.sort();
-    for n in names {
-        let r = rel.join(&n);
-        let p = root.join(&r);
-        let m = fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
-        let mode = m.permissions().mode() & 0o777;
-        if m.is_dir() {
-            out.push_str(&format!("d {mode:o} {}\n", r.display()));
-            walk_digest(root, &r, index, verify, out)?;
-        } else if m.file_type().is_symlink() {
-            let t = fs::read_link(&p).map_err(|e| Error::io(&p, e))?;
-            out.push_str(&format!("l {} -> {}\n", r.display(), t.display()));
-        } else {
-            let sha = index.digest(&p, verify).map_err(|e| Error::io(&p, e))?;
-            out.push_str(&format!("f {mode:o} {} {sha}\n", r.display()));
+    let entries = index
+        .entries_stat(dir, dir_stat, verify, |_| false)
+        .map_err(|e| Error::io(dir.path(), e))?;
+    for (name, st) in entries {
+        let r = rel.join(&name);
+        let n = name.as_os_str();
+        let mode = st.mode & 0o777;
+        match st.kind {
+            Kind::Dir => {
+                let _ = writeln!(out, "d {mode:o} {}", r.display());
+                walk_digest(&dir.join(n), &st, root, &r, index, verify, out)?;
+            }
+            Kind::Symlink => {
+                let t = dir.read_link(n).map_err(|e| Error::io(dir.shown(n), e))?;
+                let _ = writeln!(out, "l {} -> {}", r.display(), t.display());
+            }
+            _ => {
+                let full = root.join(&r);
+                let sha = index
+                    .digest_known(&full, StatKey::from_stat(&st), verify, || dir.open_file(n))
+                    .map_err(|e| Error::io(&full, e))?;
+                let _ = writeln!(out, "f {mode:o} {} {sha}", r.display());
+            }
         }
     }
     Ok(())

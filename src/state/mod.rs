@@ -133,7 +133,7 @@ impl StateDir {
         self.root.join("cache")
     }
     pub fn stat_index_path(&self) -> PathBuf {
-        self.root.join("statindex.json")
+        self.root.join("statindex.bin")
     }
     pub fn last_apply_path(&self) -> PathBuf {
         self.root.join(LAST_APPLY)
