@@ -23,7 +23,8 @@ rm -rf "$D" && mkdir -p "$D/src"
     done
 } > "$D/farm.toml"
 "$RECONCILE" -q apply -f "$D/farm.toml" >/dev/null
-"$RECONCILE" -q plan -f "$D/farm.toml" >/dev/null   # exit 0: in sync
+sleep 3 # past the stat index's settle time: measure the steady state
+"$RECONCILE" -q plan -f "$D/farm.toml" >/dev/null   # exit 0: in sync, and remembered
 FILES=$(find "$D/tftp" -type f ! -name '.reconcile-receipt.json' | wc -l)
 MB=$(du -sm "$D/tftp" | cut -f1)
 

@@ -21,7 +21,8 @@ noop() {
         done
     } > "$D/farm.toml"
     "$RECONCILE" -q apply -f "$D/farm.toml" >/dev/null
-    "$RECONCILE" -q plan -f "$D/farm.toml" >/dev/null   # exit 0: in sync
+    sleep 3 # past the stat index's settle time: measure the steady state
+    "$RECONCILE" -q plan -f "$D/farm.toml" >/dev/null   # exit 0: in sync, and remembered
     FILES=$(find "$D/plugins" -type f | wc -l)
     BYTES=$(du -sm "$D/plugins" | cut -f1)
     # rsync's job: compare the installed tree with a copy of what it should be, by content
