@@ -230,9 +230,16 @@ fn retention_keeps_n_older_revisions_and_what_a_live_working_snapshot_needs() {
         "revision 2 should be gone: {names:?}"
     );
 
-    // once its owner is gone (SIGKILL: no cleanup), the snapshot is stale and both go
+    // once its owner is gone (SIGKILL: no cleanup), the snapshot is stale and both go;
+    // the test process it started dies with it, a moment later (PR_SET_PDEATHSIG),
+    // and holds the snapshot's lock until then
     user.kill().unwrap();
     user.wait().unwrap();
+    wait_until(
+        "the killed run's test process to let go of its snapshot",
+        Duration::from_secs(10),
+        || farm.run(&["plan"]).code == Some(2),
+    );
     let plan = farm.run(&["plan"]);
     plan.expect(2);
     assert!(
