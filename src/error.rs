@@ -84,6 +84,14 @@ pub enum Error {
 
     #[error("state dir {path}: {reason}")]
     State { path: PathBuf, reason: String },
+
+    /// A cloud call that failed, or a cloud that cannot be reached or signed into.
+    #[error("cloud {cloud} ({endpoint}): {reason}")]
+    Cloud {
+        cloud: String,
+        endpoint: String,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -117,6 +125,7 @@ impl Error {
             Error::StalePlan { .. } => "run `reconcile plan --out FILE` again and review the new plan".into(),
             Error::BadPlan { .. } => "make the plan again with `reconcile plan --out FILE`".into(),
             Error::Io { .. } | Error::State { .. } => "check permissions and free space; the journal lets the next apply finish or undo this one".into(),
+            Error::Cloud { .. } => "nothing half-made is left: the journal lets the next apply finish or remove it; check the endpoint, the region and the credentials (environment, profile, web identity or instance role)".into(),
             Error::Resource { .. } | Error::Usage(_) => return None,
         })
     }

@@ -11,6 +11,8 @@
 pub mod apply;
 pub mod backend;
 pub mod cli;
+#[cfg(feature = "cloud")]
+pub mod cloud;
 pub mod config;
 pub mod error;
 pub mod fsops;

@@ -62,6 +62,15 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("bad boot timeout", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nconsole = {{ boot_timeout = \"soon\" }}\n"), "reconcile.toml:8:28", "invalid duration `soon`"),
         ("zero TCG factor", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nvm = {{ tcg_timeout_factor = 0.0 }}\n"), "reconcile.toml:8:29", "out of range"),
         ("zero check count", "version = 1\n[check.c]\nregex = \"x\"\ncount = 0\n".into(), "reconcile.toml:4:9", "`count` must be between 1"),
+        ("cloud suite without a cloud", format!("{VOL}[suite.s]\nexecutor = \"cloud\"\n"), "reconcile.toml:4:8", "uses the cloud executor but names no `cloud`"),
+        (
+            "cloud suite on a machine not published there",
+            format!("{VOL}[cloud.c]\nprovider = \"ec2\"\nregion = \"us-east-1\"\n[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\n[suite.s]\nmachines = [\"d\"]\nexecutor = \"cloud\"\ncloud = \"c\"\n"),
+            "reconcile.toml:12:13",
+            "is not published to cloud `c`",
+        ),
+        ("instance_type outside the cloud executor", "version = 1\n[suite.s]\ninstance_type = \"t3.micro\"\n".into(), "reconcile.toml:3:17", "sets instance_type but runs with"),
+        ("zero uploads in flight", "version = 1\n[cloud.c]\nprovider = \"ec2\"\nregion = \"r\"\nuploads_in_flight = 0\n".into(), "reconcile.toml:5:21", "uploads_in_flight must be between 1 and 64"),
         ("vm on a root filesystem", format!("{VOL}[machine.r]\nrevision = 1\nsource = {{ dir = \"r\" }}\nvm = {{ cpus = 2 }}\n"), "reconcile.toml:7:1", "`vm` applies to disk machines"),
     ]
 }

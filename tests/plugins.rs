@@ -561,7 +561,7 @@ fn saved_plans_apply_or_refuse_when_stale() {
     let r = s.farm.run(&["apply", "p1.json"]);
     r.expect(1);
     assert!(
-        r.stderr.contains("stale") && r.stderr.contains("plugin.kolet changed on disk"),
+        r.stderr.contains("stale") && r.stderr.contains("plugin.kolet changed since the plan"),
         "{}",
         r.stderr
     );

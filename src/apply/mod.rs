@@ -37,6 +37,8 @@ pub enum Event<'a> {
     Applied {
         address: &'a str,
         took: Duration,
+        /// What the resource said about it (see [`ApplyContext::said`]).
+        said: &'a [String],
     },
     Failed {
         address: &'a str,
@@ -59,7 +61,17 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
     let state = StateDir::create(&desired.state_dir)?;
     let _lock = lock::acquire(&state, &opts.command, opts.lock_timeout)?;
     let roots = resource::managed_roots(desired, &state);
-    let (mut journal, recovered) = Journal::open_and_recover(&state, &roots)?;
+    let fs = crate::state::journal::FsRecover { roots };
+    #[cfg(feature = "cloud")]
+    let cloud = crate::resource::cloud::Recovery::new(desired);
+    let kinds: Vec<&dyn crate::state::journal::Recover> = vec![
+        &fs,
+        #[cfg(feature = "cloud")]
+        &cloud.publish,
+        #[cfg(feature = "cloud")]
+        &cloud.retire,
+    ];
+    let (mut journal, recovered) = Journal::open_and_recover(&state, &kinds)?;
     for r in &recovered {
         on(Event::Recovered(r));
     }
@@ -77,7 +89,10 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
 
     let mut roots = cx.roots.clone();
     let mut outcome = Outcome::default();
-    for p in planned.iter().filter(|p| !p.changes.is_empty()) {
+    for p in in_dependency_order(&planned) {
+        if p.changes.is_empty() {
+            continue;
+        }
         if opts
             .cancel
             .as_ref()
@@ -87,6 +102,23 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
             break;
         }
         let address = p.resource.address();
+        if let Some(dep) = p
+            .resource
+            .depends_on()
+            .into_iter()
+            .find(|d| outcome.failed.iter().any(|f| f == d))
+        {
+            let error = Error::Resource {
+                address: address.to_string(),
+                reason: format!("not applied: {dep}, which it depends on, failed"),
+            };
+            on(Event::Failed {
+                address,
+                error: &error,
+            });
+            outcome.failed.push(address.to_string());
+            continue;
+        }
         on(Event::Applying {
             address,
             changes: &p.changes,
@@ -96,6 +128,7 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
             cx: &cx,
             journal: &mut journal,
             roots: &mut roots,
+            said: Vec::new(),
         };
         match p.resource.apply(&p.observed, &mut acx) {
             Ok(()) => {
@@ -104,6 +137,7 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
                 on(Event::Applied {
                     address,
                     took: t.elapsed(),
+                    said: &acx.said,
                 });
             }
             Err(error) => {
@@ -143,6 +177,40 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
 pub struct Observations {
     _planned: Vec<crate::plan::Planned>,
     _index: StatIndex,
+}
+
+/// The planned resources in the order their changes apply: by address, each
+/// after every resource it depends on (a cloud image after its machine).
+fn in_dependency_order(planned: &[crate::plan::Planned]) -> Vec<&crate::plan::Planned> {
+    let index: std::collections::HashMap<&str, usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.resource.address(), i))
+        .collect();
+    let mut out = Vec::with_capacity(planned.len());
+    let mut placed = vec![false; planned.len()];
+    fn place<'a>(
+        i: usize,
+        planned: &'a [crate::plan::Planned],
+        index: &std::collections::HashMap<&str, usize>,
+        placed: &mut Vec<bool>,
+        out: &mut Vec<&'a crate::plan::Planned>,
+    ) {
+        if placed[i] {
+            return;
+        }
+        placed[i] = true;
+        for d in planned[i].resource.depends_on() {
+            if let Some(&j) = index.get(d.as_str()) {
+                place(j, planned, index, placed, out);
+            }
+        }
+        out.push(&planned[i]);
+    }
+    for i in 0..planned.len() {
+        place(i, planned, &index, &mut placed, &mut out);
+    }
+    out
 }
 
 /// Observe and diff without changing anything outside the state dir.

@@ -50,14 +50,21 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
                 ));
             }
         }
-        Event::Applied { address, took } => {
+        Event::Applied {
+            address,
+            took,
+            said,
+        } => {
             p.info(&format!(
                 "{} {} ({} ms)",
                 p.paint(Style::Create, "done"),
                 escape(address),
                 took.as_millis()
             ));
-            events.push(serde_json::json!({ "event": "applied", "address": address, "ms": took.as_millis() }));
+            for line in said {
+                p.info(&format!("  {}", escape(line)));
+            }
+            events.push(serde_json::json!({ "event": "applied", "address": address, "ms": took.as_millis(), "said": said }));
         }
         Event::Failed { address, error } => {
             let msg = error.to_string();

@@ -36,6 +36,7 @@ pub fn run(cli: &Cli, a: &ExecArgs, p: &Printer) -> Result<i32> {
         cancel: Arc::new(AtomicBool::new(false)),
         log_dir: state.vm_log_dir("exec"),
         isolate_network: a.no_network,
+        suite: None,
     };
     let target = Target::Machine {
         name: &a.machine,

@@ -60,6 +60,7 @@ pub fn run(cli: &Cli, a: &SpawnArgs, p: &Printer) -> Result<i32> {
         cancel: Arc::new(AtomicBool::new(false)),
         log_dir: log_dir.clone(),
         isolate_network: false,
+        suite: None,
     };
     let mut instance = platform::provision(&provision, Executor::Qemu, target)?;
     let console_log = log_dir.join("console.txt");

@@ -255,6 +255,17 @@ pub(crate) fn check(
     }
 
     for (name, cloud) in &m.cloud {
+        if cloud
+            .uploads_in_flight
+            .is_some_and(|n| !(1..=64).contains(&n))
+        {
+            c.value(
+                &["cloud", name, "uploads_in_flight"],
+                "uploads_in_flight must be between 1 and 64".into(),
+                "out of range",
+                None,
+            );
+        }
         if let Some(e) = &cloud.endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 c.value(
@@ -503,6 +514,72 @@ impl Checker<'_> {
                     Some("set executor = \"qemu\" on the suite".into()),
                 );
             }
+        }
+        let cloud_executor = suite.executor == Executor::Cloud;
+        match (&suite.cloud, cloud_executor) {
+            (None, true) => self.key(
+                &["suite", sname],
+                format!("suite `{sname}` uses the cloud executor but names no `cloud`"),
+                "which cloud?",
+                Some(format!(
+                    "add cloud = \"<name>\" (declared: {})",
+                    names(&m.cloud).collect::<Vec<_>>().join(", ")
+                )),
+            ),
+            (Some(cloud), true) => {
+                if !m.cloud.contains_key(cloud) {
+                    self.value(
+                        &["suite", sname, "cloud"],
+                        format!("suite `{sname}` names undeclared cloud `{cloud}`"),
+                        "no such cloud",
+                        Some(did_you_mean(cloud, names(&m.cloud), "cloud")),
+                    );
+                }
+                for (i, mach) in suite.machines.iter().enumerate() {
+                    if m.machine
+                        .get(mach)
+                        .is_some_and(|md| !md.clouds.contains(cloud))
+                    {
+                        self.value(
+                            &["suite", sname, "machines", &i.to_string()],
+                            format!("machine `{mach}` is not published to cloud `{cloud}`, so no instance can boot it there"),
+                            "not published there",
+                            Some(format!("add \"{cloud}\" to machine.{mach}.clouds")),
+                        );
+                    }
+                }
+                if suite.machines.is_empty() {
+                    self.key(
+                        &["suite", sname],
+                        format!("suite `{sname}` uses the cloud executor but names no `machines`"),
+                        "nothing to launch",
+                        None,
+                    );
+                }
+                if suite.toolchain.is_some() {
+                    self.value(
+                        &["suite", sname, "toolchain"],
+                        format!("suite `{sname}` launches published revisions; toolchain snapshots are not published"),
+                        "not in the cloud",
+                        Some("drop `toolchain`, or run the suite with executor = \"qemu\"".into()),
+                    );
+                }
+            }
+            (Some(_), false) => self.value(
+                &["suite", sname, "cloud"],
+                format!("suite `{sname}` names a cloud but runs with the {executor} executor"),
+                "used only by executor = \"cloud\"",
+                Some("set executor = \"cloud\", or drop `cloud`".into()),
+            ),
+            (None, false) => {}
+        }
+        if suite.instance_type.is_some() && !cloud_executor {
+            self.value(
+                &["suite", sname, "instance_type"],
+                format!("suite `{sname}` sets instance_type but runs with the {executor} executor"),
+                "used only by executor = \"cloud\"",
+                Some("set executor = \"cloud\", or drop `instance_type`".into()),
+            );
         }
         if qemu && suite.machines.is_empty() && suite.images.is_empty() {
             self.key(

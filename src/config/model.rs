@@ -521,8 +521,18 @@ impl Plugin {
 pub struct Cloud {
     pub provider: CloudProvider,
     pub region: String,
-    /// Endpoint URL of any EC2-compatible service.
+    /// Endpoint URL of any EC2-compatible service (EC2 and EBS direct both
+    /// answer there). Default: AWS's regional endpoints.
     pub endpoint: Option<String>,
+    /// Profile of the shared AWS config and credentials files. Credentials
+    /// never come from this file: the environment, that profile, a web
+    /// identity token or the instance's role supply them.
+    pub profile: Option<String>,
+    /// Instance type of the cloud executor's instances when a suite does not
+    /// name one. Default `t3.micro`.
+    pub instance_type: Option<String>,
+    /// Blocks uploaded at once when publishing a revision. Default 8.
+    pub uploads_in_flight: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -596,6 +606,10 @@ pub struct Suite {
     pub toolchain: Option<String>,
     #[serde(default)]
     pub executor: Executor,
+    /// The cloud the `cloud` executor launches instances in.
+    pub cloud: Option<String>,
+    /// Instance type for the `cloud` executor. Default: the cloud's, else `t3.micro`.
+    pub instance_type: Option<String>,
     /// Tests run at once in this suite.
     pub parallel: Option<u32>,
     /// Directory of executables, each one a test (relative to this file).

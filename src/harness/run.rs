@@ -98,6 +98,24 @@ pub fn run(
     for note in platform::notes(desired, &targets) {
         on(Event::Note(&note));
     }
+    // instances a crashed run left in the clouds these tests launch in
+    #[cfg(feature = "cloud")]
+    {
+        let clouds: std::collections::BTreeSet<&str> = selection
+            .selected
+            .iter()
+            .filter(|s| s.case.executor == crate::config::model::Executor::Cloud)
+            .filter_map(|s| desired.model.suite.get(&s.case.suite)?.cloud.as_deref())
+            .collect();
+        for c in clouds {
+            match platform::cloud::reap(desired, c) {
+                Ok(notes) => notes.iter().for_each(|n| on(Event::Note(n))),
+                Err(e) => on(Event::Note(&format!(
+                    "cloud {c}: cannot look for instances left by crashed runs: {e}"
+                ))),
+            }
+        }
+    }
     let all = checks::all(&desired.model.check);
     let checks = CheckSets {
         console: CheckSet::new(&all, Scope::Console),
@@ -499,6 +517,7 @@ fn attempt(
         cancel: opts.cancel.clone(),
         log_dir: out_dir.to_path_buf(),
         isolate_network: false,
+        suite: Some(&case.suite),
     };
     let mut phases = Phases::default();
     let mut instance = match platform::provision(&provision, case.executor, target) {

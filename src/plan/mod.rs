@@ -103,7 +103,7 @@ impl Plan {
             match then.get(addr) {
                 None => why.push(format!("{addr} appeared since the plan was made")),
                 Some(old) if old != fp => {
-                    why.push(format!("{addr} changed on disk since the plan was made"))
+                    why.push(format!("{addr} changed since the plan was made"))
                 }
                 _ => {}
             }

@@ -6,13 +6,18 @@
 //! - `host`: a process on the host, cwd in a working snapshot;
 //! - `namespace`: inside the snapshot's root filesystem, in new namespaces;
 //! - `qemu`: a VM booted from a qcow2 overlay of a disk machine, or diskless
-//!   over PXE from a netboot image, driven over its serial console.
+//!   over PXE from a netboot image, driven over its serial console;
+//! - `cloud`: an instance of a disk machine's published image in an
+//!   EC2-compatible cloud, the test delivered as user data and its result
+//!   read back from the console output.
 //!
 //! An instance streams what it sees (stdout, stderr, console, typed input) to
 //! a [`Sink`] the caller owns, which may ask it to stop at once (a fatal
 //! console check). Dropping an instance tears it down on every path: the
 //! process or VM is killed and the working snapshot deleted.
 
+#[cfg(feature = "cloud")]
+pub mod cloud;
 pub mod host;
 pub mod namespace;
 pub mod process;
@@ -228,6 +233,8 @@ pub struct Provision<'a> {
     pub log_dir: PathBuf,
     /// Give namespace instances an empty network namespace.
     pub isolate_network: bool,
+    /// The suite a test belongs to (the cloud executor launches in its cloud).
+    pub suite: Option<&'a str>,
 }
 
 /// The one factory: an instance of `target` on `executor`.
@@ -250,9 +257,19 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
         )))
     };
     match (executor, target) {
+        #[cfg(feature = "cloud")]
+        (Executor::Cloud, Target::Machine { name, toolchain: None }) => {
+            Ok(Box::new(cloud::CloudInstance::provision(p, p.suite, name)?))
+        }
+        #[cfg(not(feature = "cloud"))]
         (Executor::Cloud, _) => Err(Error::Usage(
-            "the cloud executor is not available in this release".into(),
+            "this build of reconcile has no cloud support (built without the `cloud` feature)".into(),
         )),
+        #[cfg(feature = "cloud")]
+        (Executor::Cloud, _) => needs(
+            "cloud",
+            "anything but a machine's current revision (no toolchain, no netboot image, no staging volume)",
+        ),
         (Executor::Qemu, Target::Host) => needs("qemu", "without a machine or an image"),
         (Executor::Qemu, t) => Ok(Box::new(qemu::QemuInstance::provision(p, t)?)),
         (_, Target::Image { .. }) => needs(

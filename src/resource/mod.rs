@@ -4,13 +4,14 @@
 //!
 //! A new kind is one module here plus one line in [`all`].
 
+#[cfg(feature = "cloud")]
+pub mod cloud;
 pub mod image;
 pub mod machine;
 pub mod plugin;
 pub mod publish;
 pub mod receipt;
 
-use std::any::Any;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -48,12 +49,22 @@ pub struct Change {
     pub reason: String,
 }
 
-/// What observe found: a fingerprint (saved plans compare it) and kind-specific detail.
+/// What observe found: a fingerprint (saved plans compare it) and the
+/// kind's own state, typed.
 pub struct Observed {
     pub fingerprint: String,
     /// One-line state for `status`.
     pub summary: String,
-    pub detail: Box<dyn Any + Send + Sync>,
+    pub detail: Detail,
+}
+
+/// Each kind's observed state.
+pub enum Detail {
+    /// A published directory (plugins, netboot images).
+    Dir(publish::DirState),
+    Machine(crate::store::MachineState),
+    #[cfg(feature = "cloud")]
+    Cloud(cloud::CloudState),
 }
 
 /// Read-only inputs of observe and diff.
@@ -66,6 +77,9 @@ pub struct Context<'a> {
     pub verify: bool,
     /// Managed roots opened once for the run.
     pub dirs: crate::fsops::beneath::OpenRoots,
+    /// Clouds connected to (and read) once for the run.
+    #[cfg(feature = "cloud")]
+    pub clouds: cloud::Clouds,
 }
 
 impl<'a> Context<'a> {
@@ -83,6 +97,8 @@ impl<'a> Context<'a> {
             roots: state.roots(),
             verify,
             dirs: Default::default(),
+            #[cfg(feature = "cloud")]
+            clouds: Default::default(),
         }
     }
 }
@@ -93,6 +109,9 @@ pub struct ApplyContext<'a, 'b> {
     pub journal: &'b mut Journal,
     /// Roots published into (saved so prune finds undeclared objects later).
     pub roots: &'b mut Roots,
+    /// What the resource has to say about what it did (one line each), shown
+    /// with its `done` line: an upload's blocks and throughput.
+    pub said: Vec<String>,
 }
 
 pub trait Resource: Send + Sync {
@@ -108,6 +127,11 @@ pub trait Resource: Send + Sync {
     fn watch_paths(&self) -> Vec<PathBuf>;
     /// Facts for `status --json`.
     fn status(&self, observed: &Observed) -> serde_json::Value;
+    /// Resources whose changes must be applied before this one's (addresses);
+    /// when one of them fails, this one is not applied.
+    fn depends_on(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Every directory reconcile manages objects in: the plugin dirs, TFTP roots
@@ -136,5 +160,7 @@ pub fn all(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     out.extend(plugin::resources(cx)?);
     out.extend(image::resources(cx)?);
     out.extend(machine::resources(cx)?);
+    #[cfg(feature = "cloud")]
+    out.extend(cloud::resources(cx)?);
     Ok(out)
 }

@@ -94,15 +94,16 @@ pub fn observe(
     Ok(super::Observed {
         fingerprint,
         summary,
-        detail: Box::new(state),
+        detail: super::Detail::Dir(state),
     })
 }
 
 /// The state [`observe`] recorded.
 pub fn state(o: &super::Observed) -> &DirState {
-    o.detail
-        .downcast_ref::<DirState>()
-        .expect("a directory resource's observation")
+    match &o.detail {
+        super::Detail::Dir(d) => d,
+        _ => unreachable!("a directory resource observes a directory"),
+    }
 }
 
 /// The change for an object that is no longer declared: delete it if it is ours.

@@ -1,8 +1,15 @@
-//! Write-ahead journal. Each transition of a managed path is recorded (and
-//! fsynced) before it happens. Every mutating command first recovers: it reads
-//! the journal and, for each transaction without `done`, inspects the
-//! filesystem to decide whether the commit happened, then rolls forward
-//! (removes the retired copy) or back (removes staging, restores the old copy).
+//! Write-ahead journal. Each transition is recorded (and fsynced) before it
+//! happens. Every mutating command first recovers: it reads the journal and
+//! hands each transaction without `done` to the recovery of its kind, which
+//! looks at the world to decide whether the commit happened and rolls forward
+//! or back.
+//!
+//! The journal itself knows no kind: a transaction's `begin` record carries
+//! its kind, a record version and the kind's intent, opaque here ([`Recover`]).
+//! The filesystem kind (`fs`: publish, remove, volume) is in this module: it
+//! inspects the filesystem, then removes the retired copy (forward) or
+//! staging, restoring the old copy (back). A cloud publish is recovered by
+//! the cloud resource, which alone has a cloud client.
 //!
 //! A journal is not trusted to say where to act: each record may only name a
 //! target inside a root the desired state declares (or reconcile recorded),
@@ -62,10 +69,52 @@ struct Record {
     txn: String,
     address: String,
     step: String,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    op: Option<Op>,
+    /// On `begin`: whose recovery the transaction is (`fs`, `cloud-publish`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    /// On `begin`: the version of the kind's intent record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<u32>,
+    /// On `begin`: what the transaction is about to do, in the kind's own terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    intent: Option<serde_json::Value>,
+    /// On a step: what recovery needs to finish it (an id the step produced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     data: Option<serde_json::Value>,
+    /// Fields of a record written before kinds existed (a filesystem [`Op`]
+    /// flattened into the `begin` record); read, never written.
+    #[serde(flatten, skip_serializing)]
+    legacy: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The kind of the filesystem transactions ([`Op`]) and its record version.
+pub const FS_KIND: &str = "fs";
+const FS_VERSION: u32 = 1;
+
+/// An interrupted transaction as recovery sees it.
+#[derive(Debug, Clone)]
+pub struct Open {
+    /// Line of its `begin` record (for messages).
+    pub line: usize,
+    pub txn: String,
+    pub address: String,
+    pub kind: String,
+    pub version: u32,
+    pub intent: serde_json::Value,
+    /// The last step recorded (`begin` when none).
+    pub last_step: String,
+    /// Data recorded with steps, by step name.
+    pub data: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Finishing or undoing one kind of interrupted transaction.
+pub trait Recover {
+    fn kind(&self) -> &'static str;
+    /// Refuse a record this kind would never have written, before anything is
+    /// done for any transaction of the journal.
+    fn check(&self, open: &Open) -> std::result::Result<(), String>;
+    /// Finish or undo it; `rolled forward` or `rolled back`.
+    fn recover(&self, open: &Open) -> Result<&'static str>;
 }
 
 #[derive(Debug)]
@@ -106,14 +155,14 @@ fn new_txn_id() -> String {
 }
 
 impl Journal {
-    /// Open the journal of `state`, recovering interrupted transactions first.
-    /// `roots` are the directories records may name targets in.
+    /// Open the journal of `state`, recovering interrupted transactions first,
+    /// each by its kind's recovery.
     pub fn open_and_recover(
         state: &StateDir,
-        roots: &[PathBuf],
+        kinds: &[&dyn Recover],
     ) -> Result<(Journal, Vec<Recovered>)> {
         let path = state.journal_path();
-        let recovered = recover(state, roots)?;
+        let recovered = recover(state, kinds)?;
         let file = state
             .open()?
             .open_rw(Path::new(super::JOURNAL), true, 0o600)
@@ -134,20 +183,37 @@ impl Journal {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 
-    /// Record the start of a transaction with everything recovery needs; `op`
-    /// receives the new transaction id (staging names carry it).
+    /// Record the start of a filesystem transaction with everything recovery
+    /// needs; `op` receives the new transaction id (staging names carry it).
     pub fn begin(&mut self, address: &str, op: impl FnOnce(&str) -> Op) -> Result<Txn> {
+        self.begin_kind(address, FS_KIND, FS_VERSION, |id| {
+            serde_json::to_value(op(id)).expect("an op serialises")
+        })
+    }
+
+    /// Record the start of a transaction of `kind` (recovered by that kind's
+    /// [`Recover`]) with its intent; `intent` receives the transaction id.
+    pub fn begin_kind(
+        &mut self,
+        address: &str,
+        kind: &str,
+        version: u32,
+        intent: impl FnOnce(&str) -> serde_json::Value,
+    ) -> Result<Txn> {
         let txn = Txn {
             id: new_txn_id(),
             address: address.to_string(),
         };
-        let op = op(&txn.id);
+        let intent = intent(&txn.id);
         self.write(&Record {
             txn: txn.id.clone(),
             address: address.into(),
             step: "begin".into(),
-            op: Some(op),
+            kind: Some(kind.into()),
+            v: Some(version),
+            intent: Some(intent),
             data: None,
+            legacy: Default::default(),
         })?;
         fault::point(address, "begin");
         Ok(txn)
@@ -169,8 +235,11 @@ impl Journal {
             txn: txn.id.clone(),
             address: txn.address.clone(),
             step: step.into(),
-            op: None,
+            kind: None,
+            v: None,
+            intent: None,
             data,
+            legacy: Default::default(),
         })?;
         fault::point(&txn.address, step);
         Ok(())
@@ -187,8 +256,9 @@ impl Journal {
     }
 }
 
-/// Finish or undo every transaction the journal of `state` left open.
-pub fn recover(state: &StateDir, roots: &[PathBuf]) -> Result<Vec<Recovered>> {
+/// Finish or undo every transaction the journal of `state` left open, each
+/// by the recovery of its kind.
+pub fn recover(state: &StateDir, kinds: &[&dyn Recover]) -> Result<Vec<Recovered>> {
     let path = state.journal_path();
     let Some(bytes) = state.read_file(super::JOURNAL) else {
         return Ok(Vec::new());
@@ -200,49 +270,132 @@ pub fn recover(state: &StateDir, roots: &[PathBuf]) -> Result<Vec<Recovered>> {
         .enumerate()
         .filter_map(|(i, l)| serde_json::from_str(l).ok().map(|r| (i + 1, r)))
         .collect();
-    let mut out = Vec::new();
-    let mut open: Vec<(usize, String, String, Op, String, Option<serde_json::Value>)> = Vec::new();
+    let refuse = |line: usize, txn: &str, address: &str, why: String| Error::State {
+        path: path.clone(),
+        reason: format!(
+            "line {line} (transaction {txn}, {address}) {why}; refusing to recover. \
+             If reconcile did not write this journal, move it away and run again"
+        ),
+    };
+    let mut open: Vec<Open> = Vec::new();
     for (line, r) in records {
-        match (r.op, r.step.as_str()) {
-            (Some(op), "begin") => open.push((line, r.txn, r.address, op, "begin".into(), None)),
-            (_, "done") => open.retain(|o| o.1 != r.txn),
-            (_, step) => {
-                if let Some(o) = open.iter_mut().find(|o| o.1 == r.txn) {
-                    o.4 = step.to_string();
-                    if r.data.is_some() {
-                        o.5 = r.data;
+        match r.step.as_str() {
+            "begin" => {
+                let (kind, intent) = match (r.kind, r.intent) {
+                    (Some(kind), Some(intent)) => (kind, intent),
+                    // the previous release's filesystem record: the op is the record itself
+                    (None, None) if r.legacy.contains_key("op") => {
+                        (FS_KIND.to_string(), serde_json::Value::Object(r.legacy))
+                    }
+                    _ => {
+                        return Err(refuse(
+                            line,
+                            &r.txn,
+                            &r.address,
+                            "has a begin record without a kind and intent".into(),
+                        ))
+                    }
+                };
+                open.push(Open {
+                    line,
+                    txn: r.txn,
+                    address: r.address,
+                    kind,
+                    version: r.v.unwrap_or(1),
+                    intent,
+                    last_step: "begin".into(),
+                    data: Default::default(),
+                })
+            }
+            "done" => open.retain(|o| o.txn != r.txn),
+            step => {
+                if let Some(o) = open.iter_mut().find(|o| o.txn == r.txn) {
+                    o.last_step = step.to_string();
+                    if let Some(d) = r.data {
+                        o.data.insert(step.to_string(), d);
                     }
                 }
             }
         }
     }
     // every record is checked before anything is done for any of them
-    let mut checked = Vec::new();
-    for (line, txn, address, op, last_step, data) in open {
-        let place = check(&op, &txn, roots).map_err(|why| Error::State {
-            path: path.clone(),
-            reason: format!(
-                "line {line} (transaction {txn}, {address}) {why}; refusing to recover. \
-                 If reconcile did not write this journal, move it away and run again"
-            ),
-        })?;
-        checked.push((txn, address, op, last_step, data, place));
+    let mut checked: Vec<(&Open, &dyn Recover)> = Vec::new();
+    for o in &open {
+        let Some(k) = kinds.iter().find(|k| k.kind() == o.kind) else {
+            return Err(refuse(
+                o.line,
+                &o.txn,
+                &o.address,
+                format!(
+                    "is a `{}` transaction, which this build of reconcile cannot recover",
+                    o.kind
+                ),
+            ));
+        };
+        k.check(o)
+            .map_err(|why| refuse(o.line, &o.txn, &o.address, why))?;
+        checked.push((o, *k));
     }
-    for (txn, address, op, last_step, data, place) in checked {
-        let commit = data.and_then(|d| serde_json::from_value::<VolumeCommit>(d).ok());
-        let outcome =
-            undo_or_finish(&txn, &op, &place, commit.as_ref()).map_err(|e| Error::State {
-                path: path.clone(),
-                reason: format!("recovering {address} (transaction {txn}): {e}"),
-            })?;
+    let mut out = Vec::new();
+    for (o, k) in checked {
+        let outcome = k.recover(o).map_err(|e| Error::State {
+            path: path.clone(),
+            reason: format!("recovering {} (transaction {}): {e}", o.address, o.txn),
+        })?;
         out.push(Recovered {
-            address,
-            txn,
+            address: o.address.clone(),
+            txn: o.txn.clone(),
             outcome,
-            last_step,
+            last_step: o.last_step.clone(),
         });
     }
     Ok(out)
+}
+
+/// Recovery of filesystem transactions ([`Op`]): only inside `roots`, the
+/// directories the desired state declares or reconcile recorded.
+pub struct FsRecover {
+    pub roots: Vec<PathBuf>,
+}
+
+impl FsRecover {
+    fn op(open: &Open) -> std::result::Result<Op, String> {
+        if open.version != FS_VERSION {
+            return Err(format!(
+                "has a filesystem record of version {}",
+                open.version
+            ));
+        }
+        serde_json::from_value(open.intent.clone())
+            .map_err(|e| format!("has a filesystem record reconcile never writes ({e})"))
+    }
+}
+
+impl Recover for FsRecover {
+    fn kind(&self) -> &'static str {
+        FS_KIND
+    }
+
+    fn check(&self, open: &Open) -> std::result::Result<(), String> {
+        check(&Self::op(open)?, &open.txn, &self.roots).map(|_| ())
+    }
+
+    fn recover(&self, open: &Open) -> Result<&'static str> {
+        let op = Self::op(open).map_err(|why| Error::State {
+            path: PathBuf::from(super::JOURNAL),
+            reason: why,
+        })?;
+        let place = check(&op, &open.txn, &self.roots).map_err(|why| Error::State {
+            path: PathBuf::from(super::JOURNAL),
+            reason: why,
+        })?;
+        let commit = open
+            .data
+            .get("commit")
+            .and_then(|d| serde_json::from_value::<VolumeCommit>(d.clone()).ok());
+        undo_or_finish(&open.txn, &op, &place, commit.as_ref())
+            .map_err(|e| Error::io(place.root.join(&place.rel), e))
+    }
 }
 
 /// Where a checked record acts: the root it is under, and its target relative to it.
@@ -438,13 +591,25 @@ mod tests {
     #[test]
     fn uncommitted_publish_is_rolled_back() {
         let (_d, state, target, roots) = setup();
-        let (mut j, _) = Journal::open_and_recover(&state, &roots).unwrap();
+        let (mut j, _) = Journal::open_and_recover(
+            &state,
+            &[&FsRecover {
+                roots: roots.clone(),
+            }],
+        )
+        .unwrap();
         let txn = j.begin("plugin.p", publish_op(&target)).unwrap();
         let staging = fsops::staging_path(&target, &txn.id);
         fs::create_dir(&staging).unwrap();
         receipt(&staging, &txn.id);
         drop(j);
-        let (_, rec) = Journal::open_and_recover(&state, &roots).unwrap();
+        let (_, rec) = Journal::open_and_recover(
+            &state,
+            &[&FsRecover {
+                roots: roots.clone(),
+            }],
+        )
+        .unwrap();
         assert_eq!(rec.len(), 1);
         assert_eq!(rec[0].outcome, "rolled back");
         assert!(!staging.exists());
@@ -454,7 +619,13 @@ mod tests {
     #[test]
     fn committed_publish_is_rolled_forward() {
         let (_d, state, target, roots) = setup();
-        let (mut j, _) = Journal::open_and_recover(&state, &roots).unwrap();
+        let (mut j, _) = Journal::open_and_recover(
+            &state,
+            &[&FsRecover {
+                roots: roots.clone(),
+            }],
+        )
+        .unwrap();
         let txn = j.begin("plugin.p", publish_op(&target)).unwrap();
         let staging = fsops::staging_path(&target, &txn.id);
         fs::create_dir(&staging).unwrap();
@@ -469,7 +640,13 @@ mod tests {
         )
         .unwrap();
         drop(j);
-        let (_, rec) = Journal::open_and_recover(&state, &roots).unwrap();
+        let (_, rec) = Journal::open_and_recover(
+            &state,
+            &[&FsRecover {
+                roots: roots.clone(),
+            }],
+        )
+        .unwrap();
         assert_eq!(rec[0].outcome, "rolled forward");
         assert!(!staging.exists() && !fsops::retired_path(&target, &txn.id).exists());
         assert_eq!(published(&target), Some(txn.id));
@@ -478,24 +655,32 @@ mod tests {
     #[test]
     fn fallback_window_restores_old_copy() {
         let (_d, state, target, roots) = setup();
-        let (mut j, _) = Journal::open_and_recover(&state, &roots).unwrap();
+        let (mut j, _) = Journal::open_and_recover(
+            &state,
+            &[&FsRecover {
+                roots: roots.clone(),
+            }],
+        )
+        .unwrap();
         let txn = j.begin("plugin.p", publish_op(&target)).unwrap();
         let retired = fsops::retired_path(&target, &txn.id);
         fs::rename(&target, &retired).unwrap();
         fs::create_dir(fsops::staging_path(&target, &txn.id)).unwrap();
         drop(j);
-        Journal::open_and_recover(&state, &roots).unwrap();
+        Journal::open_and_recover(
+            &state,
+            &[&FsRecover {
+                roots: roots.clone(),
+            }],
+        )
+        .unwrap();
         assert_eq!(published(&target).as_deref(), Some("old"));
         assert!(!fsops::staging_path(&target, &txn.id).exists());
     }
 
     /// Write a journal line by hand, as someone tampering with it would.
     fn tamper(state: &StateDir, op: serde_json::Value) {
-        let mut rec =
-            serde_json::json!({"txn": "1a2b-3-0", "address": "plugin.p", "step": "begin"});
-        rec.as_object_mut()
-            .unwrap()
-            .extend(op.as_object().unwrap().clone());
+        let rec = serde_json::json!({"txn": "1a2b-3-0", "address": "plugin.p", "step": "begin", "kind": "fs", "v": 1, "intent": op});
         fs::write(state.journal_path(), format!("{rec}\n")).unwrap();
     }
 
@@ -510,9 +695,14 @@ mod tests {
             &state,
             serde_json::json!({"op": "remove", "target": victim, "retired": victim}),
         );
-        let e = Journal::open_and_recover(&state, &roots)
-            .unwrap_err()
-            .to_string();
+        let e = Journal::open_and_recover(
+            &state,
+            &[&FsRecover {
+                roots: roots.clone(),
+            }],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("line 1") && e.contains("inside no managed root"),
             "{e}"
@@ -522,9 +712,14 @@ mod tests {
             &state,
             serde_json::json!({"op": "remove", "target": target, "retired": victim}),
         );
-        let e = Journal::open_and_recover(&state, &roots)
-            .unwrap_err()
-            .to_string();
+        let e = Journal::open_and_recover(
+            &state,
+            &[&FsRecover {
+                roots: roots.clone(),
+            }],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("not") && e.contains("for this transaction"),
             "{e}"
@@ -535,7 +730,13 @@ mod tests {
             &state,
             serde_json::json!({"op": "remove", "target": climbing, "retired": fsops::retired_path(&climbing, "1a2b-3-0")}),
         );
-        assert!(Journal::open_and_recover(&state, &roots).is_err());
+        assert!(Journal::open_and_recover(
+            &state,
+            &[&FsRecover {
+                roots: roots.clone()
+            }]
+        )
+        .is_err());
         assert!(victim.join("precious").exists());
         assert_eq!(published(&target).as_deref(), Some("old"));
     }

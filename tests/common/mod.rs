@@ -14,6 +14,10 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_reconcile");
 
+mod cloud;
+#[allow(unused_imports)]
+pub use cloud::*;
+
 /// Skip a test whose component is missing, loudly; under CI (`RECONCILE_REQUIRE_ALL=1`) fail instead.
 pub fn skip(reason: &str) {
     if std::env::var("RECONCILE_REQUIRE_ALL").is_ok_and(|v| v == "1") {

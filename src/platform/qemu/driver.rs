@@ -490,7 +490,7 @@ pub fn visible(bytes: &[u8]) -> String {
 }
 
 /// A fresh nonce per command: 64 random bits in hex.
-fn nonce() -> String {
+pub fn nonce() -> String {
     let mut b = [0u8; 8];
     if getrandom(&mut b).is_err() {
         let t = std::time::SystemTime::now()

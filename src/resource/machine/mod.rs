@@ -141,9 +141,10 @@ impl MachineResource {
         self.layout.backend()
     }
     fn state<'o>(&self, o: &'o Observed) -> &'o MachineState {
-        o.detail
-            .downcast_ref::<MachineState>()
-            .expect("machine observation")
+        match &o.detail {
+            super::Detail::Machine(m) => m,
+            _ => unreachable!("a machine resource observes a machine"),
+        }
     }
 
     /// The steps that make the machine match, with a reason each.
@@ -491,6 +492,7 @@ impl MachineResource {
             cancel: Arc::new(AtomicBool::new(false)),
             log_dir: cx.cx.state.vm_log_dir(&format!("{}.{tc}", self.address)),
             isolate_network: false,
+            suite: None,
         };
         let failed = |what: String, tail: &Tail| Error::Resource {
             address: self.address.clone(),
@@ -713,7 +715,7 @@ impl Resource for MachineResource {
         Ok(Observed {
             fingerprint: sha256_bytes(fp.as_bytes()),
             summary,
-            detail: Box::new(st),
+            detail: super::Detail::Machine(st),
         })
     }
 
