@@ -14,6 +14,39 @@ pub mod exit {
     pub const LOCKED: i32 = 3;
     /// Tests failed (or `checks` found a fail/fatal hit).
     pub const TESTS_FAILED: i32 = 4;
+
+    /// Every command's exit codes and what each means there: the one table
+    /// `--help`, the man page and the README's table are made from.
+    pub const TABLE: &[(&str, &[(i32, &str)])] = &[
+        ("validate", &[(OK, "the file is valid"), (ERROR, "the file has problems (each printed with its line and column)")]),
+        ("plan", &[(OK, "in sync: nothing to do"), (ERROR, "error"), (CHANGES, "changes pending")]),
+        (
+            "apply",
+            &[
+                (OK, "converged (and the [run] tests passed)"),
+                (ERROR, "error: a resource failed (the others converged), interrupted, or the saved plan is stale"),
+                (LOCKED, "another apply held the lock past --lock-timeout"),
+                (TESTS_FAILED, "converged, but a test of the [run] plan failed"),
+            ],
+        ),
+        ("watch", &[(OK, "stopped by SIGTERM or SIGINT"), (ERROR, "fatal error (an invalid file at start)")]),
+        ("test", &[(OK, "every test passed (warnings allowed)"), (ERROR, "harness error, or interrupted"), (TESTS_FAILED, "a test failed")]),
+        ("checks", &[(OK, "clean"), (ERROR, "error"), (TESTS_FAILED, "a fail or fatal check hit")]),
+        ("status", &[(OK, "always")]),
+        ("exec", &[(124, "timed out"), (ERROR, "error before the command ran; otherwise the command's own exit status")]),
+        ("spawn", &[(OK, "the VM stopped or Ctrl-] detached"), (ERROR, "error")]),
+        ("lock", &[(OK, "every remote source pinned"), (ERROR, "error")]),
+    ];
+
+    /// `Exit status:` and one line per code, for `command`'s `--help`.
+    pub fn help(command: &str) -> Option<String> {
+        let (_, codes) = TABLE.iter().find(|(c, _)| *c == command)?;
+        let mut s = String::from("Exit status:\n");
+        for (code, meaning) in *codes {
+            s.push_str(&format!("  {code:>3}  {meaning}\n"));
+        }
+        Some(s)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,7 @@ pub mod harness;
 pub mod output;
 pub mod plan;
 pub mod platform;
+pub mod render;
 pub mod resource;
 pub mod schema;
 pub mod source;

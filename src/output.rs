@@ -40,11 +40,23 @@ pub enum ColorChoice {
     Never,
 }
 
+/// What a command prints on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+    Markdown,
+}
+
 #[derive(Debug, Clone)]
 pub struct Printer {
     pub quiet: bool,
     pub verbose: bool,
+    /// `--format json`: stdout carries one JSON document and nothing else.
     pub json: bool,
+    /// `--format markdown`: stdout carries one Markdown document and nothing else.
+    pub markdown: bool,
     color: bool,
     progress: bool,
 }
@@ -61,18 +73,21 @@ pub enum Style {
 }
 
 impl Printer {
-    pub fn new(quiet: bool, verbose: bool, json: bool, color: ColorChoice) -> Self {
+    pub fn new(quiet: bool, verbose: bool, format: Format, color: ColorChoice) -> Self {
+        let json = format == Format::Json;
+        let markdown = format == Format::Markdown;
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         let color = match color {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
             ColorChoice::Auto => !no_color && std::io::stdout().is_terminal(),
         };
-        let progress = !quiet && !json && std::io::stderr().is_terminal();
+        let progress = !quiet && !json && !markdown && std::io::stderr().is_terminal();
         Printer {
             quiet,
             verbose,
             json,
+            markdown,
             color,
             progress,
         }
@@ -102,11 +117,16 @@ impl Printer {
         format!("\x1b[{code}m{text}\x1b[0m")
     }
 
-    /// A result line on stdout (suppressed by `--json`, which prints its own document).
+    /// A result line on stdout (suppressed by `--format json|markdown`, which print their own document).
     pub fn out(&self, line: &str) {
-        if !self.json {
+        if self.text() {
             println!("{line}");
         }
+    }
+
+    /// Text for people on stdout (not JSON, not Markdown).
+    pub fn text(&self) -> bool {
+        !self.json && !self.markdown
     }
 
     /// Progress and narration on stderr (suppressed by `-q`).

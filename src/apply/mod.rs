@@ -2,6 +2,8 @@
 //! then apply each change through the journal. Emits events; rendering is the
 //! caller's.
 
+pub mod report;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,11 @@
 use super::{render, targets, ApplyArgs, Cli};
+use crate::apply::report::{converge_then_test, ApplyResult, Progress, Tests};
 use crate::apply::{self, Event};
 use crate::config;
-use crate::error::{exit, Error, Result};
+use crate::error::{Error, Result};
+use crate::harness::{run, select};
 use crate::output::{escape, Printer, Style};
+use crate::render::{markdown, step_summary};
 
 pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
     let desired = config::load(&cli.file)?;
@@ -15,6 +18,7 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
             )));
         }
     }
+    let cancel = interrupt_flag();
     let opts = apply::Options {
         verify: a.verify,
         targets: targets(&a.target)?,
@@ -22,26 +26,72 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         saved_plan: a.plan.clone(),
         progress: p.progress(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
-        cancel: Some(interrupt_flag()),
+        cancel: Some(cancel.clone()),
     };
-    let mut events = Vec::new();
-    let outcome = apply::converge(&desired, &opts, &mut |e| match e {
-        Event::Recovered(r) => {
-            p.info(&format!(
-                "recovered {}: interrupted at step `{}`, {}",
-                escape(&r.address),
-                escape(&r.last_step),
-                r.outcome
-            ));
-            events.push(serde_json::json!({ "event": "recovered", "address": r.address, "outcome": r.outcome, "step": r.last_step }));
+    // converged: then the [run] test plan (unless --no-test); exit 4 when a test fails
+    let tests = match (select::Filters::from_run(&desired), a.no_test) {
+        (Some(filters), false) => Some(Tests {
+            filters,
+            opts: run::Options::standard(&desired, cancel),
+            only_after_changes: false,
+        }),
+        _ => None,
+    };
+    let report = converge_then_test(&desired, &opts, tests, &mut |e| match e {
+        Progress::Apply(e) => narrate(p, &e),
+        Progress::Test(e) => render::test_event(p, &e),
+    })?;
+    if report.result == ApplyResult::Interrupted {
+        p.warn("interrupted: stopped after the resource in progress; every managed path is fully old or fully new. Apply again to finish.");
+    }
+    let full = match &a.plan {
+        Some(plan) => format!("the saved plan `{}`", plan.display()),
+        None => "`reconcile plan --format json`".to_string(),
+    };
+    let summary = step_summary::target().is_some();
+    let md = (p.markdown || summary).then(|| markdown::apply(&report, &full));
+    if p.json {
+        // one document: the apply and, when tests ran, their report
+        p.json_doc(&report);
+    } else if let (Some(md), true) = (&md, p.markdown) {
+        print!("{md}");
+    } else {
+        match report.result {
+            ApplyResult::Converged => p.out(&format!("Converged: {} change(s) applied.", report.changes)),
+            _ if !report.failed.is_empty() => p.out(&format!(
+                "Apply failed for {}; everything else converged. The failed resources keep their previous state.",
+                escape(&report.failed.join(", "))
+            )),
+            _ => {}
         }
+        if let Some(t) = &report.tests {
+            render::test_summary(p, t);
+        }
+    }
+    if let (Some(md), true) = (&md, summary) {
+        if let Some(w) = step_summary::append(md) {
+            p.warn(&w);
+        }
+    }
+    Ok(report.code())
+}
+
+/// What an apply says as it goes (stderr; the plan on stdout in text mode).
+fn narrate(p: &Printer, e: &Event) {
+    match e {
+        Event::Recovered(r) => p.info(&format!(
+            "recovered {}: interrupted at step `{}`, {}",
+            escape(&r.address),
+            escape(&r.last_step),
+            r.outcome
+        )),
         Event::Planned(plan) => {
-            if !p.json {
+            if p.text() {
                 render::plan(p, plan);
             }
         }
         Event::Applying { address, changes } => {
-            for c in changes {
+            for c in changes.iter() {
                 p.detail(&format!(
                     "{} {}: {}",
                     render::action(p, c.action),
@@ -61,14 +111,13 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
                 escape(address),
                 took.as_millis()
             ));
-            for line in said {
+            for line in said.iter() {
                 p.info(&format!("  {}", escape(line)));
             }
-            events.push(serde_json::json!({ "event": "applied", "address": address, "ms": took.as_millis(), "said": said }));
         }
         Event::Failed { address, error } => {
             let msg = error.to_string();
-            let msg = if msg.starts_with(address) {
+            let msg = if msg.starts_with(*address) {
                 msg
             } else {
                 format!("{address}: {msg}")
@@ -77,61 +126,13 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
             if let Some(h) = error.help() {
                 eprintln!("  {} {h}", p.paint(Style::Dim, "help:"));
             }
-            events.push(serde_json::json!({ "event": "failed", "address": address, "error": error.to_string() }));
         }
-    })?;
-    if outcome.cancelled {
-        p.warn("interrupted: stopped after the resource in progress; every managed path is fully old or fully new. Apply again to finish.");
     }
-    let code = if outcome.failed.is_empty() && !outcome.cancelled {
-        exit::OK
-    } else {
-        exit::ERROR
-    };
-    // converged: now the [run] test plan (unless --no-test); exit 4 when a test fails
-    let tests = match (
-        code,
-        crate::harness::select::Filters::from_run(&desired),
-        a.no_test,
-    ) {
-        (exit::OK, Some(plan), false) if p.json => {
-            Some(super::test::run_tests_quietly(&desired, &plan)?)
-        }
-        _ => None,
-    };
-    if p.json {
-        // one document: the apply and, when tests ran, their report
-        p.json_doc(&serde_json::json!({
-            "format_version": 1,
-            "result": if code == exit::OK { "converged" } else { "failed" },
-            "changes": outcome.changes,
-            "failed": outcome.failed,
-            "events": events,
-            "tests": tests,
-        }));
-        return Ok(tests.as_ref().map_or(code, super::test::code));
-    }
-    if code == exit::OK {
-        p.out(&format!(
-            "Converged: {} change(s) applied.",
-            outcome.changes
-        ));
-    } else {
-        p.out(&format!("Apply failed for {}; everything else converged. The failed resources keep their previous state.", escape(&outcome.failed.join(", "))));
-    }
-    if let (exit::OK, Some(plan), false) = (
-        code,
-        crate::harness::select::Filters::from_run(&desired),
-        a.no_test,
-    ) {
-        let report = super::test::run_tests(&desired, &plan, None, 1.0, None, p)?;
-        return Ok(super::test::code(&report));
-    }
-    Ok(code)
 }
 
 /// SIGINT/SIGTERM set this flag instead of killing the process, so an apply
-/// finishes the resource in progress and stops cleanly.
+/// finishes the resource in progress and stops cleanly (and running tests are
+/// killed and cleaned up).
 fn interrupt_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -6,7 +6,6 @@ mod checks;
 mod exec;
 mod lock;
 mod plan;
-mod render;
 mod spawn;
 mod status;
 mod test;
@@ -19,7 +18,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::error::{exit, Error};
-use crate::output::{ColorChoice, Printer};
+use crate::output::{ColorChoice, Format, Printer};
+use crate::render::text as render;
 
 /// Declarative reconciler for build and test farms.
 ///
@@ -49,8 +49,13 @@ pub struct Cli {
     /// Print more about each step.
     #[arg(short, long, global = true)]
     pub verbose: bool,
-    /// Machine-readable output: a versioned JSON document on stdout.
-    #[arg(long, global = true)]
+    /// What goes to stdout: text (for people), json (a versioned document) or
+    /// markdown (plan, apply and test: for a pull request comment or a CI step
+    /// summary).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Short for `--format json`.
+    #[arg(long, global = true, conflicts_with = "format")]
     pub json: bool,
     /// Colour: auto (only on a terminal, never with NO_COLOR), always, never.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
@@ -61,17 +66,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Parse and check the file; print every problem with its line and column. Exit 0 valid, 1 invalid.
+    /// Parse and check the file; print every problem with its line and column.
     Validate,
-    /// Observe, diff and print the changes; write nothing outside the state dir. Exit 0 in sync, 2 changes pending, 1 error.
+    /// Observe, diff and print the changes; write nothing outside the state dir.
     Plan(PlanArgs),
-    /// Converge the host to the file. Exit 0 converged, 1 error, 3 lock held past the timeout.
+    /// Converge the host to the file, then run the [run] tests.
     Apply(ApplyArgs),
     /// Apply, then keep converging on file change, drift and a periodic resync. SIGHUP reloads; SIGTERM/SIGINT finish the step in progress and exit 0.
     Watch(WatchArgs),
-    /// Run tests (glob patterns over suite.test names). Exit 0 passed (warnings allowed), 4 a test failed, 1 harness error.
+    /// Run tests (glob patterns over suite.test names).
     Test(TestArgs),
-    /// Scan logs with the built-in and declared console checks. Exit 0 clean, 4 a fail/fatal hit, 1 error.
+    /// Scan logs with the built-in and declared console checks.
     Checks(ChecksArgs),
     /// Show what is installed and the last apply.
     Status,
@@ -163,6 +168,10 @@ pub struct TestArgs {
     /// Where runs go (default <state_dir>/runs): <DIR>/<UTC time>-<pid>/ and <DIR>/latest.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// Run only this share of the selected tests: hash:K/N (by a hash of each
+    /// name: stable as tests come and go) or count:K/N (every N-th), as cargo-nextest.
+    #[arg(long, value_name = "hash:K/N|count:K/N")]
+    pub partition: Option<crate::harness::select::Partition>,
     /// Multiply every test's timeout (slow machines, emulation): 0.01 to 1000.
     #[arg(long, default_value_t = 1.0, value_parser = parse_multiplier)]
     pub timeout_multiplier: f64,
@@ -257,9 +266,36 @@ fn targets(t: &[String]) -> Result<Vec<glob::Pattern>, Error> {
         .collect()
 }
 
+/// The command line, with each subcommand's exit codes (from [`exit::TABLE`]) after its help.
+pub fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for (name, _) in exit::TABLE {
+        if let Some(text) = exit::help(name) {
+            cmd = cmd.mut_subcommand(*name, |c| c.after_help(text));
+        }
+    }
+    cmd
+}
+
 pub fn main() -> i32 {
-    let cli = Cli::parse();
-    let printer = Printer::new(cli.quiet, cli.verbose, cli.json, cli.color);
+    use clap::FromArgMatches;
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let format = if cli.json { Format::Json } else { cli.format };
+    let printer = Printer::new(cli.quiet, cli.verbose, format, cli.color);
+    let markdown_ok = matches!(
+        cli.command,
+        Command::Plan(_) | Command::Apply(_) | Command::Test(_)
+    );
+    if format == Format::Markdown && !markdown_ok {
+        render::error(
+            &printer,
+            &Error::Usage("--format markdown is for plan, apply and test".into()),
+        );
+        return exit::ERROR;
+    }
     let result = match &cli.command {
         Command::Validate => validate::run(&cli, &printer),
         Command::Plan(a) => plan::run(&cli, a, &printer),
@@ -282,16 +318,21 @@ pub fn main() -> i32 {
             Ok(exit::OK)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "reconcile",
-                &mut std::io::stdout(),
-            );
+            clap_complete::generate(*shell, &mut command(), "reconcile", &mut std::io::stdout());
             Ok(exit::OK)
         }
         Command::Man => {
-            let _ = clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout());
+            // the page, then one page per subcommand (each with its exit codes)
+            let cmd = command();
+            let mut out = std::io::stdout();
+            let _ = clap_mangen::Man::new(cmd.clone()).render(&mut out);
+            for sub in cmd.get_subcommands() {
+                if exit::help(sub.get_name()).is_some() {
+                    let _ = clap_mangen::Man::new(sub.clone())
+                        .title(format!("reconcile-{}", sub.get_name()))
+                        .render(&mut out);
+                }
+            }
             Ok(exit::OK)
         }
     };

@@ -1,6 +1,7 @@
 use super::{render, targets, Cli, PlanArgs};
 use crate::error::{exit, Error, Result};
 use crate::output::Printer;
+use crate::render::{markdown, step_summary};
 use crate::{apply, config, fsops};
 
 pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
@@ -26,10 +27,21 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
             out.display()
         ));
     }
-    if p.json {
-        p.json_doc(&plan);
-    } else {
-        render::plan(p, &plan);
+    let full = match &a.out {
+        Some(out) => format!("the saved plan `{}`", out.display()),
+        None => "`reconcile plan --format json`".to_string(),
+    };
+    let summary = step_summary::target().is_some();
+    let md = (p.markdown || summary).then(|| markdown::plan(&plan, &full));
+    match &md {
+        _ if p.json => p.json_doc(&plan),
+        Some(md) if p.markdown => print!("{md}"),
+        _ => render::plan(p, &plan),
+    }
+    if let (Some(md), true) = (&md, summary) {
+        if let Some(w) = step_summary::append(md) {
+            p.warn(&w);
+        }
     }
     let code = if plan.has_changes() {
         exit::CHANGES

@@ -7,10 +7,12 @@ use serde_json::json;
 use super::{Cli, TestArgs};
 use crate::config::{self, Desired};
 use crate::error::{exit, Result};
-use crate::harness::report::{Report, Verdict};
-use crate::harness::run::{self, Event};
+use crate::harness::report::Report;
+use crate::harness::run;
 use crate::harness::select::{self, Filters};
 use crate::output::{escape, Printer, Style};
+use crate::render::text as render;
+use crate::render::{markdown, step_summary};
 
 pub fn run(cli: &Cli, a: &TestArgs, p: &Printer) -> Result<i32> {
     let desired = config::load(&cli.file)?;
@@ -23,6 +25,7 @@ pub fn run(cli: &Cli, a: &TestArgs, p: &Printer) -> Result<i32> {
         suites: a.suite.clone(),
         tags: a.tag.clone(),
         names: None,
+        partition: a.partition,
     };
     if a.rerun_failed {
         let names = run::last_failures(&runs_dir)?;
@@ -72,24 +75,26 @@ fn list(desired: &Desired, filters: &Filters, explain: bool, p: &Printer) -> Res
         p.json_doc(&json!({ "format_version": 1, "selected": selected, "excluded": if explain { excluded } else { vec![] } }));
         return Ok(exit::OK);
     }
+    // a list is text in every format but JSON
+    let say = |line: &str| println!("{line}");
     for s in &sel.selected {
         match &s.skip {
-            Some(k) if k.warn => p.out(&format!(
+            Some(k) if k.warn => say(&format!(
                 "{}  (runs; a failure only warns: {})",
                 escape(&s.case.name),
                 k.reason
             )),
-            Some(k) => p.out(&format!(
+            Some(k) => say(&format!(
                 "{}  (skipped: {})",
                 escape(&s.case.name),
                 k.reason
             )),
-            None => p.out(&escape(&s.case.name)),
+            None => say(&escape(&s.case.name)),
         }
     }
     if explain {
         for (name, why) in &sel.excluded {
-            p.out(&format!(
+            say(&format!(
                 "{} {}: {}",
                 p.paint(Style::Dim, "not selected:"),
                 escape(name),
@@ -105,17 +110,6 @@ fn list(desired: &Desired, filters: &Filters, explain: bool, p: &Printer) -> Res
     Ok(exit::OK)
 }
 
-/// Select and run without printing anything (for `apply --json`, which embeds the report).
-pub fn run_tests_quietly(desired: &Desired, filters: &Filters) -> Result<Report> {
-    let sel = select::select(desired, filters)?;
-    run::run(
-        desired,
-        sel,
-        &run::Options::standard(desired, interrupt_flag()),
-        &mut |_| {},
-    )
-}
-
 fn interrupt_flag() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -124,7 +118,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     cancel
 }
 
-/// Select, run and render; used by `test` and `apply` (the `[run]` plan).
+/// Select, run and render (`test`).
 pub fn run_tests(
     desired: &Desired,
     filters: &Filters,
@@ -134,72 +128,28 @@ pub fn run_tests(
     p: &Printer,
 ) -> Result<Report> {
     let sel = select::select(desired, filters)?;
-    let cancel = interrupt_flag();
-    let opts = run::Options {
-        jobs: jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
-        timeout_multiplier,
-        runs_dir: runs_dir.unwrap_or_else(|| desired.state_dir.join("runs")),
-        cancel: cancel.clone(),
-    };
-    let report = run::run(desired, sel, &opts, &mut |e| match e {
-        Event::Started { run_dir, tests } => p.info(&format!(
-            "running {tests} test(s); output in {}",
-            config::display_name(run_dir)
-        )),
-        Event::Note(line) => p.info(line),
-        Event::Finished(t) => {
-            let (word, style) = match t.result {
-                Verdict::Pass => ("PASS", Style::Create),
-                Verdict::Fail => ("FAIL", Style::Delete),
-                Verdict::Warn => ("WARN", Style::Update),
-                Verdict::Skip => ("SKIP", Style::Dim),
-            };
-            let reason = t
-                .reason
-                .as_deref()
-                .map(|r| format!(": {}", escape(r)))
-                .unwrap_or_default();
-            if !p.json {
-                println!(
-                    "{} {} ({} ms){reason}",
-                    p.paint(style, word),
-                    escape(&t.name),
-                    t.duration_ms
-                );
-            }
-        }
-    })?;
+    let mut opts = run::Options::standard(desired, interrupt_flag());
+    if let Some(j) = jobs {
+        opts.jobs = j;
+    }
+    opts.timeout_multiplier = timeout_multiplier;
+    if let Some(dir) = runs_dir {
+        opts.runs_dir = dir;
+    }
+    let report = run::run(desired, sel, &opts, &mut |e| render::test_event(p, &e))?;
+    let summary = step_summary::target().is_some();
+    let md = (p.markdown || summary).then(|| markdown::test(&report));
     if p.json {
         p.json_doc(&report);
+    } else if let (Some(md), true) = (&md, p.markdown) {
+        print!("{md}");
     } else {
-        let s = &report.summary;
-        println!();
-        for (name, (reason, out)) in run::failures(&report) {
-            println!(
-                "{} {}: {}\n     output: {}",
-                p.paint(Style::Delete, "failed:"),
-                escape(&name),
-                escape(&reason),
-                escape(&config::display_name(&out))
-            );
+        render::test_summary(p, &report);
+    }
+    if let (Some(md), true) = (&md, summary) {
+        if let Some(w) = step_summary::append(md) {
+            p.warn(&w);
         }
-        println!(
-            "{}: {} passed, {} failed, {} warned, {} skipped{}",
-            if report.failed() { "FAILED" } else { "ok" },
-            s.pass,
-            s.fail,
-            s.warn,
-            s.skip,
-            if report.incomplete {
-                " (interrupted: the report is incomplete)"
-            } else {
-                ""
-            }
-        );
     }
     Ok(report)
 }

@@ -181,6 +181,9 @@ pub struct Hit {
     /// Why it does not count, when the test suppressed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<String>,
+    /// The log it was found in (`console.txt`, `journal.txt`, `output` for stdout and stderr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 /// The checks of one scope, compiled once and shared by every test's scanner.
@@ -409,6 +412,7 @@ impl Scanner {
                 excerpt: excerpt(line),
                 step,
                 suppressed: suppressed.clone(),
+                log: None,
             });
         if c.severity == Severity::Fatal && suppressed.is_none() && hit.count >= c.count as u64 {
             self.fatal = true;

@@ -368,12 +368,15 @@ impl Scanners {
 
     /// The hits of every scope, one per check (the console's first).
     fn finish(self) -> Vec<Hit> {
-        let mut hits = self.console.finish();
-        for h in self
-            .journal
-            .finish()
-            .into_iter()
-            .chain(self.output.finish())
+        fn from(hits: Vec<Hit>, log: &'static str) -> impl Iterator<Item = Hit> {
+            hits.into_iter().map(move |mut h| {
+                h.log = Some(log.to_string());
+                h
+            })
+        }
+        let mut hits: Vec<Hit> = from(self.console.finish(), "console.txt").collect();
+        for h in
+            from(self.journal.finish(), "journal.txt").chain(from(self.output.finish(), "output"))
         {
             if !hits.iter().any(|x| x.check == h.check) {
                 hits.push(h);

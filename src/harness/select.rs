@@ -50,6 +50,90 @@ pub struct Filters {
     pub tags: Vec<String>,
     /// Exact names (from `--rerun-failed`); patterns and tags are ignored then.
     pub names: Option<Vec<String>>,
+    /// Only this share of what the rest selects (`--partition`).
+    pub partition: Option<Partition>,
+}
+
+/// `--partition hash:K/N` or `count:K/N`, with cargo-nextest's syntax and
+/// meaning: of the selected tests, partition K of N takes those whose name
+/// hashes to K (`hash`: stable across runs, machines and changes to the
+/// selection — a test stays in its partition when others are added), or every
+/// N-th test in name order starting with the K-th (`count`: even shares).
+/// Every selected test is in exactly one of the N partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partition {
+    Hash { k: u64, n: u64 },
+    Count { k: u64, n: u64 },
+}
+
+impl std::str::FromStr for Partition {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Partition, String> {
+        let usage = || format!("`{s}`: write hash:K/N or count:K/N with 1 ≤ K ≤ N (e.g. hash:1/3)");
+        let (kind, kn) = s.split_once(':').ok_or_else(usage)?;
+        let (k, n) = kn.split_once('/').ok_or_else(usage)?;
+        let (k, n): (u64, u64) = (
+            k.parse().map_err(|_| usage())?,
+            n.parse().map_err(|_| usage())?,
+        );
+        if k == 0 || n == 0 || k > n {
+            return Err(usage());
+        }
+        match kind {
+            "hash" => Ok(Partition::Hash { k, n }),
+            "count" => Ok(Partition::Count { k, n }),
+            _ => Err(usage()),
+        }
+    }
+}
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Partition::Hash { k, n } => write!(f, "hash:{k}/{n}"),
+            Partition::Count { k, n } => write!(f, "count:{k}/{n}"),
+        }
+    }
+}
+
+impl Partition {
+    /// The partition (1-based) of the `index`-th selected test named `name`.
+    pub fn of(&self, index: usize, name: &str) -> u64 {
+        match self {
+            Partition::Hash { n, .. } => {
+                use sha2::Digest;
+                let d = sha2::Sha256::digest(name.as_bytes());
+                u64::from_be_bytes(d[..8].try_into().expect("8 bytes")) % n + 1
+            }
+            Partition::Count { n, .. } => index as u64 % n + 1,
+        }
+    }
+
+    fn k(&self) -> u64 {
+        match self {
+            Partition::Hash { k, .. } | Partition::Count { k, .. } => *k,
+        }
+    }
+
+    /// Keep this partition's tests; the others are excluded, saying where they went.
+    pub fn split(&self, sel: &mut Selection) {
+        let all = std::mem::take(&mut sel.selected);
+        for (i, s) in all.into_iter().enumerate() {
+            let p = self.of(i, &s.case.name);
+            if p == self.k() {
+                sel.selected.push(s);
+            } else {
+                let n = match self {
+                    Partition::Hash { n, .. } | Partition::Count { n, .. } => n,
+                };
+                sel.excluded.push((
+                    s.case.name.clone(),
+                    format!("in partition {p} of {n}, not {self}"),
+                ));
+            }
+        }
+    }
 }
 
 impl Filters {
@@ -64,6 +148,7 @@ impl Filters {
             suites: run.suites.clone(),
             tags: run.tags.clone(),
             names: None,
+            partition: None,
         })
     }
 }
@@ -317,6 +402,9 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
                 .collect::<Vec<_>>()
                 .join(", ")
         )));
+    }
+    if let Some(p) = &filters.partition {
+        p.split(&mut sel);
     }
     Ok(sel)
 }

@@ -606,7 +606,7 @@ impl Resource for CloudImage {
 
     fn diff(&self, observed: &Observed, _cx: &Context) -> Result<Vec<Change>> {
         let st = self.state(observed);
-        let change = |action, reason: String| Ok(vec![Change { action, reason }]);
+        let change = |action, reason: String| Ok(vec![Change::new(action, reason)]);
         let Some(want) = &self.desired else {
             return if st.images.is_empty() && st.snapshots.is_empty() {
                 Ok(vec![])
@@ -621,17 +621,19 @@ impl Resource for CloudImage {
             .collect();
         match (st.images.first(), matching.first()) {
             (None, _) => change(Action::Create, "not published".into()),
-            (Some(i), None) => change(
-                Action::Replace,
-                format!(
-                    "digest differs: {} has {}…, the revision is {}…",
-                    i.id,
-                    crate::fsops::digest::short(
-                        i.tags.get(TAG_DIGEST).map(String::as_str).unwrap_or("none")
+            (Some(i), None) => {
+                let has = i.tags.get(TAG_DIGEST).map(String::as_str).unwrap_or("none");
+                Ok(vec![Change::new(
+                    Action::Replace,
+                    format!(
+                        "digest differs: {} has {}…, the revision is {}…",
+                        i.id,
+                        crate::fsops::digest::short(has),
+                        crate::fsops::digest::short(&want.digest)
                     ),
-                    crate::fsops::digest::short(&want.digest)
-                ),
-            ),
+                )
+                .between(has, want.digest.as_str())])
+            }
             (Some(_), Some(_)) if st.images.len() > 1 => change(
                 Action::Update,
                 format!(
@@ -878,8 +880,8 @@ impl Recover for PublishRecovery<'_> {
     }
 
     fn recover(&self, open: &Open) -> Result<&'static str> {
-        let i: PublishIntent = intent(open, self.desired, |i: &PublishIntent| &i.cloud)
-            .map_err(Error::Usage)?;
+        let i: PublishIntent =
+            intent(open, self.desired, |i: &PublishIntent| &i.cloud).map_err(Error::Usage)?;
         let api = self.clouds.api(self.desired, &i.cloud)?;
         recover_publish(&api, &i)
     }
@@ -895,8 +897,8 @@ impl Recover for RetireRecovery<'_> {
     }
 
     fn recover(&self, open: &Open) -> Result<&'static str> {
-        let i: RetireIntent = intent(open, self.desired, |i: &RetireIntent| &i.cloud)
-            .map_err(Error::Usage)?;
+        let i: RetireIntent =
+            intent(open, self.desired, |i: &RetireIntent| &i.cloud).map_err(Error::Usage)?;
         let api = self.clouds.api(self.desired, &i.cloud)?;
         // only what carries reconcile's tags is touched, even when the journal says otherwise
         let ours = api

@@ -339,7 +339,7 @@ impl Resource for ImageResource {
         let Some(img) = &self.desired else {
             return Ok(publish::orphan_changes(state));
         };
-        let change = |action, reason: String| Ok(vec![Change { action, reason }]);
+        let change = |action, reason: String| Ok(vec![Change::new(action, reason)]);
         match state {
             DirState::Absent => {
                 let n = img.files.len() + usize::from(img.source.is_some());

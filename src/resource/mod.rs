@@ -47,6 +47,30 @@ impl Action {
 pub struct Change {
     pub action: Action,
     pub reason: String,
+    /// What is there now (a version, a digest, a link target), when one value says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// What it becomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+impl Change {
+    pub fn new(action: Action, reason: String) -> Change {
+        Change {
+            action,
+            reason,
+            from: None,
+            to: None,
+        }
+    }
+
+    /// The same change, saying what it moves from and to.
+    pub fn between(mut self, from: impl Into<String>, to: impl Into<String>) -> Change {
+        self.from = Some(from.into());
+        self.to = Some(to.into());
+        self
+    }
 }
 
 /// What observe found: a fingerprint (saved plans compare it) and the

@@ -233,7 +233,7 @@ impl Resource for PluginResource {
         let Some(p) = &self.desired else {
             return Ok(publish::orphan_changes(state));
         };
-        let change = |action, reason: String| Ok(vec![Change { action, reason }]);
+        let change = |action, reason: String| Ok(vec![Change::new(action, reason)]);
         match state {
             DirState::Absent => change(
                 Action::Create,
@@ -246,21 +246,23 @@ impl Resource for PluginResource {
             DirState::Installed { receipt, drift } => {
                 let installed = receipt.version.as_deref().unwrap_or("?");
                 if installed != p.version {
-                    return change(
+                    return Ok(vec![Change::new(
                         Action::Update,
                         format!("version {installed} → {}", p.version),
-                    );
+                    )
+                    .between(installed, p.version.as_str())]);
                 }
                 let want = cx.fetcher.expected_digest(&p.source)?;
                 if receipt.source.sha256 != want {
-                    return change(
+                    return Ok(vec![Change::new(
                         Action::Update,
                         format!(
                             "sha256 {}… ≠ declared {}…",
                             receipt::short(&receipt.source.sha256),
                             receipt::short(&want)
                         ),
-                    );
+                    )
+                    .between(receipt.source.sha256.as_str(), want.as_str())]);
                 }
                 let bin = self.bin();
                 if receipt.facts.get("bin") != Some(&bin) {

@@ -109,10 +109,10 @@ pub fn state(o: &super::Observed) -> &DirState {
 /// The change for an object that is no longer declared: delete it if it is ours.
 pub fn orphan_changes(state: &DirState) -> Vec<super::Change> {
     match state {
-        DirState::Installed { .. } => vec![super::Change {
-            action: super::Action::Delete,
-            reason: "not declared any more (owned)".into(),
-        }],
+        DirState::Installed { .. } => vec![super::Change::new(
+            super::Action::Delete,
+            "not declared any more (owned)".into(),
+        )],
         _ => vec![],
     }
 }

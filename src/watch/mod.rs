@@ -15,10 +15,14 @@ use std::time::{Duration, Instant};
 use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
-use crate::apply;
+use crate::apply::{
+    self,
+    report::{converge_then_test, Progress, Tests},
+};
 use crate::config::{self, lockfile, Desired, Diagnostic};
 use crate::error::{Error, Result};
 use crate::fsops::{digest::StatIndex, STAGING_MARK};
+use crate::harness::{run, select};
 use crate::resource::{self, Context};
 use crate::state::StateDir;
 
@@ -300,11 +304,23 @@ fn converge(
         cancel: Some(stop.clone()),
         ..Default::default()
     };
+    let tests = desired
+        .model
+        .watch
+        .as_ref()
+        .filter(|w| w.test)
+        .and_then(|_| select::Filters::from_run(desired))
+        .map(|filters| Tests {
+            filters,
+            opts: run::Options::standard(desired, stop.clone()),
+            only_after_changes: true,
+        });
     let mut planned: Vec<String> = Vec::new();
+    let mut applied: Vec<String> = Vec::new();
     let mut changes = 0;
-    let mut failures: Vec<String> = Vec::new();
-    let result = apply::converge(desired, &aopts, &mut |e| match e {
-        apply::Event::Planned(plan) => {
+    let mut said_applied = false;
+    let result = converge_then_test(desired, &aopts, tests, &mut |e| match e {
+        Progress::Apply(apply::Event::Planned(plan)) => {
             planned = plan
                 .resources
                 .iter()
@@ -320,27 +336,44 @@ fn converge(
                 });
             }
         }
-        apply::Event::Failed { address, error } => failures.push(format!("{address}: {error}")),
-        apply::Event::Recovered(r) => {
-            failures.push(format!("recovered {} ({})", r.address, r.outcome))
-        }
-        apply::Event::Applying { .. } | apply::Event::Applied { .. } => {}
-    });
-    for f in failures {
-        on(Event::Error { message: f });
-    }
-    match result {
-        Ok(outcome) if !outcome.applied.is_empty() => {
+        Progress::Apply(apply::Event::Failed { address, error }) => on(Event::Error {
+            message: format!("{address}: {error}"),
+        }),
+        Progress::Apply(apply::Event::Recovered(r)) => on(Event::Error {
+            message: format!("recovered {} ({})", r.address, r.outcome),
+        }),
+        Progress::Apply(apply::Event::Applied { address, .. }) => applied.push(address.to_string()),
+        Progress::Apply(apply::Event::Applying { .. }) => {}
+        // the tests start once everything is applied: say so first
+        Progress::Test(_) if !said_applied => {
+            said_applied = true;
             on(Event::Applied {
-                addresses: &outcome.applied,
-                changes: outcome.changes,
+                addresses: &applied,
+                changes,
                 took: started.elapsed(),
             });
-            if desired.model.watch.as_ref().is_some_and(|w| w.test) {
-                run_tests(desired, stop, on);
+        }
+        Progress::Test(_) => {}
+    });
+    match result {
+        Ok(report) => {
+            if !said_applied && !applied.is_empty() {
+                on(Event::Applied {
+                    addresses: &applied,
+                    changes: report.changes,
+                    took: started.elapsed(),
+                });
+            }
+            if let Some(r) = &report.tests {
+                on(Event::Tested {
+                    run: &r.run,
+                    pass: r.summary.pass,
+                    fail: r.summary.fail,
+                    warn: r.summary.warn,
+                    skip: r.summary.skip,
+                });
             }
         }
-        Ok(_) => {}
         Err(e) => on(Event::Error {
             message: e.to_string(),
         }),
@@ -443,32 +476,4 @@ fn sync_watches(
         }
     }
     (added, managed)
-}
-
-/// The `[run]` test plan after a converge that changed something (`[watch] test = true`).
-fn run_tests(desired: &Desired, stop: &Arc<AtomicBool>, on: &mut dyn FnMut(Event)) {
-    use crate::harness::{run, select};
-    let Some(filters) = select::Filters::from_run(desired) else {
-        return;
-    };
-    let result = select::select(desired, &filters).and_then(|sel| {
-        run::run(
-            desired,
-            sel,
-            &run::Options::standard(desired, stop.clone()),
-            &mut |_| {},
-        )
-    });
-    match result {
-        Ok(r) => on(Event::Tested {
-            run: &r.run,
-            pass: r.summary.pass,
-            fail: r.summary.fail,
-            warn: r.summary.warn,
-            skip: r.summary.skip,
-        }),
-        Err(e) => on(Event::Error {
-            message: format!("tests: {e}"),
-        }),
-    }
 }

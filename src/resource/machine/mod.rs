@@ -147,10 +147,28 @@ impl MachineResource {
         }
     }
 
-    /// The steps that make the machine match, with a reason each.
+    /// The steps that make the machine match, with a reason each (a switch of
+    /// the current revision says from which to which).
     fn steps(&self, st: &MachineState, cx: &Context) -> Result<Vec<(Step, Change)>> {
+        let mut out = self.steps_with_reasons(st, cx)?;
+        if let (Some(m), Some(old)) = (
+            &self.desired,
+            st.link.as_deref().and_then(|l| l.rsplit('-').next()),
+        ) {
+            for (_, c) in out
+                .iter_mut()
+                .filter(|(s, _)| matches!(s, Step::SwitchLink))
+            {
+                c.from = Some(old.to_string());
+                c.to = Some(m.revision.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    fn steps_with_reasons(&self, st: &MachineState, cx: &Context) -> Result<Vec<(Step, Change)>> {
         let mut out = Vec::new();
-        let mut push = |step, action, reason: String| out.push((step, Change { action, reason }));
+        let mut push = |step, action, reason: String| out.push((step, Change::new(action, reason)));
         let dir = self.layout.existing().ok().flatten();
         let live = live_bases(dir.as_ref(), st);
 

@@ -104,3 +104,63 @@ pub fn summary(plan: &Plan) -> String {
         )
     }
 }
+
+/// One line per test as it finishes (stdout in text mode); notes and the run's start on stderr.
+pub fn test_event(p: &Printer, e: &crate::harness::run::Event) {
+    use crate::harness::report::Verdict;
+    use crate::harness::run::Event;
+    match e {
+        Event::Started { run_dir, tests } => p.info(&format!(
+            "running {tests} test(s); output in {}",
+            crate::config::display_name(run_dir)
+        )),
+        Event::Note(line) => p.info(line),
+        Event::Finished(t) => {
+            let (word, style) = match t.result {
+                Verdict::Pass => ("PASS", Style::Create),
+                Verdict::Fail => ("FAIL", Style::Delete),
+                Verdict::Warn => ("WARN", Style::Update),
+                Verdict::Skip => ("SKIP", Style::Dim),
+            };
+            let reason = t
+                .reason
+                .as_deref()
+                .map(|r| format!(": {}", escape(r)))
+                .unwrap_or_default();
+            p.out(&format!(
+                "{} {} ({} ms){reason}",
+                p.paint(style, word),
+                escape(&t.name),
+                t.duration_ms
+            ));
+        }
+    }
+}
+
+/// The end of a test run: each failure with where its output is, then the counts.
+pub fn test_summary(p: &Printer, report: &crate::harness::report::Report) {
+    let s = &report.summary;
+    p.out("");
+    for (name, (reason, out)) in crate::harness::run::failures(report) {
+        p.out(&format!(
+            "{} {}: {}\n     output: {}",
+            p.paint(Style::Delete, "failed:"),
+            escape(&name),
+            escape(&reason),
+            escape(&crate::config::display_name(&out))
+        ));
+    }
+    p.out(&format!(
+        "{}: {} passed, {} failed, {} warned, {} skipped{}",
+        if report.failed() { "FAILED" } else { "ok" },
+        s.pass,
+        s.fail,
+        s.warn,
+        s.skip,
+        if report.incomplete {
+            " (interrupted: the report is incomplete)"
+        } else {
+            ""
+        }
+    ));
+}

@@ -1,0 +1,157 @@
+//! "Converge, then test": the one entry point `apply` and `watch` share, and
+//! its typed result — what the text, JSON and Markdown renderers read.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{converge, Event, Options};
+use crate::config::Desired;
+use crate::error::{exit, Result};
+use crate::harness::report::Report;
+use crate::harness::run::{self, Event as TestEvent};
+use crate::harness::select::{self, Filters};
+use crate::plan::Plan;
+
+/// What happened to one resource, in order.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Step {
+    Recovered {
+        address: String,
+        outcome: &'static str,
+        step: String,
+    },
+    Applied {
+        address: String,
+        ms: u128,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        said: Vec<String>,
+    },
+    Failed {
+        address: String,
+        error: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        help: Option<String>,
+    },
+}
+
+/// `converged`, `failed` (a resource failed; the others converged) or `interrupted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyResult {
+    Converged,
+    Failed,
+    Interrupted,
+}
+
+/// The result of one apply (and its tests), as `apply --format json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub format_version: u32,
+    pub result: ApplyResult,
+    pub changes: usize,
+    /// Addresses that failed.
+    pub failed: Vec<String>,
+    pub events: Vec<Step>,
+    pub took_ms: u128,
+    /// The plan that was applied (not in the JSON: `plan --format json` has it).
+    #[serde(skip)]
+    pub plan: Option<Plan>,
+    /// The `[run]` tests, when they ran.
+    pub tests: Option<Report>,
+}
+
+impl ApplyReport {
+    /// The exit code: 0 converged (and tests passed), 1 failed or interrupted, 4 a test failed.
+    pub fn code(&self) -> i32 {
+        match (&self.result, &self.tests) {
+            (ApplyResult::Converged, Some(t)) if t.incomplete => exit::ERROR,
+            (ApplyResult::Converged, Some(t)) if t.failed() => exit::TESTS_FAILED,
+            (ApplyResult::Converged, _) => exit::OK,
+            _ => exit::ERROR,
+        }
+    }
+}
+
+/// What converge-then-test reports as it goes.
+pub enum Progress<'a> {
+    Apply(Event<'a>),
+    Test(TestEvent<'a>),
+}
+
+/// The tests to run after converging, and when.
+pub struct Tests {
+    pub filters: Filters,
+    pub opts: run::Options,
+    /// Only when something was applied (watch), not after every converge (apply).
+    pub only_after_changes: bool,
+}
+
+/// Converge the host (`apply`), then, when it converged and `tests` is
+/// given, run those tests. Errors that stop everything (an invalid saved
+/// plan, the lock) are `Err`; a resource that fails is in the report.
+pub fn converge_then_test(
+    desired: &Desired,
+    opts: &Options,
+    tests: Option<Tests>,
+    on: &mut dyn FnMut(Progress),
+) -> Result<ApplyReport> {
+    let started = Instant::now();
+    let mut events = Vec::new();
+    let mut plan = None;
+    let outcome = converge(desired, opts, &mut |e| {
+        match &e {
+            Event::Recovered(r) => events.push(Step::Recovered {
+                address: r.address.clone(),
+                outcome: r.outcome,
+                step: r.last_step.clone(),
+            }),
+            Event::Planned(p) => plan = Some((*p).clone()),
+            Event::Applying { .. } => {}
+            Event::Applied {
+                address,
+                took,
+                said,
+            } => events.push(Step::Applied {
+                address: address.to_string(),
+                ms: took.as_millis(),
+                said: said.to_vec(),
+            }),
+            Event::Failed { address, error } => events.push(Step::Failed {
+                address: address.to_string(),
+                error: error.to_string(),
+                help: error.help(),
+            }),
+        }
+        on(Progress::Apply(e));
+    })?;
+    let result = if outcome.cancelled {
+        ApplyResult::Interrupted
+    } else if outcome.failed.is_empty() {
+        ApplyResult::Converged
+    } else {
+        ApplyResult::Failed
+    };
+    let tests = match (result, tests) {
+        (ApplyResult::Converged, Some(t))
+            if !t.only_after_changes || !outcome.applied.is_empty() =>
+        {
+            let sel = select::select(desired, &t.filters)?;
+            Some(run::run(desired, sel, &t.opts, &mut |e| {
+                on(Progress::Test(e))
+            })?)
+        }
+        _ => None,
+    };
+    Ok(ApplyReport {
+        format_version: 1,
+        result,
+        changes: outcome.changes,
+        failed: outcome.failed,
+        events,
+        took_ms: started.elapsed().as_millis(),
+        plan,
+        tests,
+    })
+}
