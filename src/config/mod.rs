@@ -324,9 +324,16 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         return Err(Error::Invalid(diagnostics));
     }
 
+    // files named relative to the main file's directory: a saved plan stays
+    // valid in another checkout of the same repository (a CI job's own directory)
     let mut hasher = Sha256::new();
     for (f, src) in files.iter().zip(&sources.files) {
-        hasher.update(f.to_string_lossy().as_bytes());
+        hasher.update(
+            f.strip_prefix(&main_dir)
+                .unwrap_or(f)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         hasher.update([0]);
         hasher.update(src.text.as_bytes());
         hasher.update([0]);

@@ -153,6 +153,7 @@ fn plan_blocks(plan: &Plan, budget: usize) -> (String, usize, usize) {
             }
         }
         let mut body = String::new();
+        let mut body_fence = 3;
         let mut shown = 0;
         let head = format!(
             "<details{open}><summary><b>{}</b>: {}</summary>\n\n",
@@ -162,11 +163,13 @@ fn plan_blocks(plan: &Plan, budget: usize) -> (String, usize, usize) {
         for res in &group {
             let lines = resource_lines(res);
             // the block's frame costs head + fences (a fence can grow with the body) + closing
-            let frame = head.len() + 2 * (fence(&body).len().max(fence(&lines).len()) + 8) + 16;
+            let fence_len = body_fence.max(fence(&lines).len());
+            let frame = head.len() + 2 * (fence_len + 8) + 16;
             if out.len() + frame + body.len() + lines.len() > budget {
                 break;
             }
             body.push_str(&lines);
+            body_fence = fence_len;
             shown += 1;
         }
         if shown > 0 {
@@ -233,21 +236,26 @@ pub fn apply(r: &ApplyReport, full: &str) -> String {
         .iter()
         .filter(|e| matches!(e, Step::Applied { .. }))
         .count();
+    let took = seconds(r.took_ms);
     let headline = match r.result {
-        ApplyResult::Converged if r.changes == 0 => "converged, no changes".to_string(),
+        ApplyResult::Converged if r.changes == 0 => format!("converged in {took}, no changes"),
         ApplyResult::Converged => format!(
-            "converged: {} change(s) to {applied} resource(s)",
+            "converged in {took}: {} change(s) to {applied} resource(s)",
             thousands(r.changes)
         ),
         ApplyResult::Failed => format!(
-            "failed: {} resource(s) failed, the others converged",
-            thousands(r.failed.len())
+            "failed in {took}: {} resource(s) failed ({}), the others converged",
+            thousands(r.failed.len()),
+            inline(&r.failed.join(", "))
+                .chars()
+                .take(500)
+                .collect::<String>()
         ),
         ApplyResult::Interrupted => {
-            "interrupted: stopped after the resource in progress".to_string()
+            format!("interrupted after {took}: stopped after the resource in progress")
         }
     };
-    let mut out = format!("**Apply:** {headline} in {}\n\n", seconds(r.took_ms));
+    let mut out = format!("**Apply:** {headline}\n\n");
     // what was done first: it is short, and it is what happened
     let mut done = String::new();
     for e in &r.events {
@@ -344,8 +352,9 @@ pub fn test(r: &Report) -> String {
         .map(|t| format!("{t:.1} s"))
         .unwrap_or_else(|| "?".into());
     let mut out = format!(
-        "**Tests:** {verdict}: {} passed, {} failed, {} skipped in {took}\n\n",
-        thousands(s.pass + s.warn),
+        "**Tests:** {verdict}: {} passed, {} warned, {} failed, {} skipped in {took}\n\n",
+        thousands(s.pass),
+        thousands(s.warn),
         thousands(s.fail),
         thousands(s.skip)
     );
