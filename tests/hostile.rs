@@ -290,6 +290,7 @@ fn applies_under_race(
     n: usize,
     reset: &str,
     race: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
+    mut after: impl FnMut(&Run),
 ) -> Vec<Run> {
     let stop = Arc::new(AtomicBool::new(false));
     let racer = {
@@ -299,7 +300,10 @@ fn applies_under_race(
     let mut runs = Vec::new();
     for _ in 0..n {
         let _ = fs::remove_dir_all(farm.path(reset));
-        runs.push(farm.run(&["apply", "--no-test"]));
+        let r = farm.run(&["apply", "--no-test"]);
+        // what this apply installed, before the next one replaces it
+        after(&r);
+        runs.push(r);
     }
     stop.store(true, Ordering::SeqCst);
     racer.join().unwrap();
@@ -320,16 +324,22 @@ fn case_8_a_path_source_swapped_mid_apply_never_installs_unverified_bytes() {
         &format!("{{ path = \"src/t\", format = \"file\", sha256 = \"{sha}\" }}"),
     );
     let dir = farm.path("");
-    let runs = applies_under_race(&farm, 25, "plugins/t", move |stop| {
-        // swap the source by rename, as a second process would
-        let mut n = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            let from = if n % 2 == 0 { "evil" } else { "good" };
-            let _ = fs::copy(dir.join(from), dir.join("src/.next"));
-            let _ = fs::rename(dir.join("src/.next"), dir.join("src/t"));
-            n += 1;
-        }
-    });
+    let runs = applies_under_race(
+        &farm,
+        25,
+        "plugins/t",
+        move |stop| {
+            // swap the source by rename, as a second process would
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let from = if n % 2 == 0 { "evil" } else { "good" };
+                let _ = fs::copy(dir.join(from), dir.join("src/.next"));
+                let _ = fs::rename(dir.join("src/.next"), dir.join("src/t"));
+                n += 1;
+            }
+        },
+        |_| {},
+    );
     let mut installed = 0;
     for r in &runs {
         match r.code {
@@ -359,15 +369,8 @@ fn case_9_a_dir_source_rewritten_mid_apply_gives_a_receipt_that_describes_the_in
     fs::set_permissions(farm.path("src/data"), fs::Permissions::from_mode(0o644)).unwrap();
     plugin(&farm, "{ dir = \"src\" }");
     let data = farm.path("src/data");
-    let runs = applies_under_race(&farm, 25, "plugins/t", move |stop| {
-        // rewritten in place, not atomically: a reader can see it half written
-        let mut n = 0u8;
-        while !stop.load(Ordering::SeqCst) {
-            let _ = fs::write(&data, vec![b'a' + n % 26; 1 << 20]);
-            n = n.wrapping_add(1);
-        }
-    });
-    for r in &runs {
+    // checked right after each apply: the next one replaces what it installed
+    let check = |r: &Run| {
         match r.code {
             Some(0) => {
                 let installed = fs::read(farm.path("plugins/t/data")).unwrap();
@@ -393,7 +396,21 @@ fn case_9_a_dir_source_rewritten_mid_apply_gives_a_receipt_that_describes_the_in
             ),
             _ => panic!("{}", r.all()),
         }
-    }
+    };
+    let _runs = applies_under_race(
+        &farm,
+        25,
+        "plugins/t",
+        move |stop| {
+            // rewritten in place, not atomically: a reader can see it half written
+            let mut n = 0u8;
+            while !stop.load(Ordering::SeqCst) {
+                let _ = fs::write(&data, vec![b'a' + n % 26; 1 << 20]);
+                n = n.wrapping_add(1);
+            }
+        },
+        check,
+    );
 }
 
 #[test]
@@ -437,16 +454,23 @@ fn case_10_a_corrupt_cache_object_is_caught_while_installing() {
 
 /// Processes whose command line contains `needle`.
 fn processes(needle: &str) -> Vec<i32> {
+    processes_where(|cmd| cmd.contains(needle))
+}
+
+/// Processes whose command line (arguments joined by spaces) starts with `prefix`:
+/// the program itself, not a shell that names it in its script.
+fn processes_starting(prefix: &str) -> Vec<i32> {
+    processes_where(|cmd| cmd.starts_with(prefix))
+}
+
+fn processes_where(pred: impl Fn(&str) -> bool) -> Vec<i32> {
     fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let cmd = fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmd)
-                .replace('\0', " ")
-                .contains(needle)
-                .then_some(pid)
+            pred(&String::from_utf8_lossy(&cmd).replace('\0', " ")).then_some(pid)
         })
         .collect()
 }
@@ -470,8 +494,10 @@ fn case_11_a_killed_test_run_never_has_its_snapshot_deleted_under_a_live_process
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // the sleep itself, not the shell whose script names it (killed before it
+    // forks, the shell would leave no process behind)
     wait_until("the test never started", Duration::from_secs(30), || {
-        !processes(&marker).is_empty()
+        !processes_starting(&format!("{marker} ")).is_empty()
     });
     let working = || -> Vec<String> {
         fs::read_dir(farm.path("machines/m"))
@@ -494,10 +520,16 @@ fn case_11_a_killed_test_run_never_has_its_snapshot_deleted_under_a_live_process
         Duration::from_secs(10),
         || processes(&format!("{marker} & echo started")).is_empty(),
     );
-    let sleeper = processes(&marker);
+    let sleeper = processes_starting(&format!("{marker} "));
     assert_eq!(sleeper.len(), 1, "{sleeper:?}");
-    farm.run(&["apply", "--no-test"]).expect(0);
-    assert_eq!(working().len(), 1, "deleted under a live process");
+    let applied = farm.run(&["apply", "--no-test", "-v"]);
+    applied.expect(0);
+    assert_eq!(
+        working().len(),
+        1,
+        "deleted under a live process ({sleeper:?} holds it):\n{}",
+        applied.all()
+    );
     // once nothing runs in it, it goes
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(sleeper[0]),
