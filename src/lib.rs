@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod fsops;
 pub mod harness;
 pub mod output;

@@ -1,14 +1,13 @@
-use super::{render, targets, ApplyArgs, Cli};
+use super::{load, render, targets, ApplyArgs, Cli};
 use crate::apply::report::{converge_then_test, ApplyResult, Progress, Tests};
 use crate::apply::{self, Event};
-use crate::config;
 use crate::error::{Error, Result};
 use crate::harness::{run, select};
 use crate::output::{escape, Printer, Style};
 use crate::render::{markdown, step_summary};
 
 pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
-    let desired = config::load(&cli.file)?;
+    let (desired, pulled) = load(cli, &a.git, p)?;
     if a.locked {
         let problems = desired.unlocked_sources();
         if !problems.is_empty() {
@@ -41,6 +40,12 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         Progress::Apply(e) => narrate(p, &e),
         Progress::Test(e) => render::test_event(p, &e),
     })?;
+    // the commit's file is in force once the host converged to it
+    if let (Some((remote, commit)), ApplyResult::Converged | ApplyResult::Failed) =
+        (&pulled, report.result)
+    {
+        remote.note_applied(commit)?;
+    }
     if report.result == ApplyResult::Interrupted {
         p.warn("interrupted: stopped after the resource in progress; every managed path is fully old or fully new. Apply again to finish.");
     }

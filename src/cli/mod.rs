@@ -78,8 +78,8 @@ pub enum Command {
     Test(TestArgs),
     /// Scan logs with the built-in and declared console checks.
     Checks(ChecksArgs),
-    /// Show what is installed and the last apply.
-    Status,
+    /// Show what is installed, the last apply and (with --git/--checkout) the commits.
+    Status(StatusArgs),
     /// Run a command in a fresh working snapshot of a machine (namespaces as root; QEMU for a disk machine), deleted afterwards; exits with the command's status.
     Exec(ExecArgs),
     /// Boot a working snapshot of a disk machine (or a netboot image over PXE) in QEMU and attach this terminal to its serial console; Ctrl-] detaches.
@@ -105,8 +105,62 @@ pub enum Command {
     Man,
 }
 
+/// Pull-based GitOps: the desired-state file from a git repository.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GitArgs {
+    /// Take the desired-state file from this git repository (URL or path) instead of -f;
+    /// it is fetched into --checkout first.
+    #[arg(long, value_name = "URL")]
+    pub git: Option<String>,
+    /// The branch, tag or ref to follow.
+    #[arg(long = "ref", value_name = "REF", default_value = "main")]
+    pub reference: String,
+    /// The desired-state file inside the repository.
+    #[arg(long, value_name = "FILE", default_value = "reconcile.toml")]
+    pub path: PathBuf,
+    /// Where the checkout lives (DIR/repo) with its record (DIR/git.json); a relative
+    /// state_dir resolves in DIR. Default /var/lib/reconcile for root, else ~/.local/state/reconcile.
+    #[arg(long, value_name = "DIR")]
+    pub checkout: Option<PathBuf>,
+    /// Apply a commit that does not descend from the applied one (a force-push, a rewind).
+    #[arg(long)]
+    pub allow_rewind: bool,
+    /// Apply only commits whose signature verifies against this ssh allowed-signers file.
+    #[arg(long, value_name = "FILE")]
+    pub verify_signatures: Option<PathBuf>,
+    /// Kill a git command that takes longer than this.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "2m")]
+    pub git_timeout: Duration,
+}
+
+impl GitArgs {
+    pub fn remote(&self) -> Option<crate::fleet::git::Remote> {
+        let url = self.git.clone()?;
+        Some(crate::fleet::git::Remote {
+            url,
+            reference: self.reference.clone(),
+            path: self.path.clone(),
+            dir: self
+                .checkout
+                .clone()
+                .unwrap_or_else(crate::fleet::git::default_dir),
+            allow_rewind: self.allow_rewind,
+            allowed_signers: self.verify_signatures.clone(),
+            timeout: self.git_timeout,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub git: GitArgs,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
+    #[command(flatten)]
+    pub git: GitArgs,
     /// Save the plan; `reconcile apply FILE` applies exactly it or refuses.
     #[arg(long, value_name = "PLAN")]
     pub out: Option<PathBuf>,
@@ -123,6 +177,8 @@ pub struct PlanArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
+    #[command(flatten)]
+    pub git: GitArgs,
     /// A plan saved with `plan --out`; refused when the file or the world changed since.
     #[arg(value_name = "PLAN")]
     pub plan: Option<PathBuf>,
@@ -226,6 +282,8 @@ pub struct SpawnArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
+    #[command(flatten)]
+    pub git: GitArgs,
     /// Full resync period, catching what filesystem events miss.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5m")]
     pub interval: Duration,
@@ -255,6 +313,39 @@ fn parse_multiplier(s: &str) -> Result<f64, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 5m, 1h)"))
+}
+
+/// The desired state: from -f, or (with --git) from the checkout after a
+/// fetch; the commit it came from when pulled. A commit not taken (refused,
+/// invalid, the remote unreachable) is said as a warning; the last good one
+/// is used.
+fn load(
+    cli: &Cli,
+    git: &GitArgs,
+    p: &Printer,
+) -> Result<
+    (
+        crate::config::Desired,
+        Option<(crate::fleet::git::Remote, String)>,
+    ),
+    Error,
+> {
+    let Some(remote) = git.remote() else {
+        return Ok((crate::config::load(&cli.file)?, None));
+    };
+    let (desired, commit, note) = crate::fleet::pull(&remote)?;
+    if let Some(n) = note {
+        p.warn(&format!(
+            "{n}; using the applied commit {}",
+            crate::fleet::git::short(&commit)
+        ));
+    }
+    p.info(&format!(
+        "{} at {}",
+        crate::output::escape(&remote.url),
+        crate::fleet::git::short(&commit)
+    ));
+    Ok((desired, Some((remote, commit))))
 }
 
 fn targets(t: &[String]) -> Result<Vec<glob::Pattern>, Error> {
@@ -300,7 +391,7 @@ pub fn main() -> i32 {
         Command::Validate => validate::run(&cli, &printer),
         Command::Plan(a) => plan::run(&cli, a, &printer),
         Command::Apply(a) => apply::run(&cli, a, &printer),
-        Command::Status => status::run(&cli, &printer),
+        Command::Status(a) => status::run(&cli, a, &printer),
         Command::Test(a) => test::run(&cli, a, &printer),
         Command::Checks(a) => checks::run(&cli, a, &printer),
         Command::Watch(a) => watch::run(&cli, a, &printer),

@@ -1,11 +1,11 @@
-use super::{render, targets, Cli, PlanArgs};
+use super::{load, render, targets, Cli, PlanArgs};
 use crate::error::{exit, Error, Result};
 use crate::output::Printer;
 use crate::render::{markdown, step_summary};
-use crate::{apply, config, fsops};
+use crate::{apply, fsops};
 
 pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
-    let desired = config::load(&cli.file)?;
+    let (desired, _pulled) = load(cli, &a.git, p)?;
     if a.locked {
         let problems = desired.unlocked_sources();
         if !problems.is_empty() {

@@ -1,18 +1,79 @@
 use serde_json::json;
 
-use super::Cli;
+use super::{Cli, StatusArgs};
 use crate::error::{exit, Result};
 use crate::output::{escape, Printer, Style};
 use crate::state::StateDir;
 use crate::{apply, config};
 
-pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
-    let desired = config::load(&cli.file)?;
+pub fn run(cli: &Cli, a: &StatusArgs, p: &Printer) -> Result<i32> {
+    // with --git: the checkout as it is (status fetches nothing)
+    let remote = a.git.remote();
+    let record = remote.as_ref().map(|r| r.record());
+    let desired = match &remote {
+        Some(r) => match crate::fleet::load_checkout(r) {
+            Ok(d) => d,
+            // the work tree may hold a commit being checked (and refused) right now:
+            // the record is still the host's report
+            Err(e) => {
+                if p.json {
+                    p.json_doc(
+                        &json!({ "format_version": 1, "git": record, "error": e.to_string() }),
+                    );
+                } else {
+                    p.out(&format!(
+                        "Git: {}",
+                        escape(&serde_json::to_string(&record).unwrap_or_default())
+                    ));
+                    p.out(&format!(
+                        "The checkout's file does not load now: {}",
+                        escape(&e.to_string())
+                    ));
+                }
+                return Ok(exit::OK);
+            }
+        },
+        None => config::load(&cli.file)?,
+    };
     let resources = apply::observe_all(&desired)?;
-    let last = StateDir::existing(&desired.state_dir).last_apply();
+    let state = StateDir::existing(&desired.state_dir);
+    let last = state.last_apply();
+    let tests = crate::harness::report::Report::load(&desired.state_dir.join("runs/latest/report.json"))
+        .ok()
+        .map(|r| json!({ "run": r.run, "finished": r.finished, "summary": r.summary, "incomplete": r.incomplete }));
     if p.json {
-        p.json_doc(&json!({ "format_version": 1, "file": desired.path, "resources": resources, "last_apply": last }));
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok());
+        p.json_doc(&json!({
+            "format_version": 1,
+            "host": host,
+            "file": desired.path,
+            "git": record,
+            "resources": resources,
+            "last_apply": last,
+            "last_tests": tests,
+        }));
         return Ok(exit::OK);
+    }
+    if let Some(r) = &record {
+        let c = |x: &Option<String>| {
+            x.as_deref()
+                .map(crate::fleet::git::short)
+                .unwrap_or("none")
+                .to_string()
+        };
+        p.out(&format!(
+            "Git: {} {}: applied {}, fetched {}{}",
+            escape(&r.url),
+            escape(&r.reference),
+            c(&r.applied),
+            c(&r.fetched),
+            r.last_error
+                .as_deref()
+                .map(|e| format!("; last error: {}", escape(e)))
+                .unwrap_or_default()
+        ));
     }
     if resources.is_empty() {
         p.out("Nothing declared or installed.");

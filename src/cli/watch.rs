@@ -12,6 +12,7 @@ pub fn run(cli: &Cli, a: &WatchArgs, p: &Printer) -> Result<i32> {
         interval: a.interval,
         debounce: a.debounce,
         lock_timeout: a.lock_timeout,
+        git: a.git.remote(),
     };
     watch::run(&opts, &mut |e| log(p, &e))?;
     Ok(exit::OK)
@@ -84,6 +85,16 @@ fn log(p: &Printer, e: &Event) {
             "error",
             json!({ "message": message }),
             format!("{} {}", p.paint(Style::Error, "error:"), escape(message)),
+        ),
+        Event::Commit { commit, from } => (
+            "commit",
+            json!({ "commit": commit, "from": from }),
+            format!(
+                "applying commit {}{}",
+                crate::fleet::git::short(commit),
+                from.map(|f| format!(" (was {})", crate::fleet::git::short(f)))
+                    .unwrap_or_default()
+            ),
         ),
         Event::Stopped { signal } => (
             "stopped",

@@ -33,6 +33,16 @@ pub struct Options {
     pub debounce: Duration,
     /// How long a converge waits for another apply holding the lock.
     pub lock_timeout: Duration,
+    /// Pull the file from git (fetched every `interval` and on SIGHUP) instead of watching `file`.
+    pub git: Option<crate::fleet::git::Remote>,
+}
+
+/// Load the file: from `opts.file`, or from the checkout (state dir beside it).
+fn load(opts: &Options) -> Result<Desired> {
+    match &opts.git {
+        Some(remote) => crate::fleet::load_checkout(remote),
+        None => config::load(&opts.file),
+    }
 }
 
 /// What watch reports, in order. Rendering is the caller's.
@@ -69,6 +79,11 @@ pub enum Event<'a> {
     Stopped {
         signal: &'a str,
     },
+    /// A commit of the git remote is now in force (`from`: the one before).
+    Commit {
+        commit: &'a str,
+        from: Option<&'a str>,
+    },
     /// The `[run]` tests ran after a converge (`[watch] test = true`).
     Tested {
         run: &'a str,
@@ -87,7 +102,20 @@ enum Trigger {
 }
 
 pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
-    let mut desired = config::load(&opts.file)?;
+    // in git mode: the last good commit (or a fresh fetch) first; a host with
+    // nothing applied yet and an unreachable remote has nothing to keep
+    let mut pulled: Option<String> = None;
+    let mut desired = match &opts.git {
+        Some(remote) => {
+            let (d, commit, note) = crate::fleet::pull(remote)?;
+            if let Some(message) = note {
+                on(Event::Error { message });
+            }
+            pulled = Some(commit);
+            d
+        }
+        None => config::load(&opts.file)?,
+    };
     let (tx, rx) = mpsc::channel::<Trigger>();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_thread(tx.clone(), stop.clone())?;
@@ -125,6 +153,22 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
 
     sync_watches(&mut debouncer, &mut watched, &desired, on);
     converge(&desired, None, "start", opts, &stop, on);
+    if let (Some(remote), Some(commit)) = (&opts.git, &pulled) {
+        let from = remote.record().applied;
+        if from.as_deref() != Some(commit.as_str()) {
+            on(Event::Commit {
+                commit,
+                from: from.as_deref(),
+            });
+        }
+        if let Err(e) = remote.note_applied(commit) {
+            on(Event::Error {
+                message: e.to_string(),
+            });
+        }
+    }
+    // a remote that fails is asked again after longer and longer pauses (up to 8 intervals)
+    let mut fetch_failures = 0u32;
     // what is managed (addresses, paths), refreshed after every converge: events are
     // mapped to resources without scanning the managed trees again
     let (_, mut managed) = sync_watches(&mut debouncer, &mut watched, &desired, on);
@@ -140,6 +184,11 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
             Ok(t) => t,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 next_resync = Instant::now() + opts.interval;
+                if opts.git.is_some() {
+                    let ok = fetch(&mut desired, opts, &stop, on);
+                    fetch_failures = if ok { 0 } else { fetch_failures + 1 };
+                    next_resync = Instant::now() + opts.interval * 2u32.pow(fetch_failures.min(3));
+                }
                 converge(&desired, None, "resync", opts, &stop, on);
                 managed = sync_watches(&mut debouncer, &mut watched, &desired, on).1;
                 continue;
@@ -150,6 +199,12 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
             Trigger::Stop(signal) => {
                 on(Event::Stopped { signal });
                 return Ok(());
+            }
+            Trigger::Reload if opts.git.is_some() => {
+                // SIGHUP: fetch now
+                if fetch(&mut desired, opts, &stop, on) {
+                    fetch_failures = 0;
+                }
             }
             Trigger::Reload => reload(&mut desired, &[], opts, &stop, on),
             Trigger::FsErrors(errors) => {
@@ -246,6 +301,73 @@ fn spawn_signal_thread(tx: mpsc::Sender<Trigger>, stop: Arc<AtomicBool>) -> Resu
     Ok(())
 }
 
+/// Git mode: fetch; a new commit that may be applied and whose file is valid
+/// is loaded and converged, and recorded as applied. False when the remote
+/// could not be reached (the caller backs off).
+fn fetch(
+    desired: &mut Desired,
+    opts: &Options,
+    stop: &Arc<AtomicBool>,
+    on: &mut dyn FnMut(Event),
+) -> bool {
+    use crate::fleet::git::{short, Fetched};
+    let Some(remote) = &opts.git else {
+        return true;
+    };
+    match remote.fetch() {
+        Ok(Fetched::Unchanged(_)) => true,
+        Ok(Fetched::Refused { commit, why }) => {
+            on(Event::Error {
+                message: format!("commit {} not applied: {why}", short(&commit)),
+            });
+            true
+        }
+        Ok(Fetched::New { commit, from }) => {
+            match load(opts) {
+                Ok(new) => {
+                    let files = new.files.clone();
+                    *desired = new;
+                    on(Event::Commit {
+                        commit: &commit,
+                        from: from.as_deref(),
+                    });
+                    on(Event::Changed { files: &files });
+                    converge(desired, None, "git", opts, stop, on);
+                    if let Err(e) = remote.note_applied(&commit) {
+                        on(Event::Error {
+                            message: e.to_string(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let why = format!(
+                        "commit {} has an invalid desired-state file ({e}); keeping {}",
+                        short(&commit),
+                        from.as_deref().map(short).unwrap_or("the last good state")
+                    );
+                    remote.note_error(&why);
+                    if let Err(e) = remote.restore() {
+                        on(Event::Error {
+                            message: e.to_string(),
+                        });
+                    }
+                    if let Error::Invalid(diagnostics) = &e {
+                        on(Event::InvalidConfig { diagnostics });
+                    }
+                    on(Event::Error { message: why });
+                }
+            }
+            true
+        }
+        Err(e) => {
+            on(Event::Error {
+                message: format!("{e}; keeping the last good state, retrying later"),
+            });
+            false
+        }
+    }
+}
+
 fn reload(
     desired: &mut Desired,
     changed: &[PathBuf],
@@ -253,7 +375,7 @@ fn reload(
     stop: &Arc<AtomicBool>,
     on: &mut dyn FnMut(Event),
 ) {
-    match config::load(&opts.file) {
+    match load(opts) {
         Ok(new) => {
             let files: Vec<PathBuf> = if changed.is_empty() {
                 new.files.clone()
