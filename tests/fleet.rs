@@ -436,3 +436,133 @@ fn plan_with_git_previews_the_commit_and_changes_nothing() {
     r.expect(1);
     assert!(r.stderr.contains("may not start with `-`"), "{}", r.stderr);
 }
+
+// ---------- host selection ----------
+
+fn selected_farm() -> Farm {
+    let farm = Farm::new();
+    for p in ["a", "b", "c", "d"] {
+        farm.write(&format!("src/{p}"), format!("#!/bin/sh\necho {p}\n"));
+    }
+    farm.write("labels", "# this host\narch = arm64\n");
+    fs::create_dir_all(farm.path("rootfs/etc")).unwrap();
+    farm.write("rootfs/etc/os-release", "ID=test\n");
+    farm.desired(
+        r#"version = 1
+[settings]
+labels_file = "labels"
+[plugin.a]
+version = "1"
+source = { path = "src/a" }
+hosts = ["build-*"]
+[plugin.b]
+version = "1"
+source = { path = "src/b" }
+hosts = ["!build-arm-*"]
+[plugin.c]
+version = "1"
+source = { path = "src/c" }
+hosts = ["label:arch=arm64", "!test-*"]
+[plugin.d]
+version = "1"
+source = { path = "src/d" }
+[volume.keep]
+path = "machines"
+backend = "dir"
+prune = "none"
+[machine.m]
+volume = "keep"
+revision = 1
+source = { dir = "rootfs" }
+hosts = ["build-*"]
+"#,
+    );
+    farm
+}
+
+fn plugins(farm: &Farm) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(farm.path("plugins"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn one_file_gives_each_host_its_own_resources_and_plan_previews_several_hosts() {
+    let farm = selected_farm();
+    let p = farm.run(&["plan", "--hostname", "build-arm-1"]);
+    p.expect(2);
+    assert!(
+        p.stdout.contains("+ plugin.a")
+            && p.stdout.contains("+ plugin.c")
+            && p.stdout.contains("+ plugin.d"),
+        "{}",
+        p.stdout
+    );
+    assert!(
+        p.stdout
+            .contains("= plugin.b: not for this host (build-arm-1 matches !build-arm-*)"),
+        "{}",
+        p.stdout
+    );
+    farm.run(&["apply", "--hostname", "build-1"]).expect(0);
+    assert_eq!(plugins(&farm), ["a", "b", "c", "d"]);
+    assert!(farm.path("machines/m/m-1").is_dir());
+
+    // several hosts in one preview
+    let r = farm.run(&[
+        "plan",
+        "--json",
+        "--hostname",
+        "build-1",
+        "--hostname",
+        "test-1",
+    ]);
+    r.expect(2);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc[0]["host"], "build-1");
+    assert_eq!(
+        doc[0]["plan"]["summary"]["create"], 0,
+        "build-1 is converged: {doc}"
+    );
+    assert_eq!(doc[1]["host"], "test-1");
+    let skipped: Vec<&str> = doc[1]["plan"]["not_for_host"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped, ["machine.m", "plugin.a", "plugin.c"]);
+
+    // this host becoming test-1: owned plugins not for it are pruned; the
+    // machine stays because its volume says prune = "none"
+    let r = farm.run(&["apply", "--hostname", "test-1"]);
+    r.expect(0);
+    assert_eq!(plugins(&farm), ["b", "d"], "{}", r.all());
+    assert!(
+        farm.path("machines/m/m-1").is_dir(),
+        "prune = none keeps a machine not for this host"
+    );
+    // only plan takes several names
+    let r = farm.run(&["apply", "--hostname", "a", "--hostname", "b"]);
+    r.expect(1);
+}
+
+#[test]
+fn a_malformed_host_selector_is_a_located_diagnostic() {
+    let farm = Farm::new();
+    farm.write("src/a", "#!/bin/sh\n");
+    farm.desired("version = 1\n[plugin.a]\nversion = \"1\"\nsource = { path = \"src/a\" }\nhosts = [\"ok-*\", \"label:=x\"]\n");
+    let r = farm.run(&["validate"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("reconcile.toml:5:18") && r.stderr.contains("invalid host selector"),
+        "{}",
+        r.stderr
+    );
+}

@@ -14,6 +14,8 @@ pub fn run(cli: &Cli, a: &LockArgs, p: &Printer) -> Result<i32> {
         &cli.file,
         LoadOptions {
             allow_unpinned: true,
+            all_hosts: true,
+            ..Default::default()
         },
     )?;
     let state = StateDir::create(&desired.state_dir)?;

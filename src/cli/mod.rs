@@ -57,6 +57,10 @@ pub struct Cli {
     /// Short for `--format json`.
     #[arg(long, global = true, conflicts_with = "format")]
     pub json: bool,
+    /// Act as this host for `hosts = [...]` selectors (default: this host's name);
+    /// `plan` takes several to preview each host in one run.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub hostname: Vec<String>,
     /// Colour: auto (only on a terminal, never with NO_COLOR), always, never.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -375,6 +379,13 @@ pub fn main() -> i32 {
         Err(e) => e.exit(),
     };
     let format = if cli.json { Format::Json } else { cli.format };
+    if cli.hostname.len() > 1 && !matches!(cli.command, Command::Plan(_)) {
+        eprintln!("error: only `plan` takes --hostname more than once (to preview several hosts)");
+        return exit::ERROR;
+    }
+    if let [one] = cli.hostname.as_slice() {
+        crate::fleet::hosts::set_hostname(one);
+    }
     let printer = Printer::new(cli.quiet, cli.verbose, format, cli.color);
     let markdown_ok = matches!(
         cli.command,

@@ -5,6 +5,9 @@ use crate::render::{markdown, step_summary};
 use crate::{apply, fsops};
 
 pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
+    if cli.hostname.len() > 1 {
+        return several_hosts(cli, a, p);
+    }
     let (desired, _pulled) = load(cli, &a.git, p)?;
     if a.locked {
         let problems = desired.unlocked_sources();
@@ -50,4 +53,60 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
     };
     std::mem::forget((plan, desired));
     Ok(code)
+}
+
+/// `plan --hostname h1 --hostname h2 …`: each host's plan of the same file,
+/// for review (nothing saved; exit 2 when any host has changes).
+fn several_hosts(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
+    if a.out.is_some() {
+        return Err(Error::Usage(
+            "--out saves one host's plan: give one --hostname".into(),
+        ));
+    }
+    let file = match a.git.remote() {
+        Some(remote) => {
+            crate::fleet::pull(&remote)?;
+            remote.file()
+        }
+        None => cli.file.clone(),
+    };
+    let mut plans = Vec::new();
+    for host in &cli.hostname {
+        let name: &'static str = Box::leak(host.clone().into_boxed_str());
+        let desired = crate::config::load_with(
+            &file,
+            crate::config::LoadOptions {
+                hostname: Some(name),
+                ..Default::default()
+            },
+        )?;
+        let (plan, observations) = apply::dry_run(&desired, a.verify, &targets(&a.target)?)?;
+        std::mem::forget(observations);
+        plans.push((host.clone(), plan));
+    }
+    if p.json {
+        let doc: Vec<_> = plans
+            .iter()
+            .map(|(h, plan)| serde_json::json!({ "host": h, "plan": plan }))
+            .collect();
+        p.json_doc(&doc);
+    } else if p.markdown {
+        for (_, plan) in &plans {
+            print!(
+                "{}",
+                markdown::plan(plan, "`reconcile plan --hostname HOST --format json`")
+            );
+        }
+    } else {
+        for (h, plan) in &plans {
+            p.out(&format!("Host {}:", crate::output::escape(h)));
+            render::plan(p, plan);
+            p.out("");
+        }
+    }
+    Ok(if plans.iter().any(|(_, plan)| plan.has_changes()) {
+        exit::CHANGES
+    } else {
+        exit::OK
+    })
 }

@@ -37,6 +37,25 @@ pub(crate) fn check(
         ),
     }
 
+    // host selectors of every kind that has them
+    let selectors = m
+        .machine
+        .iter()
+        .map(|(n, x)| ("machine", n, &x.hosts))
+        .chain(m.image.iter().map(|(n, x)| ("image", n, &x.hosts)))
+        .chain(m.plugin.iter().map(|(n, x)| ("plugin", n, &x.hosts)))
+        .chain(m.suite.iter().map(|(n, x)| ("suite", n, &x.hosts)));
+    for (kind, name, hosts) in selectors {
+        for (i, why) in crate::fleet::hosts::check(hosts) {
+            c.value(
+                &[kind, name, "hosts", &i.to_string()],
+                format!("{kind} `{name}`: invalid host selector {why}"),
+                "not a host selector",
+                Some("write a glob over host names (`build-*`), `label:KEY=VALUE`, or either with a leading `!`".into()),
+            );
+        }
+    }
+
     if let Some(l) = m.settings.as_ref().and_then(|s| s.extract_limit) {
         if l.0 == 0 {
             c.value(

@@ -39,6 +39,10 @@ pub struct Desired {
     pub lock: Lockfile,
     /// Every file read, main first (kept for diagnostics and watch paths).
     pub files: Vec<PathBuf>,
+    /// The host this desired state is for.
+    pub host: String,
+    /// Resources declared for other hosts and left out here: (address, why).
+    pub not_for_host: Vec<(String, String)>,
 }
 
 pub const DEFAULT_EXTRACT_LIMIT: u64 = 8 << 30;
@@ -191,6 +195,10 @@ impl Sources {
 pub struct LoadOptions {
     /// Accept remote sources without a sha256 or pin (only `reconcile lock`, which pins them).
     pub allow_unpinned: bool,
+    /// Take the file as host `hostname` sees it (default: this host, or `--hostname`).
+    pub hostname: Option<&'static str>,
+    /// Keep what is for other hosts too (`reconcile lock` pins the whole fleet's sources).
+    pub all_hosts: bool,
 }
 
 /// Load, merge and check `path`. `Err(Error::Invalid)` carries every diagnostic.
@@ -349,6 +357,26 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         .extract_limit
         .map(|s| s.0)
         .unwrap_or(DEFAULT_EXTRACT_LIMIT);
+    let host = crate::fleet::hosts::Host {
+        name: opts
+            .hostname
+            .map(str::to_string)
+            .unwrap_or_else(crate::fleet::hosts::hostname),
+        labels: match model
+            .settings
+            .as_ref()
+            .and_then(|s| s.labels_file.as_deref())
+        {
+            Some(f) => crate::fleet::hosts::read_labels(&main_dir.join(f))
+                .map_err(|why| Error::Usage(format!("labels_file: {why}")))?,
+            None => Default::default(),
+        },
+    };
+    let not_for_host = if opts.all_hosts {
+        Vec::new()
+    } else {
+        for_host(&mut model, &host)
+    };
     Ok(Desired {
         path,
         model,
@@ -357,7 +385,58 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         extract_limit,
         lock,
         files,
+        host: host.name,
+        not_for_host,
     })
+}
+
+/// Leave out what is not for `host` (see `fleet::hosts`); returns (address, why) of each.
+fn for_host(m: &mut DesiredFile, host: &crate::fleet::hosts::Host) -> Vec<(String, String)> {
+    use crate::fleet::hosts::excludes;
+    let mut out = Vec::new();
+    let mut drop = |kind: &str, name: &str, hosts: &[String]| -> bool {
+        match excludes(hosts, host) {
+            Some(why) => {
+                out.push((format!("{kind}.{name}"), why));
+                true
+            }
+            None => false,
+        }
+    };
+    m.machine.retain(|n, x| !drop("machine", n, &x.hosts));
+    m.image.retain(|n, x| !drop("image", n, &x.hosts));
+    m.plugin.retain(|n, x| !drop("plugin", n, &x.hosts));
+    let (machines, images): (Vec<String>, Vec<String>) = (
+        m.machine.keys().cloned().collect(),
+        m.image.keys().cloned().collect(),
+    );
+    let mut empty = Vec::new();
+    m.suite.retain(|n, s| {
+        if drop("suite", n, &s.hosts) {
+            return false;
+        }
+        // a suite on machines (or images) none of which are for this host has nothing to run on
+        let had = !s.machines.is_empty() || !s.images.is_empty();
+        s.machines.retain(|x| machines.contains(x));
+        s.images.retain(|x| images.contains(x));
+        if had && s.machines.is_empty() && s.images.is_empty() {
+            empty.push(format!("suite.{n}"));
+            return false;
+        }
+        true
+    });
+    out.extend(empty.into_iter().map(|a| {
+        (
+            a,
+            "none of its machines or images is for this host".to_string(),
+        )
+    }));
+    if let Some(run) = m.run.as_mut() {
+        let suites: Vec<String> = m.suite.keys().cloned().collect();
+        run.suites.retain(|s| suites.contains(s));
+    }
+    out.sort();
+    out
 }
 
 /// Paths relative to the current directory when below it, absolute otherwise.

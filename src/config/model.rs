@@ -61,6 +61,9 @@ pub struct Settings {
     pub state_dir: Option<String>,
     /// Largest total size an archive may unpack to, e.g. `"8 GiB"` (default).
     pub extract_limit: Option<Size>,
+    /// This host's labels for `hosts = ["label:key=value"]`: a file of
+    /// `key=value` lines (`#` comments), e.g. `/etc/reconcile/labels`.
+    pub labels_file: Option<String>,
 }
 
 /// A storage volume holding machines in the buildos layout.
@@ -105,6 +108,10 @@ pub enum Prune {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Machine {
+    /// Hosts this is for: globs over the host name (`build-*`), label
+    /// selectors (`label:arch=arm64`), `!` to exclude. Default: every host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// Volume that holds the machine. Default `default`.
     #[serde(default = "default_volume")]
     pub volume: String,
@@ -442,6 +449,10 @@ pub enum ArchiveFormat {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
+    /// Hosts this is for: globs over the host name (`build-*`), label
+    /// selectors (`label:arch=arm64`), `!` to exclude. Default: every host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// Root of the TFTP tree (relative to this file).
     pub root: String,
     pub arch: String,
@@ -497,6 +508,10 @@ pub struct Ipxe {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
+    /// Hosts this is for: globs over the host name (`build-*`), label
+    /// selectors (`label:arch=arm64`), `!` to exclude. Default: every host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// Version; checked against the archive's `plugin.json` when it has one.
     pub version: String,
     /// Directory that holds plugins (relative to this file). Default `plugins`
@@ -596,6 +611,10 @@ pub enum Scope {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Suite {
+    /// Hosts this is for: globs over the host name (`build-*`), label
+    /// selectors (`label:arch=arm64`), `!` to exclude. Default: every host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// Machines each test runs on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub machines: Vec<String>,

@@ -3,6 +3,7 @@
 //! only when signed by a trusted key.
 
 pub mod git;
+pub mod hosts;
 
 use std::path::Path;
 

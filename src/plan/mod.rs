@@ -20,6 +20,17 @@ pub struct Plan {
     /// Every resource observed, in address order, with its fingerprint and changes.
     pub resources: Vec<ResourcePlan>,
     pub summary: Summary,
+    /// Declared for other hosts, left out on this one: the host and each resource with why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_for_host: Vec<NotForHost>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotForHost {
+    pub address: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +238,16 @@ pub fn make(
             })
             .collect(),
         summary,
+        host: Some(cx.desired.host.clone()),
+        not_for_host: cx
+            .desired
+            .not_for_host
+            .iter()
+            .map(|(address, reason)| NotForHost {
+                address: address.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
     };
     Ok((plan, planned))
 }

@@ -215,9 +215,31 @@ pub fn plan_summary(plan: &Plan) -> String {
 /// `reconcile plan --format markdown`. `full` says where the whole plan is
 /// when this one has to be cut (`the saved plan \`plan.json\``).
 pub fn plan(plan: &Plan, full: &str) -> String {
-    let mut out = format!("**Plan:** {}\n\n", plan_summary(plan));
+    let mut out = match &plan.host {
+        Some(h) if !plan.not_for_host.is_empty() => {
+            format!("**Plan** for {}: {}\n\n", inline(h), plan_summary(plan))
+        }
+        _ => format!("**Plan:** {}\n\n", plan_summary(plan)),
+    };
     let (blocks, left, resources) = plan_blocks(plan, LIMIT - RESERVE);
     out.push_str(&blocks);
+    if !plan.not_for_host.is_empty() && out.len() + RESERVE * 2 < LIMIT {
+        let mut body = String::new();
+        for n in &plan.not_for_host {
+            let line = format!("{}: {}\n", escape(&n.address), escape(&n.reason));
+            if out.len() + body.len() + line.len() + RESERVE * 2 > LIMIT {
+                break;
+            }
+            body.push_str(&line);
+        }
+        let _ = write!(
+            out,
+            "<details><summary><b>not for this host</b>: {}</summary>\n\n",
+            thousands(plan.not_for_host.len())
+        );
+        code_block(&mut out, "text", &body);
+        out.push_str("\n</details>\n\n");
+    }
     if left > 0 {
         out.push_str(&cut_note(left, resources, full));
     }

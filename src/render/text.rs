@@ -90,6 +90,16 @@ pub fn plan(p: &Printer, plan: &Plan) {
             ));
         }
     }
+    for n in &plan.not_for_host {
+        p.out(&p.paint(
+            Style::Dim,
+            &format!(
+                "= {}: not for this host ({})",
+                escape(&n.address),
+                escape(&n.reason)
+            ),
+        ));
+    }
     p.out(&summary(plan));
 }
 
