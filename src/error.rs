@@ -36,6 +36,7 @@ pub mod exit {
         ("exec", &[(124, "timed out"), (ERROR, "error before the command ran; otherwise the command's own exit status")]),
         ("spawn", &[(OK, "the VM stopped or Ctrl-] detached"), (ERROR, "error")]),
         ("lock", &[(OK, "every remote source pinned"), (ERROR, "error")]),
+        ("export", &[(OK, "the stream was written"), (ERROR, "error (nothing written)")]),
     ];
 
     /// `Exit status:` and one line per code, for `command`'s `--help`.

@@ -8,6 +8,7 @@
 
 pub mod btrfs;
 pub mod dir;
+pub mod send;
 
 use std::io;
 use std::path::Path;

@@ -90,6 +90,8 @@ pub enum Command {
     Spawn(SpawnArgs),
     /// Pin the sha256 of every remote source in reconcile.lock (downloads what is not pinned yet).
     Lock(LockArgs),
+    /// Write a machine revision as a `btrfs send` stream (another host receives it as a source).
+    Export(ExportArgs),
     /// Print the JSON Schema of the desired-state file.
     Schema {
         /// Print the file reference as Markdown instead (docs/reference.md).
@@ -300,6 +302,19 @@ pub struct WatchArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The revision: `machine.NAME@REV`.
+    #[arg(value_name = "machine.NAME@REV")]
+    pub revision: String,
+    /// Send incrementally against this kept revision (the receiver needs it too).
+    #[arg(long, value_name = "REV")]
+    pub parent: Option<u32>,
+    /// Where to write the stream (zstd-compressed when it ends in .zst).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct LockArgs {
     /// Download and re-pin every remote source, not only unpinned ones.
     #[arg(long)]
@@ -361,6 +376,59 @@ fn targets(t: &[String]) -> Result<Vec<glob::Pattern>, Error> {
         .collect()
 }
 
+/// `reconcile export machine.NAME@REV [--parent REV] -o FILE`.
+fn export(cli: &Cli, a: &ExportArgs, p: &Printer) -> Result<i32, Error> {
+    let usage = || {
+        Error::Usage(format!(
+            "`{}`: name a revision as machine.NAME@REV",
+            a.revision
+        ))
+    };
+    let (name, rev) = a
+        .revision
+        .strip_prefix("machine.")
+        .and_then(|r| r.rsplit_once('@'))
+        .ok_or_else(usage)?;
+    let rev: u32 = rev.parse().map_err(|_| usage())?;
+    let desired = crate::config::load(&cli.file)?;
+    let m = desired
+        .model
+        .machine
+        .get(name)
+        .ok_or_else(|| Error::Usage(format!("no machine `{name}` is declared")))?;
+    let layout = crate::store::MachineDir::new(&desired.model.volume[&m.volume], name);
+    let refuse = |reason: String| Error::Resource {
+        address: format!("machine.{name}"),
+        reason,
+    };
+    if layout.backend()?.name() != "btrfs" {
+        return Err(refuse(
+            "its volume uses the dir backend: only a btrfs subvolume can be sent (put the volume on btrfs)".into(),
+        ));
+    }
+    let entry = |r: u32| -> Result<PathBuf, Error> {
+        let path = layout.entry_path(&layout.rev_name(r));
+        if !path.is_dir() {
+            return Err(refuse(format!(
+                "revision {r} is not kept here ({} is missing)",
+                path.display()
+            )));
+        }
+        Ok(path)
+    };
+    let subvolume = entry(rev)?;
+    let parent = a.parent.map(entry).transpose()?;
+    crate::backend::send::export(&subvolume, parent.as_deref(), &a.output).map_err(refuse)?;
+    p.info(&format!(
+        "Wrote machine.{name}@{rev}{} to {}.",
+        a.parent
+            .map(|r| format!(" (incremental against {r})"))
+            .unwrap_or_default(),
+        a.output.display()
+    ));
+    Ok(exit::OK)
+}
+
 /// The command line, with each subcommand's exit codes (from [`exit::TABLE`]) after its help.
 pub fn command() -> clap::Command {
     let mut cmd = Cli::command();
@@ -409,6 +477,7 @@ pub fn main() -> i32 {
         Command::Exec(a) => exec::run(&cli, a, &printer),
         Command::Spawn(a) => spawn::run(&cli, a, &printer),
         Command::Lock(a) => lock::run(&cli, a, &printer),
+        Command::Export(a) => export(&cli, a, &printer),
         Command::Schema { markdown, report } => {
             if *report {
                 println!("{}", crate::harness::report::schema());

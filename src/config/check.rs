@@ -744,6 +744,18 @@ impl Checker<'_> {
                 );
             }
         }
+        if s.format == Some(crate::config::model::ArchiveFormat::BtrfsSend)
+            && path.first() != Some(&"machine")
+        {
+            let mut p = path.to_vec();
+            p.push("format");
+            self.value(
+                &p,
+                "a btrfs send stream is received as a machine revision".into(),
+                "machines only",
+                Some("use it as a `[machine.*]` source on a btrfs volume".into()),
+            );
+        }
     }
 }
 

@@ -333,6 +333,8 @@ pub struct Source {
     pub sha256: Option<String>,
     pub format: Option<ArchiveFormat>,
     pub strip_components: Option<u32>,
+    /// An incremental `btrfs-send` stream: the revision it was sent against.
+    pub parent: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,6 +376,9 @@ pub struct SourceTable {
     pub format: Option<ArchiveFormat>,
     /// Leading path components removed from archive entries.
     pub strip_components: Option<u32>,
+    /// For an incremental `btrfs-send` stream: the machine revision it was
+    /// sent against (kept on this host).
+    pub parent: Option<u32>,
 }
 
 impl TryFrom<SourceTable> for Source {
@@ -400,11 +405,17 @@ impl TryFrom<SourceTable> for Source {
         {
             return Err("a `dir` source takes no `sha256`, `format` or `strip_components`".into());
         }
+        if t.parent.is_some() && t.format != Some(ArchiveFormat::BtrfsSend) {
+            return Err(
+                "`parent` is for incremental streams: it needs format = \"btrfs-send\"".into(),
+            );
+        }
         Ok(Source {
             location,
             sha256: t.sha256,
             format: t.format,
             strip_components: t.strip_components,
+            parent: t.parent,
         })
     }
 }
@@ -424,6 +435,7 @@ impl From<Source> for SourceTable {
             sha256: s.sha256,
             format: s.format,
             strip_components: s.strip_components,
+            parent: s.parent,
         }
     }
 }
@@ -443,6 +455,9 @@ pub enum ArchiveFormat {
     TarZst,
     /// zip archive.
     Zip,
+    /// A `btrfs send` stream (raw, or compressed with zstd, gzip or xz), for
+    /// a machine on a btrfs volume: received with `btrfs receive`.
+    BtrfsSend,
 }
 
 /// A netboot image published into `<root>/<arch>/<subarch>/<release>/<purpose>/`.

@@ -177,7 +177,16 @@ pub fn sync_tree(root: &Beneath) -> io::Result<()> {
     if count_entries(root, &mut seen)? {
         return nix::unistd::syncfs(root.fd()).map_err(io::Error::from);
     }
-    fsync_each(root)
+    match fsync_each(root) {
+        // a read-only subvolume (a received send stream) refuses fsync: sync the filesystem
+        Err(e)
+            if e.kind() == io::ErrorKind::ReadOnlyFilesystem
+                || e.raw_os_error() == Some(nix::libc::EROFS) =>
+        {
+            nix::unistd::syncfs(root.fd()).map_err(io::Error::from)
+        }
+        other => other,
+    }
 }
 
 /// Entries above which [`sync_tree`] syncs the whole filesystem instead.

@@ -40,6 +40,11 @@ pub fn detect(name: &str, path: &Path) -> ArchiveFormat {
         Some(ArchiveFormat::Tar)
     } else if n.ends_with(".zip") {
         Some(ArchiveFormat::Zip)
+    } else if [".btrfs", ".btrfs.zst", ".btrfs.gz", ".btrfs.xz"]
+        .iter()
+        .any(|e| n.ends_with(e))
+    {
+        Some(ArchiveFormat::BtrfsSend)
     } else {
         None
     };
@@ -60,6 +65,8 @@ fn sniff(path: &Path) -> ArchiveFormat {
         ArchiveFormat::TarZst
     } else if h.starts_with(b"PK\x03\x04") {
         ArchiveFormat::Zip
+    } else if h.starts_with(b"btrfs-stream\0") {
+        ArchiveFormat::BtrfsSend
     } else if n >= 262 && &h[257..262] == b"ustar" {
         ArchiveFormat::Tar
     } else {
@@ -139,6 +146,12 @@ pub fn extract(
             )
         }
         (ArchiveFormat::File, _) => unreachable!("a plain file is not extracted"),
+        (ArchiveFormat::BtrfsSend, _) => {
+            return Err(x.bad(
+                "a btrfs send stream is received into a machine's btrfs volume, not unpacked"
+                    .into(),
+            ))
+        }
     }
     x.check_links(Path::new(""))?;
     Ok(x.written)

@@ -8,6 +8,7 @@
 //! <volume>/<m>/.reconcile/      sidecar receipts (a read-only rootfs cannot carry one)
 //! ```
 
+use crate::config::model::ArchiveFormat;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -392,6 +393,13 @@ impl MachineResource {
     fn build_revision(&self, m: &Machine, cx: &mut ApplyContext) -> Result<()> {
         let be = self.backend()?;
         let artifact = cx.cx.fetcher.fetch(&m.source)?;
+        if let Artifact::File {
+            format: ArchiveFormat::BtrfsSend,
+            ..
+        } = &artifact
+        {
+            return self.receive_revision(m, &artifact, be.as_ref(), cx);
+        }
         let name = self.rev_name(m.revision);
         let limit = cx.cx.desired.extract_limit;
         let strip = m.source.strip_components.unwrap_or(0);
@@ -429,6 +437,136 @@ impl MachineResource {
                 kept: false,
             })
         })
+    }
+
+    /// A revision from a `btrfs send` stream: received (`btrfs receive`) into
+    /// a directory under the transaction's retired name, the subvolume it
+    /// made renamed to the staging name, then published like any revision.
+    /// An incremental stream needs its parent revision kept here.
+    fn receive_revision(
+        &self,
+        m: &Machine,
+        artifact: &Artifact,
+        be: &dyn VolumeBackend,
+        cx: &mut ApplyContext,
+    ) -> Result<()> {
+        let Artifact::File {
+            path,
+            sha256,
+            cached,
+            ..
+        } = artifact
+        else {
+            unreachable!("a stream is a file");
+        };
+        let refuse = |reason: String| Error::Resource {
+            address: self.address.clone(),
+            reason,
+        };
+        if be.name() != "btrfs" {
+            return Err(refuse(
+                "a btrfs-send source is received into a btrfs volume; this volume uses the dir backend \
+                 (put the volume on btrfs, or use a tar archive or a directory as the source)"
+                    .into(),
+            ));
+        }
+        if m.kind != MachineKind::Rootfs {
+            return Err(refuse(
+                "a btrfs-send source makes a root-filesystem machine (kind = \"rootfs\")".into(),
+            ));
+        }
+        if let Some(parent) = m.source.parent {
+            let dir = self.layout.open()?;
+            let name = self.rev_name(parent);
+            let kept = dir.try_stat(Path::new(&name)).ok().flatten().is_some();
+            if !kept {
+                return Err(refuse(format!(
+                    "the stream is incremental against revision {parent}, which is not kept here \
+                     ({name} is missing): apply revision {parent} first, or use a full stream"
+                )));
+            }
+        }
+        let name = self.rev_name(m.revision);
+        // received first, in a scratch directory of its own transaction (a kill
+        // mid-receive leaves only that, which recovery deletes with the
+        // half-made subvolume in it), then moved into the revision's staging
+        let dir = self.layout.open()?;
+        let scratch_target = self.entry_path(&format!("{name}.receive"));
+        let txn = cx.journal.begin(&self.address, |id| Op::Publish {
+            target: scratch_target.clone(),
+            staging: fsops::staging_path(&scratch_target, id),
+            retired: fsops::retired_path(&scratch_target, id),
+        })?;
+        let scratch = fsops::staging_name(Path::new(&format!("{name}.receive")), &txn.id);
+        cx.journal.step(&txn, "stage")?;
+        let received = self.receive_into(&dir, &scratch, path, sha256, *cached, be);
+        let made = match received {
+            Ok(made) => made,
+            Err(e) => {
+                let _ = backend::remove_in(&dir, &scratch);
+                cx.journal.done(txn)?;
+                return Err(e);
+            }
+        };
+        let subvolume = scratch.join(&made);
+        let published = self.publish_volume(cx, be, &name, |dir, staging| {
+            dir.rename(&subvolume, staging)
+                .map_err(|e| Error::io(dir.shown(staging), e))?;
+            Ok(EntryReceipt {
+                kind: EntryKind::Revision,
+                machine: self.name().to_string(),
+                revision: m.revision,
+                source_sha256: sha256.clone(),
+                toolchain: None,
+                bootstrap_sha256: None,
+                id: 0,
+                created: now_rfc3339(),
+                owner: None,
+                kept: false,
+            })
+        });
+        let _ = backend::remove_in(&dir, &scratch);
+        cx.journal.done(txn)?;
+        published
+    }
+
+    /// `btrfs receive` the stream at `path` into the new directory `scratch`;
+    /// checks the digest of the bytes read and returns the name of the
+    /// subvolume made, writable (a read-only subvolume cannot move to another
+    /// directory; the flag alone changes, the received UUID an incremental
+    /// stream finds its parent by stays; publishing makes it read-only again).
+    fn receive_into(
+        &self,
+        dir: &Beneath,
+        scratch: &Path,
+        path: &Path,
+        sha256: &str,
+        cached: bool,
+        be: &dyn VolumeBackend,
+    ) -> Result<String> {
+        let io = |e: std::io::Error| Error::io(dir.shown(scratch), e);
+        dir.create_dir(scratch, 0o700).map_err(io)?;
+        let address = self.address.clone();
+        let (digest, made) = crate::backend::send::receive(path, &dir.shown(scratch), || {
+            fault::point(&address, "receive-partial")
+        })
+        .map_err(|reason| Error::Resource {
+            address: self.address.clone(),
+            reason,
+        })?;
+        if digest != sha256 {
+            if cached {
+                let _ = fs::remove_file(path);
+            }
+            return Err(Error::Checksum {
+                what: format!("{} (as received)", path.display()),
+                expected: sha256.to_string(),
+                actual: digest,
+            });
+        }
+        be.set_readonly(dir, &scratch.join(&made), false)
+            .map_err(io)?;
+        Ok(made)
     }
 
     /// Copy a disk image into the staged revision — reflinked where the
