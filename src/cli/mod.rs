@@ -106,9 +106,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
+    /// Print the man pages (roff), or write them into a directory (packaging).
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write reconcile.1 and one reconcile-COMMAND.1 per subcommand here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Pull-based GitOps: the desired-state file from a git repository.
@@ -376,6 +380,36 @@ fn targets(t: &[String]) -> Result<Vec<glob::Pattern>, Error> {
         .collect()
 }
 
+/// The man page, then one page per subcommand (each with its exit codes):
+/// on stdout one after the other, or as files in `dir`.
+fn man(dir: Option<&std::path::Path>) -> Result<i32, Error> {
+    let cmd = command();
+    let mut pages = vec![("reconcile".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("reconcile-{}", sub.get_name());
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        pages.push((name, sub.clone().name(leaked)));
+    }
+    for (name, page) in pages {
+        let mut roff = Vec::new();
+        clap_mangen::Man::new(page)
+            .title(name.clone())
+            .render(&mut roff)
+            .map_err(|e| Error::io(std::path::Path::new(&name), e))?;
+        match dir {
+            Some(d) => {
+                let path = d.join(format!("{name}.1"));
+                std::fs::write(&path, &roff).map_err(|e| Error::io(&path, e))?;
+            }
+            None => {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&roff);
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
 /// `reconcile export machine.NAME@REV [--parent REV] -o FILE`.
 fn export(cli: &Cli, a: &ExportArgs, p: &Printer) -> Result<i32, Error> {
     let usage = || {
@@ -492,20 +526,7 @@ pub fn main() -> i32 {
             clap_complete::generate(*shell, &mut command(), "reconcile", &mut std::io::stdout());
             Ok(exit::OK)
         }
-        Command::Man => {
-            // the page, then one page per subcommand (each with its exit codes)
-            let cmd = command();
-            let mut out = std::io::stdout();
-            let _ = clap_mangen::Man::new(cmd.clone()).render(&mut out);
-            for sub in cmd.get_subcommands() {
-                if exit::help(sub.get_name()).is_some() {
-                    let _ = clap_mangen::Man::new(sub.clone())
-                        .title(format!("reconcile-{}", sub.get_name()))
-                        .render(&mut out);
-                }
-            }
-            Ok(exit::OK)
-        }
+        Command::Man { dir } => man(dir.as_deref()),
     };
     match result {
         Ok(code) => code,
