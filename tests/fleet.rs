@@ -830,3 +830,97 @@ fn a_corrupted_stream_leaves_nothing_and_a_kill_mid_receive_is_recovered() {
     r.expect(1);
     assert!(r.stderr.contains("dir backend"), "{}", r.stderr);
 }
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream`: while `cut` is set it
+/// drops each connection after passing this many bytes from the server.
+struct CuttingProxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttingProxy {
+    const AFTER: usize = 4096;
+
+    fn start(upstream: u16) -> CuttingProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let cutting = c.load(Ordering::SeqCst);
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                std::thread::spawn(move || {
+                    let mut sent = 0;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 || c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                        if cutting && sent >= Self::AFTER {
+                            // the connection goes away in the middle of the pack
+                            let _ = c_out.shutdown(std::net::Shutdown::Both);
+                            let _ = s_in.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CuttingProxy { port, cut }
+    }
+}
+
+#[test]
+fn a_fetch_cut_mid_transfer_keeps_the_last_good_state_and_the_next_one_applies() {
+    let f = Fleet::new();
+    let first = f.commit(&["a"], "");
+    let daemon = Daemon::start(&f.farm.path(""));
+    let proxy = CuttingProxy::start(daemon.port);
+    let url = format!("git://127.0.0.1:{}/origin", proxy.port);
+    let mut args = vec!["apply"];
+    args.extend(f.args(&url));
+    f.farm.run(&args).expect(0);
+    assert!(f.installed("a"));
+
+    // a commit with enough new data that its pack is far longer than what the proxy lets through
+    let noise: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(f.origin.join("noise.bin"), &noise).unwrap();
+    let second = f.commit(&["a", "b"], "");
+    proxy.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = f.farm.run(&args);
+    r.expect(0);
+    assert!(
+        r.stderr.contains("git fetch failed") && r.stderr.contains(&first[..12]),
+        "{}",
+        r.stderr
+    );
+    assert!(!f.installed("b"), "nothing of the cut fetch was applied");
+    let st = f.status(&url);
+    assert_eq!(st["git"]["applied"], first.as_str(), "{st}");
+    assert_eq!(
+        st["git"]["fetched"],
+        first.as_str(),
+        "a cut fetch moves no ref: {st}"
+    );
+
+    // the connection holds again: the next run takes the commit
+    proxy.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    f.farm.run(&args).expect(0);
+    assert!(f.installed("b"));
+    assert_eq!(f.status(&url)["git"]["applied"], second.as_str());
+    drop(daemon);
+}
