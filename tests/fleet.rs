@@ -924,3 +924,123 @@ fn a_fetch_cut_mid_transfer_keeps_the_last_good_state_and_the_next_one_applies()
     assert_eq!(f.status(&url)["git"]["applied"], second.as_str());
     drop(daemon);
 }
+
+/// A gpg signing key in a keyring of its own; its public key exported (armored) to `public`.
+fn gpg_key(home: &Path, public: &Path, email: &str) -> String {
+    fs::create_dir_all(home).unwrap();
+    fs::set_permissions(home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", home)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    gpg(&[
+        "--quick-gen-key",
+        &format!("ops <{email}>"),
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let listing = gpg(&["--with-colons", "--list-secret-keys"]);
+    let fpr = listing
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .and_then(|l| l.split(':').nth(9))
+        .unwrap()
+        .to_string();
+    fs::write(public, gpg(&["--armor", "--export", &fpr])).unwrap();
+    fpr
+}
+
+#[test]
+fn a_gpg_keyring_also_decides_which_commits_are_applied() {
+    if Command::new("gpg").arg("--version").output().is_err() {
+        skip("needs gpg");
+        return;
+    }
+    let f = Fleet::new();
+    let trusted_home = f.farm.path("gpg-ops");
+    let keys = f.farm.path("trusted.asc");
+    let fpr = gpg_key(&trusted_home, &keys, "ops@example.org");
+    let url = f.url();
+    let mut args = vec!["apply", "--verify-signatures", keys.to_str().unwrap()];
+    args.extend(f.args(&url));
+    let sign = |home: &Path, key: &str, msg: &str| {
+        let out = Command::new("git")
+            .args(["-c", "user.email=ops@example.org", "-c", "user.name=ops"])
+            .args([
+                "-c",
+                &format!("user.signingkey={key}"),
+                "commit",
+                "-qam",
+                msg,
+                "-S",
+            ])
+            .env("GNUPGHOME", home)
+            .current_dir(&f.origin)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        git(&f.origin, &["rev-parse", "HEAD"])
+    };
+    // unsigned: refused
+    let unsigned = f.commit(&["a"], "");
+    let r = f.farm.run(&args);
+    r.expect(1);
+    assert!(
+        r.stderr.contains(&unsigned[..12]) && r.stderr.contains("signature does not verify"),
+        "{}",
+        r.stderr
+    );
+    // signed with the trusted key: applied
+    fs::write(f.origin.join("src/a"), "#!/bin/sh\necho gpg\n").unwrap();
+    let signed = sign(&trusted_home, &fpr, "signed");
+    f.farm.run(&args).expect(0);
+    assert_eq!(f.status(&url)["git"]["applied"], signed.as_str());
+    // signed with a key the keyring does not hold: refused
+    let other_home = f.farm.path("gpg-other");
+    let other = gpg_key(
+        &other_home,
+        &f.farm.path("other.asc"),
+        "intruder@example.org",
+    );
+    fs::write(f.origin.join("src/a"), "#!/bin/sh\necho intruder\n").unwrap();
+    sign(&other_home, &other, "intruder");
+    let r = f.farm.run(&args);
+    r.expect(0);
+    assert!(
+        r.stderr.contains("not applied") && r.stderr.contains("signature"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.status(&url)["git"]["applied"], signed.as_str());
+    assert!(fs::read_to_string(f.plugins.join("a/a"))
+        .unwrap()
+        .contains("gpg"));
+    for home in [&trusted_home, &other_home] {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", home)
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
+    // the keyring made for the check is gone
+    let left: Vec<_> = fs::read_dir(&f.checkout)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".gnupg"))
+        .collect();
+    assert!(left.is_empty());
+}

@@ -135,7 +135,7 @@ pub struct GitArgs {
     /// Apply a commit that does not descend from the applied one (a force-push, a rewind).
     #[arg(long)]
     pub allow_rewind: bool,
-    /// Apply only commits whose signature verifies against this ssh allowed-signers file.
+    /// Apply only commits whose signature verifies against this ssh allowed-signers file or gpg keyring.
     #[arg(long, value_name = "FILE")]
     pub verify_signatures: Option<PathBuf>,
     /// Kill a git command that takes longer than this.

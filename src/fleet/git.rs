@@ -292,8 +292,7 @@ impl Remote {
             }
         }
         if let Some(signers) = &self.allowed_signers {
-            let file = format!("gpg.ssh.allowedSignersFile={}", signers.display());
-            if let Err(e) = self.git(&repo, &["-c", &file, "verify-commit", fetched]) {
+            if let Err(e) = self.verify(&repo, signers, fetched) {
                 return Some(format!(
                     "its signature does not verify against {} ({e})",
                     signers.display()
@@ -301,6 +300,60 @@ impl Remote {
             }
         }
         None
+    }
+
+    /// `git verify-commit` against `trusted`: an ssh allowed-signers file, or
+    /// a gpg keyring (armored or binary), imported into a keyring of its own
+    /// so that only its keys count.
+    fn verify(&self, repo: &Path, trusted: &Path, commit: &str) -> std::result::Result<(), String> {
+        let head = std::fs::read(trusted)
+            .map(|b| b.into_iter().take(64).collect::<Vec<u8>>())
+            .map_err(|e| format!("{}: {e}", trusted.display()))?;
+        let armored = head.starts_with(b"-----BEGIN PGP PUBLIC KEY BLOCK-----");
+        // an OpenPGP public key packet (old or new format), or a keybox
+        let binary = matches!(head.first(), Some(0x98 | 0x99 | 0xc6))
+            || head.get(8..12) == Some(b"KBXf".as_slice());
+        if !(armored || binary) {
+            let file = format!("gpg.ssh.allowedSignersFile={}", trusted.display());
+            return self
+                .git(repo, &["-c", &file, "verify-commit", commit])
+                .map(|_| ());
+        }
+        let home = Scratch::new(&self.dir.join(format!(".gnupg-{}", std::process::id())))
+            .map_err(|e| format!("cannot make a keyring: {e}"))?;
+        let import = Command::new("gpg")
+            .env("GNUPGHOME", home.path())
+            .args(["--batch", "--quiet", "--import"])
+            .arg(trusted)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run gpg: {e}"))?;
+        if !import.status.success() {
+            return Err(format!(
+                "gpg cannot import {}: {}",
+                trusted.display(),
+                String::from_utf8_lossy(&import.stderr).trim()
+            ));
+        }
+        let out = Command::new("git")
+            .current_dir(repo)
+            .env("GNUPGHOME", home.path())
+            .env("LC_ALL", "C")
+            .args(["verify-commit", commit])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run git: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(err
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("no signature")
+                .trim()
+                .to_string())
+        }
     }
 
     /// Put the work tree's tracked files at `commit` (edits by hand undone).
@@ -327,4 +380,29 @@ impl Remote {
 
 pub fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
+}
+
+/// A private directory removed when dropped (gpg's home for one verification).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(path: &Path) -> std::io::Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::remove_dir_all(path);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(path)?;
+        Ok(Scratch(path.to_path_buf()))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
