@@ -164,6 +164,16 @@ fn results_classes_matchers_and_exit_codes() {
     assert_eq!(retried.len(), 2, "every attempt is recorded");
     assert_eq!(retried[0]["result"], "FAIL");
     assert_eq!(retried[1]["result"], "PASS");
+    // the retry is said as it happens, once, naming the attempt and its class
+    assert_eq!(
+        r.stderr
+            .matches("RETRY smoke.retried (attempt 1 failed, test:")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("RETRY smoke.fails"), "{}", r.stderr);
     // per-test files
     for f in ["stdout.txt", "stderr.txt", "console.txt", "result.json"] {
         assert!(

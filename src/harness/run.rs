@@ -56,7 +56,31 @@ pub enum Event<'a> {
     },
     /// One line about how tests run here (e.g. QEMU under TCG, timeouts scaled).
     Note(&'a str),
+    /// A test began its first attempt.
+    TestStarted {
+        name: &'a str,
+    },
+    /// An attempt failed with a class its `retries` allows another attempt for.
+    Retrying {
+        name: &'a str,
+        /// The attempt that failed (1-based).
+        attempt: usize,
+        class: Option<Class>,
+        reason: &'a str,
+    },
     Finished(&'a TestResult),
+}
+
+/// What a worker tells the thread that reports.
+enum Progress {
+    Started(String),
+    Retrying {
+        name: String,
+        attempt: usize,
+        class: Option<Class>,
+        reason: String,
+    },
+    Finished(Box<TestResult>),
 }
 
 /// The checks of each scope, compiled once per run and shared by every test's scanners.
@@ -123,7 +147,7 @@ pub fn run(
         journal: CheckSet::new(&all, Scope::Journal),
     };
     let queue = Queue::new(desired, selection.selected);
-    let (tx, rx) = mpsc::channel::<TestResult>();
+    let (tx, rx) = mpsc::channel::<Progress>();
     let state = StateDir::create(&desired.state_dir)?;
     let mut results = Vec::new();
     std::thread::scope(|s| {
@@ -132,18 +156,34 @@ pub fn run(
             let (queue, checks, run_dir, state) = (&queue, &checks, &run_dir, &state);
             s.spawn(move || {
                 while let Some(sel) = queue.next() {
-                    let r = run_one(desired, &sel, checks, run_dir, state, opts);
+                    let r = run_one(desired, &sel, checks, run_dir, state, opts, &tx);
                     queue.done(&sel.case.suite);
-                    if tx.send(r).is_err() {
+                    if tx.send(Progress::Finished(Box::new(r))).is_err() {
                         break;
                     }
                 }
             });
         }
         drop(tx);
-        for r in rx {
-            on(Event::Finished(&r));
-            results.push(r);
+        for p in rx {
+            match p {
+                Progress::Started(name) => on(Event::TestStarted { name: &name }),
+                Progress::Retrying {
+                    name,
+                    attempt,
+                    class,
+                    reason,
+                } => on(Event::Retrying {
+                    name: &name,
+                    attempt,
+                    class,
+                    reason: &reason,
+                }),
+                Progress::Finished(r) => {
+                    on(Event::Finished(&r));
+                    results.push(*r);
+                }
+            }
         }
     });
     results.sort_by(|a, b| a.name.cmp(&b.name));
@@ -241,6 +281,7 @@ fn run_one(
     run_dir: &Path,
     state: &StateDir,
     opts: &Options,
+    progress: &mpsc::Sender<Progress>,
 ) -> TestResult {
     let case = &sel.case;
     let out_dir = run_dir.join(safe_dir_name(&case.name));
@@ -286,6 +327,7 @@ fn run_one(
         write_result(&out_dir, &result);
         return result;
     }
+    let _ = progress.send(Progress::Started(case.name.clone()));
     loop {
         let (attempt, hits) = attempt(desired, sel, checks, &out_dir, state, opts);
         result.checks = hits;
@@ -304,6 +346,13 @@ fn run_one(
             && failed_so_far <= retries
             && !opts.cancel.load(Ordering::SeqCst)
         {
+            let last = result.attempts.last().expect("one attempt");
+            let _ = progress.send(Progress::Retrying {
+                name: case.name.clone(),
+                attempt: result.attempts.len(),
+                class,
+                reason: last.reason.clone().unwrap_or_default(),
+            });
             continue;
         }
         break;

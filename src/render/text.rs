@@ -125,6 +125,22 @@ pub fn test_event(p: &Printer, e: &crate::harness::run::Event) {
             crate::config::display_name(run_dir)
         )),
         Event::Note(line) => p.info(line),
+        Event::TestStarted { name } => p.detail(&format!("started {}", escape(name))),
+        Event::Retrying {
+            name,
+            attempt,
+            class,
+            reason,
+        } => p.info(&format!(
+            "{} {} (attempt {attempt} failed{}: {}); trying again",
+            p.paint(Style::Update, "RETRY"),
+            escape(name),
+            class
+                .and_then(|c| serde_json::to_value(c).ok())
+                .and_then(|v| v.as_str().map(|s| format!(", {s}")))
+                .unwrap_or_default(),
+            escape(reason)
+        )),
         Event::Finished(t) => {
             let (word, style) = match t.result {
                 Verdict::Pass => ("PASS", Style::Create),
