@@ -708,6 +708,9 @@ run = ["/bin/sh", "-c", "echo about to fail; exit 3"]
         fails["reason"].as_str().unwrap().contains("exit status 3"),
         "{report}"
     );
+    // the instance's boot (launch → the begin marker) is counted as boot, not as the command
+    let phases = &ok["attempts"][0]["phases"];
+    assert!(phases["boot_ms"].as_u64().unwrap() > 0, "{phases}");
     let out = std::path::Path::new(fails["output"].as_str().unwrap());
     assert_eq!(
         fs::read_to_string(out.join("stdout.txt")).unwrap(),
