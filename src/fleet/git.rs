@@ -17,11 +17,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::platform::{Flow, Interrupt, Sink, Stream};
 use crate::state::now_rfc3339;
 
 /// Where a fetched commit is kept in the checkout.
@@ -134,10 +135,22 @@ impl Remote {
         self.save(&r)
     }
 
-    /// Run git in the work tree (or `cwd`) with a deadline; its stdout.
+    /// Run git in `cwd` with the remote's timeout (supervised like any
+    /// step: killed with what it started when time is up); its stdout.
     fn git(&self, cwd: &Path, args: &[&str]) -> std::result::Result<String, String> {
+        self.git_env(cwd, args, &[])
+    }
+
+    fn git_env(
+        &self,
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> std::result::Result<String, String> {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new("git");
-        cmd.current_dir(cwd)
+        cmd.envs(env.iter().copied())
+            .current_dir(cwd)
             // never a prompt, never a pager, no surprising transports, messages in English
             .args([
                 "-c",
@@ -154,52 +167,44 @@ impl Remote {
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let verb = verb(args);
         let child = cmd.spawn().map_err(|e| format!("cannot run git: {e}"))?;
-        let pid = child.id();
-        let deadline = Instant::now() + self.timeout;
-        // a watchdog kills git at the deadline; output is read to the end meanwhile
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watchdog = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                while Instant::now() < deadline {
-                    if done.load(std::sync::atomic::Ordering::SeqCst) {
-                        return false;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                true
-            })
+        let mut out = Collect::default();
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let kill = |c: &mut std::process::Child| {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         };
-        let out = child.wait_with_output().map_err(|e| format!("git: {e}"))?;
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        let killed = watchdog.join().unwrap_or(false);
-        if killed {
-            return Err(format!(
-                "git {} did not finish within {}",
-                args.first().copied().unwrap_or(""),
-                humantime::format_duration(self.timeout)
-            ));
+        match crate::platform::process::supervise(
+            child,
+            Some(self.timeout),
+            &never,
+            &kill,
+            &mut out,
+        ) {
+            Err(e) => Err(format!("git {verb}: {e}")),
+            Ok(Err(Interrupt::TimedOut { after, .. })) => Err(format!(
+                "git {verb} did not finish within {}",
+                humantime::format_duration(after)
+            )),
+            Ok(Err(i)) => Err(format!("git {verb}: {i}")),
+            Ok(Ok(exit)) if exit.success() => {
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            }
+            Ok(Ok(exit)) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let first = err
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim();
+                Err(format!("git {verb} failed ({exit}): {first}"))
+            }
         }
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let first = err
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim();
-            return Err(format!(
-                "git {} failed ({}): {first}",
-                args.first().copied().unwrap_or(""),
-                out.status
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// Fetch the ref, decide whether its commit may be applied, and if so put
@@ -335,25 +340,12 @@ impl Remote {
                 String::from_utf8_lossy(&import.stderr).trim()
             ));
         }
-        let out = Command::new("git")
-            .current_dir(repo)
-            .env("GNUPGHOME", home.path())
-            .env("LC_ALL", "C")
-            .args(["verify-commit", commit])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run git: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            let err = String::from_utf8_lossy(&out.stderr);
-            Err(err
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("no signature")
-                .trim()
-                .to_string())
-        }
+        self.git_env(
+            repo,
+            &["verify-commit", commit],
+            &[("GNUPGHOME", home.path())],
+        )
+        .map(|_| ())
     }
 
     /// Put the work tree's tracked files at `commit` (edits by hand undone).
@@ -375,6 +367,41 @@ impl Remote {
                 .map_err(|why| Error::Usage(format!("git remote {}: {why}", self.url)))?;
         }
         Ok(())
+    }
+}
+
+/// The git command of `args` (`fetch`, `verify-commit`), past any `-c key=value`.
+fn verb<'a>(args: &[&'a str]) -> &'a str {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "-c" => {
+                it.next();
+            }
+            a if a.starts_with('-') => {}
+            a => return a,
+        }
+    }
+    "?"
+}
+
+/// What a git command printed.
+#[derive(Default)]
+struct Collect {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Sink for Collect {
+    fn step(&mut self, _name: &str) {}
+
+    fn output(&mut self, stream: Stream, bytes: &[u8]) -> Flow {
+        match stream {
+            Stream::Stdout => self.stdout.extend_from_slice(bytes),
+            Stream::Stderr => self.stderr.extend_from_slice(bytes),
+            _ => {}
+        }
+        Flow::Continue
     }
 }
 
