@@ -356,7 +356,7 @@ fn load(
     let Some(remote) = git.remote() else {
         return Ok((crate::config::load(&cli.file)?, None));
     };
-    let (desired, commit, note) = crate::fleet::pull(&remote)?;
+    let (desired, commit, note) = crate::fleet::pull_and_load(&remote)?;
     if let Some(n) = note {
         p.warn(&format!(
             "{n}; using the applied commit {}",

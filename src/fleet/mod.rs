@@ -25,16 +25,51 @@ fn rebase_state_dir(desired: &mut Desired, repo: &Path, dir: &Path) {
     }
 }
 
-/// Fetch, then load the file of the commit to use: the new one when it may be
-/// applied and is valid, else the applied one (the last good state). Returns
-/// the desired state, its commit, and what to say about a commit not taken.
-pub fn pull(remote: &git::Remote) -> Result<(Desired, String, Option<String>)> {
+/// What one fetch means for the desired state in force.
+pub enum Pulled {
+    /// A new commit that may be applied, with its (valid) desired state; the
+    /// work tree is at it. `from`: the commit in force before.
+    New {
+        desired: Box<Desired>,
+        commit: String,
+        from: Option<String>,
+    },
+    /// Nothing new: the applied commit stays in force.
+    Same { commit: String },
+    /// Something happened that keeps the applied commit in force: a refused
+    /// commit (rewound, unsigned), an invalid file (its `diagnostics`), an
+    /// unreachable remote (`unreachable`). The work tree is at `commit`.
+    Kept {
+        commit: String,
+        why: String,
+        diagnostics: Vec<crate::config::Diagnostic>,
+        unreachable: bool,
+    },
+}
+
+/// Fetch and decide: a new commit whose file is valid, or the applied one
+/// (the last good state) and why. `Err` only when there is no last good
+/// state to keep (the first fetch failed or was refused).
+pub fn pull(remote: &git::Remote) -> Result<Pulled> {
     use git::Fetched;
-    let fetched = remote.fetch();
-    let (commit, note) = match fetched {
-        Ok(Fetched::Unchanged(c)) => (c, None),
-        Ok(Fetched::New { commit, .. }) => match load_checkout(remote) {
-            Ok(d) => return Ok((d, commit, None)),
+    let applied = || remote.record().applied;
+    let kept = |why: String, diagnostics, unreachable, first: Error| match applied() {
+        Some(commit) => Ok(Pulled::Kept {
+            commit,
+            why,
+            diagnostics,
+            unreachable,
+        }),
+        None => Err(first),
+    };
+    match remote.fetch() {
+        Ok(Fetched::Unchanged(commit)) => Ok(Pulled::Same { commit }),
+        Ok(Fetched::New { commit, from }) => match load_checkout(remote) {
+            Ok(d) => Ok(Pulled::New {
+                desired: Box::new(d),
+                commit,
+                from,
+            }),
             Err(e) => {
                 let why = format!(
                     "commit {} has an invalid desired-state file: {e}",
@@ -42,28 +77,29 @@ pub fn pull(remote: &git::Remote) -> Result<(Desired, String, Option<String>)> {
                 );
                 remote.note_error(&why);
                 remote.restore()?;
-                match remote.record().applied {
-                    Some(applied) => (applied, Some(why)),
-                    None => return Err(e),
-                }
+                let diagnostics = match &e {
+                    Error::Invalid(d) => d.clone(),
+                    _ => Vec::new(),
+                };
+                kept(why, diagnostics, false, e)
             }
         },
         Ok(Fetched::Refused { commit, why }) => {
-            let note = format!("commit {} not applied: {why}", git::short(&commit));
-            let applied = remote
-                .record()
-                .applied
-                .ok_or_else(|| Error::Usage(note.clone()))?;
-            (applied, Some(note))
+            let why = format!("commit {} not applied: {why}", git::short(&commit));
+            kept(why.clone(), Vec::new(), false, Error::Usage(why))
         }
-        Err(e) => {
-            // unreachable: the last good state stays in force, when there is one
-            match remote.record().applied {
-                Some(applied) => (applied, Some(e.to_string())),
-                None => return Err(e),
-            }
-        }
-    };
-    let desired = load_checkout(remote)?;
-    Ok((desired, commit, note))
+        Err(e) => kept(e.to_string(), Vec::new(), true, e),
+    }
+}
+
+/// [`pull`], then the desired state in force and its commit (loaded from the
+/// work tree unless the pull brought it), and what to say about a commit not taken.
+pub fn pull_and_load(remote: &git::Remote) -> Result<(Desired, String, Option<String>)> {
+    match pull(remote)? {
+        Pulled::New {
+            desired, commit, ..
+        } => Ok((*desired, commit, None)),
+        Pulled::Same { commit } => Ok((load_checkout(remote)?, commit, None)),
+        Pulled::Kept { commit, why, .. } => Ok((load_checkout(remote)?, commit, Some(why))),
+    }
 }

@@ -107,7 +107,7 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
     let mut pulled: Option<String> = None;
     let mut desired = match &opts.git {
         Some(remote) => {
-            let (d, commit, note) = crate::fleet::pull(remote)?;
+            let (d, commit, note) = crate::fleet::pull_and_load(remote)?;
             if let Some(message) = note {
                 on(Event::Error { message });
             }
@@ -310,58 +310,55 @@ fn fetch(
     stop: &Arc<AtomicBool>,
     on: &mut dyn FnMut(Event),
 ) -> bool {
-    use crate::fleet::git::{short, Fetched};
+    use crate::fleet::Pulled;
     let Some(remote) = &opts.git else {
         return true;
     };
-    match remote.fetch() {
-        Ok(Fetched::Unchanged(_)) => true,
-        Ok(Fetched::Refused { commit, why }) => {
-            on(Event::Error {
-                message: format!("commit {} not applied: {why}", short(&commit)),
+    match crate::fleet::pull(remote) {
+        Ok(Pulled::Same { .. }) => true,
+        Ok(Pulled::New {
+            desired: new,
+            commit,
+            from,
+        }) => {
+            let files = new.files.clone();
+            *desired = *new;
+            on(Event::Commit {
+                commit: &commit,
+                from: from.as_deref(),
             });
-            true
-        }
-        Ok(Fetched::New { commit, from }) => {
-            match load(opts) {
-                Ok(new) => {
-                    let files = new.files.clone();
-                    *desired = new;
-                    on(Event::Commit {
-                        commit: &commit,
-                        from: from.as_deref(),
-                    });
-                    on(Event::Changed { files: &files });
-                    converge(desired, None, "git", opts, stop, on);
-                    if let Err(e) = remote.note_applied(&commit) {
-                        on(Event::Error {
-                            message: e.to_string(),
-                        });
-                    }
-                }
-                Err(e) => {
-                    let why = format!(
-                        "commit {} has an invalid desired-state file ({e}); keeping {}",
-                        short(&commit),
-                        from.as_deref().map(short).unwrap_or("the last good state")
-                    );
-                    remote.note_error(&why);
-                    if let Err(e) = remote.restore() {
-                        on(Event::Error {
-                            message: e.to_string(),
-                        });
-                    }
-                    if let Error::Invalid(diagnostics) = &e {
-                        on(Event::InvalidConfig { diagnostics });
-                    }
-                    on(Event::Error { message: why });
-                }
+            on(Event::Changed { files: &files });
+            converge(desired, None, "git", opts, stop, on);
+            if let Err(e) = remote.note_applied(&commit) {
+                on(Event::Error {
+                    message: e.to_string(),
+                });
             }
             true
         }
+        Ok(Pulled::Kept {
+            commit,
+            why,
+            diagnostics,
+            unreachable,
+        }) => {
+            if !diagnostics.is_empty() {
+                on(Event::InvalidConfig {
+                    diagnostics: &diagnostics,
+                });
+            }
+            let retry = if unreachable { ", retrying later" } else { "" };
+            on(Event::Error {
+                message: format!(
+                    "{why}; keeping the last good state ({}){retry}",
+                    crate::fleet::git::short(&commit)
+                ),
+            });
+            !unreachable
+        }
         Err(e) => {
             on(Event::Error {
-                message: format!("{e}; keeping the last good state, retrying later"),
+                message: format!("{e}; retrying later"),
             });
             false
         }
