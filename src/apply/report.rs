@@ -55,7 +55,8 @@ pub struct ApplyReport {
     pub failed: Vec<String>,
     pub events: Vec<Step>,
     pub took_ms: u128,
-    /// The plan that was applied (not in the JSON: `plan --format json` has it).
+    /// The plan that was applied, when the caller asked to keep it (for
+    /// Markdown; not in the JSON: `plan --format json` has it).
     #[serde(skip)]
     pub plan: Option<Plan>,
     /// The `[run]` tests, when they ran.
@@ -91,10 +92,12 @@ pub struct Tests {
 /// Converge the host (`apply`), then, when it converged and `tests` is
 /// given, run those tests. Errors that stop everything (an invalid saved
 /// plan, the lock) are `Err`; a resource that fails is in the report.
+/// `keep_plan`: copy the plan into the report (only a renderer needs it).
 pub fn converge_then_test(
     desired: &Desired,
     opts: &Options,
     tests: Option<Tests>,
+    keep_plan: bool,
     on: &mut dyn FnMut(Progress),
 ) -> Result<ApplyReport> {
     let started = Instant::now();
@@ -107,7 +110,8 @@ pub fn converge_then_test(
                 outcome: r.outcome,
                 step: r.last_step.clone(),
             }),
-            Event::Planned(p) => plan = Some((*p).clone()),
+            Event::Planned(p) if keep_plan => plan = Some((*p).clone()),
+            Event::Planned(_) => {}
             Event::Applying { .. } => {}
             Event::Applied {
                 address,

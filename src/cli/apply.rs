@@ -36,10 +36,17 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         }),
         _ => None,
     };
-    let report = converge_then_test(&desired, &opts, tests, &mut |e| match e {
-        Progress::Apply(e) => narrate(p, &e),
-        Progress::Test(e) => render::test_event(p, &e),
-    })?;
+    let summary = step_summary::target().is_some();
+    let report = converge_then_test(
+        &desired,
+        &opts,
+        tests,
+        p.markdown || summary,
+        &mut |e| match e {
+            Progress::Apply(e) => narrate(p, &e),
+            Progress::Test(e) => render::test_event(p, &e),
+        },
+    )?;
     // the commit's file is in force once the host converged to it
     if let (Some((remote, commit)), ApplyResult::Converged | ApplyResult::Failed) =
         (&pulled, report.result)
@@ -53,7 +60,6 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         Some(plan) => format!("the saved plan `{}`", plan.display()),
         None => "`reconcile plan --format json`".to_string(),
     };
-    let summary = step_summary::target().is_some();
     let md = (p.markdown || summary).then(|| markdown::apply(&report, &full));
     if p.json {
         // one document: the apply and, when tests ran, their report

@@ -438,7 +438,7 @@ fn converge(
     let mut applied: Vec<String> = Vec::new();
     let mut changes = 0;
     let mut said_applied = false;
-    let result = converge_then_test(desired, &aopts, tests, &mut |e| match e {
+    let result = converge_then_test(desired, &aopts, tests, false, &mut |e| match e {
         Progress::Apply(apply::Event::Planned(plan)) => {
             planned = plan
                 .resources
