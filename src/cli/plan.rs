@@ -72,11 +72,10 @@ fn several_hosts(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
     };
     let mut plans = Vec::new();
     for host in &cli.hostname {
-        let name: &'static str = Box::leak(host.clone().into_boxed_str());
         let desired = crate::config::load_with(
             &file,
             crate::config::LoadOptions {
-                hostname: Some(name),
+                hostname: Some(host.clone()),
                 ..Default::default()
             },
         )?;

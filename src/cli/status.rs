@@ -42,12 +42,9 @@ pub fn run(cli: &Cli, a: &StatusArgs, p: &Printer) -> Result<i32> {
         .ok()
         .map(|r| json!({ "run": r.run, "finished": r.finished, "summary": r.summary, "incomplete": r.incomplete }));
     if p.json {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok());
         p.json_doc(&json!({
             "format_version": 1,
-            "host": host,
+            "host": desired.host,
             "file": desired.path,
             "git": record,
             "resources": resources,

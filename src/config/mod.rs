@@ -191,12 +191,12 @@ impl Sources {
 }
 
 /// How strict loading is.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Accept remote sources without a sha256 or pin (only `reconcile lock`, which pins them).
     pub allow_unpinned: bool,
     /// Take the file as host `hostname` sees it (default: this host, or `--hostname`).
-    pub hostname: Option<&'static str>,
+    pub hostname: Option<String>,
     /// Keep what is for other hosts too (`reconcile lock` pins the whole fleet's sources).
     pub all_hosts: bool,
 }
@@ -360,7 +360,7 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
     let host = crate::fleet::hosts::Host {
         name: opts
             .hostname
-            .map(str::to_string)
+            .clone()
             .unwrap_or_else(crate::fleet::hosts::hostname),
         labels: match model
             .settings

@@ -22,14 +22,16 @@ pub fn set_hostname(name: &str) {
     let _ = OVERRIDE.set(name.to_string());
 }
 
-/// This host's name: `--hostname`, else the kernel's.
+/// This host's name for selectors: `--hostname`, else the kernel's.
 pub fn hostname() -> String {
-    if let Some(h) = OVERRIDE.get() {
-        return h.clone();
-    }
+    OVERRIDE.get().cloned().unwrap_or_else(kernel_hostname)
+}
+
+/// The kernel's host name (lock holders, cloud run tags: who really runs).
+pub fn kernel_hostname() -> String {
     nix::unistd::gethostname()
         .ok()
-        .and_then(|h| h.into_string().ok())
+        .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|| "localhost".into())
 }
 

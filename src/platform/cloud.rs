@@ -78,13 +78,6 @@ fn run_tag(host: &str, owner: &Owner) -> String {
     format!("{host}:{}:{}", owner.pid, owner.start_time)
 }
 
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// A test on a fresh cloud instance; terminated when dropped.
 pub struct CloudInstance {
     api: Arc<Api>,
@@ -158,7 +151,7 @@ impl CloudInstance {
     /// Journal the intent, then launch with the step as user data.
     fn launch(&mut self, step: &Step, nonce: &str) -> std::result::Result<String, Interrupt> {
         let token = format!("reconcile-{}", nonce);
-        let host = hostname();
+        let host = crate::fleet::hosts::kernel_hostname();
         let owner = Owner::me();
         let mut entry = Entry {
             cloud: self.api.cloud.clone(),
@@ -509,7 +502,7 @@ pub fn reap(desired: &Desired, cname: &str) -> Result<Vec<String>> {
         .ok_or_else(|| Error::Usage(format!("no cloud `{cname}` is declared")))?;
     let api = cloud::connect(cname, c)?;
     let state = StateDir::existing(&desired.state_dir);
-    let host = hostname();
+    let host = crate::fleet::hosts::kernel_hostname();
     let mut notes = Vec::new();
     let mut done: BTreeSet<String> = BTreeSet::new();
     let terminate = |id: &str, why: &str, notes: &mut Vec<String>| -> Result<()> {

@@ -49,9 +49,7 @@ pub fn acquire(state: &StateDir, command: &str, timeout: Option<Duration>) -> Re
             Ok(mut flock) => {
                 let me = Holder {
                     pid: std::process::id(),
-                    host: nix::unistd::gethostname()
-                        .map(|h| h.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
+                    host: crate::fleet::hosts::kernel_hostname(),
                     command: command.to_string(),
                     started: super::now_rfc3339(),
                 };
