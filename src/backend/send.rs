@@ -5,24 +5,11 @@
 //! parent), compressed with zstd when the name ends in `.zst`.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::source::archive::HashingReader;
-
-/// A decompressing reader for a stream file, by its first bytes.
-fn decoder<'a>(r: impl Read + 'a, head: &[u8]) -> io::Result<Box<dyn Read + 'a>> {
-    Ok(if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::new(r)?)
-    } else if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(r)))
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Box::new(liblzma::read::XzDecoder::new(BufReader::new(r)))
-    } else {
-        Box::new(r)
-    })
-}
 
 /// Receive the stream in `file` into directory `into` (absolute) with
 /// `btrfs receive`; returns the SHA-256 of the file's bytes (all of them,
@@ -59,7 +46,7 @@ pub fn receive(file: &Path, into: &Path, halfway: impl Fn()) -> Result<(String, 
             halfway: &halfway,
             fired: false,
         };
-        let mut d = decoder(counted, &head[..n])?;
+        let mut d = crate::source::archive::decompressed(counted, &head[..n])?;
         io::copy(&mut d, &mut stdin)?;
         Ok(())
     })();

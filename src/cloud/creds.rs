@@ -98,14 +98,10 @@ pub fn resolve(
             if let (Some(role), Some(token_file)) =
                 (p.get("role_arn"), p.get("web_identity_token_file"))
             {
-                let session = p
-                    .get("role_session_name")
-                    .cloned()
-                    .unwrap_or_else(|| format!("reconcile-{}", std::process::id()));
                 return web_identity(
                     role,
                     Path::new(token_file),
-                    &session,
+                    p.get("role_session_name").map(String::as_str),
                     region,
                     sts_endpoint,
                     env,
@@ -133,14 +129,10 @@ pub fn resolve(
         env.get("AWS_WEB_IDENTITY_TOKEN_FILE"),
         env.get("AWS_ROLE_ARN"),
     ) {
-        let session = env
-            .get("AWS_ROLE_SESSION_NAME")
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("reconcile-{}", std::process::id()));
         return web_identity(
             role,
             Path::new(token_file),
-            &session,
+            env.get("AWS_ROLE_SESSION_NAME"),
             region,
             sts_endpoint,
             env,
@@ -259,7 +251,7 @@ fn short_agent(timeout: Duration) -> ureq::Agent {
 fn web_identity(
     role: &str,
     token_file: &Path,
-    session: &str,
+    session: Option<&str>,
     region: &str,
     sts_endpoint: Option<&str>,
     env: &Env,
@@ -271,11 +263,15 @@ fn web_identity(
         .map(str::to_string)
         .or_else(|| sts_endpoint.map(str::to_string))
         .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+    // the session name the caller gave, else one naming this process
+    let session = session
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("reconcile-{}", std::process::id()));
     let body = super::client::form(&[
         ("Action", "AssumeRoleWithWebIdentity"),
         ("Version", "2011-06-15"),
         ("RoleArn", role),
-        ("RoleSessionName", session),
+        ("RoleSessionName", &session),
         ("WebIdentityToken", token.trim()),
     ]);
     let resp = short_agent(Duration::from_secs(10))

@@ -398,19 +398,11 @@ pub fn test(r: &Report) -> String {
         out.push_str("| failed test | class | first failure |\n|---|---|---|\n");
         let mut shown = 0;
         for t in &failed {
-            let class = t
-                .class
-                .map(|c| {
-                    serde_json::to_value(c)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()
-                })
-                .unwrap_or_default();
+            let class = t.class.map(|c| c.key()).unwrap_or_default();
             let row = format!(
                 "| <code>{}</code> | {} | <code>{}</code> |\n",
                 inline(&t.name),
-                inline(&class),
+                inline(class),
                 inline(&first_failure(t))
             );
             if out.len() + row.len() + RESERVE > LIMIT / 2 {

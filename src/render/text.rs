@@ -135,10 +135,7 @@ pub fn test_event(p: &Printer, e: &crate::harness::run::Event) {
             "{} {} (attempt {attempt} failed{}: {}); trying again",
             p.paint(Style::Update, "RETRY"),
             escape(name),
-            class
-                .and_then(|c| serde_json::to_value(c).ok())
-                .and_then(|v| v.as_str().map(|s| format!(", {s}")))
-                .unwrap_or_default(),
+            class.map(|c| format!(", {}", c.key())).unwrap_or_default(),
             escape(reason)
         )),
         Event::Finished(t) => {

@@ -51,17 +51,35 @@ pub fn detect(name: &str, path: &Path) -> ArchiveFormat {
     by_name.unwrap_or_else(|| sniff(path))
 }
 
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+
+/// A reader of what `r` holds, decompressed when `head` (its first bytes)
+/// starts like gzip, xz or zstd, as it is otherwise.
+pub fn decompressed<'a>(r: impl Read + 'a, head: &[u8]) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(if head.starts_with(ZSTD_MAGIC) {
+        Box::new(zstd::stream::read::Decoder::new(r)?)
+    } else if head.starts_with(GZIP_MAGIC) {
+        Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(r)))
+    } else if head.starts_with(XZ_MAGIC) {
+        Box::new(liblzma::read::XzDecoder::new(io::BufReader::new(r)))
+    } else {
+        Box::new(r)
+    })
+}
+
 fn sniff(path: &Path) -> ArchiveFormat {
     let mut head = [0u8; 512];
     let n = File::open(path)
         .and_then(|mut f| read_up_to(&mut f, &mut head))
         .unwrap_or(0);
     let h = &head[..n];
-    if h.starts_with(&[0x1f, 0x8b]) {
+    if h.starts_with(GZIP_MAGIC) {
         ArchiveFormat::TarGz
-    } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+    } else if h.starts_with(XZ_MAGIC) {
         ArchiveFormat::TarXz
-    } else if h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+    } else if h.starts_with(ZSTD_MAGIC) {
         ArchiveFormat::TarZst
     } else if h.starts_with(b"PK\x03\x04") {
         ArchiveFormat::Zip

@@ -390,6 +390,22 @@ impl MachineResource {
         out
     }
 
+    /// The receipt of an entry made now from the declared revision (its id is filled in when published).
+    fn receipt(&self, kind: EntryKind, m: &Machine, source_sha256: String) -> EntryReceipt {
+        EntryReceipt {
+            kind,
+            machine: self.name().to_string(),
+            revision: m.revision,
+            source_sha256,
+            toolchain: None,
+            bootstrap_sha256: None,
+            id: 0,
+            created: now_rfc3339(),
+            owner: None,
+            kept: false,
+        }
+    }
+
     fn build_revision(&self, m: &Machine, cx: &mut ApplyContext) -> Result<()> {
         let be = self.backend()?;
         let artifact = cx.cx.fetcher.fetch(&m.source)?;
@@ -424,18 +440,7 @@ impl MachineResource {
                 }
             };
             fault::point(&self.address, "stage-partial");
-            Ok(EntryReceipt {
-                kind: EntryKind::Revision,
-                machine: self.name().to_string(),
-                revision: m.revision,
-                source_sha256: source_sha,
-                toolchain: None,
-                bootstrap_sha256: None,
-                id: 0,
-                created: now_rfc3339(),
-                owner: None,
-                kept: false,
-            })
+            Ok(self.receipt(EntryKind::Revision, m, source_sha))
         })
     }
 
@@ -512,18 +517,7 @@ impl MachineResource {
         let published = self.publish_volume(cx, be, &name, |dir, staging| {
             dir.rename(&subvolume, staging)
                 .map_err(|e| Error::io(dir.shown(staging), e))?;
-            Ok(EntryReceipt {
-                kind: EntryKind::Revision,
-                machine: self.name().to_string(),
-                revision: m.revision,
-                source_sha256: sha256.clone(),
-                toolchain: None,
-                bootstrap_sha256: None,
-                id: 0,
-                created: now_rfc3339(),
-                owner: None,
-                kept: false,
-            })
+            Ok(self.receipt(EntryKind::Revision, m, sha256.clone()))
         });
         let _ = backend::remove_in(&dir, &scratch);
         cx.journal.done(txn)?;
@@ -706,16 +700,9 @@ impl MachineResource {
                 .map_err(|e| Error::io(&overlay, e))?;
             }
             Ok(EntryReceipt {
-                kind: EntryKind::Toolchain,
-                machine: self.name().to_string(),
-                revision: m.revision,
-                source_sha256: src_sha.clone(),
                 toolchain: Some(tc.to_string()),
                 bootstrap_sha256: Some(bootstrap_digest(&t.bootstrap)),
-                id: 0,
-                created: now_rfc3339(),
-                owner: None,
-                kept: false,
+                ..self.receipt(EntryKind::Toolchain, m, src_sha.clone())
             })
         })
     }
