@@ -31,8 +31,10 @@ fn disk(farm: &Farm, rel: &str, size: u64, regions: &[(u64, usize)], seed: u8) -
     blocks
 }
 
-fn declare(farm: &Farm, endpoint: &str, revision: u32, keep: u32, source: &str) {
-    farm.desired(&format!(
+/// A dir volume, the cloud `dev` at `endpoint`, and the disk machine `kit`
+/// published there (`machine`: its revision, source and other keys); `rest` follows.
+fn farm_toml(endpoint: &str, machine: &str, rest: &str) -> String {
+    format!(
         r#"version = 1
 [volume.default]
 path = "vol"
@@ -45,11 +47,17 @@ endpoint = "{endpoint}"
 
 [machine.kit]
 kind = "disk"
-revision = {revision}
-keep = {keep}
-source = {{ path = "{source}" }}
 clouds = ["dev"]
-"#
+{machine}
+{rest}"#
+    )
+}
+
+fn declare(farm: &Farm, endpoint: &str, revision: u32, keep: u32, source: &str) {
+    farm.desired(&farm_toml(
+        endpoint,
+        &format!("revision = {revision}\nkeep = {keep}\nsource = {{ path = \"{source}\" }}"),
+        "",
     ));
 }
 
@@ -614,30 +622,14 @@ fn credentials_come_from_a_web_identity_token_through_sts_or_from_imdsv2() {
 /// A published disk machine and a suite that tests it on instances in `dev`.
 fn declare_suite(farm: &Farm, endpoint: &str, boot_timeout: &str, extra: &str) {
     disk(farm, "disk-1.img", 8 << 20, &[(0, 4096)], 1);
-    farm.desired(&format!(
-        r#"version = 1
-[volume.default]
-path = "vol"
-backend = "dir"
-
-[cloud.dev]
-provider = "ec2"
-region = "us-east-1"
-endpoint = "{endpoint}"
-
-[machine.kit]
-kind = "disk"
-revision = 1
-source = {{ path = "disk-1.img" }}
-clouds = ["dev"]
-console = {{ boot_timeout = "{boot_timeout}" }}
-
-[suite.cs]
-machines = ["kit"]
-executor = "cloud"
-cloud = "dev"
-instance_type = "t3.nano"
-{extra}"#
+    farm.desired(&farm_toml(
+        endpoint,
+        &format!(
+            "revision = 1\nsource = {{ path = \"disk-1.img\" }}\nconsole = {{ boot_timeout = \"{boot_timeout}\" }}"
+        ),
+        &format!(
+            "[suite.cs]\nmachines = [\"kit\"]\nexecutor = \"cloud\"\ncloud = \"dev\"\ninstance_type = \"t3.nano\"\n{extra}"
+        ),
     ));
     farm.run_env(&["apply", "--no-test"], CLOUD_ENV).expect(0);
 }

@@ -15,25 +15,18 @@ use std::time::Duration;
 use common::*;
 
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.email=ops@example.org",
-            "-c",
-            "user.name=ops",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let mut cmd = Command::new("git");
+    cmd.args([
+        "-c",
+        "user.email=ops@example.org",
+        "-c",
+        "user.name=ops",
+        "-c",
+        "init.defaultBranch=main",
+    ])
+    .args(args)
+    .current_dir(dir);
+    stdout_of(&mut cmd).trim().to_string()
 }
 
 /// The farm's repository (a plain one: file:// fetches from it) and a host
@@ -570,13 +563,7 @@ fn a_malformed_host_selector_is_a_located_diagnostic() {
 // ---------- machines as btrfs send streams (root, a real btrfs loop mount) ----------
 
 fn btrfs(args: &[&str]) -> String {
-    let out = Command::new("btrfs").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "btrfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(Command::new("btrfs").args(args))
 }
 
 /// Two send streams made on another "host" (subvolumes sent, then deleted):
@@ -930,18 +917,12 @@ fn gpg_key(home: &Path, public: &Path, email: &str) -> String {
     fs::create_dir_all(home).unwrap();
     fs::set_permissions(home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let gpg = |args: &[&str]| {
-        let out = Command::new("gpg")
-            .env("GNUPGHOME", home)
-            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(
+            Command::new("gpg")
+                .env("GNUPGHOME", home)
+                .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+                .args(args),
+        )
     };
     gpg(&[
         "--quick-gen-key",

