@@ -11,8 +11,6 @@ use std::io::IsTerminal;
 /// and bidirectional overrides are shown as `\x1b`-style escapes, so a name
 /// can neither rewrite the terminal nor fake a line of output.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    let unsafe_char =
-        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
     if !s.chars().any(unsafe_char) {
         return Cow::Borrowed(s);
     }
@@ -27,6 +25,62 @@ pub fn escape(s: &str) -> Cow<'_, str> {
             }
             c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A character a terminal would act on instead of showing.
+fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text shown with its line structure (a file's snippet, a message of
+/// several lines): [`escape`] for everything but newlines and tabs.
+pub fn escape_lines(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| unsafe_char(c) && c != '\n' && c != '\t') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for (i, line) in s.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        for part in line.split('\t').enumerate() {
+            if part.0 > 0 {
+                out.push('\t');
+            }
+            out.push_str(&escape(part.1));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `text` with every character a terminal would act on replaced by as many
+/// `?` as it has bytes, so byte offsets into it (a diagnostic's span) stay
+/// right: what a file's snippet shows. Newlines and tabs stay, and a
+/// carriage return that ends a line.
+pub fn printable_same_length(text: &str) -> Cow<'_, str> {
+    let keep =
+        |c: char, next: Option<char>| c == '\n' || c == '\t' || (c == '\r' && next == Some('\n'));
+    let mut it = text.chars().peekable();
+    let mut dirty = false;
+    while let Some(c) = it.next() {
+        if unsafe_char(c) && !keep(c, it.peek().copied()) {
+            dirty = true;
+            break;
+        }
+    }
+    if !dirty {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut it = text.chars().peekable();
+    while let Some(c) = it.next() {
+        if unsafe_char(c) && !keep(c, it.peek().copied()) {
+            out.extend(std::iter::repeat_n('?', c.len_utf8()));
+        } else {
+            out.push(c);
         }
     }
     Cow::Owned(out)

@@ -7,7 +7,8 @@ use crate::output::{escape, Printer, Style};
 use crate::render::{markdown, step_summary};
 
 pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
-    let (desired, pulled) = load(cli, &a.git, p)?;
+    let loaded = load(cli, &a.git, p, false)?;
+    let (desired, pulled) = (&loaded.desired, &loaded.git);
     if a.locked {
         let problems = desired.unlocked_sources();
         if !problems.is_empty() {
@@ -28,17 +29,17 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         cancel: Some(cancel.clone()),
     };
     // converged: then the [run] test plan (unless --no-test); exit 4 when a test fails
-    let tests = match (select::Filters::from_run(&desired), a.no_test) {
+    let tests = match (select::Filters::from_run(desired), a.no_test) {
         (Some(filters), false) => Some(Tests {
             filters,
-            opts: run::Options::standard(&desired, cancel),
+            opts: run::Options::standard(desired, cancel),
             only_after_changes: false,
         }),
         _ => None,
     };
     let summary = step_summary::target().is_some();
     let report = converge_then_test(
-        &desired,
+        desired,
         &opts,
         tests,
         p.markdown || summary,
@@ -49,7 +50,7 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
     )?;
     // the commit's file is in force once the host converged to it
     if let (Some((remote, commit)), ApplyResult::Converged | ApplyResult::Failed) =
-        (&pulled, report.result)
+        (pulled, report.result)
     {
         remote.note_applied(commit)?;
     }
@@ -83,6 +84,10 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         if let Some(w) = step_summary::append(md) {
             p.warn(&w);
         }
+    }
+    // a commit not taken: the host converged on the last good one, and says so with exit 1
+    if let (Some(nt), Some((_, commit))) = (&loaded.not_taken, pulled) {
+        return Ok(super::not_taken(p, nt, commit));
     }
     Ok(report.code())
 }

@@ -338,37 +338,60 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 5m, 1h)"))
 }
 
-/// The desired state: from -f, or (with --git) from the checkout after a
-/// fetch; the commit it came from when pulled. A commit not taken (refused,
-/// invalid, the remote unreachable) is said as a warning; the last good one
-/// is used.
-fn load(
-    cli: &Cli,
-    git: &GitArgs,
-    p: &Printer,
-) -> Result<
-    (
-        crate::config::Desired,
-        Option<(crate::fleet::git::Remote, String)>,
-    ),
-    Error,
-> {
+/// The desired state: from -f, or (with --git) pulled: the newest commit
+/// that may be applied (for `apply`, checked out; for `plan`, read from an
+/// export of it), or the last good one and why the newest was not taken.
+struct Loaded {
+    desired: crate::config::Desired,
+    /// The remote and the commit in force.
+    git: Option<(crate::fleet::git::Remote, String)>,
+    not_taken: Option<crate::fleet::NotTaken>,
+    /// A preview's export, which its sources are read from.
+    _export: Option<crate::fleet::git::Tree>,
+}
+
+fn load(cli: &Cli, git: &GitArgs, p: &Printer, preview: bool) -> Result<Loaded, Error> {
     let Some(remote) = git.remote() else {
-        return Ok((crate::config::load(&cli.file)?, None));
+        return Ok(Loaded {
+            desired: crate::config::load(&cli.file)?,
+            git: None,
+            not_taken: None,
+            _export: None,
+        });
     };
-    let (desired, commit, note) = crate::fleet::pull_and_load(&remote)?;
-    if let Some(n) = note {
-        p.warn(&format!(
-            "{n}; using the applied commit {}",
-            crate::fleet::git::short(&commit)
-        ));
-    }
+    let (desired, commit, not_taken, export) = if preview {
+        let pv = crate::fleet::preview(&remote)?;
+        (pv.desired, pv.commit, pv.not_taken, Some(pv.tree))
+    } else {
+        let f = crate::fleet::pull_and_load(&remote)?;
+        (f.desired, f.commit, f.not_taken, None)
+    };
     p.info(&format!(
         "{} at {}",
         crate::output::escape(&remote.url),
         crate::fleet::git::short(&commit)
     ));
-    Ok((desired, Some((remote, commit))))
+    Ok(Loaded {
+        desired,
+        git: Some((remote, commit)),
+        not_taken,
+        _export: export,
+    })
+}
+
+/// A commit that was not taken, said once the last good one was used: its
+/// diagnostics, then one line naming it and why. Exit 1.
+fn not_taken(p: &Printer, nt: &crate::fleet::NotTaken, used: &str) -> i32 {
+    if !nt.diagnostics.is_empty() {
+        render::diagnostics(p, &nt.diagnostics);
+    }
+    eprintln!(
+        "{} {}; the last good commit {} was used",
+        p.paint(crate::output::Style::Error, "error:"),
+        crate::output::escape(&nt.why),
+        crate::fleet::git::short(used)
+    );
+    exit::ERROR
 }
 
 fn targets(t: &[String]) -> Result<Vec<glob::Pattern>, Error> {

@@ -8,7 +8,8 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
     if cli.hostname.len() > 1 {
         return several_hosts(cli, a, p);
     }
-    let (desired, _pulled) = load(cli, &a.git, p)?;
+    let loaded = load(cli, &a.git, p, true)?;
+    let desired = &loaded.desired;
     if a.locked {
         let problems = desired.unlocked_sources();
         if !problems.is_empty() {
@@ -18,7 +19,7 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
             )));
         }
     }
-    let (plan, observations) = apply::dry_run(&desired, a.verify, &targets(&a.target)?)?;
+    let (plan, observations) = apply::dry_run(desired, a.verify, &targets(&a.target)?)?;
     // the process exits next: the OS reclaims these at once
     std::mem::forget(observations);
     if let Some(out) = &a.out {
@@ -51,7 +52,10 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
     } else {
         exit::OK
     };
-    std::mem::forget((plan, desired));
+    if let (Some(nt), Some((_, commit))) = (&loaded.not_taken, &loaded.git) {
+        return Ok(super::not_taken(p, nt, commit));
+    }
+    std::mem::forget((plan, loaded));
     Ok(code)
 }
 
@@ -63,22 +67,20 @@ fn several_hosts(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
             "--out saves one host's plan: give one --hostname".into(),
         ));
     }
-    let file = match a.git.remote() {
-        Some(remote) => {
-            crate::fleet::pull(&remote)?;
-            remote.file()
-        }
-        None => cli.file.clone(),
-    };
+    let remote = a.git.remote();
+    let preview = remote.as_ref().map(crate::fleet::preview).transpose()?;
     let mut plans = Vec::new();
     for host in &cli.hostname {
-        let desired = crate::config::load_with(
-            &file,
-            crate::config::LoadOptions {
-                hostname: Some(host.clone()),
-                ..Default::default()
-            },
-        )?;
+        let desired = match (&remote, &preview) {
+            (Some(r), Some(pv)) => crate::fleet::load_export(r, &pv.tree, Some(host.clone()))?,
+            _ => crate::config::load_with(
+                &cli.file,
+                crate::config::LoadOptions {
+                    hostname: Some(host.clone()),
+                    ..Default::default()
+                },
+            )?,
+        };
         let (plan, observations) = apply::dry_run(&desired, a.verify, &targets(&a.target)?)?;
         std::mem::forget(observations);
         plans.push((host.clone(), plan));
@@ -101,6 +103,11 @@ fn several_hosts(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
             p.out(&format!("Host {}:", crate::output::escape(h)));
             render::plan(p, plan);
             p.out("");
+        }
+    }
+    if let Some(pv) = &preview {
+        if let Some(nt) = &pv.not_taken {
+            return Ok(super::not_taken(p, nt, &pv.commit));
         }
     }
     Ok(if plans.iter().any(|(_, plan)| plan.has_changes()) {

@@ -7,13 +7,27 @@ use crate::state::StateDir;
 use crate::{apply, config};
 
 pub fn run(cli: &Cli, a: &StatusArgs, p: &Printer) -> Result<i32> {
-    // with --git: the checkout as it is (status fetches nothing)
     let remote = a.git.remote();
+    if let Some(r) = &remote {
+        r.check()?;
+    }
     let record = remote.as_ref().map(|r| r.record());
-    let desired = match &remote {
-        Some(r) => match crate::fleet::load_checkout(r) {
-            Ok(d) => d,
-            // the work tree may hold a commit being checked (and refused) right now:
+    // with --git: the applied commit, read from an export (the work tree never moves)
+    let applied = record.as_ref().and_then(|r| r.applied.clone());
+    let loaded = match (&remote, &applied) {
+        (Some(r), Some(c)) => Some(crate::fleet::load_commit(r, c)),
+        (Some(_), None) => Some(Err(crate::error::Error::Usage(
+            "no commit has been applied yet".into(),
+        ))),
+        (None, _) => None,
+    };
+    let _export;
+    let desired = match loaded {
+        Some(l) => match l {
+            Ok((d, tree)) => {
+                _export = tree;
+                d
+            }
             // the record is still the host's report
             Err(e) => {
                 if p.json {
@@ -26,7 +40,7 @@ pub fn run(cli: &Cli, a: &StatusArgs, p: &Printer) -> Result<i32> {
                         escape(&serde_json::to_string(&record).unwrap_or_default())
                     ));
                     p.out(&format!(
-                        "The checkout's file does not load now: {}",
+                        "The applied commit's file does not load: {}",
                         escape(&e.to_string())
                     ));
                 }

@@ -25,12 +25,25 @@ fn log(p: &Printer, e: &Event) {
         Event::Started { file, resources } => (
             "started",
             json!({ "file": file, "resources": resources }),
-            format!("watching {} ({resources} resources)", file.display()),
+            format!(
+                "watching {} ({resources} resources)",
+                escape(&file.display().to_string())
+            ),
         ),
         Event::Changed { files } => (
             "changed",
             json!({ "files": files }),
             format!("reloaded: {} changed", join_paths(files)),
+        ),
+        Event::CheckoutDrift { paths, reverted } => (
+            "checkout-drift",
+            json!({ "paths": paths, "reverted": reverted }),
+            format!(
+                "{} the checkout was changed by hand ({}); put back as committed: {}",
+                p.paint(Style::Error, "drift:"),
+                join_paths(paths),
+                join_paths(reverted)
+            ),
         ),
         Event::Drift { addresses, paths } => (
             "drift",

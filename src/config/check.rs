@@ -2,10 +2,13 @@
 //! regexes, dates. Each problem is located at the offending value.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use super::diagnostic::Diagnostic;
 use super::lockfile::Lockfile;
-use super::model::{Console, DesiredFile, Executor, MachineKind, Source, Suite, Vm};
+use super::model::{
+    Console, DesiredFile, Executor, MachineKind, Source, SourceLocation, Suite, Vm,
+};
 use super::Sources;
 
 pub(crate) fn check(
@@ -719,6 +722,21 @@ impl Checker<'_> {
                 );
             }
         }
+        let local = match &s.location {
+            SourceLocation::Path(p) => Some(("path", p.as_str())),
+            SourceLocation::Dir(p) => Some(("dir", p.as_str())),
+            SourceLocation::Url(u) => u.strip_prefix("file://").map(|p| ("url", p)),
+        };
+        if let Some((key, p)) = local.filter(|(_, p)| kernel_view(p)) {
+            let mut at = path.to_vec();
+            at.push(key);
+            self.value(
+                &at,
+                format!("`{p}` is the kernel's view of a process or device, not a file to install"),
+                "not a source",
+                Some("a source is a file or directory of your own (/proc, /sys and /dev are never read)".into()),
+            );
+        }
         if let Some(url) = s.url() {
             let mut p = path.to_vec();
             p.push("url");
@@ -757,6 +775,12 @@ impl Checker<'_> {
             );
         }
     }
+}
+
+/// A path in /proc, /sys or /dev (reconcile's own environment, a device): never a source.
+pub fn kernel_view(p: &str) -> bool {
+    let p = Path::new(p);
+    ["/proc", "/sys", "/dev"].iter().any(|k| p.starts_with(k))
 }
 
 /// The longest duration the file may name (a timeout of centuries is a typo).

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use miette::{NamedSource, SourceSpan};
 use serde::Serialize;
 
+use crate::output::{escape, escape_lines, printable_same_length};
+
 /// One problem found in the desired-state file.
 #[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
 #[error("{message}")]
@@ -53,10 +55,19 @@ impl Diagnostic {
             Some(r) => line_column(text, r.start),
             None => (1, 1),
         };
-        Self::located(file, text, span, (line, column), message, label, help)
+        Self::located(
+            file,
+            &printable(text),
+            span,
+            (line, column),
+            message,
+            label,
+            help,
+        )
     }
 
-    /// A diagnostic whose line and column are already known (from a file's line index).
+    /// A diagnostic whose line and column are already known (from a file's
+    /// line index). `text` is what its snippet shows: [`printable`] of the file.
     pub fn located(
         file: &str,
         text: &Arc<String>,
@@ -66,15 +77,17 @@ impl Diagnostic {
         label: impl Into<String>,
         help: Option<String>,
     ) -> Self {
+        let shown = text.clone();
+        let file = escape(file).into_owned();
         Diagnostic {
-            message: message.into(),
-            source_code: NamedSource::new(file, text.clone()),
+            message: escape_lines(&message.into()).into_owned(),
+            source_code: NamedSource::new(&file, shown),
             span: span.map(|r| SourceSpan::new(r.start.into(), r.end - r.start)),
-            label: label.into(),
-            help,
+            label: escape(&label.into()).into_owned(),
+            help: help.map(|h| escape_lines(&h).into_owned()),
             line,
             column,
-            file: file.to_string(),
+            file,
         }
     }
 
@@ -91,6 +104,16 @@ impl Diagnostic {
             message: &self.message,
             help: self.help.as_deref(),
         }
+    }
+}
+
+/// What a file's snippet shows: the text with everything a terminal would act
+/// on replaced, byte for byte (spans into it stay right). The same text when
+/// it holds nothing of the kind.
+pub fn printable(text: &Arc<String>) -> Arc<String> {
+    match printable_same_length(text) {
+        std::borrow::Cow::Borrowed(_) => text.clone(),
+        std::borrow::Cow::Owned(t) => Arc::new(t),
     }
 }
 

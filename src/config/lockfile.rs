@@ -34,7 +34,15 @@ pub fn path_for(desired: &Path) -> PathBuf {
 impl Lockfile {
     /// A missing lock file is an empty one.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = match super::read_file(path) {
+        Self::load_by(path, super::read_file)
+    }
+
+    /// [`Lockfile::load`], reading with `read` (beneath a checkout's root, say).
+    pub fn load_by(
+        path: &Path,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<Self, String> {
+        let text = match read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),

@@ -4,6 +4,7 @@
 //! acted upon.
 
 mod check;
+mod confine;
 pub mod diagnostic;
 pub mod dirtests;
 #[cfg(test)]
@@ -57,34 +58,9 @@ pub const MAX_INCLUDES: usize = 1_000;
 /// Read a desired-state file: a regular file (a fifo or a device would block
 /// or never end) of at most [`MAX_FILE`] bytes, opened without blocking.
 pub fn read_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    if meta.len() > MAX_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {} MiB", MAX_FILE >> 20),
-        ));
-    }
-    let mut text = String::new();
-    f.take(MAX_FILE + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {} MiB", MAX_FILE >> 20),
-        ));
-    }
-    Ok(text)
+    let bytes = crate::fsops::read_regular(path, MAX_FILE)?;
+    String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// The files an include pattern names, found by a bounded walk from the
@@ -140,6 +116,26 @@ fn expand_include(full: &Path) -> std::result::Result<Vec<PathBuf>, String> {
     }
     out.sort();
     Ok(out)
+}
+
+/// An include pattern of a confined file, its literal directory resolved
+/// beneath the root (a symlinked `farm.d` inside the checkout is followed; one
+/// leading out is refused). The walk itself follows no link.
+fn confined_pattern(c: &confine::Confine, full: &Path) -> std::result::Result<PathBuf, String> {
+    let parts: Vec<&std::ffi::OsStr> = full.iter().collect();
+    let first_glob = parts
+        .iter()
+        .position(|p| p.to_string_lossy().contains(['*', '?', '[']))
+        .unwrap_or(parts.len());
+    let base: PathBuf = parts[..first_glob].iter().collect();
+    if first_glob == parts.len() {
+        // a literal name: read (and refused) by the confined read
+        return Ok(full.to_path_buf());
+    }
+    let real = c.resolve(&base).map_err(|why| format!("include {why}"))?;
+    Ok(parts[first_glob..]
+        .iter()
+        .fold(real, |p, part| p.join(part)))
 }
 
 /// Where each merged entry came from, for locating diagnostics.
@@ -199,6 +195,12 @@ pub struct LoadOptions {
     pub hostname: Option<String>,
     /// Keep what is for other hosts too (`reconcile lock` pins the whole fleet's sources).
     pub all_hosts: bool,
+    /// Read every file the desired state names beneath this directory (a git
+    /// checkout): a path outside it, or a symlink leading out of it, is refused.
+    pub confine: Option<PathBuf>,
+    /// Name the files under this directory in diagnostics as this prefix and
+    /// their path inside it (`3f2a…:farm.toml` for a commit's export).
+    pub shown_as: Option<(PathBuf, String)>,
 }
 
 /// Load, merge and check `path`. `Err(Error::Invalid)` carries every diagnostic.
@@ -208,13 +210,31 @@ pub fn load(path: &Path) -> Result<Desired, Error> {
 
 pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
     let path = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
-    let text = read_file(&path).map_err(|e| Error::ReadDesired {
+    let confine = match &opts.confine {
+        Some(root) => {
+            Some(confine::Confine::open(root, "the checkout").map_err(|e| Error::io(root, e))?)
+        }
+        None => None,
+    };
+    // every file of the desired state is read this way: beneath the checkout's root when confined
+    let read = |p: &Path| match &confine {
+        Some(c) => c.read(p, MAX_FILE),
+        None => read_file(p),
+    };
+    let text = read(&path).map_err(|e| Error::ReadDesired {
         path: path.clone(),
         source: e,
     })?;
     let main_dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
     let mut diagnostics = Vec::new();
-    let main = parse::parse_file(&display_name(&path), text);
+    let shown = |p: &Path| match &opts.shown_as {
+        Some((root, prefix)) => match p.strip_prefix(root) {
+            Ok(rel) => format!("{prefix}{}", rel.display()),
+            Err(_) => display_name(p),
+        },
+        None => display_name(p),
+    };
+    let main = parse::parse_file(&shown(&path), text);
     diagnostics.extend(main.diagnostics);
     let mut sources = Sources {
         files: vec![main.file],
@@ -230,7 +250,11 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
     let mut seen: HashSet<PathBuf> = [path.clone()].into();
     for (i, pattern) in model.include.clone().iter().enumerate() {
         let full = main_dir.join(pattern);
-        let matches: Vec<PathBuf> = match expand_include(&full) {
+        let expanded = match &confine {
+            Some(c) => confined_pattern(c, &full).and_then(|f| expand_include(&f)),
+            None => expand_include(&full),
+        };
+        let matches: Vec<PathBuf> = match expanded {
             Ok(paths) => paths,
             Err(why) => {
                 diagnostics.push(sources.at(
@@ -256,7 +280,7 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
             if !seen.insert(inc.clone()) {
                 continue;
             }
-            let text = match read_file(&inc) {
+            let text = match read(&inc) {
                 Ok(t) => t,
                 Err(e) => {
                     diagnostics.push(sources.at(
@@ -269,7 +293,7 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
                     continue;
                 }
             };
-            let parsed = parse::parse_file(&display_name(&inc), text);
+            let parsed = parse::parse_file(&shown(&inc), text);
             diagnostics.extend(parsed.diagnostics);
             let idx = sources.files.len();
             sources.files.push(parsed.file);
@@ -287,11 +311,11 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
             .get_or_insert_with(|| main_dir.join("plugins").to_string_lossy().into_owned());
     }
 
-    let lock = match Lockfile::load(&lockfile::path_for(&path)) {
+    let lock = match Lockfile::load_by(&lockfile::path_for(&path), read) {
         Ok(l) => l,
         Err(e) => {
             diagnostics.push(Diagnostic::whole_file(
-                &display_name(&lockfile::path_for(&path)),
+                &shown(&lockfile::path_for(&path)),
                 e.to_string(),
                 Some("delete reconcile.lock and run `reconcile lock` again".into()),
             ));
@@ -299,6 +323,9 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         }
     };
 
+    if let Some(c) = &confine {
+        diagnostics.extend(confine::sources(&mut model, c, &sources));
+    }
     let today = today_utc();
     diagnostics.extend(check::check(
         &model,
@@ -367,6 +394,12 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
             .as_ref()
             .and_then(|s| s.labels_file.as_deref())
         {
+            // the host's own file (outside a checkout, as a rule): never the kernel's view of anything
+            Some(f) if check::kernel_view(&main_dir.join(f).to_string_lossy()) => {
+                return Err(Error::Usage(format!(
+                    "labels_file: {f} is in /proc, /sys or /dev; name a file of key=value lines"
+                )))
+            }
             Some(f) => crate::fleet::hosts::read_labels(&main_dir.join(f))
                 .map_err(|why| Error::Usage(format!("labels_file: {why}")))?,
             None => Default::default(),
@@ -620,6 +653,31 @@ impl Desired {
                 out.push((format!("image.{n}.files.{f}"), s));
             }
         }
+        out
+    }
+
+    /// Every file and directory the desired state reads: its files and lock
+    /// file, local sources, suite directories (what must be as committed in
+    /// a git checkout).
+    pub fn inputs(&self) -> Vec<PathBuf> {
+        let mut out = self.files.clone();
+        out.push(lockfile::path_for(&self.path));
+        for (_, s) in self.sources() {
+            match &s.location {
+                model::SourceLocation::Path(p) | model::SourceLocation::Dir(p) => {
+                    out.push(PathBuf::from(p))
+                }
+                model::SourceLocation::Url(_) => {}
+            }
+        }
+        out.extend(
+            self.model
+                .suite
+                .values()
+                .filter_map(|s| s.dir.as_ref().map(PathBuf::from)),
+        );
+        out.sort();
+        out.dedup();
         out
     }
 

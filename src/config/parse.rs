@@ -71,6 +71,8 @@ pub struct SourceFile {
     spans: std::sync::OnceLock<SpanIndex>,
     /// Where each line starts, built on first use like `spans`.
     lines: std::sync::OnceLock<Vec<usize>>,
+    /// The text as a snippet shows it (see `diagnostic::printable`), on first use.
+    shown: std::sync::OnceLock<Arc<String>>,
 }
 
 impl SourceFile {
@@ -100,7 +102,10 @@ impl SourceFile {
             }
             None => (1, 1),
         };
-        Diagnostic::located(&self.name, &self.text, span, at, message, label, help)
+        let shown = self
+            .shown
+            .get_or_init(|| super::diagnostic::printable(&self.text));
+        Diagnostic::located(&self.name, shown, span, at, message, label, help)
     }
 }
 
@@ -125,6 +130,7 @@ pub fn parse_file(name: &str, text: String) -> Parsed {
         text: text.clone(),
         spans: std::sync::OnceLock::new(),
         lines: std::sync::OnceLock::new(),
+        shown: std::sync::OnceLock::new(),
     };
     let mut diagnostics = Vec::new();
     let mut fragment = DesiredFile::default();

@@ -706,17 +706,50 @@ pub fn resolve_inside(tree: &Beneath, link: &Path, chroot: bool) -> Result<PathB
         .map(|c| c.to_os_string())
         .collect();
     // the link itself is resolved from its directory
-    let mut todo: Vec<OsString> = Vec::new();
-    let mut follows = 0;
-    let first = at.pop();
-    if let Some(name) = first {
-        todo.push(name);
+    let todo: Vec<OsString> = at.pop().into_iter().collect();
+    walk_inside(tree, at, todo, chroot)
+}
+
+/// Where the plain relative path `rel` leads inside the tree: every symlink
+/// along it (its directories too) resolved the way the kernel would, none
+/// allowed to leave — or why it leaves. The path returned holds no symlink,
+/// so it can be opened beneath the tree with nothing followed.
+pub fn resolve_path(tree: &Beneath, rel: &Path) -> Result<PathBuf, String> {
+    let mut todo = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => todo.push(n.to_os_string()),
+            Component::ParentDir => todo.push(OsString::from("..")),
+            Component::CurDir => {}
+            _ => return Err(format!("{} is not a relative path", rel.display())),
+        }
     }
+    todo.reverse();
+    walk_inside(tree, Vec::new(), todo, false)
+}
+
+/// Resolve the parts `todo` (last first) from the resolved directory `at`.
+fn walk_inside(
+    tree: &Beneath,
+    mut at: Vec<OsString>,
+    mut todo: Vec<OsString>,
+    chroot: bool,
+) -> Result<PathBuf, String> {
+    let mut follows = 0;
+    // the last symlink followed: an escape is said with the link that made it
+    let mut last_link: Option<(PathBuf, PathBuf)> = None;
     while let Some(part) = todo.pop() {
         let here: PathBuf = at.iter().chain([&part]).collect();
         if part == ".." {
             if at.pop().is_none() && !chroot {
-                return Err("leaves the tree (it climbs above the tree's top)".to_string());
+                return Err(match &last_link {
+                    Some((link, target)) => format!(
+                        "leaves the tree (through {} it reaches {})",
+                        link.display(),
+                        target.display()
+                    ),
+                    None => "leaves the tree (it climbs above the tree's top)".to_string(),
+                });
             }
             continue;
         }
@@ -749,6 +782,7 @@ pub fn resolve_inside(tree: &Beneath, link: &Path, chroot: bool) -> Result<PathB
                         _ => None,
                     })
                     .collect();
+                last_link = Some((here, target));
                 todo.extend(parts.into_iter().rev());
             }
             _ => at.push(part),
@@ -1053,6 +1087,28 @@ mod tests {
         assert!(r("esc").unwrap_err().contains("leaves the tree"));
         link("missing/x", "dangling");
         assert_eq!(r("dangling").unwrap(), Path::new("missing/x"));
+    }
+
+    #[test]
+    fn a_whole_path_resolves_through_its_directories_or_names_the_link_that_leaves() {
+        let (d, b) = tree();
+        let p = d.path();
+        fs::create_dir_all(p.join("src/real")).unwrap();
+        fs::write(p.join("src/real/kolet"), "x").unwrap();
+        let link = |t: &str, at: &str| std::os::unix::fs::symlink(t, p.join(at)).unwrap();
+        link("real", "src/alias");
+        link("../../..", "src/real/up");
+        link("/etc", "etc");
+        let r = |at: &str| resolve_path(&b, Path::new(at));
+        // a directory along the way is a link inside: resolved, no link left
+        assert_eq!(r("src/alias/kolet").unwrap(), Path::new("src/real/kolet"));
+        assert_eq!(r("src/real/kolet").unwrap(), Path::new("src/real/kolet"));
+        // a directory along the way leads out: the link is named
+        let e = r("src/real/up/etc/shadow").unwrap_err();
+        assert!(e.contains("src/real/up") && e.contains("../../.."), "{e}");
+        let e = r("etc/shadow").unwrap_err();
+        assert!(e.contains("etc") && e.contains("/etc"), "{e}");
+        assert!(r("../x").is_err());
     }
 
     #[test]

@@ -168,6 +168,78 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
+/// Read a file the user names: a regular file (a fifo or a device would block
+/// or never end) of at most `limit` bytes, opened without blocking.
+pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let too_big = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", limit >> 20),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    f.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// Why a directory others could tamper with is refused (ssh's StrictModes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exposed {
+    /// It belongs to this uid, not to one of the allowed owners.
+    Owner(u32),
+    /// It is writable by group or others (its permission bits).
+    Writable(u32),
+    /// This directory above it is writable by everyone without the sticky bit.
+    Ancestor(PathBuf),
+}
+
+/// `dir` (opened at `path`) must belong to one of `owners` and be writable by
+/// no one else, and no directory above it may be writable by everyone without
+/// the sticky bit (someone could swap it for their own).
+pub fn check_private(
+    path: &Path,
+    dir: &Beneath,
+    owners: &[u32],
+) -> io::Result<Result<(), Exposed>> {
+    let st = dir.stat(Path::new(""))?;
+    if !owners.contains(&st.uid) {
+        return Ok(Err(Exposed::Owner(st.uid)));
+    }
+    if st.mode & 0o022 != 0 {
+        return Ok(Err(Exposed::Writable(st.mode & 0o777)));
+    }
+    let abs = std::path::absolute(path)?;
+    for parent in abs.ancestors().skip(1) {
+        let Ok(m) = fs::metadata(parent) else {
+            continue;
+        };
+        use std::os::unix::fs::MetadataExt;
+        if m.mode() & 0o002 != 0 && m.mode() & 0o1000 == 0 {
+            return Ok(Err(Exposed::Ancestor(parent.to_path_buf())));
+        }
+    }
+    Ok(Ok(()))
+}
+
 /// Make everything under `root` durable before the rename that publishes it.
 /// Small trees get an fsync per file and directory; past [`SYNCFS_ABOVE`]
 /// entries one `syncfs(2)` of the filesystem is far cheaper than thousands of

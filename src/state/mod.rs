@@ -69,40 +69,27 @@ impl StateDir {
     /// not below a directory others could swap it in.
     pub fn open(&self) -> Result<Beneath> {
         let dir = Beneath::open(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        let st = dir
-            .stat(Path::new(""))
-            .map_err(|e| Error::io(&self.root, e))?;
         let me = nix::unistd::geteuid().as_raw();
         let refuse = |reason: String| Error::State {
             path: self.root.clone(),
             reason,
         };
-        if st.uid != me {
-            return Err(refuse(format!(
-                "it belongs to uid {}, not to uid {me} running reconcile, who keeps its lock and journal there; \
-                 chown it, or set settings.state_dir to a directory of your own",
-                st.uid
-            )));
-        }
-        if st.mode & 0o022 != 0 {
-            return Err(refuse(format!(
-                "it is writable by others (mode {:o}); `chmod go-w` it (reconcile makes it 0700)",
-                st.mode & 0o777
-            )));
-        }
-        let abs = std::path::absolute(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        for parent in abs.ancestors().skip(1) {
-            let Ok(m) = fs::metadata(parent) else {
-                continue;
-            };
-            use std::os::unix::fs::MetadataExt;
-            let sticky = m.mode() & 0o1000 != 0;
-            if m.mode() & 0o002 != 0 && !sticky {
-                return Err(refuse(format!(
-                    "{} above it is writable by everyone without the sticky bit: anyone could put their own state dir in its place",
-                    parent.display()
-                )));
-            }
+        use crate::fsops::Exposed;
+        match crate::fsops::check_private(&self.root, &dir, &[me])
+            .map_err(|e| Error::io(&self.root, e))?
+        {
+            Ok(()) => {}
+            Err(Exposed::Owner(uid)) => return Err(refuse(format!(
+                "it belongs to uid {uid}, not to uid {me} running reconcile, who keeps its lock and journal there; \
+                 chown it, or set settings.state_dir to a directory of your own"
+            ))),
+            Err(Exposed::Writable(mode)) => return Err(refuse(format!(
+                "it is writable by others (mode {mode:o}); `chmod go-w` it (reconcile makes it 0700)"
+            ))),
+            Err(Exposed::Ancestor(parent)) => return Err(refuse(format!(
+                "{} above it is writable by everyone without the sticky bit: anyone could put their own state dir in its place",
+                parent.display()
+            ))),
         }
         Ok(dir)
     }

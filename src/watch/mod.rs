@@ -37,14 +37,6 @@ pub struct Options {
     pub git: Option<crate::fleet::git::Remote>,
 }
 
-/// Load the file: from `opts.file`, or from the checkout (state dir beside it).
-fn load(opts: &Options) -> Result<Desired> {
-    match &opts.git {
-        Some(remote) => crate::fleet::load_checkout(remote),
-        None => config::load(&opts.file),
-    }
-}
-
 /// What watch reports, in order. Rendering is the caller's.
 pub enum Event<'a> {
     Started {
@@ -54,6 +46,12 @@ pub enum Event<'a> {
     /// The desired file (or an include, or the lock file) changed and was reloaded.
     Changed {
         files: &'a [PathBuf],
+    },
+    /// Files of the git checkout were changed by hand: put back as the
+    /// applied commit has them (`reverted`), never read.
+    CheckoutDrift {
+        paths: &'a [PathBuf],
+        reverted: &'a [PathBuf],
     },
     /// A managed path changed under us.
     Drift {
@@ -107,12 +105,12 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
     let mut pulled: Option<String> = None;
     let mut desired = match &opts.git {
         Some(remote) => {
-            let (d, commit, note) = crate::fleet::pull_and_load(remote)?;
-            if let Some(message) = note {
-                on(Event::Error { message });
+            let f = crate::fleet::pull_and_load(remote)?;
+            if let Some(nt) = &f.not_taken {
+                said_not_taken(nt, &f.commit, on);
             }
-            pulled = Some(commit);
-            d
+            pulled = Some(f.commit);
+            f.desired
         }
         None => config::load(&opts.file)?,
     };
@@ -151,7 +149,7 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
     })?;
     let mut watched: BTreeMap<PathBuf, RecursiveMode> = BTreeMap::new();
 
-    sync_watches(&mut debouncer, &mut watched, &desired, on);
+    sync_watches(&mut debouncer, &mut watched, &desired, opts, on);
     converge(&desired, None, "start", opts, &stop, on);
     if let (Some(remote), Some(commit)) = (&opts.git, &pulled) {
         let from = remote.record().applied;
@@ -171,7 +169,7 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
     let mut fetch_failures = 0u32;
     // what is managed (addresses, paths), refreshed after every converge: events are
     // mapped to resources without scanning the managed trees again
-    let (_, mut managed) = sync_watches(&mut debouncer, &mut watched, &desired, on);
+    let (_, mut managed) = sync_watches(&mut debouncer, &mut watched, &desired, opts, on);
     // started = converged once and watching everything that exists
     on(Event::Started {
         file: &desired.path,
@@ -190,7 +188,7 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
                     next_resync = Instant::now() + opts.interval * 2u32.pow(fetch_failures.min(3));
                 }
                 converge(&desired, None, "resync", opts, &stop, on);
-                managed = sync_watches(&mut debouncer, &mut watched, &desired, on).1;
+                managed = sync_watches(&mut debouncer, &mut watched, &desired, opts, on).1;
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
@@ -214,10 +212,25 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
                 converge(&desired, None, "rescan", opts, &stop, on);
             }
             Trigger::Fs { paths, rescan } => {
-                let paths: Vec<PathBuf> = paths
+                let mut paths: Vec<PathBuf> = paths
                     .into_iter()
-                    .filter(|p| !ignored(p, &desired))
+                    .filter(|p| !ignored(p, &desired, opts))
                     .collect();
+                if let Some(remote) = &opts.git {
+                    // the checkout is read only as committed: an edit there is drift of
+                    // the checkout (put back), never a reload; managed roots inside it
+                    // are drift of what they hold
+                    let repo = remote.repo();
+                    let (checkout, rest): (Vec<PathBuf>, Vec<PathBuf>) =
+                        paths.into_iter().partition(|p| {
+                            p.starts_with(&repo)
+                                && !managed.iter().any(|(_, loc)| p.starts_with(loc))
+                        });
+                    if !checkout.is_empty() {
+                        guard_checkout(&desired, opts, &checkout, on);
+                    }
+                    paths = rest;
+                }
                 let config_files = config_files(&desired);
                 let changed: Vec<PathBuf> = paths
                     .iter()
@@ -263,7 +276,7 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
             on(Event::Stopped { signal: "SIGTERM" });
             return Ok(());
         }
-        let (added, now) = sync_watches(&mut debouncer, &mut watched, &desired, on);
+        let (added, now) = sync_watches(&mut debouncer, &mut watched, &desired, opts, on);
         managed = now;
         if added {
             // a tree appeared (a first install into a new root): whatever changed in it
@@ -314,6 +327,8 @@ fn fetch(
     let Some(remote) = &opts.git else {
         return true;
     };
+    // hand edits first: a file added where sources are read would refuse every new commit
+    guard_checkout(desired, opts, &[], on);
     match crate::fleet::pull(remote) {
         Ok(Pulled::Same { .. }) => true,
         Ok(Pulled::New {
@@ -336,29 +351,83 @@ fn fetch(
             }
             true
         }
-        Ok(Pulled::Kept {
-            commit,
-            why,
-            diagnostics,
-            unreachable,
-        }) => {
-            if !diagnostics.is_empty() {
-                on(Event::InvalidConfig {
-                    diagnostics: &diagnostics,
-                });
-            }
-            let retry = if unreachable { ", retrying later" } else { "" };
-            on(Event::Error {
-                message: format!(
-                    "{why}; keeping the last good state ({}){retry}",
-                    crate::fleet::git::short(&commit)
-                ),
-            });
-            !unreachable
+        Ok(Pulled::Kept { commit, not_taken }) => {
+            said_not_taken(&not_taken, &commit, on);
+            !not_taken.unreachable
         }
         Err(e) => {
             on(Event::Error {
                 message: format!("{e}; retrying later"),
+            });
+            false
+        }
+    }
+}
+
+/// A commit not taken: its diagnostics, then why, and that the last good state stays.
+fn said_not_taken(nt: &crate::fleet::NotTaken, kept: &str, on: &mut dyn FnMut(Event)) {
+    if !nt.diagnostics.is_empty() {
+        on(Event::InvalidConfig {
+            diagnostics: &nt.diagnostics,
+        });
+    }
+    let retry = if nt.unreachable {
+        ", retrying later"
+    } else {
+        ""
+    };
+    on(Event::Error {
+        message: format!(
+            "{}; keeping the last good state ({}){retry}",
+            nt.why,
+            crate::fleet::git::short(kept)
+        ),
+    });
+}
+
+/// Git mode: the checkout's files where the desired state reads must be as
+/// the applied commit has them. What was edited by hand is put back (tracked
+/// files restored, files added where sources are read removed) and said as
+/// drift of the checkout. False when it could not be put back (no converge then).
+fn guard_checkout(
+    desired: &Desired,
+    opts: &Options,
+    seen: &[PathBuf],
+    on: &mut dyn FnMut(Event),
+) -> bool {
+    let Some(remote) = &opts.git else {
+        return true;
+    };
+    let edits = match crate::fleet::hand_edits(remote, desired) {
+        Ok(e) => e,
+        Err(e) => {
+            on(Event::Error {
+                message: e.to_string(),
+            });
+            return false;
+        }
+    };
+    if edits.is_empty() {
+        return true;
+    }
+    match crate::fleet::revert_hand_edits(remote, desired)
+        .and_then(|left| remote.remove_untracked(&left).map(|()| left))
+    {
+        Ok(_) => {
+            let paths: Vec<PathBuf> = if seen.is_empty() {
+                edits.iter().map(|e| remote.repo().join(e)).collect()
+            } else {
+                seen.to_vec()
+            };
+            on(Event::CheckoutDrift {
+                paths: &paths,
+                reverted: &edits,
+            });
+            true
+        }
+        Err(e) => {
+            on(Event::Error {
+                message: format!("the checkout was changed by hand and cannot be put back: {e}"),
             });
             false
         }
@@ -372,7 +441,7 @@ fn reload(
     stop: &Arc<AtomicBool>,
     on: &mut dyn FnMut(Event),
 ) {
-    match load(opts) {
+    match config::load(&opts.file) {
         Ok(new) => {
             let files: Vec<PathBuf> = if changed.is_empty() {
                 new.files.clone()
@@ -405,6 +474,10 @@ fn converge(
     on: &mut dyn FnMut(Event),
 ) {
     if stop.load(Ordering::SeqCst) {
+        return;
+    }
+    // git mode: nothing edited by hand in the checkout is ever applied
+    if !guard_checkout(desired, opts, &[], on) {
         return;
     }
     let started = Instant::now();
@@ -499,9 +572,15 @@ fn converge(
     }
 }
 
-/// Paths watch must not react to: reconcile's own staging names and the state dir.
-fn ignored(p: &Path, desired: &Desired) -> bool {
-    p.starts_with(&desired.state_dir) || p.to_string_lossy().contains(STAGING_MARK)
+/// Paths watch must not react to: reconcile's own staging names, the state
+/// dir, and in git mode the repository's own files (a fetch writes there).
+fn ignored(p: &Path, desired: &Desired, opts: &Options) -> bool {
+    p.starts_with(&desired.state_dir)
+        || p.to_string_lossy().contains(STAGING_MARK)
+        || opts
+            .git
+            .as_ref()
+            .is_some_and(|r| p.starts_with(r.repo().join(".git")))
 }
 
 fn config_files(desired: &Desired) -> BTreeSet<PathBuf> {
@@ -538,14 +617,23 @@ fn sync_watches(
     debouncer: &mut Debouncer<RecommendedWatcher, RecommendedCache>,
     watched: &mut BTreeMap<PathBuf, RecursiveMode>,
     desired: &Desired,
+    opts: &Options,
     on: &mut dyn FnMut(Event),
 ) -> (bool, Vec<(String, PathBuf)>) {
     let mut added = false;
     let mut managed = Vec::new();
     let mut want: BTreeMap<PathBuf, RecursiveMode> = BTreeMap::new();
-    for f in config_files(desired) {
-        if let Some(dir) = f.parent() {
-            want.insert(dir.to_path_buf(), RecursiveMode::NonRecursive);
+    match &opts.git {
+        // the whole checkout: an edit anywhere in it is put back
+        Some(remote) => {
+            want.insert(remote.repo(), RecursiveMode::Recursive);
+        }
+        None => {
+            for f in config_files(desired) {
+                if let Some(dir) = f.parent() {
+                    want.insert(dir.to_path_buf(), RecursiveMode::NonRecursive);
+                }
+            }
         }
     }
     match resources(desired) {

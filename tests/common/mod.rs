@@ -17,6 +17,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_reconcile");
 mod cloud;
 #[allow(unused_imports)]
 pub use cloud::*;
+mod git;
+#[allow(unused_imports)]
+pub use git::*;
 
 /// Run a tool the test relies on; its stdout. A failure fails the test with
 /// the command and what it printed.

@@ -1,0 +1,666 @@
+//! Issue 18's trust boundaries, tried the way an attacker or an unlucky
+//! operator would, against the real tools: commits signed with ssh and gpg
+//! keys made here (and keys the file does not trust, planted in root's
+//! ambient GnuPG home and git config), committed symlinks leading out of the
+//! checkout, a checkout directory others could write to, and text meant to
+//! drive the terminal. Each must refuse, say why in words, and leave the last
+//! good state in force.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn have(tool: &str, arg: &str) -> bool {
+    Command::new(tool).arg(arg).output().is_ok()
+}
+
+/// `SHA256:…` of an ssh public key file, as ssh-keygen prints it.
+fn ssh_fingerprint(key: &Path) -> String {
+    let out = stdout_of(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(key.with_extension("pub")),
+    );
+    out.split_whitespace().nth(1).unwrap().to_string()
+}
+
+/// `reconcile apply --git …` with more arguments and environment.
+fn apply(f: &Fleet, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut a = vec!["apply"];
+    a.extend(f.args(url));
+    a.extend_from_slice(extra);
+    f.farm.run_env(&a, env)
+}
+
+fn head_of(repo: &Path) -> String {
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+// ---------- signatures mean what they say ----------
+
+#[test]
+fn item_1_trust_comes_from_the_file_alone_never_from_ambient_keys_or_config() {
+    if !have("ssh-keygen", "-?") || !have("gpg", "--version") {
+        skip("needs ssh-keygen (openssh-client) and gpg");
+        return;
+    }
+    let f = Fleet::new();
+    let (trusted, signers) = keys(&f.farm.path(""));
+    let url = f.url();
+    let verify = ["--verify-signatures", signers.to_str().unwrap()];
+    f.stage(&["a"], "");
+    f.commit_ssh_signed("good", &trusted);
+    apply(&f, &url, &verify, &[]).expect(0);
+    assert!(f.installed("a"));
+
+    // a gpg key in root's ambient GnuPG home signs: FILE is an ssh file, so gpg never counts
+    let ambient = f.farm.path("root-gnupg");
+    let fpr = gpg_key(
+        &ambient,
+        &f.farm.path("ambient.asc"),
+        "intruder@example.org",
+    );
+    f.stage(&["a", "b"], "");
+    let gpg_signed = f.commit_gpg_signed("gpg", &ambient, &fpr);
+    let r = apply(
+        &f,
+        &url,
+        &verify,
+        &[("GNUPGHOME", ambient.to_str().unwrap())],
+    );
+    r.expect(1);
+    assert!(
+        r.stderr.contains(&gpg_signed[..12])
+            && r.stderr.contains("signed with a gpg key")
+            && r.stderr.contains("ssh allowed-signers file"),
+        "{}",
+        r.stderr
+    );
+    assert!(!f.installed("b"));
+
+    // an ssh key that root's git config trusts, in every way git reads config
+    let intruder_dir = f.farm.path("intruder");
+    fs::create_dir_all(&intruder_dir).unwrap();
+    let (intruder, intruder_signers) = keys(&intruder_dir);
+    let cfg = f.farm.write(
+        "root-gitconfig",
+        format!(
+            "[gpg \"ssh\"]\n\tallowedSignersFile = {}\n",
+            intruder_signers.display()
+        ),
+    );
+    let home = f.farm.path("root-home");
+    fs::create_dir_all(&home).unwrap();
+    fs::copy(&cfg, home.join(".gitconfig")).unwrap();
+    f.stage(&["a", "c"], "");
+    let ssh_signed = f.commit_ssh_signed("ssh intruder", &intruder);
+    let r = apply(
+        &f,
+        &url,
+        &verify,
+        &[
+            ("GIT_CONFIG_GLOBAL", cfg.to_str().unwrap()),
+            ("HOME", home.to_str().unwrap()),
+            ("GIT_CONFIG_COUNT", "1"),
+            ("GIT_CONFIG_KEY_0", "gpg.ssh.allowedSignersFile"),
+            ("GIT_CONFIG_VALUE_0", intruder_signers.to_str().unwrap()),
+        ],
+    );
+    r.expect(1);
+    let fp = ssh_fingerprint(&intruder);
+    assert!(
+        r.stderr.contains(&ssh_signed[..12])
+            && r.stderr
+                .contains(&format!("signed by a key not in {}", signers.display()))
+            && r.stderr.contains(&fp),
+        "{fp}\n{}",
+        r.stderr
+    );
+    assert!(!f.installed("c") && !f.installed("b"));
+
+    // the reverse: FILE is a gpg keyring; an ssh signature root's config would trust does not count
+    let g = Fleet::new();
+    let ops_home = g.farm.path("ops-gnupg");
+    let keyring = g.farm.path("trusted.asc");
+    let ops = gpg_key(&ops_home, &keyring, "ops@example.org");
+    let (ssh_key, ssh_signers) = keys(&g.farm.path(""));
+    let gurl = g.url();
+    let gverify = ["--verify-signatures", keyring.to_str().unwrap()];
+    g.stage(&["a"], "");
+    g.commit_gpg_signed("good", &ops_home, &ops);
+    apply(&g, &gurl, &gverify, &[]).expect(0);
+    g.stage(&["a", "b"], "");
+    g.commit_ssh_signed("ssh", &ssh_key);
+    let r = apply(
+        &g,
+        &gurl,
+        &gverify,
+        &[
+            ("GIT_CONFIG_COUNT", "1"),
+            ("GIT_CONFIG_KEY_0", "gpg.ssh.allowedSignersFile"),
+            ("GIT_CONFIG_VALUE_0", ssh_signers.to_str().unwrap()),
+        ],
+    );
+    r.expect(1);
+    assert!(
+        r.stderr.contains("signed with an ssh key") && r.stderr.contains("gpg keyring"),
+        "{}",
+        r.stderr
+    );
+    assert!(!g.installed("b"));
+    for h in [&ambient, &ops_home] {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", h)
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
+}
+
+#[test]
+fn item_2_a_missing_empty_or_unreadable_trust_file_refuses_everything() {
+    if !have("ssh-keygen", "-?") {
+        skip("needs ssh-keygen (openssh-client)");
+        return;
+    }
+    let f = Fleet::new();
+    let (key, _) = keys(&f.farm.path(""));
+    let url = f.url();
+    f.stage(&["a"], "");
+    let signed = f.commit_ssh_signed("signed", &key);
+    let empty = f.farm.write("empty", "");
+    let blank = f.farm.write("blank", "\n   \n");
+    let junk = f
+        .farm
+        .write("junk", "# nobody\nops@example.org not-a-key\n");
+    let dir = f.farm.path("a-directory");
+    fs::create_dir_all(&dir).unwrap();
+    let fifo = f.farm.path("a-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let missing = f.farm.path("missing");
+    for (file, why) in [
+        (&missing, "cannot be read"),
+        (&empty, "is empty"),
+        (&blank, "is empty"),
+        (&junk, "holds no ssh public key"),
+        (&dir, "cannot be read"),
+        (&fifo, "cannot be read"),
+    ] {
+        let r = apply(
+            &f,
+            &url,
+            &["--verify-signatures", file.to_str().unwrap()],
+            &[],
+        );
+        r.expect(1);
+        assert!(
+            r.stderr.contains(&signed[..12]) && r.stderr.contains(why),
+            "{}: {}",
+            file.display(),
+            r.stderr
+        );
+        assert!(!f.installed("a"), "{} let a commit through", file.display());
+    }
+}
+
+#[test]
+fn item_3_a_refusal_says_why_in_words() {
+    if !have("ssh-keygen", "-?") {
+        skip("needs ssh-keygen (openssh-client)");
+        return;
+    }
+    let f = Fleet::new();
+    let (key, signers) = keys(&f.farm.path(""));
+    let other_dir = f.farm.path("other");
+    fs::create_dir_all(&other_dir).unwrap();
+    let (other, _) = keys(&other_dir);
+    let url = f.url();
+    let verify = ["--verify-signatures", signers.to_str().unwrap()];
+    let refused = |why: &str| {
+        let r = apply(&f, &url, &verify, &[]);
+        r.expect(1);
+        assert!(r.stderr.contains(why), "want {why:?}:\n{}", r.stderr);
+        // never a verifier's "Good signature" given as the reason for a refusal
+        assert!(!r.stderr.contains("Good"), "{}", r.stderr);
+        assert!(!r.stderr.contains("failed (exit status"), "{}", r.stderr);
+        r
+    };
+    f.stage(&["a"], "");
+    f.commit_staged("unsigned", &[], &[]);
+    refused("it has no signature");
+    f.stage(&["a"], "# signed by another\n");
+    f.commit_ssh_signed("other", &other);
+    refused(&format!(
+        "signed by a key not in {} ({})",
+        signers.display(),
+        ssh_fingerprint(&other)
+    ));
+    // a signature of the trusted key over another message: the object is
+    // rewritten by hand, its signature kept
+    f.stage(&["a"], "# signed\n");
+    let good = f.commit_ssh_signed("the real message", &key);
+    let object = git(&f.origin, &["cat-file", "commit", &good]);
+    let forged = f.farm.write(
+        "forged",
+        object.replace("the real message", "a message never signed") + "\n",
+    );
+    let id = git(
+        &f.origin,
+        &[
+            "hash-object",
+            "-t",
+            "commit",
+            "-w",
+            forged.to_str().unwrap(),
+        ],
+    );
+    git(&f.origin, &["update-ref", "refs/heads/main", &id]);
+    let r = refused("bad signature");
+    assert!(r.stderr.contains(&ssh_fingerprint(&key)), "{}", r.stderr);
+    assert!(!f.installed("a"));
+    // the real one is applied
+    git(&f.origin, &["update-ref", "refs/heads/main", &good]);
+    apply(&f, &url, &verify, &[]).expect(0);
+    assert!(f.installed("a"));
+}
+
+#[test]
+fn item_4_previews_never_move_the_work_tree_and_hand_edits_are_put_back_not_applied() {
+    if !have("ssh-keygen", "-?") {
+        skip("needs ssh-keygen (openssh-client)");
+        return;
+    }
+    let f = Fleet::new();
+    let (key, signers) = keys(&f.farm.path(""));
+    let url = f.url();
+    // a plugin from a directory too, to add a file to by hand
+    let dsrc = f.origin.join("srcd");
+    fs::create_dir_all(&dsrc).unwrap();
+    fs::write(dsrc.join("d"), "#!/bin/sh\necho d\n").unwrap();
+    fs::set_permissions(dsrc.join("d"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(dsrc.join("plugin.json"), r#"{"name": "d", "version": "1"}"#).unwrap();
+    let dplugin = format!(
+        "[plugin.d]\nversion = \"1\"\ndir = \"{}\"\nsource = {{ dir = \"srcd\" }}\n",
+        f.plugins.display()
+    );
+    f.stage(&["a"], &dplugin);
+    let good = f.commit_ssh_signed("good", &key);
+    let w = f.watch(&url, &["--verify-signatures", signers.to_str().unwrap()]);
+    wait_until("the signed commit was not applied", LIMIT, || {
+        f.installed("a") && f.plugins.join("d/d").exists()
+    });
+    let repo = f.checkout.join("repo");
+    let committed = fs::read_to_string(repo.join("farm.toml")).unwrap();
+    assert_eq!(head_of(&repo), good);
+
+    // an unsigned commit: a plan that verifies nothing previews it, the work tree stays
+    f.stage(&["a", "b"], &dplugin);
+    let unsigned = f.commit_staged("unsigned", &[], &[]);
+    let before = snapshot(&repo, &[".git"]);
+    let mut a = vec!["plan"];
+    a.extend(f.args(&url));
+    let r = f.farm.run(&a);
+    r.expect(2);
+    assert!(r.stdout.contains("+ plugin.b"), "{}", r.stdout);
+    assert!(r.stderr.contains(&unsigned[..12]), "{}", r.stderr);
+    assert_eq!(head_of(&repo), good, "plan moved the work tree");
+    assert_eq!(
+        snapshot(&repo, &[".git"]),
+        before,
+        "plan changed the work tree"
+    );
+    let st = f.status(&url);
+    assert_eq!(st["git"]["applied"], good.as_str(), "{st}");
+    assert_eq!(head_of(&repo), good, "status moved the work tree");
+    // and the watch, which verifies, never applies it
+    wait_until("the watch never refused the unsigned commit", LIMIT, || {
+        f.status(&url)["git"]["refused"] == unsigned.as_str()
+    });
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(!f.installed("b"));
+
+    // edits by hand: the file, a tracked source, a file added to a dir source
+    fs::write(
+        repo.join("farm.toml"),
+        committed.clone() + "[plugin.z]\nversion = \"1\"\nsource = { path = \"src/a\" }\n",
+    )
+    .unwrap();
+    fs::write(repo.join("src/a"), "#!/bin/sh\necho hacked\n").unwrap();
+    fs::write(repo.join("srcd/planted"), "#!/bin/sh\necho planted\n").unwrap();
+    wait_until("the hand edits were never put back", LIMIT, || {
+        fs::read_to_string(repo.join("farm.toml")).is_ok_and(|t| t == committed)
+            && fs::read_to_string(repo.join("src/a")).is_ok_and(|t| t == "#!/bin/sh\necho a\n")
+            && !repo.join("srcd/planted").exists()
+    });
+    // a resync or two later: nothing of them was ever applied
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(
+        fs::read_to_string(f.plugins.join("a/a")).unwrap(),
+        "#!/bin/sh\necho a\n"
+    );
+    assert!(!f.plugins.join("z").exists());
+    assert!(!f.plugins.join("d/planted").exists());
+    let log = stop(w);
+    assert!(log.contains("\"event\":\"checkout-drift\""), "{log}");
+}
+
+#[test]
+fn item_5_a_one_shot_apply_of_a_commit_not_taken_exits_1_on_the_last_good_one() {
+    let f = Fleet::new();
+    let url = f.url();
+    let first = f.commit(&["a"], "");
+    apply(&f, &url, &[], &[]).expect(0);
+
+    // an invalid file: its diagnostics, one line naming the commit, exit 1, the last good state kept
+    f.stage(&["a", "b"], "[plugin.c]\nversion = 1\n");
+    let invalid = f.commit_staged("broken", &[], &[]);
+    for _ in 0..2 {
+        let r = apply(&f, &url, &[], &[]);
+        r.expect(1);
+        // the diagnostic names the commit's file as git does, with its line
+        assert!(
+            r.stderr
+                .contains(&format!("{}:farm.toml:11:11", &invalid[..12])),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("expected a string"), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("commit {} not applied", &invalid[..12]))
+                && r.stderr
+                    .contains(&format!("the last good commit {}", &first[..12])),
+            "{}",
+            r.stderr
+        );
+        assert!(f.installed("a") && !f.installed("b"));
+        // the refusal stays in the record until a later commit is applied
+        let st = f.status(&url);
+        assert_eq!(st["git"]["applied"], first.as_str(), "{st}");
+        assert!(
+            st["git"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&invalid[..12])),
+            "{st}"
+        );
+    }
+    let mut p = vec!["plan"];
+    p.extend(f.args(&url));
+    let r = f.farm.run(&p);
+    r.expect(1);
+    assert!(r.stderr.contains("would not be applied"), "{}", r.stderr);
+
+    // a later valid commit is applied and clears it
+    let second = f.commit(&["a", "b"], "");
+    apply(&f, &url, &[], &[]).expect(0);
+    let st = f.status(&url);
+    assert_eq!(st["git"]["applied"], second.as_str());
+    assert!(st["git"]["last_error"].is_null(), "{st}");
+
+    // a rewound ref
+    git(&f.origin, &["reset", "-q", "--hard", &first]);
+    let r = apply(&f, &url, &[], &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("does not descend"), "{}", r.stderr);
+    assert!(f.installed("b"));
+    git(&f.origin, &["reset", "-q", "--hard", &second]);
+
+    // an unreachable remote
+    let away = f.farm.path("origin-away");
+    fs::rename(&f.origin, &away).unwrap();
+    let r = apply(&f, &url, &[], &[]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("git fetch failed") && r.stderr.contains(&second[..12]),
+        "{}",
+        r.stderr
+    );
+    assert!(f.installed("a") && f.installed("b"));
+    fs::rename(&away, &f.origin).unwrap();
+    apply(&f, &url, &[], &[]).expect(0);
+}
+
+// ---------- the checkout is a trust boundary ----------
+
+#[test]
+fn item_6_files_of_a_commit_are_read_with_the_checkout_as_their_root() {
+    let f = Fleet::new();
+    let url = f.url();
+    let secret = f
+        .farm
+        .write("secret.toml", "TOP SECRET = \"x\"\n[[broken\n");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let good = f.commit(&["a"], "");
+    apply(&f, &url, &[], &[]).expect(0);
+    let plugins = f.plugins.display().to_string();
+    let plugin = |name: &str, source: &str| {
+        format!("[plugin.{name}]\nversion = \"1\"\ndir = \"{plugins}\"\nsource = {source}\n")
+    };
+    // (what, how it is planted in the origin, what the file says, what the refusal names)
+    type Case<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, String, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "a path source that is a link to a file outside",
+            Box::new(|o: &Path| symlink(&secret, o.join("src/evil")).unwrap()),
+            plugin("evil", "{ path = \"src/evil\" }"),
+            "src/evil",
+        ),
+        (
+            "a relative link that climbs out",
+            Box::new(|o: &Path| symlink("../../../../secret.toml", o.join("src/climb")).unwrap()),
+            plugin("climb", "{ path = \"src/climb\" }"),
+            "src/climb",
+        ),
+        (
+            "a directory source that is a link to /etc",
+            Box::new(|o: &Path| symlink("/etc", o.join("rootfs")).unwrap()),
+            plugin("etc", "{ dir = \"rootfs\" }"),
+            "rootfs",
+        ),
+        (
+            "an image file through a link to /proc/self",
+            Box::new(|o: &Path| symlink("/proc/self", o.join("boot")).unwrap()),
+            format!(
+                "[image.i]\nroot = \"{}\"\narch = \"amd64\"\nrelease = \"x\"\npurpose = \"install\"\nfiles.linux = {{ path = \"boot/environ\" }}\n",
+                f.farm.path("host/tftp").display()
+            ),
+            "boot",
+        ),
+        (
+            "an include that is a link to a file outside",
+            Box::new(|o: &Path| symlink(&secret, o.join("inc.toml")).unwrap()),
+            "include = [\"inc.toml\"]\n".to_string(),
+            "inc.toml",
+        ),
+        (
+            "an absolute path outside the checkout",
+            Box::new(|_: &Path| {}),
+            plugin("abs", &format!("{{ path = \"{}\" }}", secret.display())),
+            "outside the checkout",
+        ),
+    ];
+    for (what, plant, extra, named) in cases {
+        plant(&f.origin);
+        fs::write(f.origin.join("farm.toml"), format!("version = 1\n{extra}")).unwrap();
+        let bad = f.commit_staged(what, &[], &[]);
+        let r = apply(&f, &url, &[], &[]);
+        r.expect(1);
+        assert!(
+            r.all().contains(named) && r.all().contains(&bad[..12]),
+            "{what}: {}",
+            r.all()
+        );
+        assert!(
+            r.all().contains("outside the checkout") || r.all().contains("leads outside"),
+            "{what}: {}",
+            r.all()
+        );
+        assert!(!r.all().contains("TOP SECRET"), "{what} showed the file");
+        assert_eq!(f.status(&url)["git"]["applied"], good.as_str(), "{what}");
+        // nothing of it landed
+        for p in ["evil", "climb", "etc", "abs"] {
+            assert!(!f.plugins.join(p).exists(), "{what} installed {p}");
+        }
+        assert!(!f.farm.path("host/tftp").exists(), "{what}");
+        git(&f.origin, &["reset", "-q", "--hard", &good]);
+        git(&f.origin, &["clean", "-fdq"]);
+    }
+    // the file itself as a link out of the checkout
+    fs::remove_file(f.origin.join("farm.toml")).unwrap();
+    symlink(&secret, f.origin.join("farm.toml")).unwrap();
+    f.commit_staged("the file is a link", &[], &[]);
+    let r = apply(&f, &url, &[], &[]);
+    r.expect(1);
+    assert!(r.all().contains("farm.toml"), "{}", r.all());
+    assert!(!r.all().contains("TOP SECRET"), "{}", r.all());
+    assert_eq!(
+        fs::read_to_string(&secret).unwrap(),
+        "TOP SECRET = \"x\"\n[[broken\n"
+    );
+
+    // without git too: the kernel's view is never a source
+    let farm = Farm::new();
+    farm.desired(
+        "version = 1\n[plugin.env]\nversion = \"1\"\nsource = { path = \"/proc/self/environ\" }\n",
+    );
+    let r = farm.run(&["validate"]);
+    r.expect(1);
+    assert!(r.stderr.contains("kernel's view"), "{}", r.stderr);
+}
+
+#[test]
+fn item_7_a_checkout_directory_others_could_write_to_is_refused_and_nothing_is_written() {
+    let f = Fleet::new();
+    let url = f.url();
+    f.commit(&["a"], "");
+    let victim = f.farm.write("victim", "do not touch\n");
+    // writable by everyone
+    fs::create_dir_all(&f.checkout).unwrap();
+    fs::set_permissions(&f.checkout, fs::Permissions::from_mode(0o777)).unwrap();
+    let r = apply(&f, &url, &[], &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("writable by others"), "{}", r.stderr);
+    assert!(
+        fs::read_dir(&f.checkout).unwrap().next().is_none(),
+        "wrote into it"
+    );
+    fs::set_permissions(&f.checkout, fs::Permissions::from_mode(0o755)).unwrap();
+
+    // a repository planted as a symlink
+    let elsewhere = f.farm.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    git(&elsewhere, &["init", "-q"]);
+    let before = snapshot(&elsewhere, &[]);
+    symlink(&elsewhere, f.checkout.join("repo")).unwrap();
+    let r = apply(&f, &url, &[], &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("repo is a symlink"), "{}", r.stderr);
+    assert_eq!(snapshot(&elsewhere, &[]), before);
+    assert!(!f.checkout.join("git.json").exists());
+    fs::remove_file(f.checkout.join("repo")).unwrap();
+
+    // the record planted as a symlink
+    symlink(&victim, f.checkout.join("git.json")).unwrap();
+    let r = apply(&f, &url, &[], &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("git.json is a symlink"), "{}", r.stderr);
+    let mut s = vec!["status"];
+    s.extend(f.args(&url));
+    f.farm.run(&s).expect(1);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "do not touch\n");
+    assert!(!f.installed("a"));
+    fs::remove_file(f.checkout.join("git.json")).unwrap();
+    apply(&f, &url, &[], &[]).expect(0);
+}
+
+#[test]
+#[ignore = "needs root (to hand the checkout to another user)"]
+fn item_7_a_checkout_of_another_user_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        skip("needs root");
+        return;
+    }
+    let f = Fleet::new();
+    let url = f.url();
+    f.commit(&["a"], "");
+    apply(&f, &url, &[], &[]).expect(0);
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let repo = f.checkout.join("repo");
+    stdout_of(Command::new("chown").args(["-R", "65534"]).arg(&repo));
+    f.commit(&["a", "b"], "");
+    let before = snapshot(&repo, &[]);
+    let r = apply(&f, &url, &[], &[]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("repo belongs to uid 65534"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        snapshot(&repo, &[]),
+        before,
+        "the foreign repository was written to"
+    );
+    assert!(!f.installed("b"));
+    stdout_of(Command::new("chown").args(["-R", "0"]).arg(&repo));
+    nix::unistd::chown(&f.checkout, Some(nobody), None).unwrap();
+    let r = apply(&f, &url, &[], &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("belongs to uid 65534"), "{}", r.stderr);
+}
+
+#[test]
+fn item_8_text_from_a_commit_never_drives_the_terminal() {
+    let f = Fleet::new();
+    let url = f.url();
+    f.commit(&["a"], "");
+    apply(&f, &url, &[], &[]).expect(0);
+    // an escape in a comment (invalid TOML: the snippet shows it), and an
+    // included file whose name carries one
+    let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31m";
+    fs::create_dir_all(f.origin.join("farm.d")).unwrap();
+    fs::write(
+        f.origin.join(format!("farm.d/{evil}.toml")),
+        format!("[plugin.x]\nversion = 1 # {evil}\n"),
+    )
+    .unwrap();
+    fs::write(
+        f.origin.join("farm.toml"),
+        format!("version = 1\ninclude = [\"farm.d/*.toml\"]\n# {evil}\n"),
+    )
+    .unwrap();
+    f.commit_staged(&format!("subject {evil}"), &[], &[]);
+    let r = apply(&f, &url, &[], &[]);
+    r.expect(1);
+    assert!(r.stderr.contains("not applied"), "{}", r.stderr);
+    assert!(!r.all().contains('\u{1b}'), "{:?}", r.all());
+    assert!(!r.all().contains('\u{7}'), "{:?}", r.all());
+    // a watch in text mode says it too, escaped
+    let mut a = vec!["watch", "--interval", "300ms"];
+    a.extend(f.args(&url));
+    let child = f
+        .farm
+        .cmd(&a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the watch never refused the commit", LIMIT, || {
+        f.status(&url)["git"]["refused"].is_string()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    interrupt(&child);
+    let out = child.wait_with_output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("not applied"), "{all}");
+    assert!(!all.contains('\u{1b}') && !all.contains('\u{7}'), "{all:?}");
+}
