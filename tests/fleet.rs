@@ -423,10 +423,6 @@ fn a_malformed_host_selector_is_a_located_diagnostic() {
 
 // ---------- machines as btrfs send streams (root, a real btrfs loop mount) ----------
 
-fn btrfs(args: &[&str]) -> String {
-    stdout_of(Command::new("btrfs").args(args))
-}
-
 /// Two send streams made on another "host" (subvolumes sent, then deleted):
 /// kit-1 full (zstd-compressed), kit-2 incremental against kit-1.
 fn streams(farm: &Farm) -> (PathBuf, PathBuf) {

@@ -664,3 +664,459 @@ fn item_8_text_from_a_commit_never_drives_the_terminal() {
     assert!(all.contains("not applied"), "{all}");
     assert!(!all.contains('\u{1b}') && !all.contains('\u{7}'), "{all:?}");
 }
+
+// ---------- btrfs send streams and export ----------
+
+/// A read-only subvolume `name` under `dir` holding `files`.
+fn subvolume(dir: &Path, name: &str, files: &[(&str, &[u8])]) -> std::path::PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let s = dir.join(name);
+    btrfs(&["subvolume", "create", s.to_str().unwrap()]);
+    for (f, data) in files {
+        let p = s.join(f);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    btrfs(&["property", "set", "-ts", s.to_str().unwrap(), "ro", "true"]);
+    s
+}
+
+/// `btrfs send` of `sub` (against `parent`) into `out`.
+fn send(sub: &Path, parent: Option<&Path>, out: &Path) {
+    let mut a = vec!["send", "-q"];
+    if let Some(p) = parent {
+        a.extend(["-p", p.to_str().unwrap()]);
+    }
+    a.extend(["-f", out.to_str().unwrap(), sub.to_str().unwrap()]);
+    btrfs(&a);
+}
+
+/// Machines on a btrfs volume, each from a send stream `(name, revision, file, parent)`.
+fn machines(farm: &Farm, ms: &[(&str, u32, &Path, Option<u32>)], extra: &str) {
+    let mut toml = format!(
+        "version = 1\n{extra}\n[volume.default]\npath = \"machines\"\nbackend = \"btrfs\"\n"
+    );
+    for (name, rev, file, parent) in ms {
+        toml.push_str(&format!(
+            "[machine.{name}]\nrevision = {rev}\nkeep = 2\nsource = {{ path = \"{}\", format = \"btrfs-send\", sha256 = \"{}\"{} }}\n",
+            file.display(),
+            sha_file(file),
+            parent.map(|p| format!(", parent = {p}")).unwrap_or_default()
+        ));
+    }
+    farm.desired(&toml);
+}
+
+fn stray(farm: &Farm, machine: &str) -> Vec<String> {
+    fs::read_dir(farm.path(&format!("machines/{machine}")))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.') && n != ".reconcile")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A `btrfs` first on PATH that logs how it is called and, on `receive`,
+/// swaps the source file for other bytes before the real one runs.
+fn logging_btrfs(farm: &Farm) -> (std::path::PathBuf, std::path::PathBuf) {
+    let bin = farm.path("shim");
+    fs::create_dir_all(&bin).unwrap();
+    let log = farm.path("btrfs.log");
+    let real = [
+        "/usr/bin/btrfs",
+        "/bin/btrfs",
+        "/usr/sbin/btrfs",
+        "/sbin/btrfs",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .unwrap();
+    let shim = bin.join("btrfs");
+    fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {log}\nif [ \"$1\" = receive ] && [ -n \"$SWAP_FROM\" ]; then cp \"$SWAP_FROM\" \"$SWAP_TO\"; fi\nexec {real} \"$@\"\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+    (bin, log)
+}
+
+#[test]
+#[ignore = "needs root and btrfs-progs (a loop-mounted btrfs)"]
+fn item_9_a_streams_digest_is_checked_before_receive_sees_a_byte() {
+    let Some(mnt) = BtrfsMount::new() else { return };
+    let farm = mnt.farm();
+    let good = subvolume(
+        &farm.path("build"),
+        "good",
+        &[("etc/os-release", b"ID=good\n")],
+    );
+    let evil = subvolume(
+        &farm.path("build"),
+        "evil",
+        &[("etc/os-release", b"ID=evil\n")],
+    );
+    let stream = farm.path("kit-1.btrfs");
+    let other = farm.path("other.btrfs");
+    send(&good, None, &stream);
+    send(&evil, None, &other);
+    let (bin, log) = logging_btrfs(&farm);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    // declared digest of other bytes: refused, and receive never ran
+    machines(&farm, &[("kit", 1, &other, None)], "");
+    let toml = fs::read_to_string(farm.path("reconcile.toml"))
+        .unwrap()
+        .replace(&sha_file(&other), &sha_file(&stream))
+        .replace(other.to_str().unwrap(), stream.to_str().unwrap());
+    farm.desired(&toml);
+    fs::copy(&other, &stream).unwrap();
+    let r = farm.run_env(&["apply"], &[("PATH", &path)]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("checksum mismatch") && r.stderr.contains("nothing was received"),
+        "{}",
+        r.stderr
+    );
+    let calls = fs::read_to_string(&log).unwrap_or_default();
+    assert!(!calls.contains("receive"), "receive ran: {calls}");
+    assert!(!farm.path("machines/kit/kit-1").exists() && stray(&farm, "kit").is_empty());
+    // the right bytes, swapped for others the moment receive starts: what is
+    // received is the copy that was checked
+    send(&good, None, &farm.path("good.btrfs"));
+    fs::copy(farm.path("good.btrfs"), &stream).unwrap();
+    let r = farm.run_env(
+        &["apply"],
+        &[
+            ("PATH", &path),
+            ("SWAP_FROM", other.to_str().unwrap()),
+            ("SWAP_TO", stream.to_str().unwrap()),
+        ],
+    );
+    r.expect(0);
+    assert!(
+        fs::read_to_string(&log).unwrap().contains("receive -C"),
+        "not chrooted"
+    );
+    assert_eq!(
+        fs::read_to_string(farm.path("machines/kit/kit-1/etc/os-release")).unwrap(),
+        "ID=good\n"
+    );
+}
+
+/// CRC-32C (Castagnoli) as btrfs send computes it: seed 0, no final inversion.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc: u32 = 0;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+/// One command of a send stream: its type and its attributes (type, value).
+type Cmd = (u16, Vec<(u16, Vec<u8>)>);
+
+/// A send stream written by hand.
+fn crafted(cmds: &[Cmd]) -> Vec<u8> {
+    let mut out = b"btrfs-stream\0".to_vec();
+    out.extend(1u32.to_le_bytes());
+    for (cmd, attrs) in cmds {
+        let mut body = Vec::new();
+        for (t, v) in attrs {
+            body.extend(t.to_le_bytes());
+            body.extend((v.len() as u16).to_le_bytes());
+            body.extend(v);
+        }
+        let mut c = (body.len() as u32).to_le_bytes().to_vec();
+        c.extend(cmd.to_le_bytes());
+        c.extend([0u8; 4]);
+        c.extend(&body);
+        let crc = crc32c(&c);
+        c[6..10].copy_from_slice(&crc.to_le_bytes());
+        out.extend(c);
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs root and btrfs-progs (a loop-mounted btrfs)"]
+fn item_10_a_crafted_stream_writes_nothing_outside_its_subvolume() {
+    let Some(mnt) = BtrfsMount::new() else { return };
+    let farm = mnt.farm();
+    // the helper's CRC is the one btrfs writes (checked on a real stream)
+    let real = subvolume(&farm.path("build"), "real", &[("f", b"x")]);
+    send(&real, None, &farm.path("real.btrfs"));
+    let bytes = fs::read(farm.path("real.btrfs")).unwrap();
+    let len = u32::from_le_bytes(bytes[17..21].try_into().unwrap()) as usize;
+    let mut first = bytes[17..27 + len].to_vec();
+    let want = u32::from_le_bytes(first[6..10].try_into().unwrap());
+    first[6..10].copy_from_slice(&[0; 4]);
+    assert_eq!(crc32c(&first), want);
+
+    let outside = farm.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let (path, link, ino, uuid, ctransid) = (15u16, 17u16, 3u16, 1u16, 2u16);
+    let subvol = (
+        1u16,
+        vec![
+            (path, b"evil".to_vec()),
+            (uuid, vec![0x42; 16]),
+            (ctransid, 1u64.to_le_bytes().to_vec()),
+        ],
+    );
+    let end = (21u16, vec![]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a path with ..",
+            crafted(&[
+                subvol.clone(),
+                (
+                    3,
+                    vec![
+                        (path, b"../../../outside/dotdot".to_vec()),
+                        (ino, 257u64.to_le_bytes().to_vec()),
+                    ],
+                ),
+                end.clone(),
+            ]),
+            "leads out of its subvolume",
+        ),
+        (
+            "an absolute path",
+            crafted(&[
+                subvol.clone(),
+                (
+                    3,
+                    vec![
+                        (path, format!("{}/abs", outside.display()).into_bytes()),
+                        (ino, 257u64.to_le_bytes().to_vec()),
+                    ],
+                ),
+                end.clone(),
+            ]),
+            "absolute",
+        ),
+        (
+            // a link to the outside directory, then a file made through it:
+            // receive runs chrooted into its scratch directory, where that path leads nowhere
+            "a write through a symlink it made",
+            crafted(&[
+                subvol.clone(),
+                (
+                    8,
+                    vec![
+                        (path, b"link".to_vec()),
+                        (ino, 257u64.to_le_bytes().to_vec()),
+                        (link, outside.to_str().unwrap().as_bytes().to_vec()),
+                    ],
+                ),
+                (
+                    3,
+                    vec![
+                        (path, b"link/through".to_vec()),
+                        (ino, 258u64.to_le_bytes().to_vec()),
+                    ],
+                ),
+                end.clone(),
+            ]),
+            "btrfs receive failed",
+        ),
+    ];
+    for (what, stream, why) in cases {
+        let file = farm.path("evil.btrfs");
+        fs::write(&file, &stream).unwrap();
+        machines(&farm, &[("kit", 1, &file, None)], "");
+        let r = farm.run(&["apply"]);
+        r.expect(1);
+        assert!(r.stderr.contains(why), "{what}: {}", r.stderr);
+        assert!(
+            fs::read_dir(&outside).unwrap().next().is_none(),
+            "{what} wrote outside"
+        );
+        assert!(!farm.path("machines/kit/kit-1").exists(), "{what}");
+        assert!(
+            stray(&farm, "kit").is_empty(),
+            "{what}: {:?}",
+            stray(&farm, "kit")
+        );
+        for p in ["dotdot", "abs", "through"] {
+            assert!(!farm.path(p).exists() && !farm.path(&format!("machines/{p}")).exists());
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and btrfs-progs (a loop-mounted btrfs)"]
+fn item_11_parent_n_means_this_machines_revision_n() {
+    let Some(mnt) = BtrfsMount::new() else { return };
+    let farm = mnt.farm();
+    let build = farm.path("build");
+    let s0 = subvolume(&build, "s0", &[("etc/os-release", b"ID=zero\n")]);
+    let s1 = subvolume(&build, "s1", &[("etc/os-release", b"ID=one\n")]);
+    let s2 = build.join("s2");
+    btrfs(&[
+        "subvolume",
+        "snapshot",
+        s1.to_str().unwrap(),
+        s2.to_str().unwrap(),
+    ]);
+    fs::write(s2.join("new-in-2"), "two\n").unwrap();
+    btrfs(&["property", "set", "-ts", s2.to_str().unwrap(), "ro", "true"]);
+    let (f0, f1, inc) = (
+        farm.path("s0.btrfs"),
+        farm.path("s1.btrfs"),
+        farm.path("s2-inc.btrfs"),
+    );
+    send(&s0, None, &f0);
+    send(&s1, None, &f1);
+    send(&s2, Some(&s1), &inc);
+    // a's revision 1 is another subvolume than the one the stream was made against
+    machines(&farm, &[("a", 1, &f0, None), ("b", 1, &f1, None)], "");
+    farm.run(&["apply"]).expect(0);
+    machines(&farm, &[("a", 2, &inc, Some(1)), ("b", 1, &f1, None)], "");
+    let r = farm.run(&["apply"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("is made against the subvolume"),
+        "{}",
+        r.stderr
+    );
+    assert!(!farm.path("machines/a/a-2").exists() && stray(&farm, "a").is_empty());
+
+    // c's revision 1 is that subvolume received, but b received it first: receive
+    // would take b's as the parent (it looks it up by UUID on the whole
+    // filesystem, first received first); the snapshot it made is refused
+    let Some(mnt2) = BtrfsMount::new() else {
+        return;
+    };
+    let other = mnt2.farm();
+    machines(&other, &[("b", 1, &f1, None)], "");
+    other.run(&["apply"]).expect(0);
+    machines(&other, &[("b", 1, &f1, None), ("c", 1, &f1, None)], "");
+    other.run(&["apply"]).expect(0);
+    machines(&other, &[("b", 1, &f1, None), ("c", 2, &inc, Some(1))], "");
+    let r = other.run(&["apply"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("took its parent from another subvolume"),
+        "{}",
+        r.stderr
+    );
+    assert!(!other.path("machines/c/c-2").exists() && stray(&other, "c").is_empty());
+
+    // alone on its filesystem, the same stream is taken
+    let Some(mnt3) = BtrfsMount::new() else {
+        return;
+    };
+    let third = mnt3.farm();
+    machines(&third, &[("c", 1, &f1, None)], "");
+    third.run(&["apply"]).expect(0);
+    machines(&third, &[("c", 2, &inc, Some(1))], "");
+    third.run(&["apply"]).expect(0);
+    assert_eq!(
+        fs::read_to_string(third.path("machines/c/c-2/new-in-2")).unwrap(),
+        "two\n"
+    );
+}
+
+#[test]
+#[ignore = "needs root and btrfs-progs (a loop-mounted btrfs)"]
+fn item_12_a_stream_that_expands_past_the_limit_fails_early_and_keeps_nothing() {
+    let Some(mnt) = BtrfsMount::new() else { return };
+    let farm = mnt.farm();
+    let zeros = vec![0x5au8; 24 << 20];
+    let big = subvolume(&farm.path("build"), "big", &[("big", &zeros)]);
+    let raw = farm.path("big.btrfs");
+    send(&big, None, &raw);
+    let zst = farm.path("big.btrfs.zst");
+    fs::write(
+        &zst,
+        zstd::encode_all(&fs::read(&raw).unwrap()[..], 3).unwrap(),
+    )
+    .unwrap();
+    fs::remove_file(&raw).unwrap();
+    assert!(
+        fs::metadata(&zst).unwrap().len() < 1 << 20,
+        "the bomb is small"
+    );
+    btrfs(&[
+        "property",
+        "set",
+        "-ts",
+        big.to_str().unwrap(),
+        "ro",
+        "false",
+    ]);
+    btrfs(&["subvolume", "delete", big.to_str().unwrap()]);
+    let subvolumes = || {
+        btrfs(&["subvolume", "list", mnt.path().to_str().unwrap()])
+            .lines()
+            .count()
+    };
+    let before = subvolumes();
+    machines(
+        &farm,
+        &[("kit", 1, &zst, None)],
+        "[settings]\nextract_limit = \"4MiB\"",
+    );
+    let r = farm.run(&["apply"]);
+    r.expect(1);
+    assert!(r.stderr.contains("expands past the limit"), "{}", r.stderr);
+    assert!(!farm.path("machines/kit/kit-1").exists() && stray(&farm, "kit").is_empty());
+    assert_eq!(subvolumes(), before, "a half-received subvolume was left");
+    // under the limit it is taken
+    machines(
+        &farm,
+        &[("kit", 1, &zst, None)],
+        "[settings]\nextract_limit = \"64MiB\"",
+    );
+    farm.run(&["apply"]).expect(0);
+    assert_eq!(
+        fs::read(farm.path("machines/kit/kit-1/big")).unwrap().len(),
+        24 << 20
+    );
+}
+
+#[test]
+#[ignore = "needs root and btrfs-progs (a loop-mounted btrfs)"]
+fn item_13_export_never_writes_through_a_planted_symlink() {
+    let Some(mnt) = BtrfsMount::new() else { return };
+    let farm = mnt.farm();
+    let s = subvolume(&farm.path("build"), "s", &[("f", b"1")]);
+    let f = farm.path("s.btrfs");
+    send(&s, None, &f);
+    machines(&farm, &[("kit", 1, &f, None)], "");
+    farm.run(&["apply"]).expect(0);
+    let victim = farm.write("victim", "do not touch\n");
+    let out = farm.path("out/kit-1.btrfs");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    symlink(&victim, &out).unwrap();
+    symlink(&victim, out.with_extension("btrfs.partial")).unwrap();
+    farm.run(&["export", "machine.kit@1", "-o", out.to_str().unwrap()])
+        .expect(0);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "do not touch\n");
+    let m = fs::symlink_metadata(&out).unwrap();
+    assert!(
+        m.is_file(),
+        "the planted link was not replaced by the stream"
+    );
+    assert!(fs::read(&out).unwrap().starts_with(b"btrfs-stream\0"));
+    // nothing else was left beside it
+    let names: Vec<String> = fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}

@@ -47,6 +47,37 @@ struct InoLookupArgs {
     name: [u8; 4080],
 }
 
+/// `struct btrfs_ioctl_timespec`
+#[repr(C)]
+struct Timespec {
+    sec: u64,
+    nsec: u32,
+}
+
+/// `struct btrfs_ioctl_get_subvol_info_args`
+#[repr(C)]
+struct SubvolInfoArgs {
+    treeid: u64,
+    name: [u8; 256],
+    parent_id: u64,
+    dirid: u64,
+    generation: u64,
+    flags: u64,
+    uuid: [u8; 16],
+    parent_uuid: [u8; 16],
+    received_uuid: [u8; 16],
+    ctransid: u64,
+    otransid: u64,
+    stransid: u64,
+    rtransid: u64,
+    ctime: Timespec,
+    otime: Timespec,
+    stime: Timespec,
+    rtime: Timespec,
+    reserved: [u64; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<SubvolInfoArgs>() == 504);
 const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
 const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
 const _: () = assert!(std::mem::size_of::<InoLookupArgs>() == 4096);
@@ -58,6 +89,45 @@ nix::ioctl_write_ptr!(ioc_snap_create_v2, 0x94, 23, VolArgsV2);
 nix::ioctl_read!(ioc_subvol_getflags, 0x94, 25, u64);
 nix::ioctl_write_ptr!(ioc_subvol_setflags, 0x94, 26, u64);
 nix::ioctl_write_int!(ioc_clone, 0x94, 9);
+nix::ioctl_read!(ioc_get_subvol_info, 0x94, 60, SubvolInfoArgs);
+
+/// The identities of a subvolume: its own UUID, the UUID of the subvolume
+/// it was snapshotted from, and the UUID of the send stream it was received
+/// from (all zero when there is none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uuids {
+    pub uuid: [u8; 16],
+    pub parent: [u8; 16],
+    pub received: [u8; 16],
+}
+
+/// [`Uuids`] of the subvolume `name` in `dir`.
+pub fn uuids(dir: &Beneath, name: &Path) -> io::Result<Uuids> {
+    let sub = open_subvolume(dir, name)?;
+    // SAFETY: all-zero bytes are a valid value of this plain-integer struct.
+    let mut args: SubvolInfoArgs = unsafe { std::mem::zeroed() };
+    // SAFETY: `sub` is an open subvolume root; the kernel fills the
+    // btrfs_ioctl_get_subvol_info_args it is handed and reads nothing from it.
+    unsafe { ioc_get_subvol_info(sub.fd().as_raw_fd(), &mut args) }?;
+    Ok(Uuids {
+        uuid: args.uuid,
+        parent: args.parent_uuid,
+        received: args.received_uuid,
+    })
+}
+
+/// A UUID as btrfs prints it (8-4-4-4-12 hex digits).
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    let h = hex::encode(u);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
 
 pub struct Btrfs;
 

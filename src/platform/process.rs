@@ -137,6 +137,21 @@ pub fn tie_to_parent(lock: Option<std::os::fd::RawFd>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Spawn `cmd` tied to this thread as [`tie_to_parent`] says (dying with
+/// it, keeping `lock` open across exec).
+pub fn spawn_tied(
+    cmd: &mut std::process::Command,
+    lock: Option<std::os::fd::RawFd>,
+) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // the two syscalls of `tie_to_parent`; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || tie_to_parent(lock));
+    }
+    cmd.spawn()
+}
+
 /// A pipe we can both poll and read.
 trait ReadFd: Read {
     fn fd(&self) -> std::os::fd::BorrowedFd<'_>;

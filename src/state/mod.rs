@@ -110,6 +110,28 @@ impl StateDir {
             .map_err(|e| Error::io(&path, e))
     }
 
+    /// `tmp/` in the state dir (0700), for private copies of what is being
+    /// installed (a send stream checked before it is received). Copies a
+    /// killed run left behind (their pid gone) are removed here.
+    pub fn tmp_dir(&self) -> Result<PathBuf> {
+        let dir = self.open()?;
+        dir.create_dir_all(Path::new("tmp"), 0o700)
+            .map_err(|e| Error::io(self.root.join("tmp"), e))?;
+        let tmp = dir
+            .open_dir(Path::new("tmp"))
+            .map_err(|e| Error::io(self.root.join("tmp"), e))?;
+        for (name, _) in tmp.entries().unwrap_or_default() {
+            let n = name.to_string_lossy();
+            let pid = n.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| {
+                p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists()
+            }) {
+                let _ = tmp.remove_file(Path::new(&name));
+            }
+        }
+        Ok(self.root.join("tmp"))
+    }
+
     pub fn lock_path(&self) -> PathBuf {
         self.root.join("lock")
     }

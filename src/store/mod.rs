@@ -65,6 +65,12 @@ pub struct EntryReceipt {
     /// what it was made from is kept with it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+    /// btrfs: the subvolume's UUID, and the UUID of the send stream it was
+    /// received from (what an incremental stream against it must name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_uuid: Option<String>,
 }
 
 #[derive(Debug, Clone)]

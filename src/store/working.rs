@@ -207,6 +207,8 @@ impl WorkingSnapshot {
             created: now_rfc3339(),
             owner: Some(Owner::me()),
             kept: false,
+            uuid: None,
+            received_uuid: None,
         };
         // the receipt (with its owner) first: a crash after it leaves a snapshot `apply` knows to delete
         let write = |r: &EntryReceipt| {

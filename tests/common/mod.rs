@@ -386,6 +386,11 @@ pub fn as_ordinary_user(farm: &Farm, cmd: &mut Command) {
 }
 
 /// A btrfs filesystem on a loop device, mounted for the test and unmounted after.
+/// The btrfs CLI, insisted on (its stdout).
+pub fn btrfs(args: &[&str]) -> String {
+    stdout_of(Command::new("btrfs").args(args))
+}
+
 pub struct BtrfsMount {
     pub dir: tempfile::TempDir,
     image: PathBuf,

@@ -403,6 +403,8 @@ impl MachineResource {
             created: now_rfc3339(),
             owner: None,
             kept: false,
+            uuid: None,
+            received_uuid: None,
         }
     }
 
@@ -455,13 +457,7 @@ impl MachineResource {
         be: &dyn VolumeBackend,
         cx: &mut ApplyContext,
     ) -> Result<()> {
-        let Artifact::File {
-            path,
-            sha256,
-            cached,
-            ..
-        } = artifact
-        else {
+        let Artifact::File { sha256, .. } = artifact else {
             unreachable!("a stream is a file");
         };
         let refuse = |reason: String| Error::Resource {
@@ -480,17 +476,13 @@ impl MachineResource {
                 "a btrfs-send source makes a root-filesystem machine (kind = \"rootfs\")".into(),
             ));
         }
-        if let Some(parent) = m.source.parent {
-            let dir = self.layout.open()?;
-            let name = self.rev_name(parent);
-            let kept = dir.try_stat(Path::new(&name)).ok().flatten().is_some();
-            if !kept {
-                return Err(refuse(format!(
-                    "the stream is incremental against revision {parent}, which is not kept here \
-                     ({name} is missing): apply revision {parent} first, or use a full stream"
-                )));
-            }
-        }
+        // an incremental stream's parent: this machine's revision N, and no
+        // other subvolume (the UUIDs the stream may name, from the subvolume
+        // that is there, which must be the one its receipt recorded)
+        let parent = match m.source.parent {
+            None => None,
+            Some(parent) => Some((parent, self.parent_uuids(parent)?)),
+        };
         let name = self.rev_name(m.revision);
         // received first, in a scratch directory of its own transaction (a kill
         // mid-receive leaves only that, which recovery deletes with the
@@ -504,7 +496,7 @@ impl MachineResource {
         })?;
         let scratch = fsops::staging_name(Path::new(&format!("{name}.receive")), &txn.id);
         cx.journal.step(&txn, "stage")?;
-        let received = self.receive_into(&dir, &scratch, path, sha256, *cached, be);
+        let received = self.receive_into(&dir, &scratch, artifact, parent.as_ref(), be, cx.cx);
         let made = match received {
             Ok(made) => made,
             Err(e) => {
@@ -524,8 +516,42 @@ impl MachineResource {
         published
     }
 
-    /// `btrfs receive` the stream at `path` into the new directory `scratch`;
-    /// checks the digest of the bytes read and returns the name of the
+    /// The UUIDs an incremental stream against revision `parent` may name:
+    /// the received UUID of that subvolume (when it was received itself) and
+    /// its own, read from the subvolume and checked against its receipt.
+    fn parent_uuids(&self, parent: u32) -> Result<Vec<[u8; 16]>> {
+        let refuse = |reason: String| Error::Resource {
+            address: self.address.clone(),
+            reason,
+        };
+        let dir = self.layout.open()?;
+        let name = self.rev_name(parent);
+        if dir.try_stat(Path::new(&name)).ok().flatten().is_none() {
+            return Err(refuse(format!(
+                "the stream is incremental against revision {parent}, which is not kept here \
+                 ({name} is missing): apply revision {parent} first, or use a full stream"
+            )));
+        }
+        let u = crate::backend::btrfs::uuids(&dir, Path::new(&name))
+            .map_err(|e| Error::io(dir.shown(Path::new(&name)), e))?;
+        let text = crate::backend::btrfs::uuid_text;
+        if let Some(recorded) = crate::store::read_receipt(&dir, &name).and_then(|r| r.uuid) {
+            if recorded != text(&u.uuid) {
+                return Err(refuse(format!(
+                    "{name} is not the subvolume its receipt describes (UUID {} there, {recorded} recorded): \
+                     it was replaced by hand; remove it and apply revision {parent} again",
+                    text(&u.uuid)
+                )));
+            }
+        }
+        Ok([u.received, u.uuid]
+            .into_iter()
+            .filter(|x| *x != [0; 16])
+            .collect())
+    }
+
+    /// `btrfs receive` the stream into the new directory `scratch` (checked
+    /// on its way in, see `backend::send`); returns the name of the
     /// subvolume made, writable (a read-only subvolume cannot move to another
     /// directory; the flag alone changes, the received UUID an incremental
     /// stream finds its parent by stays; publishing makes it read-only again).
@@ -533,30 +559,78 @@ impl MachineResource {
         &self,
         dir: &Beneath,
         scratch: &Path,
-        path: &Path,
-        sha256: &str,
-        cached: bool,
+        artifact: &Artifact,
+        parent: Option<&(u32, Vec<[u8; 16]>)>,
         be: &dyn VolumeBackend,
+        cx: &Context,
     ) -> Result<String> {
+        let Artifact::File {
+            path,
+            sha256,
+            cached,
+            ..
+        } = artifact
+        else {
+            unreachable!("a stream is a file");
+        };
         let io = |e: std::io::Error| Error::io(dir.shown(scratch), e);
         dir.create_dir(scratch, 0o700).map_err(io)?;
+        let copies = cx.state.tmp_dir()?;
         let address = self.address.clone();
-        let (digest, made) = crate::backend::send::receive(path, &dir.shown(scratch), || {
-            fault::point(&address, "receive-partial")
-        })
-        .map_err(|reason| Error::Resource {
-            address: self.address.clone(),
-            reason,
-        })?;
-        if digest != sha256 {
-            if cached {
-                let _ = fs::remove_file(path);
+        let into = dir.shown(scratch);
+        let made = crate::backend::send::receive(
+            &crate::backend::send::Receive {
+                file: path,
+                sha256,
+                private: *cached,
+                scratch: &copies,
+                into: &into,
+                limit: cx.desired.extract_limit,
+                parent: parent.map(|(_, u)| u.clone()),
+            },
+            || fault::point(&address, "receive-partial"),
+        )
+        .map_err(|r| match r {
+            crate::backend::send::Refused::Digest { actual } => {
+                if *cached {
+                    let _ = fs::remove_file(path);
+                }
+                Error::Checksum {
+                    what: format!("{} (nothing was received)", path.display()),
+                    expected: sha256.to_string(),
+                    actual,
+                }
             }
-            return Err(Error::Checksum {
-                what: format!("{} (as received)", path.display()),
-                expected: sha256.to_string(),
-                actual: digest,
-            });
+            crate::backend::send::Refused::Stream(why) => Error::Resource {
+                address: self.address.clone(),
+                reason: format!(
+                    "refusing the btrfs send stream {}: {why}; nothing was kept",
+                    path.display()
+                ),
+            },
+            crate::backend::send::Refused::Failed(why) => Error::Resource {
+                address: self.address.clone(),
+                reason: why,
+            },
+        })?;
+        if let Some((rev, allowed)) = parent {
+            // receive looks its parent up by UUID on the whole filesystem: the
+            // snapshot it made must come from this machine's revision
+            let got = crate::backend::btrfs::uuids(dir, &scratch.join(&made)).map_err(io)?;
+            let ours = self.entry_path(&self.rev_name(*rev));
+            let want = *allowed.last().expect("a subvolume has a UUID");
+            if got.parent != want {
+                return Err(Error::Resource {
+                    address: self.address.clone(),
+                    reason: format!(
+                        "btrfs receive took its parent from another subvolume with the same UUID \
+                         (made from {}, not from {}): more than one subvolume on this filesystem \
+                         was received from that stream; nothing was kept",
+                        crate::backend::btrfs::uuid_text(&got.parent),
+                        ours.display()
+                    ),
+                });
+            }
         }
         be.set_readonly(dir, &scratch.join(&made), false)
             .map_err(io)?;
@@ -734,6 +808,13 @@ impl MachineResource {
             fsops::sync_tree(&dir.open_dir(&staging).map_err(io)?).map_err(io)?;
             be.set_readonly(&dir, &staging, true).map_err(io)?;
             receipt.id = be.id(&dir, &staging).map_err(io)?;
+            if be.name() == "btrfs" {
+                // what an incremental stream against this revision must name
+                let u = crate::backend::btrfs::uuids(&dir, &staging).map_err(io)?;
+                let text = crate::backend::btrfs::uuid_text;
+                receipt.uuid = Some(text(&u.uuid));
+                receipt.received_uuid = (u.received != [0; 16]).then(|| text(&u.received));
+            }
             Ok(receipt)
         });
         let receipt = match built {
