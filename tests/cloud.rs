@@ -563,11 +563,12 @@ fn credentials_come_from_a_web_identity_token_through_sts_or_from_imdsv2() {
             .unwrap()
             .to_string()
     };
-    // a CI's OIDC role: AssumeRoleWithWebIdentity at the cloud's STS
+    // a CI's OIDC role: AssumeRoleWithWebIdentity at STS (moto's, named as STS)
     let from = status(&[
         ("AWS_WEB_IDENTITY_TOKEN_FILE", token.display().to_string()),
         ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/ci".into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("AWS_ENDPOINT_URL_STS", moto.url.clone()),
     ]);
     assert_eq!(from, "web identity (arn:aws:iam::123456789012:role/ci)");
 
@@ -615,6 +616,105 @@ fn credentials_come_from_a_web_identity_token_through_sts_or_from_imdsv2() {
         "every GET carries the session token: {seen:?}"
     );
     drop(server);
+}
+
+/// A listener on 127.0.0.1 that answers 500 to everything and keeps what it was sent.
+fn recording_listener() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}",
+        server.server_addr().to_ip().unwrap().port()
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut body = String::new();
+            let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
+            let headers: Vec<String> = req.headers().iter().map(|h| h.to_string()).collect();
+            log.lock().unwrap().push(format!(
+                "{} {}\n{}\n{body}",
+                req.method(),
+                req.url(),
+                headers.join("\n")
+            ));
+            let _ = req.respond(tiny_http::Response::from_string("no").with_status_code(500));
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+#[ignore = "needs moto (target/venv)"]
+fn the_web_identity_token_goes_to_sts_only_never_to_the_ec2_endpoint() {
+    let farm = Farm::new();
+    let Some(moto) = Moto::start(farm.dir.path()) else {
+        return;
+    };
+    let secret = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ0aGUtdG9rZW4ifQ.";
+    let token = farm.write("oidc-token", secret);
+    disk(&farm, "disk-1.img", 1 << 20, &[(0, 100)], 1);
+    // the file's EC2 endpoint records everything it is sent
+    let (ec2, seen) = recording_listener();
+    declare(&farm, &ec2, 1, 1, "disk-1.img");
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = farm.cmd(&["plan"]);
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.env("HOME", farm.path("empty-home"))
+            .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
+            .env("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/ci")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // with no STS named: the region's STS (unreachable here), never the EC2 endpoint
+    let err = run(&[]);
+    assert!(err.contains("sts.us-east-1.amazonaws.com"), "{err}");
+    // STS named (moto): the token goes there; the EC2 endpoint gets signed calls only
+    run(&[("AWS_ENDPOINT_URL_STS", &moto.url)]);
+    let calls = seen.lock().unwrap().clone();
+    assert!(!calls.is_empty(), "the EC2 endpoint was never called");
+    assert!(
+        calls.iter().all(|c| !c.contains(secret)),
+        "the token reached the EC2 endpoint: {calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|c| !c.contains("AssumeRoleWithWebIdentity")),
+        "{calls:?}"
+    );
+    // plain http to an address that is not loopback: never sent
+    let err = run(&[("AWS_ENDPOINT_URL_STS", "http://192.0.2.1:5000")]);
+    assert!(
+        err.contains("refusing to send the web identity token"),
+        "{err}"
+    );
+    // and in the file, a located diagnostic
+    let toml = fs::read_to_string(farm.path("reconcile.toml"))
+        .unwrap()
+        .replace(
+            "[cloud.dev]\n",
+            "[cloud.dev]\nsts_endpoint = \"http://sts.example.org\"\n",
+        );
+    farm.desired(&toml);
+    let r = farm.run(&["validate"]);
+    r.expect(1);
+    assert!(
+        r.stderr.contains("sts_endpoint") && r.stderr.contains("not a loopback address"),
+        "{}",
+        r.stderr
+    );
 }
 
 // ---------- the cloud executor ----------

@@ -1120,3 +1120,155 @@ fn item_13_export_never_writes_through_a_planted_symlink() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+// ---------- the console driver ----------
+
+/// A stand-in `qemu-system-x86_64`: boot lines, then a shell that echoes what
+/// is typed (as a terminal does) and runs reconcile's typed commands on the
+/// host. A command naming OOPS_NOW gets a kernel oops printed between its
+/// echo and its begin marker; with FAKE_SLOW the console arrives a byte at a time.
+fn fake_qemu(farm: &Farm) -> String {
+    let bin = farm.path("fake-qemu");
+    fs::create_dir_all(&bin).unwrap();
+    let qemu = bin.join("qemu-system-x86_64");
+    fs::write(
+        &qemu,
+        r#"#!/bin/sh
+if [ -n "$FAKE_SLOW" ]; then FAKE_SLOW= "$0" "$@" | dd bs=1 status=none; exit; fi
+printf 'Linux version 6.1.0 (stand-in)\r\nkit: up\r\n'
+while :; do
+  printf 'kit# '
+  IFS= read -r line || exit 0
+  printf '%s\r\n' "$line"
+  case "$line" in
+    "printf '%s-B\n' "*|__rc=*) ;;
+    *) continue ;;
+  esac
+  case "$line" in *OOPS_NOW*) printf '[    2.5] Oops: 0000 [#1] SMP NOPTI\r\n' ;; esac
+  eval "$line"
+done
+"#,
+    )
+    .unwrap();
+    fs::set_permissions(&qemu, fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+fn qemu_farm(tests: &str, settings: &str) -> Farm {
+    let farm = Farm::new();
+    let disk = farm.path("kit.img");
+    fs::File::create(&disk).unwrap().set_len(1 << 20).unwrap();
+    farm.desired(&format!(
+        r#"version = 1
+[settings]
+{settings}
+[volume.default]
+path = "machines"
+backend = "dir"
+[machine.kit]
+revision = 1
+kind = "disk"
+source = {{ path = "kit.img" }}
+vm = {{ accel = "tcg", memory = "64M" }}
+console = {{ ready = 'kit: up', prompt = 'kit# ', shutdown = "exit" }}
+[suite.vm]
+machines = ["kit"]
+executor = "qemu"
+{tests}"#
+    ));
+    farm
+}
+
+/// A test's entry in the last run's report (its `output` is its folder).
+fn result_of(farm: &Farm, test: &str) -> serde_json::Value {
+    let rep = farm.report();
+    rep["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == test)
+        .unwrap_or_else(|| panic!("no {test} in {rep:#}"))
+        .clone()
+}
+
+fn folder(t: &serde_json::Value) -> std::path::PathBuf {
+    std::path::PathBuf::from(t["output"].as_str().unwrap())
+}
+
+#[test]
+#[ignore = "needs qemu-img (qemu-utils) for the overlays"]
+fn items_14_to_16_the_console_driver_is_bounded_checks_every_line_and_finds_split_markers() {
+    if !have("qemu-img", "--version") {
+        skip("needs qemu-img (qemu-utils)");
+        return;
+    }
+    let farm = qemu_farm(
+        r#"
+[suite.vm.test.flood]
+run = ["sh", "-c", "head -c 30000000 /dev/zero | tr '\\0' x; echo; echo 'after the flood'"]
+expect = { stdout = ["after the flood"] }
+[suite.vm.test.oops]
+run = ["sh", "-c", "echo OOPS_NOW"]
+[suite.vm.test.long-line]
+run = ["sh", "-c", "head -c 65530 /dev/zero | tr '\\0' y; exit 3"]
+[suite.vm.test.cap]
+run = ["sh", "-c", "yes cap | head -c 9000000"]
+"#,
+        "log_limit = \"4 MiB\"",
+    );
+    let path = fake_qemu(&farm);
+    farm.run_env(&["apply", "--no-test"], &[("PATH", &path)])
+        .expect(0);
+    let r = farm.run_env(&["test", "-j", "2"], &[("PATH", &path)]);
+    r.expect(4);
+    // a 30 MB line: cut in the logs (head, a note, its end), the test still ends on its status
+    let flood = result_of(&farm, "vm.flood");
+    assert_eq!(flood["result"], "PASS", "{flood:#}");
+    let dir = folder(&flood);
+    let console = fs::metadata(dir.join("console.txt")).unwrap().len();
+    assert!(console < 3 << 20, "console.txt is {console} bytes");
+    assert!(fs::read_to_string(dir.join("console.txt"))
+        .unwrap()
+        .contains("reconcile cut"));
+    // an oops between the echo and the begin marker is the console's: the test fails as `check`
+    let oops = result_of(&farm, "vm.oops");
+    assert_eq!(oops["result"], "FAIL", "{oops:#}");
+    assert_eq!(oops["class"], "check", "{oops:#}");
+    let log = folder(&oops).join("console.txt");
+    // and `reconcile checks` on the saved log decides the same
+    let c = farm.run(&["checks", log.to_str().unwrap()]);
+    c.expect(4);
+    assert!(c.stdout.contains("kernel oops"), "{}", c.stdout);
+    // output ending in a 65,530-byte line without newline: the marker is still found
+    let long = result_of(&farm, "vm.long-line");
+    assert_eq!(long["class"], "test", "{long:#}");
+    assert_eq!(long["attempts"][0]["exit_status"], 3, "{long:#}");
+    // past the log cap: stopped and failed as infra, saying which log
+    let cap = result_of(&farm, "vm.cap");
+    assert_eq!(cap["class"], "infra", "{cap:#}");
+    assert!(
+        cap["reason"]
+            .as_str()
+            .unwrap()
+            .contains("reached its cap of 4 MiB"),
+        "{cap:#}"
+    );
+
+    // the console a byte at a time: prompts and markers are still found
+    let slow = qemu_farm(
+        r#"
+[suite.vm.test.slow]
+run = ["sh", "-c", "echo one; printf two; exit 5"]
+"#,
+        "",
+    );
+    let path = fake_qemu(&slow);
+    slow.run_env(&["apply", "--no-test"], &[("PATH", &path)])
+        .expect(0);
+    slow.run_env(&["test"], &[("PATH", &path), ("FAKE_SLOW", "1")])
+        .expect(4);
+    let r = result_of(&slow, "vm.slow");
+    assert_eq!(r["attempts"][0]["exit_status"], 5, "{r:#}");
+    let out = fs::read_to_string(folder(&r).join("stdout.txt")).unwrap();
+    assert_eq!(out, "one\ntwo");
+}

@@ -59,8 +59,8 @@ impl Env {
 }
 
 /// Resolve credentials for `profile` (the cloud's `profile`, else
-/// `AWS_PROFILE`, else `default`). `sts_endpoint` serves
-/// `AssumeRoleWithWebIdentity` (`AWS_ENDPOINT_URL_STS` wins over it).
+/// `AWS_PROFILE`, else `default`). `sts_endpoint` (never the EC2 endpoint)
+/// serves `AssumeRoleWithWebIdentity` (`AWS_ENDPOINT_URL_STS` wins over it).
 pub fn resolve(
     profile: Option<&str>,
     region: &str,
@@ -263,6 +263,9 @@ fn web_identity(
         .map(str::to_string)
         .or_else(|| sts_endpoint.map(str::to_string))
         .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+    // the token is a credential: to STS over https, or to a loopback address
+    crate::config::check::sts_endpoint(&endpoint)
+        .map_err(|why| format!("refusing to send the web identity token to {endpoint}: {why}"))?;
     // the session name the caller gave, else one naming this process
     let session = session
         .map(str::to_string)

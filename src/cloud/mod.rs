@@ -45,10 +45,11 @@ pub fn error(api: &Api, service: &str, doing: &str, e: CallError) -> Error {
 /// region, credentials from the standard chain.
 pub fn connect(name: &str, cloud: &Cloud) -> Result<Api> {
     let endpoint = cloud.endpoint.as_deref();
+    // the web identity token goes to STS, never to the EC2 endpoint
     let creds = creds::resolve(
         cloud.profile.as_deref(),
         &cloud.region,
-        endpoint,
+        cloud.sts_endpoint.as_deref(),
         &creds::Env::process(),
     )
     .map_err(|reason| Error::Cloud {

@@ -298,6 +298,19 @@ pub(crate) fn check(
                 );
             }
         }
+        if let Some(e) = &cloud.sts_endpoint {
+            if let Err(why) = sts_endpoint(e) {
+                c.value(
+                    &["cloud", name, "sts_endpoint"],
+                    format!("sts_endpoint `{e}`: {why}"),
+                    "refused",
+                    Some(
+                        "use https://, or http:// on 127.0.0.1 / ::1 / localhost for a local STS"
+                            .into(),
+                    ),
+                );
+            }
+        }
     }
 
     for (name, chk) in &m.check {
@@ -777,6 +790,33 @@ impl Checker<'_> {
     }
 }
 
+/// Where a web identity token may be sent: an https URL, or plain http to a
+/// loopback address only (the token is a credential).
+pub fn sts_endpoint(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err("not an http(s) URL".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "plain http to {host}, which is not a loopback address: the token would cross the network unencrypted"
+        ))
+    }
+}
+
 /// A path in /proc, /sys or /dev (reconcile's own environment, a device): never a source.
 pub fn kernel_view(p: &str) -> bool {
     let p = Path::new(p);
@@ -870,6 +910,17 @@ mod tests {
         assert!(valid_name("a..b").is_err());
         assert!(valid_name(".hidden").is_err());
         assert!(valid_name("").is_err());
+    }
+
+    #[test]
+    fn a_web_identity_token_goes_over_http_only_to_loopback() {
+        assert!(sts_endpoint("https://sts.us-east-1.amazonaws.com").is_ok());
+        assert!(sts_endpoint("http://127.0.0.1:5000").is_ok());
+        assert!(sts_endpoint("http://[::1]:5000/").is_ok());
+        assert!(sts_endpoint("http://localhost/").is_ok());
+        assert!(sts_endpoint("http://10.0.0.8:5000").is_err());
+        assert!(sts_endpoint("http://127.0.0.1.evil.example:80").is_err());
+        assert!(sts_endpoint("ftp://x").is_err());
     }
 
     #[test]

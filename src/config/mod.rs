@@ -3,7 +3,7 @@
 //! problem becomes a located [`Diagnostic`]; a file with any problem is never
 //! acted upon.
 
-mod check;
+pub(crate) mod check;
 mod confine;
 pub mod diagnostic;
 pub mod dirtests;

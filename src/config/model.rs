@@ -64,6 +64,10 @@ pub struct Settings {
     /// This host's labels for `hosts = ["label:key=value"]`: a file of
     /// `key=value` lines (`#` comments), e.g. `/etc/reconcile/labels`.
     pub labels_file: Option<String>,
+    /// Largest size of each log a test writes (`stdout.txt`, `stderr.txt`,
+    /// `console.txt`, `journal.txt`), e.g. `"256 MiB"` (default): past it
+    /// the test stops and fails as `infra` (a guest flooding its console).
+    pub log_limit: Option<Size>,
 }
 
 /// A storage volume holding machines in the buildos layout.
@@ -558,6 +562,12 @@ pub struct Cloud {
     /// never come from this file: the environment, that profile, a web
     /// identity token or the instance's role supply them.
     pub profile: Option<String>,
+    /// Where a web identity token (a CI's OIDC role) is exchanged for
+    /// credentials (`AssumeRoleWithWebIdentity`). Default: the region's STS,
+    /// `https://sts.REGION.amazonaws.com`; `AWS_ENDPOINT_URL_STS` wins over
+    /// it. Never `endpoint`: the token goes to STS only, and over plain http
+    /// only to a loopback address.
+    pub sts_endpoint: Option<String>,
     /// Instance type of the cloud executor's instances when a suite does not
     /// name one. Default `t3.micro`.
     pub instance_type: Option<String>,

@@ -388,15 +388,49 @@ fn write_result(dir: &Path, r: &TestResult) {
     );
 }
 
-/// Where a test's output goes as it arrives: its files and the console checks.
+/// The default cap of each log of a test.
+pub const DEFAULT_LOG_LIMIT: u64 = 256 << 20;
+
+/// One log file of a test, written as output arrives, up to its cap.
+struct Log {
+    file: BufWriter<File>,
+    written: u64,
+}
+
+impl Log {
+    fn create(path: &Path) -> std::io::Result<Log> {
+        Ok(Log {
+            file: BufWriter::with_capacity(64 << 10, File::create(path)?),
+            written: 0,
+        })
+    }
+
+    /// Write `bytes`; false once the log would pass `limit` (nothing past it is written).
+    fn write(&mut self, bytes: &[u8], limit: u64) -> bool {
+        let room = limit.saturating_sub(self.written) as usize;
+        let n = bytes.len().min(room);
+        let _ = self.file.write_all(&bytes[..n]);
+        self.written += n as u64;
+        n == bytes.len()
+    }
+}
+
+/// Where a test's output goes as it arrives: its files and the console
+/// checks. What a console driver typed (its echo) goes to `typed.txt`, never
+/// to `console.txt` or the checks, so `reconcile checks console.txt` sees
+/// exactly what the harness checked, with the same line numbers.
 struct TestSink {
-    stdout: BufWriter<File>,
-    stderr: BufWriter<File>,
-    console: BufWriter<File>,
-    journal: Option<BufWriter<File>>,
+    stdout: Log,
+    stderr: Log,
+    console: Log,
+    journal: Option<Log>,
+    typed: Option<Log>,
     dir: PathBuf,
     scanners: Scanners,
     fatal: bool,
+    limit: u64,
+    /// The log that reached its cap, if one did.
+    overflow: Option<&'static str>,
 }
 
 /// One scanner per scope a stream belongs to.
@@ -440,18 +474,19 @@ impl TestSink {
         dir: &Path,
         checks: &CheckSets,
         suppressed: &BTreeMap<String, String>,
+        limit: u64,
     ) -> std::io::Result<TestSink> {
-        let file = |name: &str| {
-            File::create(dir.join(name)).map(|f| BufWriter::with_capacity(64 << 10, f))
-        };
         Ok(TestSink {
-            stdout: file("stdout.txt")?,
-            stderr: file("stderr.txt")?,
-            console: file("console.txt")?,
+            stdout: Log::create(&dir.join("stdout.txt"))?,
+            stderr: Log::create(&dir.join("stderr.txt"))?,
+            console: Log::create(&dir.join("console.txt"))?,
             journal: None,
+            typed: None,
             dir: dir.to_path_buf(),
             scanners: Scanners::new(checks, suppressed),
             fatal: false,
+            limit,
+            overflow: None,
         })
     }
 }
@@ -459,12 +494,21 @@ impl TestSink {
 impl TestSink {
     /// Everything written so far on disk (matchers read the files; someone may tail them).
     fn flush(&mut self) {
-        let _ = self.stdout.flush();
-        let _ = self.stderr.flush();
-        let _ = self.console.flush();
-        if let Some(j) = &mut self.journal {
-            let _ = j.flush();
+        for log in [&mut self.stdout, &mut self.stderr, &mut self.console]
+            .into_iter()
+            .chain(self.journal.as_mut())
+            .chain(self.typed.as_mut())
+        {
+            let _ = log.file.flush();
         }
+    }
+
+    /// The log of `name` (made on first use).
+    fn lazy<'a>(slot: &'a mut Option<Log>, dir: &Path, name: &str) -> Option<&'a mut Log> {
+        if slot.is_none() {
+            *slot = Log::create(&dir.join(name)).ok();
+        }
+        slot.as_mut()
     }
 }
 
@@ -478,37 +522,38 @@ impl Sink for TestSink {
 
     fn output(&mut self, stream: Stream, bytes: &[u8]) -> Flow {
         let s = &mut self.scanners;
-        let _ = match stream {
+        let limit = self.limit;
+        let (name, fits) = match stream {
             Stream::Stdout => {
                 s.output.feed(bytes);
-                self.stdout.write_all(bytes)
+                ("stdout.txt", self.stdout.write(bytes, limit))
             }
             Stream::Stderr => {
                 s.output.feed(bytes);
-                self.stderr.write_all(bytes)
+                ("stderr.txt", self.stderr.write(bytes, limit))
             }
             Stream::Console => {
                 self.fatal |= s.console.feed(bytes);
-                self.console.write_all(bytes)
+                ("console.txt", self.console.write(bytes, limit))
             }
-            Stream::Input => {
-                s.console.skip(bytes);
-                self.console.write_all(bytes)
-            }
+            Stream::Input => (
+                "typed.txt",
+                Self::lazy(&mut self.typed, &self.dir, "typed.txt")
+                    .is_none_or(|l| l.write(bytes, limit)),
+            ),
             Stream::Journal => {
                 self.fatal |= s.journal.feed(bytes);
-                if self.journal.is_none() {
-                    self.journal = File::create(self.dir.join("journal.txt"))
-                        .ok()
-                        .map(BufWriter::new);
-                }
-                match &mut self.journal {
-                    Some(f) => f.write_all(bytes),
-                    None => Ok(()),
-                }
+                (
+                    "journal.txt",
+                    Self::lazy(&mut self.journal, &self.dir, "journal.txt")
+                        .is_none_or(|l| l.write(bytes, limit)),
+                )
             }
         };
-        if self.fatal {
+        if !fits && self.overflow.is_none() {
+            self.overflow = Some(name);
+        }
+        if self.fatal || self.overflow.is_some() {
             Flow::Stop
         } else {
             Flow::Continue
@@ -546,7 +591,13 @@ fn attempt(
     if opts.cancel.load(Ordering::SeqCst) {
         return infra(attempt, "cancelled before it started".into());
     }
-    let mut sink = match TestSink::create(out_dir, checks, &case.spec.skip_checks) {
+    let limit = desired
+        .model
+        .settings
+        .as_ref()
+        .and_then(|s| s.log_limit)
+        .map_or(DEFAULT_LOG_LIMIT, |s| s.0);
+    let mut sink = match TestSink::create(out_dir, checks, &case.spec.skip_checks, limit) {
         Ok(s) => s,
         Err(e) => {
             return infra(
@@ -607,7 +658,7 @@ fn attempt(
     drop(instance);
     sink.flush();
     phases.teardown_ms = t_down.elapsed().as_millis() as u64;
-    let fatal = sink.fatal;
+    let (fatal, overflow) = (sink.fatal, sink.overflow);
     let hits = sink.scanners.finish();
     attempt.accel = facts.accel.map(str::to_string);
     attempt.timeout_factor = facts.timeout_factor;
@@ -626,6 +677,16 @@ fn attempt(
         a
     };
     let verdict = match outcome {
+        _ if overflow.is_some() => fail(
+            attempt,
+            Class::Infra,
+            format!(
+                "{} reached its cap of {} (settings.log_limit): the test printed more than a test may keep; \
+                 stopped there (raise log_limit if this much output is meant)",
+                overflow.unwrap_or("a log"),
+                crate::config::units::show_size(limit)
+            ),
+        ),
         Err(Interrupt::Stopped) if fatal => fail(
             attempt,
             Class::Check,

@@ -30,8 +30,17 @@ use tokio::time::Instant;
 
 use crate::platform::{Flow, Interrupt, Sink, Stream};
 
-/// A line longer than this is split into lines of its own (a console that never prints a newline).
-const MAX_LINE: usize = 64 << 10;
+/// A line longer than this is cut: its first bytes go on (to the logs and
+/// the checks), then a note of how much was left out, then its last bytes
+/// (where a command's end marker or a prompt is). Memory stays bounded
+/// whatever a guest prints.
+pub const MAX_LINE: usize = 1 << 20;
+/// What is kept of a cut line's end.
+const TAIL: usize = 4096;
+/// The current, unterminated line is matched against prompts over at most
+/// its last this many bytes (a console arriving a byte at a time costs no
+/// more than this per byte).
+const PROMPT_WINDOW: usize = 1024;
 /// Longest line typed as it is; longer (or unprintable) ones go base64-encoded.
 const MAX_TYPED: usize = 400;
 /// Base64 sent per typed line when a command is too long for one.
@@ -73,12 +82,47 @@ impl Deadline {
 enum Want<'a> {
     /// A line (complete or current) matching.
     Line(&'a Regex),
-    /// The current line ending in a match; complete lines before it go to `stream`.
-    Prompt(&'a Regex, Stream),
+    /// The current line ending in a match; complete lines before it are the
+    /// console's, but the echo of what was just typed.
+    Prompt(&'a Regex, Option<&'a Typed>),
     /// A typed command's output between its markers.
     Command(&'a mut Markers),
     /// QEMU exits.
     Exit,
+}
+
+/// How the echo of a typed line is told from console output: by the nonce
+/// it carries, or (a user name at `login:`) by ending in what was typed.
+pub struct Typed {
+    needle: Vec<u8>,
+    at_end: bool,
+}
+
+impl Typed {
+    fn carrying(nonce: &str) -> Typed {
+        Typed {
+            needle: nonce.as_bytes().to_vec(),
+            at_end: false,
+        }
+    }
+
+    fn ending_in(text: &str) -> Typed {
+        Typed {
+            needle: text.as_bytes().to_vec(),
+            at_end: true,
+        }
+    }
+
+    fn echoes(&self, line: &[u8]) -> bool {
+        if self.at_end {
+            visible_line(line)
+                .trim_end()
+                .as_bytes()
+                .ends_with(&self.needle)
+        } else {
+            memchr::memmem::find(line, &self.needle).is_some()
+        }
+    }
 }
 
 enum Found {
@@ -91,6 +135,8 @@ enum Found {
 pub struct Markers {
     begin: String,
     end: regex::bytes::Regex,
+    /// The echo of the typed line carries the nonce.
+    echo: Typed,
     begun: bool,
 }
 
@@ -99,9 +145,18 @@ impl Markers {
         Markers {
             begin: format!("{nonce}-B"),
             end: regex::bytes::Regex::new(&format!("{nonce}-([0-9]+)-")).expect("marker regex"),
+            echo: Typed::carrying(nonce),
             begun: false,
         }
     }
+}
+
+/// A line too long to keep whole, while its end has not arrived.
+struct Cut {
+    /// Bytes left out so far.
+    dropped: u64,
+    /// Its last bytes (what a marker or prompt is found in).
+    tail: Vec<u8>,
 }
 
 pub struct Driver {
@@ -110,6 +165,8 @@ pub struct Driver {
     stdout: ChildStdout,
     /// Received bytes not yet part of a complete line.
     partial: Vec<u8>,
+    /// A line being cut (longer than [`MAX_LINE`]).
+    cut: Option<Cut>,
     /// The last non-empty line, for stall and exit reports.
     pub last_line: String,
     last_byte: Instant,
@@ -127,6 +184,7 @@ impl Driver {
             stdin,
             stdout,
             partial: Vec::new(),
+            cut: None,
             last_line: String::new(),
             last_byte: Instant::now(),
             stall,
@@ -147,17 +205,22 @@ impl Driver {
         }
         if let Some((user, password)) = &cfg.login {
             let login = Regex::new(r"(?i)login:\s*\z").expect("regex");
-            self.wait(Want::Prompt(&login, Stream::Console), sink, &deadline)
+            self.wait(Want::Prompt(&login, None), sink, &deadline)
                 .await?;
             self.type_line(user).await?;
+            let echo = Typed::ending_in(user);
             if let Some(pw) = password {
                 let pass = Regex::new(r"(?i)password:\s*\z").expect("regex");
-                self.wait(Want::Prompt(&pass, Stream::Input), sink, &deadline)
+                self.wait(Want::Prompt(&pass, Some(&echo)), sink, &deadline)
                     .await?;
                 self.type_line(pw).await?;
             }
+            return self
+                .wait(Want::Prompt(&cfg.prompt, Some(&echo)), sink, &deadline)
+                .await
+                .map(|_| ());
         }
-        self.wait(Want::Prompt(&cfg.prompt, Stream::Console), sink, &deadline)
+        self.wait(Want::Prompt(&cfg.prompt, None), sink, &deadline)
             .await?;
         Ok(())
     }
@@ -173,9 +236,10 @@ impl Driver {
     ) -> Result<i32, Interrupt> {
         let nonce = nonce();
         let (prepare, line) = typed(script, &nonce);
+        let echo = Typed::carrying(&nonce);
         for p in prepare {
             self.type_line(&p).await?;
-            self.wait(Want::Prompt(prompt, Stream::Input), sink, deadline)
+            self.wait(Want::Prompt(prompt, Some(&echo)), sink, deadline)
                 .await?;
         }
         self.type_line(&line).await?;
@@ -187,7 +251,7 @@ impl Driver {
             Found::Status(s) => s,
             _ => unreachable!("a command wait ends with a status"),
         };
-        self.wait(Want::Prompt(prompt, Stream::Console), sink, deadline)
+        self.wait(Want::Prompt(prompt, None), sink, deadline)
             .await?;
         Ok(status)
     }
@@ -274,6 +338,10 @@ impl Driver {
                 r = self.stdout.read(&mut buf) => match r {
                     Ok(0) => {
                         self.eof = true;
+                        if let Some(cut) = self.cut.take() {
+                            self.deliver(sink, Stream::Console, cut_note(cut.dropped).as_bytes())?;
+                            self.deliver(sink, Stream::Console, &cut.tail)?;
+                        }
                         if !self.partial.is_empty() {
                             let rest = std::mem::take(&mut self.partial);
                             self.deliver(sink, Stream::Console, &rest)?;
@@ -306,7 +374,9 @@ impl Driver {
     /// Hand complete lines to the sink and look for what `want` waits for.
     /// Lines are walked in place and handed over in runs (one call per run of
     /// lines bound for the same stream), so a fast console costs a few calls
-    /// per read, not one per line.
+    /// per read, not one per line. A line longer than [`MAX_LINE`] is cut:
+    /// its head goes on at once, the rest is dropped but for its last bytes,
+    /// which go on with a note of what was left out once its newline comes.
     fn consume(
         &mut self,
         want: &mut Want,
@@ -315,50 +385,65 @@ impl Driver {
         let mut buf = std::mem::take(&mut self.partial);
         let mut out = Runs::default();
         let mut pos = 0;
-        let mut last_shown = None;
+        let mut last_shown: Option<Vec<u8>> = None;
         let mut found = None;
         while found.is_none() {
-            let end = match memchr::memchr(b'\n', &buf[pos..]) {
-                Some(i) => pos + i + 1,
-                None if buf.len() - pos > MAX_LINE => buf.len(),
+            match memchr::memchr(b'\n', &buf[pos..]) {
+                Some(i) if self.cut.is_some() => {
+                    // the end of a cut line: the note, what was kept of it, up to its newline
+                    let cut = self.cut.take().expect("cutting");
+                    let mut seg = cut.tail;
+                    seg.extend_from_slice(&buf[pos..pos + i + 1]);
+                    let note = cut_note(cut.dropped).into_bytes();
+                    if matches!(want, Want::Command(m) if m.begun) {
+                        // a command's output says it was cut, like the console does
+                        out.stdout.extend_from_slice(&note);
+                    }
+                    out.push_owned(stream_of(want, &seg), note);
+                    found = classify(want, Piece::Owned(seg.clone()), &seg, &mut out);
+                    if seg.iter().any(|b| !b.is_ascii_whitespace()) {
+                        last_shown = Some(seg);
+                    }
+                    pos += i + 1;
+                }
+                Some(i) => {
+                    let end = pos + i + 1;
+                    let line = &buf[pos..end];
+                    if line.iter().any(|b| !b.is_ascii_whitespace()) {
+                        last_shown = Some(line.to_vec());
+                    }
+                    found = classify(want, Piece::Range(pos..end), line, &mut out);
+                    pos = end;
+                }
+                None if self.cut.is_some() => {
+                    // still inside a cut line: keep its last bytes only
+                    let cut = self.cut.as_mut().expect("cutting");
+                    cut.tail.extend_from_slice(&buf[pos..]);
+                    if cut.tail.len() > TAIL {
+                        let drop = cut.tail.len() - TAIL;
+                        cut.dropped += drop as u64;
+                        cut.tail.drain(..drop);
+                    }
+                    pos = buf.len();
+                    break;
+                }
+                None if buf.len() - pos > MAX_LINE => {
+                    // a line too long to keep: its head goes on now (short of the
+                    // last bytes, so a marker is never split between head and tail)
+                    let head = pos..pos + MAX_LINE - TAIL;
+                    let piece = &buf[head.clone()];
+                    let _ = classify(want, Piece::Range(head.clone()), piece, &mut out);
+                    self.cut = Some(Cut {
+                        dropped: 0,
+                        tail: Vec::new(),
+                    });
+                    pos = head.end;
+                }
                 None => break,
-            };
-            let line = &buf[pos..end];
-            if line.iter().any(|b| !b.is_ascii_whitespace()) {
-                last_shown = Some(pos..end);
             }
-            match want {
-                Want::Line(re) => {
-                    out.add(Stream::Console, pos..end);
-                    if re.is_match(&visible_line(line)) {
-                        found = Some(Found::Matched);
-                    }
-                }
-                Want::Prompt(_, stream) => out.add(*stream, pos..end),
-                Want::Exit => out.add(Stream::Console, pos..end),
-                Want::Command(m) if !m.begun => {
-                    out.add(Stream::Input, pos..end);
-                    m.begun = memchr::memmem::find(line, m.begin.as_bytes()).is_some();
-                }
-                Want::Command(m) => {
-                    out.add(Stream::Console, pos..end);
-                    if let Some(c) = m.end.captures(line) {
-                        let at = c.get(0).expect("whole match").start();
-                        out.stdout.extend_from_slice(&line[..at]);
-                        let status = std::str::from_utf8(&c[1])
-                            .ok()
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(255);
-                        found = Some(Found::Status(status));
-                    } else {
-                        out.stdout.extend_from_slice(&without_cr(line));
-                    }
-                }
-            }
-            pos = end;
         }
-        if let Some(r) = last_shown {
-            self.last_line = visible_line(&buf[r]).trim().chars().take(200).collect();
+        if let Some(l) = last_shown {
+            self.last_line = visible_line(&l).trim().chars().take(200).collect();
         }
         let delivered = out.deliver(&buf, sink);
         buf.drain(..pos);
@@ -370,8 +455,16 @@ impl Driver {
         if found.is_some() {
             return Ok(found);
         }
+        // the current line: a prompt (or a ready line) is at its end
+        let current: &[u8] = match &self.cut {
+            Some(c) => &c.tail,
+            None => {
+                let p = &self.partial;
+                &p[p.len().saturating_sub(PROMPT_WINDOW)..]
+            }
+        };
         Ok(match want {
-            Want::Line(re) | Want::Prompt(re, _) if re.is_match(&visible(&self.partial)) => {
+            Want::Line(re) | Want::Prompt(re, _) if re.is_match(&visible(current)) => {
                 Some(Found::Matched)
             }
             _ => None,
@@ -388,26 +481,103 @@ impl Driver {
     }
 }
 
+/// Where a complete line (or a piece of a long one) goes while `want` waits,
+/// and whether it is what it waits for. Before a command's begin marker
+/// only the echo of what was typed is kept from the checks (every other
+/// line, a kernel message among them, is the console's).
+fn classify(want: &mut Want, piece: Piece, line: &[u8], out: &mut Runs) -> Option<Found> {
+    match want {
+        Want::Line(re) => {
+            out.add(Stream::Console, piece);
+            re.is_match(&visible_line(line)).then_some(Found::Matched)
+        }
+        Want::Prompt(_, Some(echo)) if echo.echoes(line) => {
+            out.add(Stream::Input, piece);
+            None
+        }
+        Want::Prompt(..) | Want::Exit => {
+            out.add(Stream::Console, piece);
+            None
+        }
+        Want::Command(m) if !m.begun => {
+            if m.echo.echoes(line) {
+                m.begun = memchr::memmem::find(line, m.begin.as_bytes()).is_some();
+                out.add(Stream::Input, piece);
+            } else {
+                out.add(Stream::Console, piece);
+            }
+            None
+        }
+        Want::Command(m) => {
+            out.add(Stream::Console, piece);
+            if let Some(c) = m.end.captures(line) {
+                let at = c.get(0).expect("whole match").start();
+                out.stdout.extend_from_slice(&line[..at]);
+                let status = std::str::from_utf8(&c[1])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(255);
+                return Some(Found::Status(status));
+            }
+            out.stdout.extend_from_slice(&without_cr(line));
+            None
+        }
+    }
+}
+
+/// The stream a line goes to while `want` waits (for the note of a cut line).
+fn stream_of(want: &Want, line: &[u8]) -> Stream {
+    match want {
+        Want::Prompt(_, Some(echo)) if echo.echoes(line) => Stream::Input,
+        Want::Command(m) if !m.begun && m.echo.echoes(line) => Stream::Input,
+        _ => Stream::Console,
+    }
+}
+
+/// What stands in a log for the part of a line that was cut.
+fn cut_note(dropped: u64) -> String {
+    format!(" [… reconcile cut {dropped} bytes of this line, longer than {MAX_LINE} …] ")
+}
+
+/// Part of what a read brought: a range of the read buffer, or bytes of
+/// their own (a cut line's end, a note).
+enum Piece {
+    Range(std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
 /// Lines bound for the sink, as runs of the read buffer per stream (and the
 /// command's output, which is copied: carriage returns come out of it).
 #[derive(Default)]
 struct Runs {
-    runs: Vec<(Stream, std::ops::Range<usize>)>,
+    runs: Vec<(Stream, Piece)>,
     stdout: Vec<u8>,
 }
 
 impl Runs {
-    fn add(&mut self, stream: Stream, r: std::ops::Range<usize>) {
-        match self.runs.last_mut() {
-            Some((s, last)) if *s == stream && last.end == r.start => last.end = r.end,
-            _ => self.runs.push((stream, r)),
+    fn add(&mut self, stream: Stream, piece: Piece) {
+        match (self.runs.last_mut(), piece) {
+            (Some((s, Piece::Range(last))), Piece::Range(r))
+                if *s == stream && last.end == r.start =>
+            {
+                last.end = r.end
+            }
+            (_, piece) => self.runs.push((stream, piece)),
         }
+    }
+
+    fn push_owned(&mut self, stream: Stream, bytes: Vec<u8>) {
+        self.runs.push((stream, Piece::Owned(bytes)));
     }
 
     /// Hand everything over; `Stop` as soon as the sink says so.
     fn deliver(self, buf: &[u8], sink: &mut dyn Sink) -> Flow {
-        for (stream, r) in self.runs {
-            if sink.output(stream, &buf[r]) == Flow::Stop {
+        for (stream, piece) in self.runs {
+            let bytes = match &piece {
+                Piece::Range(r) => &buf[r.clone()],
+                Piece::Owned(b) => &b[..],
+            };
+            if sink.output(stream, bytes) == Flow::Stop {
                 return Flow::Stop;
             }
         }
@@ -524,10 +694,11 @@ pub fn typed(script: &str, nonce: &str) -> (Vec<String>, String) {
             format!("{begin}; eval \"$(echo {b64} | base64 -d)\"; {end}"),
         );
     }
-    let mut prepare = vec!["__rc=".to_string()];
+    // each line carries the nonce (a comment), so its echo is told from console output
+    let mut prepare = vec![format!("__rc= # {nonce}")];
     prepare.extend(b64.as_bytes().chunks(CHUNK).map(|c| {
         format!(
-            "__rc=${{__rc}}{}",
+            "__rc=${{__rc}}{} # {nonce}",
             std::str::from_utf8(c).expect("base64 is ascii")
         )
     }));
@@ -593,9 +764,14 @@ mod tests {
             .iter()
             .chain([&line])
             .all(|l| l.len() <= MAX_TYPED + 20));
+        // each line carries the nonce, as a comment the shell ignores
+        assert!(prep.iter().all(|p| p.ends_with(" # n2")), "{prep:?}");
         let joined: String = prep[1..]
             .iter()
-            .map(|p| p.trim_start_matches("__rc=${__rc}"))
+            .map(|p| {
+                p.trim_start_matches("__rc=${__rc}")
+                    .trim_end_matches(" # n2")
+            })
             .collect();
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(joined)
@@ -737,6 +913,74 @@ mod tests {
             ))
             .unwrap();
         assert!(exit.success());
+    }
+
+    /// Run `argv` (as typed) on the stand-in guest `script`; status and what the sink got.
+    fn run_on(script: &str, argv: &[&str]) -> (Result<i32, Interrupt>, Collect, Driver) {
+        let (rt, mut d) = guest(script);
+        let cfg = config();
+        let mut sink = Collect::default();
+        rt.block_on(d.boot(&cfg, &mut sink)).unwrap();
+        let deadline = Deadline::after(Duration::from_secs(20), "the command");
+        let r = rt.block_on(d.run(&shell_words::join(argv), &cfg.prompt, &mut sink, &deadline));
+        (r, sink, d)
+    }
+
+    #[test]
+    fn a_line_of_many_mebibytes_is_cut_in_the_logs_and_its_end_marker_still_found() {
+        // 5 MiB without a newline, then the command's status
+        let (r, sink, d) = run_on(
+            SHELL,
+            &["sh", "-c", "head -c 5242880 /dev/zero | tr '\\0' x; exit 7"],
+        );
+        assert_eq!(r, Ok(7));
+        let out = &sink.got["stdout"];
+        assert!(out.len() < MAX_LINE + 2 * TAIL + 200, "{}", out.len());
+        assert!(out.starts_with(&vec![b'x'; 1000]));
+        let text = String::from_utf8_lossy(out);
+        assert!(text.contains("reconcile cut"), "no note of the cut");
+        let note = text.split("reconcile cut ").nth(1).unwrap();
+        let dropped: usize = note.split(' ').next().unwrap().parse().unwrap();
+        // head + dropped + tail is the whole line
+        let tail = text.rsplit(" …] ").next().unwrap().trim_end();
+        assert_eq!(MAX_LINE - TAIL + dropped + tail.len(), 5 << 20);
+        assert!(d.partial.len() <= MAX_LINE);
+    }
+
+    #[test]
+    fn a_marker_split_across_reads_at_any_boundary_is_found() {
+        // a 65,530-byte line without newline (the old line limit, less a few), then the marker
+        let (r, sink, _) = run_on(
+            SHELL,
+            &["sh", "-c", "head -c 65530 /dev/zero | tr '\\0' y; exit 3"],
+        );
+        assert_eq!(r, Ok(3));
+        assert_eq!(sink.got["stdout"].len(), 65530);
+        // the console a byte at a time: every marker and prompt is still found
+        let slow = format!("{{ {SHELL}; }} | dd bs=1 status=none");
+        let (r, sink, _) = run_on(&slow, &["sh", "-c", "echo one; printf two; exit 5"]);
+        assert_eq!(r, Ok(5));
+        assert_eq!(String::from_utf8_lossy(&sink.got["stdout"]), "one\ntwo");
+    }
+
+    #[test]
+    fn a_kernel_line_before_the_begin_marker_is_the_consoles_and_only_the_echo_is_not() {
+        // the guest prints an oops after the command was typed, before it runs; and it echoes what it reads
+        let script = r#"echo 'kit: up'; while :; do printf 'kit# '; IFS= read -r line || exit 0; printf '%s\r\n' "$line"; echo '[ 1.0] Oops: 0000 [#1] SMP'; eval "$line"; done"#;
+        let (r, sink, _) = run_on(
+            script,
+            &["echo", "Kernel panic - not syncing: typed, not printed"],
+        );
+        assert_eq!(r, Ok(0));
+        let console = String::from_utf8_lossy(&sink.got["console"]).into_owned();
+        let input = String::from_utf8_lossy(&sink.got["input"]).into_owned();
+        assert!(console.contains("Oops: 0000"), "{console}");
+        assert!(!input.contains("Oops"), "{input}");
+        // the echo of the typed line is input, never console
+        assert!(input.contains("printf '%s-B"), "{input}");
+        assert!(!console.contains("printf '%s-B"), "{console}");
+        // the command's own output is the console's too (and its stdout)
+        assert!(console.contains("typed, not printed"));
     }
 
     #[test]
