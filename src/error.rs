@@ -83,6 +83,18 @@ pub enum Error {
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
 
+    /// A download cache object whose bytes are not the ones it is named by
+    /// (the disk under the state dir changed it): removed, and downloaded
+    /// again in the same run; this error only when that failed too.
+    #[error("the cached copy {} was corrupt (sha256 {actual}, named {expected}) and is removed{}", .object.display(), .then.as_deref().map(|t| format!("; downloading it again failed: {t}")).unwrap_or_default())]
+    CorruptCache {
+        object: PathBuf,
+        expected: String,
+        actual: String,
+        /// What happened when it was downloaded again.
+        then: Option<String>,
+    },
+
     #[error("refusing archive {archive}: entry `{entry}` {reason}")]
     HostileArchive {
         archive: String,
@@ -152,6 +164,7 @@ impl Error {
             Error::LockHeld { waited: Some(_), .. } => "the other apply is still running; try again later or raise --lock-timeout".into(),
             Error::Checksum { .. } => "nothing was installed and the old version stays; if the new content is intended, update `sha256` in the file (or re-run `reconcile lock`)".into(),
             Error::Download { .. } => "nothing was installed and the old version stays; check the URL and the network, then apply again".into(),
+            Error::CorruptCache { .. } => "nothing was installed and the old version stays; the source itself is fine — its cached copy in the state dir was damaged on disk (check that disk); apply again once the source can be downloaded".into(),
             Error::HostileArchive { .. } => "nothing was installed; the archive tries to write outside its tree or carries unsafe entries — get a clean archive from its publisher".into(),
             Error::Archive { .. } => "nothing was installed; check that the source is the archive you meant (or set `format`)".into(),
             Error::VersionMismatch { .. } => "nothing was installed and the old version stays; fix `version` in the file or the source URL".into(),

@@ -1272,3 +1272,223 @@ run = ["sh", "-c", "echo one; printf two; exit 5"]
     let out = fs::read_to_string(folder(&r).join("stdout.txt")).unwrap();
     assert_eq!(out, "one\ntwo");
 }
+
+// ---------- test processes ----------
+
+/// A copy of `sleep` under a name of its own: what a test leaves running is
+/// found by that name (and nothing else on the host has it).
+fn orphan_binary(farm: &Farm) -> String {
+    let p = farm.path(&format!(
+        "bin/orphan-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    ));
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::copy("/bin/sleep", &p).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p.display().to_string()
+}
+
+/// Run `cmd` to its end within a minute (killed and failed past it); its
+/// exit code, wall time and the CPU time it (and the children it waited
+/// for) used — from its own wait4(2) rusage, whatever else runs meanwhile.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage
+fn bounded(mut cmd: Command) -> (Option<i32>, Duration, Duration) {
+    let t0 = std::time::Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    loop {
+        let mut status = 0;
+        // SAFETY: wait4 fills the status and the rusage it is given.
+        let mut u: nix::libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { nix::libc::wait4(pid, &mut status, nix::libc::WNOHANG, &mut u) };
+        if r == pid {
+            let t = |tv: nix::libc::timeval| {
+                Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
+            };
+            let code = nix::libc::WIFEXITED(status).then(|| nix::libc::WEXITSTATUS(status));
+            return (code, t0.elapsed(), t(u.ru_utime) + t(u.ru_stime));
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("{cmd:?} never ended: it waited for a process its test left behind");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn host_tests(farm: &Farm, orphan: &str) {
+    farm.desired(&format!(
+        r#"version = 1
+[suite.s]
+executor = "host"
+[suite.s.test.daemon]
+run = ["sh", "-c", "(setsid {orphan} 301 </dev/null >/dev/null 2>&1 &); echo started"]
+[suite.s.test.holds-stdout]
+run = ["sh", "-c", "setsid {orphan} 302 & echo started"]
+[suite.s.test.timeout]
+run = ["sh", "-c", "setsid {orphan} 303 & {orphan} 100"]
+timeout = "2s"
+[suite.s.test.long]
+run = ["sh", "-c", "(setsid {orphan} 304 </dev/null >/dev/null 2>&1 &); echo up; {orphan} 100"]
+"#
+    ));
+}
+
+#[test]
+fn items_18_19_no_process_of_a_host_test_outlives_it_and_a_timeout_ends_it_at_its_timeout() {
+    let farm = Farm::new();
+    let orphan = orphan_binary(&farm);
+    host_tests(&farm, &orphan);
+    let left = || processes_starting(&orphan);
+    // at its end: a double-forked setsid daemon, and a grandchild holding stdout, are gone
+    let (code, ..) = bounded(farm.cmd(&["test", "s.daemon", "s.holds-stdout"]));
+    assert_eq!(code, Some(0));
+    assert_eq!(left(), Vec::<i32>::new(), "a daemon outlived its test");
+    // at its timeout: ended then, not when the pipe a grandchild holds closes, and without spinning
+    let (code, wall, cpu) = bounded(farm.cmd(&["test", "s.timeout"]));
+    assert_eq!(code, Some(4));
+    let t = result_of(&farm, "s.timeout");
+    assert_eq!(t["class"], "timeout", "{t:#}");
+    assert!(cpu < wall / 2, "{cpu:?} of CPU in {wall:?}: it spun");
+    assert_eq!(
+        left(),
+        Vec::<i32>::new(),
+        "a process outlived its timed-out test"
+    );
+    // reconcile stopped (SIGTERM) or killed (SIGKILL) while a test runs: its processes go too
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGKILL,
+    ] {
+        let mut child = farm
+            .cmd(&["test", "s.long"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the test never started its daemon", LIMIT, || {
+            processes_starting(&format!("{orphan} 304")).len() == 1
+                && processes_starting(&format!("{orphan} 100")).len() == 1
+        });
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        child.wait().unwrap();
+        wait_until(
+            &format!("a test's processes outlived reconcile ({sig})"),
+            LIMIT,
+            || left().is_empty(),
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root (a user to run reconcile as) and util-linux's setpriv"]
+fn items_18_not_root_the_host_executor_contains_its_tests_in_a_user_namespace() {
+    if !nix::unistd::geteuid().is_root() || !have("setpriv", "--version") {
+        skip("needs root and setpriv");
+        return;
+    }
+    let farm = Farm::new();
+    let orphan = orphan_binary(&farm);
+    host_tests(&farm, &orphan);
+    stdout_of(
+        Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(farm.dir.path()),
+    );
+    let as_nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            BIN,
+        ])
+        .args(args)
+        .current_dir(farm.dir.path())
+        .env("HOME", farm.dir.path())
+        .env("NO_COLOR", "1");
+        c
+    };
+    let out = as_nobody(&["test", "s.daemon", "s.holds-stdout"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(!said.contains("no PID namespace"), "{said}");
+    assert_eq!(
+        processes_starting(&orphan),
+        Vec::<i32>::new(),
+        "a daemon outlived its test"
+    );
+    let mut child = as_nobody(&["test", "s.long"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the test never started its daemon", LIMIT, || {
+        processes_starting(&format!("{orphan} 304")).len() == 1
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    wait_until("a test's processes outlived reconcile", LIMIT, || {
+        processes_starting(&orphan).is_empty()
+    });
+}
+
+#[test]
+#[ignore = "needs root and busybox-static (the namespace executor on a test root filesystem)"]
+fn items_18_19_no_process_of_a_namespace_test_outlives_it() {
+    if !nix::unistd::geteuid().is_root() {
+        skip("the namespace executor needs root");
+        return;
+    }
+    let farm = Farm::new();
+    let Some(_) = rootfs(&farm, "rootfs", "r1") else {
+        return;
+    };
+    let n = 7000 + std::process::id() % 1000;
+    farm.desired(&format!(
+        r#"version = 1
+[volume.default]
+path = "machines"
+backend = "dir"
+[machine.m]
+revision = 1
+source = {{ dir = "rootfs" }}
+[suite.ns]
+machines = ["m"]
+executor = "namespace"
+[suite.ns.test.daemon]
+run = ["/bin/sh", "-c", "(setsid sleep {n} </dev/null >/dev/null 2>&1 &); echo started"]
+[suite.ns.test.timeout]
+run = ["/bin/sh", "-c", "setsid sleep {} & sleep 100"]
+timeout = "2s"
+"#,
+        n + 1
+    ));
+    farm.run(&["apply", "--no-test"]).expect(0);
+    let (code, ..) = bounded(farm.cmd(&["test"]));
+    assert_eq!(code, Some(4));
+    assert_eq!(result_of(&farm, "ns.daemon")["result"], "PASS");
+    assert_eq!(result_of(&farm, "ns.timeout")["class"], "timeout");
+    for s in [n, n + 1] {
+        assert_eq!(processes_starting(&format!("sleep {s}")), Vec::<i32>::new());
+    }
+}

@@ -312,6 +312,13 @@ pub fn notes(desired: &Desired, targets: &[(Executor, Option<&str>, Option<&str>
     let model = &desired.model;
     let mut notes: Vec<String> = Vec::new();
     for (executor, machine, image) in targets {
+        if *executor == Executor::Host {
+            if let Some(note) = host::Containment::here().note() {
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
+            }
+        }
         if *executor != Executor::Qemu {
             continue;
         }

@@ -13,6 +13,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::{Exit, Flow, Interrupt, Outcome, Sink, Stream};
 
+/// How long output is still read after the command was reaped and killed.
+const PIPE_GRACE: Duration = Duration::from_millis(250);
+
 /// Pump `child`'s pipes into `sink` until it exits; `kill` tears down
 /// everything it started. Without a console of their own, these instances
 /// show their combined output as the console too.
@@ -34,6 +37,9 @@ pub fn supervise(
     let deadline = timeout.map(|t| started + t);
     let mut interrupted: Option<Interrupt> = None;
     let mut status = None;
+    // when the command (and what it started) was reaped and killed: pipes a
+    // descendant that escaped still holds are read a moment longer, then left
+    let mut reaped: Option<Instant> = None;
     let mut buf = vec![0u8; 64 << 10];
     loop {
         if !pipes.is_empty() {
@@ -89,6 +95,10 @@ pub fn supervise(
             }
         }
         if status.is_some() && pipes.is_empty() {
+            break;
+        }
+        if status.is_some() && reaped.get_or_insert_with(Instant::now).elapsed() > PIPE_GRACE {
+            // something outside the command's reach holds its output open: not waited for
             break;
         }
         if interrupted.is_none() && cancel.load(Ordering::SeqCst) {

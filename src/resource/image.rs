@@ -167,6 +167,13 @@ impl ImageResource {
     }
 
     fn install(&self, img: &Image, cx: &mut ApplyContext) -> Result<()> {
+        let mut said = Vec::new();
+        let r = source::fresh_on_corrupt_cache(&mut said, || self.install_once(img, cx));
+        cx.said.extend(said);
+        r
+    }
+
+    fn install_once(&self, img: &Image, cx: &mut ApplyContext) -> Result<()> {
         // downloads are verified on their way into the cache; every file again while it is staged
         let mut files = Vec::new();
         for (name, s) in &img.files {

@@ -110,6 +110,13 @@ impl PluginResource {
     }
 
     fn install(&self, p: &Plugin, cx: &mut ApplyContext) -> Result<()> {
+        let mut said = Vec::new();
+        let r = source::fresh_on_corrupt_cache(&mut said, || self.install_once(p, cx));
+        cx.said.extend(said);
+        r
+    }
+
+    fn install_once(&self, p: &Plugin, cx: &mut ApplyContext) -> Result<()> {
         // a download is verified on its way into the cache; every source is
         // verified again, in the same pass, while it is staged
         let artifact = cx.cx.fetcher.fetch(&p.source)?;

@@ -331,6 +331,57 @@ impl<'a> Fetcher<'a> {
     }
 }
 
+/// The error for a source whose bytes were not the expected ones: a cache
+/// object is removed (it is downloaded again, see [`fresh_on_corrupt_cache`]).
+pub fn mismatch(path: &Path, expected: &str, actual: String, cached: bool, when: &str) -> Error {
+    if cached {
+        let _ = fs::remove_file(path);
+        return Error::CorruptCache {
+            object: path.to_path_buf(),
+            expected: expected.to_string(),
+            actual,
+            then: None,
+        };
+    }
+    Error::Checksum {
+        what: format!("{} ({when})", path.display()),
+        expected: expected.to_string(),
+        actual,
+    }
+}
+
+/// Run `install`; when it meets a corrupt cache object (removed by then),
+/// run it once more, which downloads the source afresh. What happened is
+/// said in `said`; when the second try fails too, the error says both.
+pub fn fresh_on_corrupt_cache<T>(
+    said: &mut Vec<String>,
+    mut install: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    match install() {
+        Err(Error::CorruptCache {
+            object,
+            expected,
+            actual,
+            ..
+        }) => {
+            said.push(format!(
+                "the cached copy {} was corrupt (sha256 {actual}): removed and downloaded again",
+                object.display()
+            ));
+            install().map_err(|e| match e {
+                e @ Error::CorruptCache { .. } => e,
+                other => Error::CorruptCache {
+                    object,
+                    expected,
+                    actual,
+                    then: Some(other.to_string()),
+                },
+            })
+        }
+        other => other,
+    }
+}
+
 /// What staging an artifact produced.
 #[derive(Debug)]
 pub struct Staged {
@@ -365,23 +416,13 @@ pub fn unpack(
             // the digest first: a corrupt or swapped file is reported as that,
             // not as whatever its bytes made the extraction say
             if actual != *sha256 {
-                if *cached {
-                    // a corrupt cache object: the next apply downloads it afresh
-                    let _ = fs::remove_file(path);
-                }
-                return Err(Error::Checksum {
-                    what: format!(
-                        "{}{}",
-                        path.display(),
-                        if *cached {
-                            " (cached copy, now removed)"
-                        } else {
-                            " (as read while installing)"
-                        }
-                    ),
-                    expected: sha256.clone(),
+                return Err(mismatch(
+                    path,
+                    sha256,
                     actual,
-                });
+                    *cached,
+                    "as read while installing",
+                ));
             }
             Ok(Staged {
                 written: staged?,

@@ -629,3 +629,26 @@ pub fn interrupt(child: &std::process::Child) {
     )
     .unwrap();
 }
+
+/// Processes whose command line contains `needle`.
+pub fn processes(needle: &str) -> Vec<i32> {
+    processes_where(|cmd| cmd.contains(needle))
+}
+
+/// Processes whose command line (arguments joined by spaces) starts with `prefix`:
+/// the program itself, not a shell that names it in its script.
+pub fn processes_starting(prefix: &str) -> Vec<i32> {
+    processes_where(|cmd| cmd.starts_with(prefix))
+}
+
+pub fn processes_where(pred: impl Fn(&str) -> bool) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = fs::read(e.path().join("cmdline")).ok()?;
+            pred(&String::from_utf8_lossy(&cmd).replace('\0', " ")).then_some(pid)
+        })
+        .collect()
+}

@@ -409,6 +409,13 @@ impl MachineResource {
     }
 
     fn build_revision(&self, m: &Machine, cx: &mut ApplyContext) -> Result<()> {
+        let mut said = Vec::new();
+        let r = source::fresh_on_corrupt_cache(&mut said, || self.build_revision_once(m, cx));
+        cx.said.extend(said);
+        r
+    }
+
+    fn build_revision_once(&self, m: &Machine, cx: &mut ApplyContext) -> Result<()> {
         let be = self.backend()?;
         let artifact = cx.cx.fetcher.fetch(&m.source)?;
         if let Artifact::File {
@@ -592,14 +599,7 @@ impl MachineResource {
         )
         .map_err(|r| match r {
             crate::backend::send::Refused::Digest { actual } => {
-                if *cached {
-                    let _ = fs::remove_file(path);
-                }
-                Error::Checksum {
-                    what: format!("{} (nothing was received)", path.display()),
-                    expected: sha256.to_string(),
-                    actual,
-                }
+                source::mismatch(path, sha256, actual, *cached, "nothing was received")
             }
             crate::backend::send::Refused::Stream(why) => Error::Resource {
                 address: self.address.clone(),
@@ -665,14 +665,7 @@ impl MachineResource {
             r.finish().map_err(io)?.0
         };
         if actual != *sha256 {
-            if *cached {
-                let _ = fs::remove_file(path);
-            }
-            return Err(Error::Checksum {
-                what: format!("{} (as staged)", path.display()),
-                expected: sha256.clone(),
-                actual,
-            });
+            return Err(source::mismatch(path, sha256, actual, *cached, "as staged"));
         }
         let format = disk::check_source(&volume.shown(tmp)).map_err(|reason| Error::Resource {
             address: self.address.clone(),
