@@ -110,6 +110,13 @@ fn verified(r: &Receive) -> Result<(File, Option<Copy>), Refused> {
         (out, Some(copy))
     };
     file.rewind().map_err(|e| failed(e, r.file))?;
+    // read once start to end (twice: checked, then fed): the kernel may read ahead far
+    let _ = nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+    );
     let (actual, _) = crate::fsops::digest::sha256_reader(&file).map_err(|e| failed(e, r.file))?;
     if actual != r.sha256 {
         return Err(Refused::Digest { actual });
@@ -150,7 +157,16 @@ pub fn receive(r: &Receive, halfway: impl Fn()) -> Result<String, Refused> {
             fired: false,
         };
         let mut d = crate::source::archive::decompressed(counted, &head[..n])?;
-        io::copy(&mut d, &mut check)?;
+        // large reads: a send stream is GiBs of ~48 KiB commands
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match d.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => check.write_all(&buf[..k])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         check.finish()
     })();
     let refusal = check.refusal.take();
