@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Diagnostic;
+use crate::diagnostic::Diagnostic;
 
 /// Exit codes of SPEC §2, in one place.
 pub mod exit {

@@ -14,13 +14,16 @@ pub mod cli;
 #[cfg(feature = "cloud")]
 pub mod cloud;
 pub mod config;
+pub mod diagnostic;
 pub mod error;
+pub mod fault;
 pub mod fleet;
 pub mod fsops;
 pub mod harness;
 pub mod output;
 pub mod plan;
 pub mod platform;
+pub mod process;
 pub mod render;
 pub mod resource;
 pub mod schema;

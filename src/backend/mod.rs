@@ -8,7 +8,6 @@
 
 pub mod btrfs;
 pub mod dir;
-pub mod send;
 
 use std::io;
 use std::path::Path;

@@ -18,7 +18,7 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
             )));
         }
     }
-    let cancel = interrupt_flag();
+    let cancel = crate::process::cancel_on_signals();
     let opts = apply::Options {
         verify: a.verify,
         targets: targets(&a.target)?,
@@ -144,15 +144,4 @@ fn narrate(p: &Printer, e: &Event) {
             }
         }
     }
-}
-
-/// SIGINT/SIGTERM set this flag instead of killing the process, so an apply
-/// finishes the resource in progress and stops cleanly (and running tests are
-/// killed and cleaned up).
-fn interrupt_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register(sig, flag.clone());
-    }
-    flag
 }

@@ -7,7 +7,8 @@ use crate::config::model::{Executor, MachineKind};
 use crate::config::{self, Desired};
 use crate::error::{Error, Result};
 use crate::output::Printer;
-use crate::platform::{self, Flow, Interrupt, Provision, Sink, Step, Stream, Target};
+use crate::platform::{self, Provision, Step, Target};
+use crate::process::{Flow, Interrupt, Sink, Stream};
 use crate::state::StateDir;
 use crate::store::working;
 

@@ -475,7 +475,7 @@ fn export(cli: &Cli, a: &ExportArgs, p: &Printer) -> Result<i32, Error> {
     };
     let subvolume = entry(rev)?;
     let parent = a.parent.map(entry).transpose()?;
-    crate::backend::send::export(&subvolume, parent.as_deref(), &a.output).map_err(refuse)?;
+    crate::store::send::export(&subvolume, parent.as_deref(), &a.output).map_err(refuse)?;
     p.info(&format!(
         "Wrote machine.{name}@{rev}{} to {}.",
         a.parent

@@ -1,6 +1,4 @@
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use serde_json::json;
 
@@ -110,14 +108,6 @@ fn list(desired: &Desired, filters: &Filters, explain: bool, p: &Printer) -> Res
     Ok(exit::OK)
 }
 
-fn interrupt_flag() -> Arc<AtomicBool> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register(sig, cancel.clone());
-    }
-    cancel
-}
-
 /// Select, run and render (`test`).
 pub fn run_tests(
     desired: &Desired,
@@ -128,7 +118,7 @@ pub fn run_tests(
     p: &Printer,
 ) -> Result<Report> {
     let sel = select::select(desired, filters)?;
-    let mut opts = run::Options::standard(desired, interrupt_flag());
+    let mut opts = run::Options::standard(desired, crate::process::cancel_on_signals());
     if let Some(j) = jobs {
         opts.jobs = j;
     }

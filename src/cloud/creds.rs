@@ -270,7 +270,7 @@ fn web_identity(
     let session = session
         .map(str::to_string)
         .unwrap_or_else(|| format!("reconcile-{}", std::process::id()));
-    let body = super::client::form(&[
+    let body = super::query::form(&[
         ("Action", "AssumeRoleWithWebIdentity"),
         ("Version", "2011-06-15"),
         ("RoleArn", role),

@@ -5,7 +5,8 @@ use base64::Engine;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::client::{encode, Api, Body, CallError};
+use super::client::{Api, Body, CallError};
+use super::query::encode;
 
 /// EBS direct's block size: 512 KiB.
 pub const BLOCK: usize = 512 << 10;

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use super::client::{form, Api, Body, CallError};
+use super::client::{Api, Body, CallError};
+use super::query::form;
 use super::xml;
 
 const VERSION: &str = "2016-11-15";

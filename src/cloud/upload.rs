@@ -120,7 +120,7 @@ pub fn put_blocks(
                         let n = sent.fetch_add(1, Ordering::Relaxed) + 1;
                         if let (Some(address), 1) = (fault, n) {
                             // one block is on the server, the rest are not
-                            crate::state::fault::point(address, "upload-partial");
+                            crate::fault::point(address, "upload-partial");
                         }
                         let secs = started.elapsed().as_secs_f64().max(1e-3);
                         bar.set_message(format!(

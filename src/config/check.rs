@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::diagnostic::Diagnostic;
 use super::lockfile::Lockfile;
 use super::model::{
     Console, DesiredFile, Executor, MachineKind, Source, SourceLocation, Suite, Vm,
 };
 use super::Sources;
+use crate::diagnostic::Diagnostic;
 
 pub(crate) fn check(
     m: &DesiredFile,
@@ -498,7 +498,7 @@ impl Checker<'_> {
     /// images boot only in QEMU, root filesystems never do.
     fn suite_targets(&mut self, m: &DesiredFile, sname: &str, suite: &Suite) {
         let qemu = suite.executor == Executor::Qemu;
-        let executor = crate::platform::executor_name(suite.executor);
+        let executor = suite.executor.name();
         for (i, mach) in suite.machines.iter().enumerate() {
             let Some(md) = m.machine.get(mach) else {
                 continue;

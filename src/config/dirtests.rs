@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::diagnostic::Diagnostic;
 use super::model::{Expect, FailureClass, Test};
+use crate::diagnostic::Diagnostic;
 
 /// The header's keys: those of a test in the file, but `run` (the executable itself).
 #[derive(Debug, Default, Deserialize)]

@@ -5,7 +5,7 @@
 
 pub(crate) mod check;
 mod confine;
-pub mod diagnostic;
+
 pub mod dirtests;
 #[cfg(test)]
 mod fuzz;
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-pub use diagnostic::Diagnostic;
+pub use crate::diagnostic::Diagnostic;
 pub use lockfile::Lockfile;
 pub use model::DesiredFile;
 pub use parse::SourceFile;

@@ -679,6 +679,18 @@ pub enum Executor {
     Cloud,
 }
 
+impl Executor {
+    /// As the file writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Executor::Host => "host",
+            Executor::Namespace => "namespace",
+            Executor::Qemu => "qemu",
+            Executor::Cloud => "cloud",
+        }
+    }
+}
+
 /// One test.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

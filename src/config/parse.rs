@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use super::diagnostic::Diagnostic;
 use super::model::DesiredFile;
+use crate::diagnostic::Diagnostic;
 
 /// Key and value spans of every key path in one file.
 #[derive(Debug, Default, Clone)]
@@ -97,14 +97,14 @@ impl SourceFile {
             Some(r) => {
                 let starts = self
                     .lines
-                    .get_or_init(|| super::diagnostic::line_starts(&self.text));
-                super::diagnostic::line_column_indexed(&self.text, starts, r.start)
+                    .get_or_init(|| crate::diagnostic::line_starts(&self.text));
+                crate::diagnostic::line_column_indexed(&self.text, starts, r.start)
             }
             None => (1, 1),
         };
         let shown = self
             .shown
-            .get_or_init(|| super::diagnostic::printable(&self.text));
+            .get_or_init(|| crate::diagnostic::printable(&self.text));
         Diagnostic::located(&self.name, shown, span, at, message, label, help)
     }
 }

@@ -35,7 +35,7 @@ use sha2::Digest as _;
 
 use crate::error::{Error, Result};
 use crate::fsops::{Beneath, Exposed};
-use crate::platform::{Flow, Interrupt, Sink, Stream};
+use crate::process::{Flow, Interrupt, Sink, Stream};
 use crate::state::now_rfc3339;
 
 /// Where a commit fetched to be applied is kept in the checkout.
@@ -352,13 +352,7 @@ impl Remote {
         };
         let stdout = |o: &Collect| String::from_utf8_lossy(&o.stdout).trim().to_string();
         let stderr = |o: &Collect| String::from_utf8_lossy(&o.stderr).into_owned();
-        match crate::platform::process::supervise(
-            child,
-            Some(self.timeout),
-            &never,
-            &kill,
-            &mut out,
-        ) {
+        match crate::process::child::supervise(child, Some(self.timeout), &never, &kill, &mut out) {
             Err(e) => Err(format!("git {verb}: {e}")),
             Ok(Err(Interrupt::TimedOut { after, .. })) => Err(format!(
                 "git {verb} did not finish within {}",

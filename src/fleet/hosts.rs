@@ -24,15 +24,10 @@ pub fn set_hostname(name: &str) {
 
 /// This host's name for selectors: `--hostname`, else the kernel's.
 pub fn hostname() -> String {
-    OVERRIDE.get().cloned().unwrap_or_else(kernel_hostname)
-}
-
-/// The kernel's host name (lock holders, cloud run tags: who really runs).
-pub fn kernel_hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "localhost".into())
+    OVERRIDE
+        .get()
+        .cloned()
+        .unwrap_or_else(crate::process::identity::kernel_hostname)
 }
 
 /// A host as selectors see it.

@@ -19,7 +19,8 @@ use crate::config::model::{Scope, Severity};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 use crate::fsops;
-use crate::platform::{self, Exit, Flow, Interrupt, Provision, Sink, Step, Stream, Target};
+use crate::platform::{self, Provision, Step, Target};
+use crate::process::{Exit, Flow, Interrupt, Sink, Stream};
 use crate::state::{now_rfc3339, StateDir};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);

@@ -345,11 +345,9 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
             ) {
                 return Some(w);
             }
-            if let Some(w) = list_filter(
-                "platform",
-                &case.spec.platforms,
-                Some(crate::platform::executor_name(case.executor)),
-            ) {
+            if let Some(w) =
+                list_filter("platform", &case.spec.platforms, Some(case.executor.name()))
+            {
                 return Some(w);
             }
             let version = m.and_then(|m| m.version.as_deref());

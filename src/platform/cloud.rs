@@ -38,8 +38,8 @@ use crate::cloud::{self, client::Api, TAG_MACHINE, TAG_RUN, TAG_TOKEN};
 use crate::config::model::{Machine, MachineKind};
 use crate::config::Desired;
 use crate::error::{Error, Result};
+use crate::process::identity::Owner;
 use crate::state::{now_rfc3339, StateDir};
-use crate::store::working::Owner;
 use crate::store::{EntryKind, MachineDir};
 
 /// Instance type when neither the suite nor the cloud names one.
@@ -151,7 +151,7 @@ impl CloudInstance {
     /// Journal the intent, then launch with the step as user data.
     fn launch(&mut self, step: &Step, nonce: &str) -> std::result::Result<String, Interrupt> {
         let token = format!("reconcile-{}", nonce);
-        let host = crate::fleet::hosts::kernel_hostname();
+        let host = crate::process::identity::kernel_hostname();
         let owner = Owner::me();
         let mut entry = Entry {
             cloud: self.api.cloud.clone(),
@@ -502,7 +502,7 @@ pub fn reap(desired: &Desired, cname: &str) -> Result<Vec<String>> {
         .ok_or_else(|| Error::Usage(format!("no cloud `{cname}` is declared")))?;
     let api = cloud::connect(cname, c)?;
     let state = StateDir::existing(&desired.state_dir);
-    let host = crate::fleet::hosts::kernel_hostname();
+    let host = crate::process::identity::kernel_hostname();
     let mut notes = Vec::new();
     let mut done: BTreeSet<String> = BTreeSet::new();
     let terminate = |id: &str, why: &str, notes: &mut Vec<String>| -> Result<()> {

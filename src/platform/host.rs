@@ -29,8 +29,9 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use super::{process, Facts, Instance, Interrupt, Outcome, Provision, Root, Sink, Step};
+use super::{Facts, Instance, Interrupt, Outcome, Provision, Root, Sink, Step};
 use crate::error::Result;
+use crate::process::child;
 
 pub struct HostInstance {
     root: Option<Root>,
@@ -138,7 +139,7 @@ impl Prepared {
     /// (pid 1) runs the command as pid 2. This process stays behind to pass
     /// on the command's exit status (or the signal that killed it).
     fn enter(&self) -> io::Result<()> {
-        process::tie_to_parent(self.lock)?;
+        child::tie_to_parent(self.lock)?;
         match self.how {
             Containment::ProcessGroup => return Ok(()),
             Containment::PidNamespace => unshare(CloneFlags::CLONE_NEWPID)?,
@@ -314,7 +315,7 @@ impl Instance for HostInstance {
             // a namespace, the process holding it, whose death ends the namespace)
             let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
         };
-        process::supervise(child, step.timeout, &self.cancel, &kill, sink)
+        child::supervise(child, step.timeout, &self.cancel, &kill, sink)
             .map_err(|e| Interrupt::Infra(format!("cannot supervise {:?}: {e}", step.argv)))?
     }
 

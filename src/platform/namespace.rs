@@ -21,7 +21,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, sethostname, ForkResult};
 
-use super::{process, Facts, Instance, Interrupt, Outcome, Provision, Root, Sink, Step};
+use super::{Facts, Instance, Interrupt, Outcome, Provision, Root, Sink, Step};
 use crate::error::Result;
 
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -158,7 +158,7 @@ impl NamespaceInstance {
 /// pid namespace; this process stays behind to pass on its exit status.
 fn enter(p: &Prepared) -> io::Result<()> {
     // the intermediate dies with reconcile, and its death takes pid 1 (below) with it
-    super::process::tie_to_parent(p.lock)?;
+    crate::process::child::tie_to_parent(p.lock)?;
     unshare(p.flags)?;
     // SAFETY: the child of Command's fork is single-threaded; forking again is sound.
     match unsafe { fork() }? {
@@ -258,7 +258,7 @@ impl Instance for NamespaceInstance {
             // the intermediate's death SIGKILLs pid 1, which ends the whole pid namespace
             let _ = c.kill();
         };
-        process::supervise(child, step.timeout, &self.cancel, &kill, sink)
+        crate::process::child::supervise(child, step.timeout, &self.cancel, &kill, sink)
             .map_err(|e| Interrupt::Infra(format!("cannot supervise {:?}: {e}", step.argv)))?
     }
 

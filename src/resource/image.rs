@@ -15,10 +15,11 @@ use super::receipt::{self, record_tree, Receipt, ReceiptSource};
 use super::{Action, ApplyContext, Change, Context, Observed, Resource};
 use crate::config::model::{ArchiveFormat, Image, Source};
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::fsops::beneath::{self, Beneath};
 use crate::fsops::digest::sha256_bytes;
 use crate::source::{self, archive::Written, Location};
-use crate::state::{fault, now_rfc3339, Roots};
+use crate::state::{now_rfc3339, Roots};
 
 pub const KIND: &str = "image";
 /// Roots-record kind for the parent directories reconcile created (pruned when empty).

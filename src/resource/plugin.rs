@@ -13,10 +13,11 @@ use super::receipt::{self, record_tree, Receipt, ReceiptSource};
 use super::{Action, ApplyContext, Change, Context, Observed, Resource};
 use crate::config::model::Plugin;
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::fsops::beneath::{self, Beneath};
 use crate::fsops::{self, digest::sha256_bytes};
 use crate::source::{self, archive::Written, Location};
-use crate::state::{fault, now_rfc3339};
+use crate::state::now_rfc3339;
 
 pub const KIND: &str = "plugin";
 

@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::{fault, StateDir};
+use super::StateDir;
 use crate::backend::{remove_in, volume_id};
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::fsops::{self, Beneath};
 
 /// Name of the receipt every published directory carries; its `txn` tells recovery

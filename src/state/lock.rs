@@ -49,7 +49,7 @@ pub fn acquire(state: &StateDir, command: &str, timeout: Option<Duration>) -> Re
             Ok(mut flock) => {
                 let me = Holder {
                     pid: std::process::id(),
-                    host: crate::fleet::hosts::kernel_hostname(),
+                    host: crate::process::identity::kernel_hostname(),
                     command: command.to_string(),
                     started: super::now_rfc3339(),
                 };

@@ -7,7 +7,6 @@
 //! without the sticky bit; its files are opened beneath it without following
 //! a symlink.
 
-pub mod fault;
 pub mod journal;
 pub mod lock;
 

@@ -16,6 +16,7 @@
 //! ([`disk`]).
 
 pub mod disk;
+pub mod send;
 pub mod working;
 
 use std::collections::BTreeMap;
@@ -60,7 +61,7 @@ pub struct EntryReceipt {
     pub id: u64,
     pub created: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<working::Owner>,
+    pub owner: Option<crate::process::identity::Owner>,
     /// A working snapshot kept on purpose (`spawn --keep`): never pruned, and
     /// what it was made from is kept with it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
 
 use super::disk;
 use super::{
@@ -30,38 +29,8 @@ use crate::backend::{self, VolumeBackend};
 use crate::config::model::{MachineKind, Volume};
 use crate::error::{Error, Result};
 use crate::fsops::Beneath;
+use crate::process::identity::Owner;
 use crate::state::{lock, now_rfc3339, StateDir};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
-    pub pid: u32,
-    /// Start time of the process in clock ticks since boot (/proc/PID/stat field 22).
-    pub start_time: u64,
-}
-
-impl Owner {
-    pub fn me() -> Owner {
-        let pid = std::process::id();
-        Owner {
-            pid,
-            start_time: start_time(pid).unwrap_or(0),
-        }
-    }
-
-    pub fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time)
-    }
-}
-
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
-}
 
 /// `.reconcile/<name>.lock`, relative to the machine directory.
 fn lock_rel(name: &str) -> PathBuf {

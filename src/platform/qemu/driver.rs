@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::time::Instant;
 
-use crate::platform::{Flow, Interrupt, Sink, Stream};
+use crate::process::{Flow, Interrupt, Sink, Stream};
 
 /// A line longer than this is cut: its first bytes go on (to the logs and
 /// the checks), then a note of how much was left out, then its last bytes
@@ -394,7 +394,14 @@ impl Driver {
                     let cut = self.cut.take().expect("cutting");
                     let mut seg = cut.tail;
                     seg.extend_from_slice(&buf[pos..pos + i + 1]);
-                    let note = cut_note(cut.dropped).into_bytes();
+                    // only its last bytes are kept, however much this read brought of it
+                    let mut dropped = cut.dropped;
+                    if seg.len() > TAIL {
+                        let d = seg.len() - TAIL;
+                        dropped += d as u64;
+                        seg.drain(..d);
+                    }
+                    let note = cut_note(dropped).into_bytes();
                     if matches!(want, Want::Command(m) if m.begun) {
                         // a command's output says it was cut, like the console does
                         out.stdout.extend_from_slice(&note);

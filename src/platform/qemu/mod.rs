@@ -443,7 +443,7 @@ impl QemuInstance {
         // SAFETY: the closure runs in the forked child before exec and only
         // makes the two syscalls of `tie_to_parent`; it allocates nothing.
         unsafe {
-            cmd.pre_exec(move || super::process::tie_to_parent(lock));
+            cmd.pre_exec(move || crate::process::child::tie_to_parent(lock));
         }
         let child = {
             let _rt = self.rt.enter();

@@ -10,7 +10,7 @@ use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::driver::Driver;
-use crate::platform::Interrupt;
+use crate::process::Interrupt;
 
 /// Ctrl-] detaches, as in telnet.
 pub const DETACH: u8 = 0x1d;

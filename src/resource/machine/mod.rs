@@ -21,12 +21,14 @@ use super::{Action, ApplyContext, Change, Context, Observed, Resource};
 use crate::backend::{self, VolumeBackend};
 use crate::config::model::{Executor, Machine, MachineKind, Prune, Volume};
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::fsops::beneath::{self, Beneath};
 use crate::fsops::{self, digest::sha256_bytes};
-use crate::platform::{self, Interrupt, Provision, Tail, Target};
+use crate::platform::{self, Provision, Target};
+use crate::process::{Interrupt, Tail};
 use crate::source::{self, archive::Policy, Artifact, Location};
 use crate::state::journal::{Op, VolumeCommit};
-use crate::state::{fault, now_rfc3339};
+use crate::state::now_rfc3339;
 use crate::store::disk;
 use crate::store::working::live_bases;
 use crate::store::{
@@ -585,8 +587,8 @@ impl MachineResource {
         let copies = cx.state.tmp_dir()?;
         let address = self.address.clone();
         let into = dir.shown(scratch);
-        let made = crate::backend::send::receive(
-            &crate::backend::send::Receive {
+        let made = crate::store::send::receive(
+            &crate::store::send::Receive {
                 file: path,
                 sha256,
                 private: *cached,
@@ -598,17 +600,17 @@ impl MachineResource {
             || fault::point(&address, "receive-partial"),
         )
         .map_err(|r| match r {
-            crate::backend::send::Refused::Digest { actual } => {
+            crate::store::send::Refused::Digest { actual } => {
                 source::mismatch(path, sha256, actual, *cached, "nothing was received")
             }
-            crate::backend::send::Refused::Stream(why) => Error::Resource {
+            crate::store::send::Refused::Stream(why) => Error::Resource {
                 address: self.address.clone(),
                 reason: format!(
                     "refusing the btrfs send stream {}: {why}; nothing was kept",
                     path.display()
                 ),
             },
-            crate::backend::send::Refused::Failed(why) => Error::Resource {
+            crate::store::send::Refused::Failed(why) => Error::Resource {
                 address: self.address.clone(),
                 reason: why,
             },

@@ -143,7 +143,7 @@ pub fn receive(r: &Receive, halfway: impl Fn()) -> Result<String, Refused> {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        crate::platform::process::spawn_tied(&mut cmd, None)
+        crate::process::child::spawn_tied(&mut cmd, None)
             .map_err(|e| Refused::Failed(format!("cannot run `btrfs receive`: {e}")))?
     };
     let stdin = child.stdin.take().expect("piped");
