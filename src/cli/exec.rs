@@ -14,7 +14,7 @@ use crate::store::working;
 
 /// Run a command in a fresh working snapshot of a machine, deleted afterwards.
 pub fn run(cli: &Cli, a: &ExecArgs, p: &Printer) -> Result<i32> {
-    let desired = config::load(&cli.file)?;
+    let desired = config::load_with(&cli.file, cli.load_options())?;
     let m = machine(&desired, &a.machine)?;
     if let Some(tc) = &a.toolchain {
         if !m.toolchain.contains_key(tc) {

@@ -143,8 +143,21 @@ pub struct GitArgs {
     pub git_timeout: Duration,
 }
 
+impl Cli {
+    /// How every command takes the file: as `--hostname` (when one is given).
+    pub fn load_options(&self) -> crate::config::LoadOptions {
+        crate::config::LoadOptions {
+            hostname: match self.hostname.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
+            ..Default::default()
+        }
+    }
+}
+
 impl GitArgs {
-    pub fn remote(&self) -> Option<crate::fleet::git::Remote> {
+    pub fn remote(&self, cli: &Cli) -> Option<crate::fleet::git::Remote> {
         let url = self.git.clone()?;
         Some(crate::fleet::git::Remote {
             url,
@@ -157,6 +170,7 @@ impl GitArgs {
             allow_rewind: self.allow_rewind,
             allowed_signers: self.verify_signatures.clone(),
             timeout: self.git_timeout,
+            hostname: cli.load_options().hostname,
         })
     }
 }
@@ -351,9 +365,9 @@ struct Loaded {
 }
 
 fn load(cli: &Cli, git: &GitArgs, p: &Printer, preview: bool) -> Result<Loaded, Error> {
-    let Some(remote) = git.remote() else {
+    let Some(remote) = git.remote(cli) else {
         return Ok(Loaded {
-            desired: crate::config::load(&cli.file)?,
+            desired: crate::config::load_with(&cli.file, cli.load_options())?,
             git: None,
             not_taken: None,
             _export: None,
@@ -447,7 +461,7 @@ fn export(cli: &Cli, a: &ExportArgs, p: &Printer) -> Result<i32, Error> {
         .and_then(|r| r.rsplit_once('@'))
         .ok_or_else(usage)?;
     let rev: u32 = rev.parse().map_err(|_| usage())?;
-    let desired = crate::config::load(&cli.file)?;
+    let desired = crate::config::load_with(&cli.file, cli.load_options())?;
     let m = desired
         .model
         .machine
@@ -507,9 +521,6 @@ pub fn main() -> i32 {
     if cli.hostname.len() > 1 && !matches!(cli.command, Command::Plan(_)) {
         eprintln!("error: only `plan` takes --hostname more than once (to preview several hosts)");
         return exit::ERROR;
-    }
-    if let [one] = cli.hostname.as_slice() {
-        crate::fleet::hosts::set_hostname(one);
     }
     let printer = Printer::new(cli.quiet, cli.verbose, format, cli.color);
     let markdown_ok = matches!(

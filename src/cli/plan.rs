@@ -67,7 +67,7 @@ fn several_hosts(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
             "--out saves one host's plan: give one --hostname".into(),
         ));
     }
-    let remote = a.git.remote();
+    let remote = a.git.remote(cli);
     let preview = remote.as_ref().map(crate::fleet::preview).transpose()?;
     let mut plans = Vec::new();
     for host in &cli.hostname {

@@ -12,7 +12,7 @@ use crate::state::StateDir;
 /// Boot a working snapshot of a disk machine (or a netboot image over PXE) and
 /// attach this terminal to its serial console.
 pub fn run(cli: &Cli, a: &SpawnArgs, p: &Printer) -> Result<i32> {
-    let desired = config::load(&cli.file)?;
+    let desired = config::load_with(&cli.file, cli.load_options())?;
     let model = &desired.model;
     let target = match (model.machine.get(&a.target), model.image.get(&a.target)) {
         (Some(m), _) if m.kind != MachineKind::Disk => {

@@ -7,7 +7,7 @@ use crate::state::StateDir;
 use crate::{apply, config};
 
 pub fn run(cli: &Cli, a: &StatusArgs, p: &Printer) -> Result<i32> {
-    let remote = a.git.remote();
+    let remote = a.git.remote(cli);
     if let Some(r) = &remote {
         r.check()?;
     }
@@ -47,7 +47,7 @@ pub fn run(cli: &Cli, a: &StatusArgs, p: &Printer) -> Result<i32> {
                 return Ok(exit::OK);
             }
         },
-        None => config::load(&cli.file)?,
+        None => config::load_with(&cli.file, cli.load_options())?,
     };
     let resources = apply::observe_all(&desired)?;
     let state = StateDir::existing(&desired.state_dir);

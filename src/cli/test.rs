@@ -13,7 +13,7 @@ use crate::render::text as render;
 use crate::render::{markdown, step_summary};
 
 pub fn run(cli: &Cli, a: &TestArgs, p: &Printer) -> Result<i32> {
-    let desired = config::load(&cli.file)?;
+    let desired = config::load_with(&cli.file, cli.load_options())?;
     let runs_dir = a
         .output
         .clone()

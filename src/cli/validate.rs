@@ -6,7 +6,7 @@ use crate::error::{exit, Error, Result};
 use crate::output::Printer;
 
 pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
-    match config::load(&cli.file) {
+    match config::load_with(&cli.file, cli.load_options()) {
         Ok(d) => {
             if p.json {
                 p.json_doc(&json!({ "format_version": 1, "valid": true, "file": d.path, "diagnostics": [] }));

@@ -12,7 +12,8 @@ pub fn run(cli: &Cli, a: &WatchArgs, p: &Printer) -> Result<i32> {
         interval: a.interval,
         debounce: a.debounce,
         lock_timeout: a.lock_timeout,
-        git: a.git.remote(),
+        git: a.git.remote(cli),
+        load: cli.load_options(),
     };
     watch::run(&opts, &mut |e| log(p, &e))?;
     Ok(exit::OK)

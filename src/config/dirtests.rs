@@ -151,9 +151,12 @@ fn header(path: &Path) -> Result<Header, Box<Diagnostic>> {
             .chain(&h.expect.stderr)
             .chain(&h.expect.console)
         {
-            if let Err(e) = crate::harness::matchers::Matcher::parse(m) {
+            if let Err(e) = &m.parsed {
                 return Err(bad(
-                    format!("bad `# reconcile:` header: invalid matcher `{m}`: {e}"),
+                    format!(
+                        "bad `# reconcile:` header: invalid matcher `{}`: {e}",
+                        m.text
+                    ),
                     "matchers are \"text\", \"!text\", \"/regex/\" or \"!/regex/\"",
                 ));
             }

@@ -9,7 +9,9 @@ mod confine;
 pub mod dirtests;
 #[cfg(test)]
 mod fuzz;
+pub mod hosts;
 pub mod lockfile;
+pub mod matcher;
 pub mod model;
 mod parse;
 pub mod units;
@@ -44,6 +46,8 @@ pub struct Desired {
     pub host: String,
     /// Resources declared for other hosts and left out here: (address, why).
     pub not_for_host: Vec<(String, String)>,
+    /// The executable tests found in each suite's `dir` when the file was read.
+    pub dir_tests: BTreeMap<String, Vec<(String, model::Test)>>,
 }
 
 pub const DEFAULT_EXTRACT_LIMIT: u64 = 8 << 30;
@@ -191,7 +195,7 @@ impl Sources {
 pub struct LoadOptions {
     /// Accept remote sources without a sha256 or pin (only `reconcile lock`, which pins them).
     pub allow_unpinned: bool,
-    /// Take the file as host `hostname` sees it (default: this host, or `--hostname`).
+    /// Take the file as host `hostname` sees it (`--hostname`; default: this host's kernel name).
     pub hostname: Option<String>,
     /// Keep what is for other hosts too (`reconcile lock` pins the whole fleet's sources).
     pub all_hosts: bool,
@@ -335,10 +339,14 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         opts.allow_unpinned,
     ));
     // executable tests in suite dirs: their headers are part of the file's contract
-    for suite in model.suite.values() {
+    let mut dir_tests = BTreeMap::new();
+    for (name, suite) in &model.suite {
         if let Some(dir) = &suite.dir {
-            if let Err(problems) = dirtests::read(Path::new(dir)) {
-                diagnostics.extend(problems);
+            match dirtests::read(Path::new(dir)) {
+                Ok(tests) => {
+                    dir_tests.insert(name.clone(), tests);
+                }
+                Err(problems) => diagnostics.extend(problems),
             }
         }
     }
@@ -384,11 +392,11 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         .extract_limit
         .map(|s| s.0)
         .unwrap_or(DEFAULT_EXTRACT_LIMIT);
-    let host = crate::fleet::hosts::Host {
+    let host = hosts::Host {
         name: opts
             .hostname
             .clone()
-            .unwrap_or_else(crate::fleet::hosts::hostname),
+            .unwrap_or_else(crate::process::identity::kernel_hostname),
         labels: match model
             .settings
             .as_ref()
@@ -400,7 +408,7 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
                     "labels_file: {f} is in /proc, /sys or /dev; name a file of key=value lines"
                 )))
             }
-            Some(f) => crate::fleet::hosts::read_labels(&main_dir.join(f))
+            Some(f) => hosts::read_labels(&main_dir.join(f))
                 .map_err(|why| Error::Usage(format!("labels_file: {why}")))?,
             None => Default::default(),
         },
@@ -420,14 +428,15 @@ pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Desired, Error> {
         files,
         host: host.name,
         not_for_host,
+        dir_tests,
     })
 }
 
-/// Leave out what is not for `host` (see `fleet::hosts`); returns (address, why) of each.
-fn for_host(m: &mut DesiredFile, host: &crate::fleet::hosts::Host) -> Vec<(String, String)> {
-    use crate::fleet::hosts::excludes;
+/// Leave out what is not for `host` (see [`hosts`]); returns (address, why) of each.
+fn for_host(m: &mut DesiredFile, host: &hosts::Host) -> Vec<(String, String)> {
+    use hosts::excludes;
     let mut out = Vec::new();
-    let mut drop = |kind: &str, name: &str, hosts: &[String]| -> bool {
+    let mut drop = |kind: &str, name: &str, hosts: &[hosts::Selector]| -> bool {
         match excludes(hosts, host) {
             Some(why) => {
                 out.push((format!("{kind}.{name}"), why));

@@ -9,6 +9,9 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::hosts::Selector;
+use super::matcher::Spec;
+
 pub use super::units::{FailureClass, Size};
 
 /// The desired state of one build/test farm host.
@@ -115,7 +118,8 @@ pub struct Machine {
     /// Hosts this is for: globs over the host name (`build-*`), label
     /// selectors (`label:arch=arm64`), `!` to exclude. Default: every host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub hosts: Vec<Selector>,
     /// Volume that holds the machine. Default `default`.
     #[serde(default = "default_volume")]
     pub volume: String,
@@ -471,7 +475,8 @@ pub struct Image {
     /// Hosts this is for: globs over the host name (`build-*`), label
     /// selectors (`label:arch=arm64`), `!` to exclude. Default: every host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub hosts: Vec<Selector>,
     /// Root of the TFTP tree (relative to this file).
     pub root: String,
     pub arch: String,
@@ -530,7 +535,8 @@ pub struct Plugin {
     /// Hosts this is for: globs over the host name (`build-*`), label
     /// selectors (`label:arch=arm64`), `!` to exclude. Default: every host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub hosts: Vec<Selector>,
     /// Version; checked against the archive's `plugin.json` when it has one.
     pub version: String,
     /// Directory that holds plugins (relative to this file). Default `plugins`
@@ -639,7 +645,8 @@ pub struct Suite {
     /// Hosts this is for: globs over the host name (`build-*`), label
     /// selectors (`label:arch=arm64`), `!` to exclude. Default: every host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub hosts: Vec<Selector>,
     /// Machines each test runs on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub machines: Vec<String>,
@@ -734,11 +741,14 @@ pub struct Expect {
     pub exit: Option<i32>,
     /// Matchers: `"text"`, `"!text"`, `"/regex/"`, `"!/regex/"`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stdout: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub stdout: Vec<Spec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stderr: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub stderr: Vec<Spec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub console: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub console: Vec<Spec>,
 }
 
 /// A skip-list entry.

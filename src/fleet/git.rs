@@ -61,6 +61,8 @@ pub struct Remote {
     pub allowed_signers: Option<PathBuf>,
     /// Each git call is killed after this long.
     pub timeout: Duration,
+    /// The host the file is taken as (`--hostname`; default: this host).
+    pub hostname: Option<String>,
 }
 
 /// `DIR/git.json`: what `status` shows.

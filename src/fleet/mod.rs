@@ -9,7 +9,6 @@
 //! --git`, `status --git`) are read from exports and never move the work tree.
 
 pub mod git;
-pub mod hosts;
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +56,7 @@ pub fn load_work_tree(remote: &git::Remote) -> Result<Desired> {
         &remote.file(),
         LoadOptions {
             confine: Some(repo.clone()),
+            hostname: remote.hostname.clone(),
             ..Default::default()
         },
     )?;
@@ -110,7 +110,7 @@ fn shown(paths: &[PathBuf]) -> String {
 /// export stays while the returned tree lives (sources are read from it).
 pub fn load_commit(remote: &git::Remote, commit: &str) -> Result<(Desired, git::Tree)> {
     let tree = remote.export(commit)?;
-    let desired = load_export(remote, &tree, None)?;
+    let desired = load_export(remote, &tree, remote.hostname.clone())?;
     Ok((desired, tree))
 }
 

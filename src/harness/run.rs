@@ -722,17 +722,17 @@ fn attempt(
                 super::matchers::first_failure(&[
                     (
                         "stdout",
-                        &case.spec.expect.stdout,
+                        &case.spec.expect.stdout[..],
                         &out_dir.join("stdout.txt"),
                     ),
                     (
                         "stderr",
-                        &case.spec.expect.stderr,
+                        &case.spec.expect.stderr[..],
                         &out_dir.join("stderr.txt"),
                     ),
                     (
                         "console",
-                        &case.spec.expect.console,
+                        &case.spec.expect.console[..],
                         &out_dir.join("console.txt"),
                     ),
                 ])

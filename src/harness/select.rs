@@ -162,11 +162,9 @@ pub fn discover(desired: &Desired) -> Result<Vec<TestCase>> {
             .iter()
             .map(|(n, t)| (n.clone(), t.clone()))
             .collect();
-        if let Some(dir) = &suite.dir {
-            // checked when the file was loaded; a test added since is checked here
-            tests.extend(
-                crate::config::dirtests::read(std::path::Path::new(dir)).map_err(Error::Invalid)?,
-            );
+        // read (and checked) with the file
+        if let Some(found) = desired.dir_tests.get(sname) {
+            tests.extend(found.iter().cloned());
         }
         // each test runs on every machine and every image of its suite (or once, on the host)
         let mut targets: Vec<(Option<String>, Option<String>)> = suite

@@ -35,6 +35,8 @@ pub struct Options {
     pub lock_timeout: Duration,
     /// Pull the file from git (fetched every `interval` and on SIGHUP) instead of watching `file`.
     pub git: Option<crate::fleet::git::Remote>,
+    /// How `file` is taken (`--hostname`).
+    pub load: config::LoadOptions,
 }
 
 /// What watch reports, in order. Rendering is the caller's.
@@ -112,7 +114,7 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
             pulled = Some(f.commit);
             f.desired
         }
-        None => config::load(&opts.file)?,
+        None => config::load_with(&opts.file, opts.load.clone())?,
     };
     let (tx, rx) = mpsc::channel::<Trigger>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -232,9 +234,15 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
                     paths = rest;
                 }
                 let config_files = config_files(&desired);
+                let suite_dirs = suite_dirs(&desired);
+                // the file, its includes and lock file, and the suites' test directories
+                // (an executable added there is a test the reloaded file has)
                 let changed: Vec<PathBuf> = paths
                     .iter()
-                    .filter(|p| config_files.contains(*p))
+                    .filter(|p| {
+                        config_files.contains(*p)
+                            || p.parent().is_some_and(|d| suite_dirs.contains(d))
+                    })
                     .cloned()
                     .collect();
                 if rescan {
@@ -441,7 +449,7 @@ fn reload(
     stop: &Arc<AtomicBool>,
     on: &mut dyn FnMut(Event),
 ) {
-    match config::load(&opts.file) {
+    match config::load_with(&opts.file, opts.load.clone()) {
         Ok(new) => {
             let files: Vec<PathBuf> = if changed.is_empty() {
                 new.files.clone()
@@ -583,6 +591,16 @@ fn ignored(p: &Path, desired: &Desired, opts: &Options) -> bool {
             .is_some_and(|r| p.starts_with(r.repo().join(".git")))
 }
 
+/// The suites' test directories (read with the file).
+fn suite_dirs(desired: &Desired) -> BTreeSet<PathBuf> {
+    desired
+        .model
+        .suite
+        .values()
+        .filter_map(|s| s.dir.as_ref().map(PathBuf::from))
+        .collect()
+}
+
 fn config_files(desired: &Desired) -> BTreeSet<PathBuf> {
     let mut set: BTreeSet<PathBuf> = desired.files.iter().cloned().collect();
     set.insert(lockfile::path_for(&desired.path));
@@ -633,6 +651,9 @@ fn sync_watches(
                 if let Some(dir) = f.parent() {
                     want.insert(dir.to_path_buf(), RecursiveMode::NonRecursive);
                 }
+            }
+            for d in suite_dirs(desired).into_iter().filter(|d| d.is_dir()) {
+                want.insert(d, RecursiveMode::NonRecursive);
             }
         }
     }

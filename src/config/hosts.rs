@@ -12,23 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::OnceLock;
-
-/// The host name `--hostname` set for this process (plan previews).
-static OVERRIDE: OnceLock<String> = OnceLock::new();
-
-/// Take `name` as this host's name (`--hostname`).
-pub fn set_hostname(name: &str) {
-    let _ = OVERRIDE.set(name.to_string());
-}
-
-/// This host's name for selectors: `--hostname`, else the kernel's.
-pub fn hostname() -> String {
-    OVERRIDE
-        .get()
-        .cloned()
-        .unwrap_or_else(crate::process::identity::kernel_hostname)
-}
 
 /// A host as selectors see it.
 #[derive(Debug, Clone, Default)]
@@ -54,15 +37,45 @@ pub fn read_labels(path: &Path) -> std::result::Result<BTreeMap<String, String>,
     Ok(out)
 }
 
-/// One entry of a `hosts` list, parsed.
+/// What one entry selects.
 #[derive(Debug, Clone)]
-enum Selector {
+enum Pattern {
     Name(glob::Pattern),
     Label(String, String),
 }
 
+/// One entry of a `hosts` list as the file writes it, parsed when the file
+/// is read: negated or not, and what it selects — or why it is malformed
+/// (validation reports that, located).
+#[derive(Debug, Clone)]
+pub struct Selector {
+    pub text: String,
+    parsed: std::result::Result<(bool, Pattern), String>,
+}
+
+impl Selector {
+    pub fn new(text: &str) -> Selector {
+        Selector {
+            text: text.to_string(),
+            parsed: parse(text),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Selector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(Selector::new(&String::deserialize(d)?))
+    }
+}
+
+impl serde::Serialize for Selector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
 /// Parse one entry; the reason when it is malformed.
-fn parse(entry: &str) -> std::result::Result<(bool, Selector), String> {
+fn parse(entry: &str) -> std::result::Result<(bool, Pattern), String> {
     let (negated, rest) = match entry.strip_prefix('!') {
         Some(r) => (true, r),
         None => (false, entry),
@@ -72,42 +85,42 @@ fn parse(entry: &str) -> std::result::Result<(bool, Selector), String> {
             .split_once('=')
             .filter(|(k, _)| !k.is_empty())
             .ok_or_else(|| format!("`{entry}`: a label selector is label:KEY=VALUE"))?;
-        return Ok((negated, Selector::Label(k.to_string(), v.to_string())));
+        return Ok((negated, Pattern::Label(k.to_string(), v.to_string())));
     }
     if rest.is_empty() {
         return Err(format!("`{entry}`: an empty host pattern"));
     }
     glob::Pattern::new(rest)
-        .map(|g| (negated, Selector::Name(g)))
+        .map(|g| (negated, Pattern::Name(g)))
         .map_err(|e| format!("`{entry}`: {e}"))
 }
 
-/// Check a `hosts` list (validation).
-pub fn check(entries: &[String]) -> Vec<(usize, String)> {
+/// The malformed entries of a `hosts` list (validation).
+pub fn check(entries: &[Selector]) -> Vec<(usize, String)> {
     entries
         .iter()
         .enumerate()
-        .filter_map(|(i, e)| parse(e).err().map(|why| (i, why)))
+        .filter_map(|(i, e)| e.parsed.as_ref().err().map(|why| (i, why.clone())))
         .collect()
 }
 
 /// None when `entries` select `host`; else why not.
-pub fn excludes(entries: &[String], host: &Host) -> Option<String> {
+pub fn excludes(entries: &[Selector], host: &Host) -> Option<String> {
     if entries.is_empty() {
         return None;
     }
-    let matches = |s: &Selector| match s {
-        Selector::Name(g) => g.matches(&host.name),
-        Selector::Label(k, v) => host.labels.get(k) == Some(v),
+    let matches = |s: &Pattern| match s {
+        Pattern::Name(g) => g.matches(&host.name),
+        Pattern::Label(k, v) => host.labels.get(k) == Some(v),
     };
-    let parsed: Vec<(bool, Selector, &String)> = entries
+    let parsed: Vec<(bool, &Pattern, &String)> = entries
         .iter()
-        .filter_map(|e| parse(e).ok().map(|(n, s)| (n, s, e)))
+        .filter_map(|e| e.parsed.as_ref().ok().map(|(n, s)| (*n, s, &e.text)))
         .collect();
     if let Some((_, _, e)) = parsed.iter().find(|(neg, s, _)| *neg && matches(s)) {
         return Some(format!("{} matches {e}", host.name));
     }
-    let positive: Vec<&(bool, Selector, &String)> =
+    let positive: Vec<&(bool, &Pattern, &String)> =
         parsed.iter().filter(|(neg, _, _)| !neg).collect();
     if !positive.is_empty() && !positive.iter().any(|(_, s, _)| matches(s)) {
         let list: Vec<&str> = positive.iter().map(|(_, _, e)| e.as_str()).collect();
@@ -119,6 +132,10 @@ pub fn excludes(entries: &[String], host: &Host) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sels(texts: &[&str]) -> Vec<Selector> {
+        texts.iter().map(|t| Selector::new(t)).collect()
+    }
 
     fn host(name: &str, labels: &[(&str, &str)]) -> Host {
         Host {
@@ -132,10 +149,7 @@ mod tests {
 
     #[test]
     fn globs_labels_and_exclusions() {
-        let sel: Vec<String> = ["build-*", "!build-arm-*"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let sel = sels(&["build-*", "!build-arm-*"]);
         assert_eq!(excludes(&sel, &host("build-1", &[])), None);
         assert!(excludes(&sel, &host("build-arm-1", &[]))
             .unwrap()
@@ -143,16 +157,13 @@ mod tests {
         assert!(excludes(&sel, &host("test-1", &[]))
             .unwrap()
             .contains("none of build-*"));
-        let arm: Vec<String> = vec!["label:arch=arm64".into()];
+        let arm = sels(&["label:arch=arm64"]);
         assert_eq!(excludes(&arm, &host("x", &[("arch", "arm64")])), None);
         assert!(excludes(&arm, &host("x", &[("arch", "amd64")])).is_some());
-        let not_arm: Vec<String> = vec!["!label:arch=arm64".into()];
+        let not_arm = sels(&["!label:arch=arm64"]);
         assert_eq!(excludes(&not_arm, &host("x", &[])), None);
         assert!(excludes(&not_arm, &host("x", &[("arch", "arm64")])).is_some());
         assert_eq!(excludes(&[], &host("anything", &[])), None);
-        assert_eq!(
-            check(&["label:=x".into(), "!".into(), "[".into(), "ok-*".into()]).len(),
-            3
-        );
+        assert_eq!(check(&sels(&["label:=x", "!", "[", "ok-*"])).len(), 3);
     }
 }
