@@ -62,18 +62,8 @@ pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) ->
     let started = Instant::now();
     let state = StateDir::create(&desired.state_dir)?;
     let _lock = lock::acquire(&state, &opts.command, opts.lock_timeout)?;
-    let roots = resource::managed_roots(desired, &state);
-    let fs = crate::state::journal::FsRecover { roots };
-    #[cfg(feature = "cloud")]
-    let cloud = crate::resource::cloud::Recovery::new(desired);
-    let kinds: Vec<&dyn crate::state::journal::Recover> = vec![
-        &fs,
-        #[cfg(feature = "cloud")]
-        &cloud.publish,
-        #[cfg(feature = "cloud")]
-        &cloud.retire,
-    ];
-    let (mut journal, recovered) = Journal::open_and_recover(&state, &kinds)?;
+    let recoveries = resource::recoveries(desired, &state);
+    let (mut journal, recovered) = Journal::open_and_recover(&state, &recoveries.kinds())?;
     for r in &recovered {
         on(Event::Recovered(r));
     }

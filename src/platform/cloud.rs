@@ -32,13 +32,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Exit, Facts, Flow, Instance, Interrupt, Outcome, Provision, Sink, Step, Stream};
+use super::{Facts, Instance, Provision, Step};
 use crate::cloud::ec2::Launch;
 use crate::cloud::{self, client::Api, TAG_MACHINE, TAG_RUN, TAG_TOKEN};
 use crate::config::model::{Machine, MachineKind};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 use crate::process::identity::Owner;
+use crate::process::{Exit, Flow, Interrupt, Outcome, Sink, Stream};
 use crate::state::{now_rfc3339, StateDir};
 use crate::store::{EntryKind, MachineDir};
 

@@ -29,9 +29,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use super::{Facts, Instance, Interrupt, Outcome, Provision, Root, Sink, Step};
+use super::{Facts, Instance, Provision, Root, Step};
 use crate::error::Result;
 use crate::process::child;
+use crate::process::{Interrupt, Outcome, Sink};
 
 pub struct HostInstance {
     root: Option<Root>,

@@ -29,7 +29,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::process::{Exit, Flow, Interrupt, Outcome, Sink, Stream};
+use crate::process::{Interrupt, Outcome, Sink};
 
 use crate::config::model::{Executor, MachineKind};
 use crate::config::Desired;

@@ -21,8 +21,9 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, chroot, fork, sethostname, ForkResult};
 
-use super::{Facts, Instance, Interrupt, Outcome, Provision, Root, Sink, Step};
+use super::{Facts, Instance, Provision, Root, Step};
 use crate::error::Result;
+use crate::process::{Interrupt, Outcome, Sink};
 
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -11,6 +11,7 @@ pub mod machine;
 pub mod plugin;
 pub mod publish;
 pub mod receipt;
+pub mod recover;
 
 use std::path::PathBuf;
 
@@ -155,6 +156,40 @@ pub trait Resource: Send + Sync {
     /// when one of them fails, this one is not applied.
     fn depends_on(&self) -> Vec<String> {
         Vec::new()
+    }
+}
+
+/// The recoveries of every kind of transaction resources make: the
+/// filesystem's (inside the managed roots) and the cloud's.
+pub struct Recoveries<'a> {
+    fs: recover::FsRecover,
+    #[cfg(feature = "cloud")]
+    cloud: cloud::Recovery<'a>,
+    #[cfg(not(feature = "cloud"))]
+    _desired: std::marker::PhantomData<&'a Desired>,
+}
+
+impl Recoveries<'_> {
+    pub fn kinds(&self) -> Vec<&dyn crate::state::journal::Recover> {
+        vec![
+            &self.fs,
+            #[cfg(feature = "cloud")]
+            &self.cloud.publish,
+            #[cfg(feature = "cloud")]
+            &self.cloud.retire,
+        ]
+    }
+}
+
+pub fn recoveries<'a>(desired: &'a Desired, state: &StateDir) -> Recoveries<'a> {
+    Recoveries {
+        fs: recover::FsRecover {
+            roots: managed_roots(desired, state),
+        },
+        #[cfg(feature = "cloud")]
+        cloud: cloud::Recovery::new(desired),
+        #[cfg(not(feature = "cloud"))]
+        _desired: std::marker::PhantomData,
     }
 }
 

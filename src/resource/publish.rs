@@ -6,11 +6,12 @@ use std::fs;
 use std::path::Path;
 
 use super::receipt::{check_tree, Drift, Receipt};
+use super::recover::{begin_fs, Op};
 use super::Context;
 use crate::backend::remove_in;
 use crate::error::{Error, Result};
 use crate::fsops::{self, digest::sha256_bytes, Beneath, Previous};
-use crate::state::journal::{Journal, Op};
+use crate::state::journal::Journal;
 
 /// What is at a managed directory's path.
 pub enum DirState {
@@ -156,7 +157,7 @@ pub fn replace_dir(
     let target = root.shown(rel);
     let (parent, name) = parent_of(root, rel)?;
     // the staging names carry the transaction id, so recovery can tell them apart
-    let txn = journal.begin(address, |id| Op::Publish {
+    let txn = begin_fs(journal, address, |id| Op::Publish {
         target: target.clone(),
         staging: fsops::staging_path(&target, id),
         retired: fsops::retired_path(&target, id),
@@ -195,7 +196,7 @@ pub fn replace_dir(
 pub fn remove_dir(journal: &mut Journal, address: &str, root: &Beneath, rel: &Path) -> Result<()> {
     let target = root.shown(rel);
     let (parent, name) = parent_of(root, rel)?;
-    let txn = journal.begin(address, |id| Op::Remove {
+    let txn = begin_fs(journal, address, |id| Op::Remove {
         target: target.clone(),
         retired: fsops::retired_path(&target, id),
     })?;

@@ -16,7 +16,10 @@ use crate::fsops::beneath::{self, Beneath, DirAt};
 use crate::fsops::digest::{StatIndex, StatKey};
 use crate::fsops::is_staging_name;
 use crate::source::archive::Written;
-use crate::state::journal::RECEIPT_NAME;
+
+/// Name of the receipt every published directory carries; its `txn` tells recovery
+/// which transaction published it.
+pub const RECEIPT_NAME: &str = ".reconcile-receipt.json";
 
 /// Largest receipt read (a tree of a million files fits).
 const MAX_RECEIPT: u64 = 256 << 20;

@@ -22,9 +22,10 @@ use regex::Regex;
 
 use self::accel::Accel;
 use self::driver::{ConsoleConfig, Deadline, Driver};
-use super::{Exit, Facts, Instance, Interrupt, Outcome, Provision, Sink, Step, Target};
+use super::{Facts, Instance, Provision, Step, Target};
 use crate::config::model::{Console, DiskBus, Firmware, MachineKind, Network, Vm, IPXE_SCRIPT};
 use crate::error::{Error, Result};
+use crate::process::{Exit, Interrupt, Outcome, Sink};
 use crate::store::disk::{self, DiskFormat};
 use crate::store::working::WorkingSnapshot;
 

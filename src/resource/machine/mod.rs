@@ -26,8 +26,8 @@ use crate::fsops::beneath::{self, Beneath};
 use crate::fsops::{self, digest::sha256_bytes};
 use crate::platform::{self, Provision, Target};
 use crate::process::{Interrupt, Tail};
+use crate::resource::recover::{begin_fs, Op, VolumeCommit};
 use crate::source::{self, archive::Policy, Artifact, Location};
-use crate::state::journal::{Op, VolumeCommit};
 use crate::state::now_rfc3339;
 use crate::store::disk;
 use crate::store::working::live_bases;
@@ -498,7 +498,7 @@ impl MachineResource {
         // half-made subvolume in it), then moved into the revision's staging
         let dir = self.layout.open()?;
         let scratch_target = self.entry_path(&format!("{name}.receive"));
-        let txn = cx.journal.begin(&self.address, |id| Op::Publish {
+        let txn = begin_fs(cx.journal, &self.address, |id| Op::Publish {
             target: scratch_target.clone(),
             staging: fsops::staging_path(&scratch_target, id),
             retired: fsops::retired_path(&scratch_target, id),
@@ -789,7 +789,7 @@ impl MachineResource {
         let dir = self.layout.open()?;
         let target = self.entry_path(name);
         let sidecar = self.sidecar(name);
-        let txn = cx.journal.begin(&self.address, |id| Op::Volume {
+        let txn = begin_fs(cx.journal, &self.address, |id| Op::Volume {
             target: target.clone(),
             staging: fsops::staging_path(&target, id),
             retired: fsops::retired_path(&target, id),
