@@ -20,6 +20,7 @@ pub mod fault;
 pub mod fleet;
 pub mod fsops;
 pub mod harness;
+pub mod ops;
 pub mod output;
 pub mod plan;
 pub mod platform;
@@ -32,4 +33,3 @@ pub mod state;
 pub mod store;
 #[cfg(test)]
 mod testing;
-pub mod watch;

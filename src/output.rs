@@ -86,6 +86,14 @@ pub fn printable_same_length(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Paths relative to the current directory when below it, absolute otherwise.
+pub fn display_name(p: &std::path::Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| r.display().to_string()))
+        .unwrap_or_else(|| p.display().to_string())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum ColorChoice {
     #[default]
@@ -174,8 +182,13 @@ impl Printer {
     /// A result line on stdout (suppressed by `--format json|markdown`, which print their own document).
     pub fn out(&self, line: &str) {
         if self.text() {
-            println!("{line}");
+            stdout(format_args!("{line}\n"));
         }
+    }
+
+    /// A document on stdout as it is (Markdown, a man page).
+    pub fn raw(&self, text: &str) {
+        stdout(format_args!("{text}"));
     }
 
     /// Text for people on stdout (not JSON, not Markdown).
@@ -201,11 +214,41 @@ impl Printer {
     }
 
     pub fn json_doc(&self, v: &impl serde::Serialize) {
-        println!(
-            "{}",
+        stdout(format_args!(
+            "{}\n",
             serde_json::to_string_pretty(v).expect("json output serialises")
-        );
+        ));
     }
+}
+
+/// Write to stdout. A reader that went away (`reconcile status --json | head
+/// -1`) ends the process quietly with exit 0, as ripgrep does — never a
+/// panic; any other write error ends it with exit 1.
+pub fn stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let out = std::io::stdout();
+    let mut lock = out.lock();
+    if let Err(e) = lock.write_fmt(args).and_then(|()| lock.flush()) {
+        gone(e);
+    }
+}
+
+/// [`stdout`] for bytes (a command's output passed through).
+pub fn stdout_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let out = std::io::stdout();
+    let mut lock = out.lock();
+    if let Err(e) = lock.write_all(bytes).and_then(|()| lock.flush()) {
+        gone(e);
+    }
+}
+
+fn gone(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1)
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 use std::fs;
 use std::path::Path;
 
-use reconcile::apply::report::{ApplyReport, ApplyResult, Step};
 use reconcile::harness::report::Report;
+use reconcile::ops::apply::{ApplyReport, ApplyResult, Step};
 use reconcile::plan::Plan;
 use reconcile::render::markdown;
 

@@ -2,8 +2,6 @@
 //! then apply each change through the journal. Emits events; rendering is the
 //! caller's.
 
-pub mod report;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -228,18 +226,4 @@ pub fn dry_run(
             _index: index,
         },
     ))
-}
-
-/// Observe for `status`: writes nothing at all, not even the state dir.
-pub fn observe_all(desired: &Desired) -> Result<Vec<serde_json::Value>> {
-    let state = StateDir::existing(&desired.state_dir);
-    let index = StatIndex::ephemeral();
-    let cx = Context::new(desired, &state, &index, false, false);
-    let mut out = Vec::new();
-    for r in resource::all(&cx)? {
-        let o = r.observe(&cx)?;
-        out.push(r.status(&o));
-    }
-    out.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
-    Ok(out)
 }

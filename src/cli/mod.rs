@@ -4,6 +4,7 @@
 mod apply;
 mod checks;
 mod exec;
+mod export;
 mod lock;
 mod plan;
 mod spawn;
@@ -12,7 +13,7 @@ mod test;
 mod validate;
 mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -181,13 +182,9 @@ pub struct StatusArgs {
     pub git: GitArgs,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct PlanArgs {
-    #[command(flatten)]
-    pub git: GitArgs,
-    /// Save the plan; `reconcile apply FILE` applies exactly it or refuses.
-    #[arg(long, value_name = "PLAN")]
-    pub out: Option<PathBuf>,
+/// What plan and apply share: how the world is looked at and what is touched.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConvergeArgs {
     /// Re-hash every file instead of trusting the stat index.
     #[arg(long)]
     pub verify: bool,
@@ -197,6 +194,17 @@ pub struct PlanArgs {
     /// Refuse remote sources not pinned in reconcile.lock.
     #[arg(long)]
     pub locked: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub git: GitArgs,
+    #[command(flatten)]
+    pub converge: ConvergeArgs,
+    /// Save the plan; `reconcile apply FILE` applies exactly it or refuses.
+    #[arg(long, value_name = "PLAN")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -212,15 +220,8 @@ pub struct ApplyArgs {
     /// Wait this long for another apply to finish (e.g. 30s, 5m); exit 3 after it.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,
-    /// Re-hash every file instead of trusting the stat index.
-    #[arg(long)]
-    pub verify: bool,
-    /// Only these resource addresses (glob patterns).
-    #[arg(long, value_name = "ADDR")]
-    pub target: Vec<String>,
-    /// Refuse remote sources not pinned in reconcile.lock.
-    #[arg(long)]
-    pub locked: bool,
+    #[command(flatten)]
+    pub converge: ConvergeArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -352,69 +353,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 5m, 1h)"))
 }
 
-/// The desired state: from -f, or (with --git) pulled: the newest commit
-/// that may be applied (for `apply`, checked out; for `plan`, read from an
-/// export of it), or the last good one and why the newest was not taken.
-struct Loaded {
-    desired: crate::config::Desired,
-    /// The remote and the commit in force.
-    git: Option<(crate::fleet::git::Remote, String)>,
-    not_taken: Option<crate::fleet::NotTaken>,
-    /// A preview's export, which its sources are read from.
-    _export: Option<crate::fleet::git::Tree>,
-}
-
-fn load(cli: &Cli, git: &GitArgs, p: &Printer, preview: bool) -> Result<Loaded, Error> {
-    let Some(remote) = git.remote(cli) else {
-        return Ok(Loaded {
-            desired: crate::config::load_with(&cli.file, cli.load_options())?,
-            git: None,
-            not_taken: None,
-            _export: None,
-        });
-    };
-    let (desired, commit, not_taken, export) = if preview {
-        let pv = crate::fleet::preview(&remote)?;
-        (pv.desired, pv.commit, pv.not_taken, Some(pv.tree))
-    } else {
-        let f = crate::fleet::pull_and_load(&remote)?;
-        (f.desired, f.commit, f.not_taken, None)
-    };
-    p.info(&format!(
-        "{} at {}",
-        crate::output::escape(&remote.url),
-        crate::fleet::git::short(&commit)
-    ));
-    Ok(Loaded {
-        desired,
-        git: Some((remote, commit)),
-        not_taken,
-        _export: export,
-    })
-}
-
-/// A commit that was not taken, said once the last good one was used: its
-/// diagnostics, then one line naming it and why. Exit 1.
-fn not_taken(p: &Printer, nt: &crate::fleet::NotTaken, used: &str) -> i32 {
-    if !nt.diagnostics.is_empty() {
-        render::diagnostics(p, &nt.diagnostics);
+/// A command line a user can paste: `reconcile [-f FILE] WORDS… ARGS…`
+/// (the file named when it is not the default).
+pub fn command_line(words: &[&str], cli: &Cli, args: &[String]) -> String {
+    let mut line = vec!["reconcile".to_string()];
+    if cli.file != Path::new("reconcile.toml") {
+        line.push("-f".into());
+        line.push(shell_words::quote(&cli.file.to_string_lossy()).into_owned());
     }
-    eprintln!(
-        "{} {}; the last good commit {} was used",
-        p.paint(crate::output::Style::Error, "error:"),
-        crate::output::escape(&nt.why),
-        crate::fleet::git::short(used)
-    );
-    exit::ERROR
-}
-
-fn targets(t: &[String]) -> Result<Vec<glob::Pattern>, Error> {
-    t.iter()
-        .map(|p| {
-            glob::Pattern::new(p)
-                .map_err(|e| Error::Usage(format!("invalid --target pattern `{p}`: {e}")))
-        })
-        .collect()
+    line.extend(words.iter().map(|w| w.to_string()));
+    line.extend(args.iter().map(|a| shell_words::quote(a).into_owned()));
+    line.join(" ")
 }
 
 /// The man page, then one page per subcommand (each with its exit codes):
@@ -438,65 +387,9 @@ fn man(dir: Option<&std::path::Path>) -> Result<i32, Error> {
                 let path = d.join(format!("{name}.1"));
                 std::fs::write(&path, &roff).map_err(|e| Error::io(&path, e))?;
             }
-            None => {
-                use std::io::Write;
-                let _ = std::io::stdout().write_all(&roff);
-            }
+            None => crate::output::stdout_bytes(&roff),
         }
     }
-    Ok(exit::OK)
-}
-
-/// `reconcile export machine.NAME@REV [--parent REV] -o FILE`.
-fn export(cli: &Cli, a: &ExportArgs, p: &Printer) -> Result<i32, Error> {
-    let usage = || {
-        Error::Usage(format!(
-            "`{}`: name a revision as machine.NAME@REV",
-            a.revision
-        ))
-    };
-    let (name, rev) = a
-        .revision
-        .strip_prefix("machine.")
-        .and_then(|r| r.rsplit_once('@'))
-        .ok_or_else(usage)?;
-    let rev: u32 = rev.parse().map_err(|_| usage())?;
-    let desired = crate::config::load_with(&cli.file, cli.load_options())?;
-    let m = desired
-        .model
-        .machine
-        .get(name)
-        .ok_or_else(|| Error::Usage(format!("no machine `{name}` is declared")))?;
-    let layout = crate::store::MachineDir::new(&desired.model.volume[&m.volume], name);
-    let refuse = |reason: String| Error::Resource {
-        address: format!("machine.{name}"),
-        reason,
-    };
-    if layout.backend()?.name() != "btrfs" {
-        return Err(refuse(
-            "its volume uses the dir backend: only a btrfs subvolume can be sent (put the volume on btrfs)".into(),
-        ));
-    }
-    let entry = |r: u32| -> Result<PathBuf, Error> {
-        let path = layout.entry_path(&layout.rev_name(r));
-        if !path.is_dir() {
-            return Err(refuse(format!(
-                "revision {r} is not kept here ({} is missing)",
-                path.display()
-            )));
-        }
-        Ok(path)
-    };
-    let subvolume = entry(rev)?;
-    let parent = a.parent.map(entry).transpose()?;
-    crate::store::send::export(&subvolume, parent.as_deref(), &a.output).map_err(refuse)?;
-    p.info(&format!(
-        "Wrote machine.{name}@{rev}{} to {}.",
-        a.parent
-            .map(|r| format!(" (incremental against {r})"))
-            .unwrap_or_default(),
-        a.output.display()
-    ));
     Ok(exit::OK)
 }
 
@@ -545,19 +438,21 @@ pub fn main() -> i32 {
         Command::Exec(a) => exec::run(&cli, a, &printer),
         Command::Spawn(a) => spawn::run(&cli, a, &printer),
         Command::Lock(a) => lock::run(&cli, a, &printer),
-        Command::Export(a) => export(&cli, a, &printer),
+        Command::Export(a) => export::run(&cli, a, &printer),
         Command::Schema { markdown, report } => {
             if *report {
-                println!("{}", crate::harness::report::schema());
+                printer.raw(&format!("{}\n", crate::ops::test::report_schema()));
             } else if *markdown {
-                print!("{}", crate::schema::markdown());
+                printer.raw(&crate::schema::markdown());
             } else {
-                println!("{}", crate::schema::json());
+                printer.raw(&format!("{}\n", crate::schema::json()));
             }
             Ok(exit::OK)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut command(), "reconcile", &mut std::io::stdout());
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut command(), "reconcile", &mut out);
+            crate::output::stdout_bytes(&out);
             Ok(exit::OK)
         }
         Command::Man { dir } => man(dir.as_deref()),

@@ -1,118 +1,86 @@
-use super::{load, render, targets, Cli, PlanArgs};
-use crate::error::{exit, Error, Result};
+use super::{Cli, PlanArgs};
+use crate::error::{exit, Result};
+use crate::ops::plan::{self, Request};
 use crate::output::Printer;
-use crate::render::{markdown, step_summary};
-use crate::{apply, fsops};
+use crate::render::{self, markdown, text};
 
 pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
+    let req = Request {
+        verify: a.converge.verify,
+        targets: a.converge.target.clone(),
+        locked: a.converge.locked,
+        out: a.out.clone(),
+    };
     if cli.hostname.len() > 1 {
-        return several_hosts(cli, a, p);
+        return several_hosts(cli, a, &req, p);
     }
-    let loaded = load(cli, &a.git, p, true)?;
-    let desired = &loaded.desired;
-    if a.locked {
-        let problems = desired.unlocked_sources();
-        if !problems.is_empty() {
-            return Err(Error::Usage(format!(
-                "--locked: {}; run `reconcile lock`",
-                problems.join("; ")
-            )));
-        }
+    let loaded = crate::ops::load(&cli.file, a.git.remote(cli), cli.load_options(), true)?;
+    if let Some((remote, commit)) = &loaded.git {
+        text::pulled(p, &remote.url, commit);
     }
-    let (plan, observations) = apply::dry_run(desired, a.verify, &targets(&a.target)?)?;
-    // the process exits next: the OS reclaims these at once
-    std::mem::forget(observations);
+    let planned = plan::plan(&loaded, &req)?;
+    let plan = &planned.plan;
     if let Some(out) = &a.out {
-        let bytes = serde_json::to_vec_pretty(&plan).expect("plan serialises");
-        fsops::write_atomic(out, &bytes).map_err(|e| Error::io(out, e))?;
         p.info(&format!(
-            "Saved the plan to {}; apply it with `reconcile apply {}`.",
+            "Saved the plan to {}; apply it with `{}`.",
             out.display(),
-            out.display()
+            super::command_line(&["apply"], cli, &[out.display().to_string()])
         ));
     }
     let full = match &a.out {
         Some(out) => format!("the saved plan `{}`", out.display()),
         None => "`reconcile plan --format json`".to_string(),
     };
-    let summary = step_summary::target().is_some();
-    let md = (p.markdown || summary).then(|| markdown::plan(&plan, &full));
-    match &md {
-        _ if p.json => p.json_doc(&plan),
-        Some(md) if p.markdown => print!("{md}"),
-        _ => render::plan(p, &plan),
-    }
-    if let (Some(md), true) = (&md, summary) {
-        if let Some(w) = step_summary::append(md) {
-            p.warn(&w);
-        }
-    }
+    render::emit(
+        p,
+        plan,
+        || markdown::plan(plan, &full),
+        || text::plan(p, plan),
+    );
     let code = if plan.has_changes() {
         exit::CHANGES
     } else {
         exit::OK
     };
     if let (Some(nt), Some((_, commit))) = (&loaded.not_taken, &loaded.git) {
-        return Ok(super::not_taken(p, nt, commit));
+        text::not_taken(p, nt, commit);
+        return Ok(exit::ERROR);
     }
-    std::mem::forget((plan, loaded));
+    // the process exits next: the OS reclaims what the plan observed at once
+    std::mem::forget((planned, loaded));
     Ok(code)
 }
 
 /// `plan --hostname h1 --hostname h2 …`: each host's plan of the same file,
 /// for review (nothing saved; exit 2 when any host has changes).
-fn several_hosts(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
-    if a.out.is_some() {
-        return Err(Error::Usage(
-            "--out saves one host's plan: give one --hostname".into(),
-        ));
-    }
+fn several_hosts(cli: &Cli, a: &PlanArgs, req: &Request, p: &Printer) -> Result<i32> {
     let remote = a.git.remote(cli);
-    let preview = remote.as_ref().map(crate::fleet::preview).transpose()?;
-    let mut plans = Vec::new();
-    for host in &cli.hostname {
-        let desired = match (&remote, &preview) {
-            (Some(r), Some(pv)) => crate::fleet::load_export(r, &pv.tree, Some(host.clone()))?,
-            _ => crate::config::load_with(
-                &cli.file,
-                crate::config::LoadOptions {
-                    hostname: Some(host.clone()),
-                    ..Default::default()
-                },
-            )?,
-        };
-        let (plan, observations) = apply::dry_run(&desired, a.verify, &targets(&a.target)?)?;
-        std::mem::forget(observations);
-        plans.push((host.clone(), plan));
+    let hosts = plan::hosts(&cli.file, remote.as_ref(), &cli.hostname, req)?;
+    if let (Some(r), Some(c)) = (&remote, &hosts.commit) {
+        text::pulled(p, &r.url, c);
     }
     if p.json {
-        let doc: Vec<_> = plans
-            .iter()
-            .map(|(h, plan)| serde_json::json!({ "host": h, "plan": plan }))
-            .collect();
+        let doc = hosts.doc();
         p.json_doc(&doc);
     } else if p.markdown {
-        for (_, plan) in &plans {
-            print!(
-                "{}",
-                markdown::plan(plan, "`reconcile plan --hostname HOST --format json`")
-            );
+        for (_, planned) in &hosts.plans {
+            p.raw(&markdown::plan(
+                &planned.plan,
+                "`reconcile plan --hostname HOST --format json`",
+            ));
         }
     } else {
-        for (h, plan) in &plans {
+        for (h, planned) in &hosts.plans {
             p.out(&format!("Host {}:", crate::output::escape(h)));
-            render::plan(p, plan);
+            text::plan(p, &planned.plan);
             p.out("");
         }
     }
-    if let Some(pv) = &preview {
-        if let Some(nt) = &pv.not_taken {
-            return Ok(super::not_taken(p, nt, &pv.commit));
-        }
+    if let (Some(nt), Some(c)) = (&hosts.not_taken, &hosts.commit) {
+        text::not_taken(p, nt, c);
+        return Ok(exit::ERROR);
     }
-    Ok(if plans.iter().any(|(_, plan)| plan.has_changes()) {
-        exit::CHANGES
-    } else {
-        exit::OK
-    })
+    let changes = hosts.plans.iter().any(|(_, pl)| pl.plan.has_changes());
+    std::mem::forget(hosts);
+    Ok(if changes { exit::CHANGES } else { exit::OK })
 }

@@ -1,31 +1,42 @@
-use serde_json::json;
-
-use super::{render, Cli};
-use crate::config;
-use crate::error::{exit, Error, Result};
+use super::Cli;
+use crate::error::{exit, Result};
+use crate::ops::validate::{self, Validated, ValidationDoc};
 use crate::output::Printer;
+use crate::render::text;
 
 pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
-    match config::load_with(&cli.file, cli.load_options()) {
-        Ok(d) => {
+    match validate::validate(&cli.file, cli.load_options())? {
+        Validated::Valid {
+            path,
+            files,
+            digest,
+        } => {
             if p.json {
-                p.json_doc(&json!({ "format_version": 1, "valid": true, "file": d.path, "diagnostics": [] }));
+                p.json_doc(&ValidationDoc {
+                    format_version: 1,
+                    valid: true,
+                    file: &path,
+                    diagnostics: Vec::new(),
+                });
             } else {
                 p.out(&format!(
-                    "{} is valid ({} file(s), sha256 {}…).",
-                    config::display_name(&d.path),
-                    d.files.len(),
-                    crate::fsops::digest::short(&d.digest)
+                    "{} is valid ({files} file(s), sha256 {}…).",
+                    crate::output::display_name(&path),
+                    &digest[..digest.len().min(12)]
                 ));
             }
             Ok(exit::OK)
         }
-        Err(Error::Invalid(diags)) => {
+        Validated::Invalid(diags) => {
             if p.json {
-                let records: Vec<_> = diags.iter().map(|d| d.record()).collect();
-                p.json_doc(&json!({ "format_version": 1, "valid": false, "file": cli.file, "diagnostics": records }));
+                p.json_doc(&ValidationDoc {
+                    format_version: 1,
+                    valid: false,
+                    file: &cli.file,
+                    diagnostics: diags.iter().map(|d| d.record()).collect(),
+                });
             } else {
-                render::diagnostics(p, &diags);
+                text::diagnostics(p, &diags);
                 eprintln!(
                     "{} {} problem(s) in {}",
                     p.paint(crate::output::Style::Error, "error:"),
@@ -35,6 +46,5 @@ pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
             }
             Ok(exit::ERROR)
         }
-        Err(e) => Err(e),
     }
 }

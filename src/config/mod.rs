@@ -481,13 +481,7 @@ fn for_host(m: &mut DesiredFile, host: &hosts::Host) -> Vec<(String, String)> {
     out
 }
 
-/// Paths relative to the current directory when below it, absolute otherwise.
-pub fn display_name(p: &Path) -> String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| r.display().to_string()))
-        .unwrap_or_else(|| p.display().to_string())
-}
+pub use crate::output::display_name;
 
 fn record_origins(origins: &mut Origins, m: &DesiredFile, file: usize, skip_base: usize) {
     fn names<T>(o: &mut Origins, kind: &str, map: &BTreeMap<String, T>, file: usize) {
@@ -665,6 +659,22 @@ impl Desired {
         out
     }
 
+    /// The declared machine `name`, or a usage error naming the declared ones.
+    pub fn machine(&self, name: &str) -> Result<&model::Machine, Error> {
+        self.model.machine.get(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "no machine `{name}` in {} (declared: {})",
+                display_name(&self.path),
+                self.model
+                    .machine
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
     /// Every file and directory the desired state reads: its files and lock
     /// file, local sources, suite directories (what must be as committed in
     /// a git checkout).
@@ -688,6 +698,18 @@ impl Desired {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// `--locked`: every remote source pinned in reconcile.lock (and agreeing with it).
+    pub fn require_locked(&self) -> Result<(), Error> {
+        let problems = self.unlocked_sources();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Usage(format!(
+            "--locked: {}; run `reconcile lock`",
+            problems.join("; ")
+        )))
     }
 
     /// `--locked`: every remote source must be pinned in reconcile.lock, and an

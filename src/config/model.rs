@@ -169,6 +169,13 @@ pub enum MachineKind {
     Disk,
 }
 
+impl MachineKind {
+    /// A disk machine boots (in QEMU); a root filesystem is a tree to run commands in.
+    pub fn boots(self) -> bool {
+        self == MachineKind::Disk
+    }
+}
+
 /// How a disk machine or netboot image boots in QEMU (`qemu-system-<arch>`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -22,7 +22,7 @@ pub struct TestCase {
 }
 
 /// What the skip list says about a selected test.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SkipEntry {
     pub reason: String,
     /// Run it, but a failure only warns.
@@ -40,6 +40,54 @@ pub struct Selection {
     pub selected: Vec<Selected>,
     /// (name, why it is not selected)
     pub excluded: Vec<(String, String)>,
+}
+
+/// `test --list --json`: the selected tests, and (with `--explain`) the others with why.
+#[derive(Debug, serde::Serialize)]
+pub struct Listing<'a> {
+    pub format_version: u32,
+    pub selected: Vec<Listed<'a>>,
+    pub excluded: Vec<Excluded<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Listed<'a> {
+    pub name: &'a str,
+    pub suite: &'a str,
+    pub machine: Option<&'a str>,
+    pub skip: Option<&'a SkipEntry>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Excluded<'a> {
+    pub name: &'a str,
+    pub reason: &'a str,
+}
+
+impl Selection {
+    pub fn listing(&self, explain: bool) -> Listing<'_> {
+        Listing {
+            format_version: 1,
+            selected: self
+                .selected
+                .iter()
+                .map(|s| Listed {
+                    name: &s.case.name,
+                    suite: &s.case.suite,
+                    machine: s.case.machine.as_deref(),
+                    skip: s.skip.as_ref(),
+                })
+                .collect(),
+            excluded: if explain {
+                self.excluded
+                    .iter()
+                    .map(|(n, r)| Excluded { name: n, reason: r })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

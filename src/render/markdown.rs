@@ -13,8 +13,8 @@
 
 use std::fmt::Write as _;
 
-use crate::apply::report::{ApplyReport, ApplyResult, Step};
 use crate::harness::report::{Report, TestResult, Verdict};
+use crate::ops::apply::{ApplyReport, ApplyResult, Step};
 use crate::output::escape;
 use crate::plan::{Plan, ResourcePlan};
 use crate::resource::Action;
@@ -97,7 +97,7 @@ fn counts(create: usize, update: usize, delete: usize, replace: usize) -> String
 /// The diff lines of one resource.
 fn resource_lines(r: &ResourcePlan) -> String {
     let mut s = String::new();
-    let location = crate::config::display_name(&r.path);
+    let location = crate::output::display_name(&r.path);
     for c in &r.changes {
         let replace = if c.action == Action::Replace {
             "replace: "

@@ -85,7 +85,7 @@ pub fn plan(p: &Printer, plan: &Plan) {
                 action(p, c.action),
                 p.paint(Style::Bold, &escape(&r.address)),
                 p.paint(Style::Dim, "→"),
-                escape(&crate::config::display_name(&r.path)),
+                escape(&crate::output::display_name(&r.path)),
                 escape(&c.reason)
             ));
         }
@@ -122,7 +122,7 @@ pub fn test_event(p: &Printer, e: &crate::harness::run::Event) {
     match e {
         Event::Started { run_dir, tests } => p.info(&format!(
             "running {tests} test(s); output in {}",
-            crate::config::display_name(run_dir)
+            crate::output::display_name(run_dir)
         )),
         Event::Note(line) => p.info(line),
         Event::TestStarted { name } => p.detail(&format!("started {}", escape(name))),
@@ -170,7 +170,7 @@ pub fn test_summary(p: &Printer, report: &crate::harness::report::Report) {
             p.paint(Style::Delete, "failed:"),
             escape(&name),
             escape(&reason),
-            escape(&crate::config::display_name(&out))
+            escape(&crate::output::display_name(&out))
         ));
     }
     p.out(&format!(
@@ -186,4 +186,262 @@ pub fn test_summary(p: &Printer, report: &crate::harness::report::Report) {
             ""
         }
     ));
+}
+
+/// What an apply says as it goes (stderr; the plan on stdout in text mode).
+pub fn apply_event(p: &Printer, e: &crate::ops::apply::Event) {
+    use crate::ops::apply::Event;
+    match e {
+        Event::Recovered(r) => p.info(&format!(
+            "recovered {}: interrupted at step `{}`, {}",
+            escape(&r.address),
+            escape(&r.last_step),
+            r.outcome
+        )),
+        Event::Planned(plan_) => {
+            if p.text() {
+                plan(p, plan_);
+            }
+        }
+        Event::Applying { address, changes } => {
+            for c in changes.iter() {
+                p.detail(&format!(
+                    "{} {}: {}",
+                    action(p, c.action),
+                    escape(address),
+                    escape(&c.reason)
+                ));
+            }
+        }
+        Event::Applied {
+            address,
+            took,
+            said,
+        } => {
+            p.info(&format!(
+                "{} {} ({} ms)",
+                p.paint(Style::Create, "done"),
+                escape(address),
+                took.as_millis()
+            ));
+            for line in said.iter() {
+                p.info(&format!("  {}", escape(line)));
+            }
+        }
+        Event::Failed { address, error } => {
+            let msg = error.to_string();
+            let msg = if msg.starts_with(*address) {
+                msg
+            } else {
+                format!("{address}: {msg}")
+            };
+            eprintln!("{} {}", p.paint(Style::Error, "failed:"), escape(&msg));
+            if let Some(h) = error.help() {
+                eprintln!("  {} {h}", p.paint(Style::Dim, "help:"));
+            }
+        }
+    }
+}
+
+/// The end of an apply in text: what converged or failed, then the tests.
+pub fn apply_report(p: &Printer, report: &crate::ops::apply::ApplyReport) {
+    use crate::ops::apply::ApplyResult;
+    if report.result == ApplyResult::Interrupted {
+        p.warn("interrupted: stopped after the resource in progress; every managed path is fully old or fully new. Apply again to finish.");
+    }
+    match report.result {
+        ApplyResult::Converged => p.out(&format!(
+            "Converged: {} change(s) applied.",
+            report.changes
+        )),
+        _ if !report.failed.is_empty() => p.out(&format!(
+            "Apply failed for {}; everything else converged. The failed resources keep their previous state.",
+            escape(&report.failed.join(", "))
+        )),
+        _ => {}
+    }
+    if let Some(t) = &report.tests {
+        test_summary(p, t);
+    }
+}
+
+/// The commit a desired state was pulled at (stderr).
+pub fn pulled(p: &Printer, url: &str, commit: &str) {
+    p.info(&format!(
+        "{} at {}",
+        escape(url),
+        crate::ops::short_commit(commit)
+    ));
+}
+
+/// A commit that was not taken, said once the last good one was used: its
+/// diagnostics, then one line naming it and why.
+pub fn not_taken(p: &Printer, nt: &crate::ops::NotTaken, used: &str) {
+    if !nt.diagnostics.is_empty() {
+        diagnostics(p, &nt.diagnostics);
+    }
+    eprintln!(
+        "{} {}; the last good commit {} was used",
+        p.paint(Style::Error, "error:"),
+        escape(&nt.why),
+        crate::ops::short_commit(used)
+    );
+}
+
+/// `status` for people.
+pub fn status(p: &Printer, st: &crate::ops::status::StatusReport) {
+    if let Some(r) = &st.git {
+        let c = |x: &Option<String>| {
+            x.as_deref()
+                .map(crate::ops::short_commit)
+                .unwrap_or("none")
+                .to_string()
+        };
+        p.out(&format!(
+            "Git: {} {}: applied {}, fetched {}{}",
+            escape(&r.url),
+            escape(&r.reference),
+            c(&r.applied),
+            c(&r.fetched),
+            r.last_error
+                .as_deref()
+                .map(|e| format!("; last error: {}", escape(e)))
+                .unwrap_or_default()
+        ));
+    }
+    if st.resources.is_empty() {
+        p.out("Nothing declared or installed.");
+    }
+    for r in &st.resources {
+        let mut line = format!(
+            "{} {} {}: {}",
+            p.paint(Style::Bold, &escape(&r.address)),
+            p.paint(Style::Dim, "→"),
+            escape(&crate::output::display_name(&r.path)),
+            escape(&r.state)
+        );
+        if let Some(at) = r.installed_at() {
+            line.push_str(&format!(" (since {at})"));
+        }
+        if !r.declared {
+            line.push_str(" [not declared; the next apply prunes it]");
+        }
+        p.out(&line);
+    }
+    match &st.last_apply {
+        Some(l) => p.out(&format!(
+            "Last apply: {} — {}, {} change(s), {} ms.",
+            l.finished, l.result, l.changes, l.duration_ms
+        )),
+        None => p.out("Last apply: never."),
+    }
+    match &st.last_tests {
+        Some(t) => p.out(&format!(
+            "Last tests: {} at {} — {} passed, {} failed, {} warned, {} skipped{}.",
+            escape(&t.run),
+            t.finished,
+            t.summary.pass,
+            t.summary.fail,
+            t.summary.warn,
+            t.summary.skip,
+            if t.incomplete { " (interrupted)" } else { "" }
+        )),
+        None => p.out("Last tests: never."),
+    }
+}
+
+/// `status` when the applied commit's file does not load: the record alone.
+pub fn status_unloadable(p: &Printer, u: &crate::ops::status::Unloadable) {
+    p.out(&format!(
+        "Git: {}",
+        escape(&serde_json::to_string(&u.git).unwrap_or_default())
+    ));
+    p.out(&format!(
+        "The applied commit's file does not load: {}",
+        escape(&u.error)
+    ));
+}
+
+/// `test --list`: each selected test (a list is text in every format but JSON), then why others are not.
+pub fn test_list(p: &Printer, sel: &crate::ops::test::Selection, explain: bool) {
+    let say = |line: &str| crate::output::stdout(format_args!("{line}\n"));
+    for s in &sel.selected {
+        match &s.skip {
+            Some(k) if k.warn => say(&format!(
+                "{}  (runs; a failure only warns: {})",
+                escape(&s.case.name),
+                escape(&k.reason)
+            )),
+            Some(k) => say(&format!(
+                "{}  (skipped: {})",
+                escape(&s.case.name),
+                escape(&k.reason)
+            )),
+            None => say(&escape(&s.case.name)),
+        }
+    }
+    if explain {
+        for (name, why) in &sel.excluded {
+            say(&format!(
+                "{} {}: {}",
+                p.paint(Style::Dim, "not selected:"),
+                escape(name),
+                escape(why)
+            ));
+        }
+    }
+    p.info(&format!(
+        "{} selected, {} not selected",
+        sel.selected.len(),
+        sel.excluded.len()
+    ));
+}
+
+/// `checks`: every hit, in log order, with file and line.
+pub fn checks(p: &Printer, found: &crate::ops::checks::Found) {
+    use crate::config::model::Severity;
+    for log in &found.logs {
+        for h in &log.hits {
+            let sev = format!("{:?}", h.severity).to_lowercase();
+            let style = if h.severity >= Severity::Fail {
+                Style::Delete
+            } else {
+                Style::Update
+            };
+            p.out(&format!(
+                "{}:{}: {} ({}, {} hit(s)): {}",
+                escape(&log.file.display().to_string()),
+                h.line,
+                p.paint(style, &escape(&h.check)),
+                sev,
+                h.count,
+                escape(&h.excerpt)
+            ));
+        }
+    }
+}
+
+/// A command's output passed through as it comes (`exec`); a VM's console
+/// to stderr when asked.
+pub struct PassThrough {
+    pub console: bool,
+}
+
+impl crate::process::Sink for PassThrough {
+    fn step(&mut self, _name: &str) {}
+    fn output(&mut self, stream: crate::process::Stream, bytes: &[u8]) -> crate::process::Flow {
+        use crate::process::Stream;
+        use std::io::Write;
+        match stream {
+            Stream::Stdout => crate::output::stdout_bytes(bytes),
+            Stream::Stderr => {
+                let _ = std::io::stderr().write_all(bytes);
+            }
+            Stream::Console | Stream::Input if self.console => {
+                let _ = std::io::stderr().write_all(bytes);
+            }
+            _ => {}
+        }
+        crate::process::Flow::Continue
+    }
 }

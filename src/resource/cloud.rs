@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Action, ApplyContext, Change, Context, Detail, Observed, Resource};
+use super::{
+    Action, ApplyContext, Change, Context, Detail, KindStatus, Observed, Resource, ResourceStatus,
+};
 use crate::cloud::ec2::{Image, Registration, Snapshot};
 use crate::cloud::{
     self, error as cloud_error, Api, Sessions, TAG_DIGEST, TAG_MACHINE, TAG_REVISION, TAG_SNAPSHOT,
@@ -674,21 +676,23 @@ impl Resource for CloudImage {
         vec![]
     }
 
-    fn status(&self, observed: &Observed) -> serde_json::Value {
+    fn status(&self, observed: &Observed) -> ResourceStatus {
         let st = self.state(observed);
-        json!({
-            "address": self.address,
-            "path": self.location(),
-            "cloud": self.cloud,
-            "endpoint": st.endpoint,
-            "credentials": st.credentials,
-            "machine": self.machine,
-            "revision": self.revision,
-            "declared": self.desired.is_some(),
-            "state": observed.summary,
-            "images": st.images,
-            "snapshots": st.snapshots,
-        })
+        ResourceStatus {
+            address: self.address.clone(),
+            path: self.location(),
+            declared: self.desired.is_some(),
+            state: observed.summary.clone(),
+            kind: KindStatus::Cloud {
+                cloud: self.cloud.clone(),
+                endpoint: st.endpoint.clone(),
+                credentials: st.credentials.clone(),
+                machine: self.machine.clone(),
+                revision: self.revision,
+                images: st.images.clone(),
+                snapshots: st.snapshots.clone(),
+            },
+        }
     }
 
     fn depends_on(&self) -> Vec<String> {

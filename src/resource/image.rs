@@ -8,11 +8,12 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
-
 use super::publish::{self, DirState};
 use super::receipt::{self, record_tree, Receipt, ReceiptSource};
-use super::{Action, ApplyContext, Change, Context, Observed, Resource};
+use super::{
+    Action, ApplyContext, Change, Context, KindStatus, Observed, Resource, ResourceStatus,
+    TreeInstalled,
+};
 use crate::config::model::{ArchiveFormat, Image, Source};
 use crate::error::{Error, Result};
 use crate::fault;
@@ -385,20 +386,18 @@ impl Resource for ImageResource {
         vec![self.target.clone()]
     }
 
-    fn status(&self, observed: &Observed) -> serde_json::Value {
-        let mut v = json!({
-            "address": self.address,
-            "path": self.target,
-            "declared": self.desired.is_some(),
-            "state": observed.summary,
-        });
-        if let DirState::Installed { receipt, drift } = publish::state(observed) {
-            v["installed_at"] = json!(receipt.installed_at);
-            v["source"] = json!(receipt.source);
-            v["files"] = json!(receipt.file_count());
-            v["drift"] = json!(drift);
+    fn status(&self, observed: &Observed) -> ResourceStatus {
+        let installed = match publish::state(observed) {
+            DirState::Installed { receipt, drift } => Some(TreeInstalled::of(receipt, drift)),
+            _ => None,
+        };
+        ResourceStatus {
+            address: self.address.clone(),
+            path: self.target.clone(),
+            declared: self.desired.is_some(),
+            state: observed.summary.clone(),
+            kind: KindStatus::Image { installed },
         }
-        v
     }
 }
 

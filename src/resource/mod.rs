@@ -139,6 +139,102 @@ pub struct ApplyContext<'a, 'b> {
     pub said: Vec<String>,
 }
 
+/// What `status` shows of one resource (and `status --json` prints).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceStatus {
+    pub address: String,
+    pub path: PathBuf,
+    /// False for something installed earlier and no longer declared (the next apply prunes it).
+    pub declared: bool,
+    /// One line: `1.2.0 installed`, `revision 3 current`…
+    pub state: String,
+    #[serde(flatten)]
+    pub kind: KindStatus,
+}
+
+impl ResourceStatus {
+    /// When what is there was installed, for kinds that install a tree.
+    pub fn installed_at(&self) -> Option<&str> {
+        match &self.kind {
+            KindStatus::Plugin { installed, .. } => {
+                installed.as_ref().map(|i| i.tree.installed_at.as_str())
+            }
+            KindStatus::Image { installed } => installed.as_ref().map(|i| i.installed_at.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// The facts of each kind.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum KindStatus {
+    Plugin {
+        declared_version: Option<String>,
+        #[serde(flatten)]
+        installed: Option<PluginInstalled>,
+    },
+    Image {
+        #[serde(flatten)]
+        installed: Option<TreeInstalled>,
+    },
+    Machine {
+        declared_revision: Option<u32>,
+        backend: &'static str,
+        /// The revision the `<m>` link points at.
+        current: Option<String>,
+        entries: Vec<EntryStatus>,
+    },
+    #[cfg(feature = "cloud")]
+    Cloud {
+        cloud: String,
+        endpoint: String,
+        /// Where the credentials came from (never the credentials).
+        credentials: String,
+        machine: String,
+        revision: u32,
+        images: Vec<crate::cloud::ec2::Image>,
+        snapshots: Vec<crate::cloud::ec2::Snapshot>,
+    },
+}
+
+/// A published tree as its receipt describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TreeInstalled {
+    pub installed_at: String,
+    pub source: receipt::ReceiptSource,
+    pub files: usize,
+    pub drift: Vec<receipt::Drift>,
+}
+
+impl TreeInstalled {
+    pub fn of(r: &receipt::Receipt, drift: &[receipt::Drift]) -> TreeInstalled {
+        TreeInstalled {
+            installed_at: r.installed_at.clone(),
+            source: r.source.clone(),
+            files: r.file_count(),
+            drift: drift.to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInstalled {
+    pub installed_version: Option<String>,
+    pub bin: Option<String>,
+    #[serde(flatten)]
+    pub tree: TreeInstalled,
+}
+
+/// One entry of a machine directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryStatus {
+    pub name: String,
+    /// Made by reconcile (it has a receipt).
+    pub owned: bool,
+    pub receipt: Option<crate::store::EntryReceipt>,
+}
+
 pub trait Resource: Send + Sync {
     /// `plugin.kolet`
     fn address(&self) -> &str;
@@ -150,8 +246,8 @@ pub trait Resource: Send + Sync {
     fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()>;
     /// Paths whose change may mean drift.
     fn watch_paths(&self) -> Vec<PathBuf>;
-    /// Facts for `status --json`.
-    fn status(&self, observed: &Observed) -> serde_json::Value;
+    /// What `status` shows of it.
+    fn status(&self, observed: &Observed) -> ResourceStatus;
     /// Resources whose changes must be applied before this one's (addresses);
     /// when one of them fails, this one is not applied.
     fn depends_on(&self) -> Vec<String> {

@@ -10,7 +10,10 @@ use serde_json::json;
 
 use super::publish::{self, DirState};
 use super::receipt::{self, record_tree, Receipt, ReceiptSource};
-use super::{Action, ApplyContext, Change, Context, Observed, Resource};
+use super::{
+    Action, ApplyContext, Change, Context, KindStatus, Observed, PluginInstalled, Resource,
+    ResourceStatus, TreeInstalled,
+};
 use crate::config::model::Plugin;
 use crate::error::{Error, Result};
 use crate::fault;
@@ -302,23 +305,25 @@ impl Resource for PluginResource {
         vec![self.root.clone(), self.target()]
     }
 
-    fn status(&self, observed: &Observed) -> serde_json::Value {
-        let mut v = json!({
-            "address": self.address,
-            "path": self.target(),
-            "declared": self.desired.is_some(),
-            "declared_version": self.desired.as_ref().map(|p| p.version.clone()),
-            "state": observed.summary,
-        });
-        if let DirState::Installed { receipt, drift } = publish::state(observed) {
-            v["installed_version"] = json!(receipt.version);
-            v["installed_at"] = json!(receipt.installed_at);
-            v["source"] = json!(receipt.source);
-            v["bin"] = json!(receipt.facts.get("bin"));
-            v["files"] = json!(receipt.file_count());
-            v["drift"] = json!(drift);
+    fn status(&self, observed: &Observed) -> ResourceStatus {
+        let installed = match publish::state(observed) {
+            DirState::Installed { receipt, drift } => Some(PluginInstalled {
+                installed_version: receipt.version.clone(),
+                bin: receipt.facts.get("bin").cloned(),
+                tree: TreeInstalled::of(receipt, drift),
+            }),
+            _ => None,
+        };
+        ResourceStatus {
+            address: self.address.clone(),
+            path: self.target(),
+            declared: self.desired.is_some(),
+            state: observed.summary.clone(),
+            kind: KindStatus::Plugin {
+                declared_version: self.desired.as_ref().map(|p| p.version.clone()),
+                installed,
+            },
         }
-        v
     }
 }
 

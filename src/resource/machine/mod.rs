@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use serde_json::json;
-
-use super::{Action, ApplyContext, Change, Context, Observed, Resource};
+use super::{
+    Action, ApplyContext, Change, Context, EntryStatus, KindStatus, Observed, Resource,
+    ResourceStatus,
+};
 use crate::backend::{self, VolumeBackend};
 use crate::config::model::{Executor, Machine, MachineKind, Prune, Volume};
 use crate::error::{Error, Result};
@@ -982,22 +983,27 @@ impl Resource for MachineResource {
         vec![self.dir()]
     }
 
-    fn status(&self, observed: &Observed) -> serde_json::Value {
+    fn status(&self, observed: &Observed) -> ResourceStatus {
         let st = self.state(observed);
-        let entries: Vec<serde_json::Value> = st
-            .entries
-            .values()
-            .map(|e| json!({ "name": e.name, "owned": e.receipt.is_some(), "receipt": e.receipt }))
-            .collect();
-        json!({
-            "address": self.address,
-            "path": self.dir(),
-            "declared": self.desired.is_some(),
-            "declared_revision": self.desired.as_ref().map(|m| m.revision),
-            "state": observed.summary,
-            "backend": st.backend,
-            "current": st.link,
-            "entries": entries,
-        })
+        ResourceStatus {
+            address: self.address.clone(),
+            path: self.dir(),
+            declared: self.desired.is_some(),
+            state: observed.summary.clone(),
+            kind: KindStatus::Machine {
+                declared_revision: self.desired.as_ref().map(|m| m.revision),
+                backend: st.backend,
+                current: st.link.clone(),
+                entries: st
+                    .entries
+                    .values()
+                    .map(|e| EntryStatus {
+                        name: e.name.clone(),
+                        owned: e.receipt.is_some(),
+                        receipt: e.receipt.clone(),
+                    })
+                    .collect(),
+            },
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Keep a host converged: apply once, then converge again on a change to the
+//! `watch`: keep a host converged: apply once, then converge again on a change to the
 //! desired file (watched through its parent directory, since editors save by
 //! rename), on drift in a managed tree (the resources' watch paths), on SIGHUP,
 //! and on a periodic resync that catches what events miss. An invalid edit is
@@ -15,14 +15,11 @@ use std::time::{Duration, Instant};
 use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
-use crate::apply::{
-    self,
-    report::{converge_then_test, Progress, Tests},
-};
+use super::apply::{converge_then_test, run_tests_after, Progress};
+use crate::apply;
 use crate::config::{self, lockfile, Desired, Diagnostic};
 use crate::error::{Error, Result};
 use crate::fsops::{digest::StatIndex, STAGING_MARK};
-use crate::harness::{run, select};
 use crate::resource::{self, Context};
 use crate::state::StateDir;
 
@@ -40,6 +37,8 @@ pub struct Options {
 }
 
 /// What watch reports, in order. Rendering is the caller's.
+#[derive(serde::Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event<'a> {
     Started {
         file: &'a Path,
@@ -68,9 +67,11 @@ pub enum Event<'a> {
     Applied {
         addresses: &'a [String],
         changes: usize,
+        #[serde(rename = "ms", serialize_with = "millis")]
         took: Duration,
     },
     InvalidConfig {
+        #[serde(serialize_with = "records")]
         diagnostics: &'a [Diagnostic],
     },
     Error {
@@ -92,6 +93,19 @@ pub enum Event<'a> {
         warn: usize,
         skip: usize,
     },
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_millis())
+}
+
+fn records<S: serde::Serializer>(d: &&[Diagnostic], s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(d.len()))?;
+    for x in d.iter() {
+        seq.serialize_element(&x.record())?;
+    }
+    seq.end()
 }
 
 enum Trigger {
@@ -509,12 +523,7 @@ fn converge(
         .watch
         .as_ref()
         .filter(|w| w.test)
-        .and_then(|_| select::Filters::from_run(desired))
-        .map(|filters| Tests {
-            filters,
-            opts: run::Options::standard(desired, stop.clone()),
-            only_after_changes: true,
-        });
+        .and_then(|_| run_tests_after(desired, stop.clone(), true));
     let mut planned: Vec<String> = Vec::new();
     let mut applied: Vec<String> = Vec::new();
     let mut changes = 0;

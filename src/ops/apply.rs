@@ -1,11 +1,18 @@
-//! "Converge, then test": the one entry point `apply` and `watch` share, and
-//! its typed result — what the text, JSON and Markdown renderers read.
+//! `apply`: "converge, then test" — the one entry point `apply` and `watch`
+//! share, and its typed result (what the text, JSON and Markdown renderers
+//! read).
 
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{converge, Event, Options};
+pub use crate::apply::Event;
+
+use super::Loaded;
+use crate::apply::{converge, Options};
 use crate::config::Desired;
 use crate::error::{exit, Result};
 use crate::harness::report::Report;
@@ -158,4 +165,68 @@ pub fn converge_then_test(
         plan,
         tests,
     })
+}
+
+/// The `[run]` tests to run after converging (when the file has a `[run]`).
+pub fn run_tests_after(
+    desired: &Desired,
+    cancel: Arc<AtomicBool>,
+    only_after_changes: bool,
+) -> Option<Tests> {
+    select::Filters::from_run(desired).map(|filters| Tests {
+        filters,
+        opts: run::Options::standard(desired, cancel),
+        only_after_changes,
+    })
+}
+
+/// What `reconcile apply` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub verify: bool,
+    /// Resource address patterns (`--target`).
+    pub targets: Vec<String>,
+    pub lock_timeout: Option<Duration>,
+    /// A plan saved with `plan --out`.
+    pub saved_plan: Option<PathBuf>,
+    pub progress: bool,
+    /// Shown to a command waiting for the lock.
+    pub command: String,
+    /// Skip the `[run]` tests.
+    pub no_test: bool,
+    /// Refuse remote sources not pinned in reconcile.lock.
+    pub locked: bool,
+    /// Keep the plan in the report (a Markdown renderer reads it).
+    pub keep_plan: bool,
+}
+
+/// `reconcile apply`: converge the loaded desired state, then run its
+/// `[run]` tests; a commit pulled from git is recorded as applied once the
+/// host converged to it. SIGINT/SIGTERM stop it after the resource in progress.
+pub fn apply(loaded: &Loaded, req: &Request, on: &mut dyn FnMut(Progress)) -> Result<ApplyReport> {
+    let desired = &loaded.desired;
+    if req.locked {
+        desired.require_locked()?;
+    }
+    let cancel = crate::process::cancel_on_signals();
+    let opts = Options {
+        verify: req.verify,
+        targets: super::targets(&req.targets)?,
+        lock_timeout: req.lock_timeout,
+        saved_plan: req.saved_plan.clone(),
+        progress: req.progress,
+        command: req.command.clone(),
+        cancel: Some(cancel.clone()),
+    };
+    let tests = (!req.no_test)
+        .then(|| run_tests_after(desired, cancel, false))
+        .flatten();
+    let report = converge_then_test(desired, &opts, tests, req.keep_plan, on)?;
+    // the commit's file is in force once the host converged to it
+    if let (Some((remote, commit)), ApplyResult::Converged | ApplyResult::Failed) =
+        (&loaded.git, report.result)
+    {
+        remote.note_applied(commit)?;
+    }
+    Ok(report)
 }

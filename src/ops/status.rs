@@ -1,0 +1,113 @@
+//! `status`: what is installed, the last apply and the last test run, and
+//! with git the commits — observed, typed.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::Remote;
+use crate::config::{self, Desired, LoadOptions};
+use crate::error::{Error, Result};
+use crate::fleet::git::Record;
+use crate::fsops::digest::StatIndex;
+use crate::harness::report::{Report, Summary};
+use crate::resource::{self, Context, ResourceStatus};
+use crate::state::{LastApply, StateDir};
+
+/// What `status` reports (and `status --json` prints).
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub format_version: u32,
+    pub host: String,
+    pub file: PathBuf,
+    pub git: Option<Record>,
+    pub resources: Vec<ResourceStatus>,
+    pub last_apply: Option<LastApply>,
+    pub last_tests: Option<LastTests>,
+}
+
+/// The last test run, in short.
+#[derive(Debug, Serialize)]
+pub struct LastTests {
+    pub run: String,
+    pub finished: String,
+    pub summary: Summary,
+    pub incomplete: bool,
+}
+
+/// With git, the applied commit's file may not load (nothing applied yet, a
+/// commit being checked): the record is still the host's report.
+#[derive(Debug, Serialize)]
+pub struct Unloadable {
+    pub format_version: u32,
+    pub git: Option<Record>,
+    pub error: String,
+}
+
+pub enum Status {
+    Report(Box<StatusReport>),
+    Unloadable(Box<Unloadable>),
+}
+
+/// The status of `file`, or with `git` of the applied commit (read from an
+/// export: the work tree never moves; nothing is fetched).
+pub fn status(file: &Path, git: Option<&Remote>, opts: LoadOptions) -> Result<Status> {
+    if let Some(r) = git {
+        r.check()?;
+    }
+    let record = git.map(Remote::record);
+    let _export;
+    let desired = match git {
+        Some(r) => {
+            let loaded = match record.as_ref().and_then(|rec| rec.applied.clone()) {
+                Some(c) => crate::fleet::load_commit(r, &c),
+                None => Err(Error::Usage("no commit has been applied yet".into())),
+            };
+            match loaded {
+                Ok((d, tree)) => {
+                    _export = tree;
+                    d
+                }
+                Err(e) => {
+                    return Ok(Status::Unloadable(Box::new(Unloadable {
+                        format_version: 1,
+                        git: record,
+                        error: e.to_string(),
+                    })))
+                }
+            }
+        }
+        None => config::load_with(file, opts)?,
+    };
+    let state = StateDir::existing(&desired.state_dir);
+    let tests = Report::load(&desired.state_dir.join("runs/latest/report.json"))
+        .ok()
+        .map(|r| LastTests {
+            run: r.run,
+            finished: r.finished,
+            summary: r.summary,
+            incomplete: r.incomplete,
+        });
+    Ok(Status::Report(Box::new(StatusReport {
+        format_version: 1,
+        host: desired.host.clone(),
+        file: desired.path.clone(),
+        git: record,
+        resources: observe_all(&desired, &state)?,
+        last_apply: state.last_apply(),
+        last_tests: tests,
+    })))
+}
+
+/// Observe every resource (read-only) and give each one's status, by address.
+pub fn observe_all(desired: &Desired, state: &StateDir) -> Result<Vec<ResourceStatus>> {
+    let index = StatIndex::ephemeral();
+    let cx = Context::new(desired, state, &index, false, false);
+    let mut out = Vec::new();
+    for r in resource::all(&cx)? {
+        let o = r.observe(&cx)?;
+        out.push(r.status(&o));
+    }
+    out.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(out)
+}
