@@ -2,7 +2,6 @@
 //! by block, complete it with the aggregate checksum, read it back.
 
 use base64::Engine;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::client::{Api, Body, CallError};
@@ -41,13 +40,29 @@ impl Api {
         client_token: &str,
         tags: &[(String, String)],
     ) -> Result<String, CallError> {
-        let body = json!({
-            "VolumeSize": size_gib,
-            "Description": description,
-            "ClientToken": client_token,
-            "Timeout": 60,
-            "Tags": tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
-        });
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Tag<'a> {
+            key: &'a str,
+            value: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct StartSnapshot<'a> {
+            volume_size: u64,
+            description: &'a str,
+            client_token: &'a str,
+            timeout: u32,
+            tags: Vec<Tag<'a>>,
+        }
+        let body = serde_json::to_value(StartSnapshot {
+            volume_size: size_gib,
+            description,
+            client_token,
+            timeout: 60,
+            tags: tags.iter().map(|(k, v)| Tag { key: k, value: v }).collect(),
+        })
+        .expect("a request serialises");
         let r = self.send(
             "ebs",
             "POST",

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::{
     Action, ApplyContext, Change, Context, Detail, KindStatus, Observed, Resource, ResourceStatus,
@@ -349,7 +348,7 @@ impl CloudImage {
             )
             .map_err(|e| call("StartSnapshot", e))?;
         cx.journal
-            .step_with(txn, "started", Some(json!({ "snapshot": snapshot })))?;
+            .step_with(txn, "started", Some(step_data("snapshot", &snapshot)))?;
         cx.journal.step(txn, "upload")?;
         let in_flight = cx
             .cx
@@ -395,7 +394,7 @@ impl CloudImage {
             })
             .map_err(|e| cloud_error(api, "ec2", "RegisterImage", e))?;
         cx.journal
-            .step_with(txn, "registered", Some(json!({ "image": image })))?;
+            .step_with(txn, "registered", Some(step_data("image", &image)))?;
         cx.journal.step(txn, "tag")?;
         api.create_tags(&[&image, &snapshot], &all_tags)
             .map_err(|e| cloud_error(api, "ec2", "CreateTags", e))?;
@@ -770,6 +769,15 @@ struct RetireIntent {
     cloud: String,
     images: Vec<String>,
     snapshots: Vec<String>,
+}
+
+/// What a publish step records: the id it produced (`{"snapshot": "snap-…"}`).
+fn step_data(key: &str, id: &str) -> serde_json::Value {
+    serde_json::Value::Object(
+        [(key.to_string(), serde_json::Value::from(id))]
+            .into_iter()
+            .collect(),
+    )
 }
 
 /// Finish or undo a publish: an image registered under the transaction's

@@ -6,8 +6,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
-
 use super::publish::{self, DirState};
 use super::receipt::{self, record_tree, Receipt, ReceiptSource};
 use super::{
@@ -187,7 +185,17 @@ impl PluginResource {
                 });
             }
         } else {
-            let doc = json!({ "name": self.name, "version": p.version, "bin": bin });
+            #[derive(serde::Serialize)]
+            struct Manifest<'a> {
+                name: &'a str,
+                version: &'a str,
+                bin: &'a str,
+            }
+            let doc = Manifest {
+                name: &self.name,
+                version: &p.version,
+                bin: &bin,
+            };
             let bytes = serde_json::to_vec_pretty(&doc).expect("json");
             let mut f = staging.create_file(manifest, 0o644).map_err(io)?;
             f.write_all(&bytes).map_err(io)?;
