@@ -14,39 +14,89 @@ pub mod exit {
     pub const LOCKED: i32 = 3;
     /// Tests failed (or `checks` found a fail/fatal hit).
     pub const TESTS_FAILED: i32 = 4;
+    /// The command line is wrong: an unknown flag, a bad value, a missing
+    /// argument (sysexits' EX_USAGE). Never 2, which means "plan has changes".
+    pub const USAGE: i32 = 64;
+
+    /// The codes every command shares, after its own.
+    pub const SHARED: &[(i32, &str)] = &[(
+        USAGE,
+        "usage error: an unknown flag, a bad value or a missing argument (nothing was done)",
+    )];
 
     /// Every command's exit codes and what each means there: the one table
     /// `--help`, the man page and the README's table are made from.
     pub const TABLE: &[(&str, &[(i32, &str)])] = &[
         ("validate", &[(OK, "the file is valid"), (ERROR, "the file has problems (each printed with its line and column)")]),
-        ("plan", &[(OK, "in sync: nothing to do"), (ERROR, "error"), (CHANGES, "changes pending")]),
+        ("plan", &[(OK, "in sync: nothing to do"), (ERROR, "error (with --git: the fetched commit was not taken)"), (CHANGES, "changes pending")]),
         (
             "apply",
             &[
                 (OK, "converged (and the [run] tests passed)"),
-                (ERROR, "error: a resource failed (the others converged), interrupted, or the saved plan is stale"),
+                (ERROR, "error: a resource failed (the others converged), interrupted, the saved plan is stale, or (with --git) the fetched commit was not taken"),
                 (LOCKED, "another apply held the lock past --lock-timeout"),
                 (TESTS_FAILED, "converged, but a test of the [run] plan failed"),
             ],
         ),
         ("watch", &[(OK, "stopped by SIGTERM or SIGINT"), (ERROR, "fatal error (an invalid file at start)")]),
-        ("test", &[(OK, "every test passed (warnings allowed)"), (ERROR, "harness error, or interrupted"), (TESTS_FAILED, "a test failed")]),
+        ("test", &[(OK, "every test passed (warnings allowed)"), (ERROR, "harness error, a selector that matches nothing, or interrupted"), (TESTS_FAILED, "a test failed")]),
         ("checks", &[(OK, "clean"), (ERROR, "error"), (TESTS_FAILED, "a fail or fatal check hit")]),
-        ("status", &[(OK, "always")]),
+        ("status", &[(OK, "the status was printed"), (ERROR, "the file cannot be read")]),
         ("exec", &[(124, "timed out"), (ERROR, "error before the command ran; otherwise the command's own exit status")]),
         ("spawn", &[(OK, "the VM stopped or Ctrl-] detached"), (ERROR, "error")]),
         ("lock", &[(OK, "every remote source pinned"), (ERROR, "error")]),
         ("export", &[(OK, "the stream was written"), (ERROR, "error (nothing written)")]),
+        ("schema", &[(OK, "the schema was printed")]),
+        ("completions", &[(OK, "the completions were printed")]),
+        ("man", &[(OK, "the pages were printed or written"), (ERROR, "a page could not be written")]),
     ];
 
-    /// `Exit status:` and one line per code, for `command`'s `--help`.
-    pub fn help(command: &str) -> Option<String> {
-        let (_, codes) = TABLE.iter().find(|(c, _)| *c == command)?;
+    /// `command`'s codes, its own then the shared ones.
+    pub fn codes(command: &str) -> Vec<(i32, String)> {
+        let own = TABLE
+            .iter()
+            .find(|(c, _)| *c == command)
+            .map(|(_, codes)| *codes)
+            .unwrap_or(&[]);
+        own.iter()
+            .chain(SHARED)
+            .map(|(c, m)| (*c, m.to_string()))
+            .collect()
+    }
+
+    /// Every code any command exits with, in a word each (the main page's).
+    pub fn summary() -> Vec<(i32, String)> {
+        [
+            (OK, "success; for plan: nothing to do"),
+            (ERROR, "error"),
+            (CHANGES, "plan: changes pending"),
+            (LOCKED, "apply: another apply held the lock"),
+            (TESTS_FAILED, "a test (or a check) failed"),
+            (124, "exec: the command timed out"),
+            (USAGE, SHARED[0].1),
+        ]
+        .into_iter()
+        .map(|(c, m)| (c, m.to_string()))
+        .collect()
+    }
+
+    /// `Exit status:` and one line per code, for `--help`: `command`'s, or
+    /// (none) the main help's summary of every code.
+    pub fn help(command: Option<&str>) -> String {
+        let codes = match command {
+            Some(c) => codes(c),
+            None => summary(),
+        };
         let mut s = String::from("Exit status:\n");
-        for (code, meaning) in *codes {
+        for (code, meaning) in codes {
             s.push_str(&format!("  {code:>3}  {meaning}\n"));
         }
-        Some(s)
+        if command.is_none() {
+            s.push_str(
+                "\nEach command's --help lists its own; `reconcile man` prints the pages.\n",
+            );
+        }
+        s
     }
 }
 
@@ -124,9 +174,21 @@ pub enum Error {
     #[error("cannot use the saved plan {path}: {reason}")]
     BadPlan { path: PathBuf, reason: String },
 
-    /// A command line that cannot be carried out (a bad pattern, an unknown machine, `--locked` refusing).
+    /// A command line that cannot be carried out on this file (an unknown
+    /// machine, a selector that matches nothing, `--locked` refusing).
     #[error("{0}")]
     Usage(String),
+
+    /// `spawn` of a root-filesystem machine (it boots disks and netboot images).
+    #[error(
+        "machine `{machine}` is a root filesystem; spawn boots disk machines and netboot images"
+    )]
+    NotBootable { machine: String },
+
+    /// A command line that is wrong whatever the file says (a pattern that
+    /// does not parse, `--hostname` twice outside plan): exit 64.
+    #[error("{0}")]
+    BadArgument(String),
 
     #[error("state dir {path}: {reason}")]
     State { path: PathBuf, reason: String },
@@ -151,6 +213,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::LockHeld { .. } => exit::LOCKED,
+            Error::BadArgument(_) => exit::USAGE,
             _ => exit::ERROR,
         }
     }
@@ -174,6 +237,8 @@ impl Error {
             Error::Io { .. } | Error::State { .. } => "check permissions and free space; the journal lets the next apply finish or undo this one".into(),
             Error::Cloud { .. } => "nothing half-made is left: the journal lets the next apply finish or remove it; check the endpoint, the region and the credentials (environment, profile, web identity or instance role)".into(),
             Error::Resource { .. } | Error::Usage(_) => return None,
+            Error::NotBootable { machine } => format!("for a shell in it: `reconcile exec {machine} -- sh`"),
+            Error::BadArgument(_) => "see the command's --help".into(),
         })
     }
 }

@@ -186,6 +186,14 @@ impl Printer {
         }
     }
 
+    /// One item of a result (a change of a plan, a finished test) on stdout:
+    /// left out by `-q`, which keeps only the summary line and errors.
+    pub fn item(&self, line: &str) {
+        if !self.quiet {
+            self.out(line);
+        }
+    }
+
     /// A document on stdout as it is (Markdown, a man page).
     pub fn raw(&self, text: &str) {
         stdout(format_args!("{text}"));

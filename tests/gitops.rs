@@ -68,12 +68,12 @@ fn plan_apply_and_test_speak_markdown_and_json_is_still_there() {
     j.expect(0);
     let doc: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
     assert_eq!(doc["result"], "converged");
-    // Markdown is for plan, apply and test only
+    // Markdown is for plan, apply and test only: status does not offer it
+    // (a usage error, exit 64, naming what it offers)
     let s = farm.run(&["status", "--format", "markdown"]);
-    s.expect(1);
+    s.expect(64);
     assert!(
-        s.stderr
-            .contains("--format markdown is for plan, apply and test"),
+        s.stderr.contains("[possible values: text, json]"),
         "{}",
         s.stderr
     );
@@ -183,8 +183,9 @@ fn partitions_cover_every_test_exactly_once_and_stay_put() {
         "hash:1",
         "hash:a/b",
     ] {
+        // a usage error: 64, never 2 (which means "plan has changes")
         let r = farm.run(&["test", "--list", "--partition", bad]);
-        assert_eq!(r.code, Some(2), "{bad}: {}", r.stderr);
+        assert_eq!(r.code, Some(64), "{bad}: {}", r.stderr);
         assert!(
             r.stderr.contains("hash:K/N or count:K/N"),
             "{bad}: {}",

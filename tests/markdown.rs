@@ -35,16 +35,20 @@ fn resource(address: &str, path: &str, changes: Vec<serde_json::Value>) -> serde
     serde_json::json!({ "address": address, "path": path, "fingerprint": "f", "changes": changes })
 }
 
+/// A plan of `resources`, its summary counted as reconcile counts it: each
+/// resource once, by what its changes add up to, and the changes apart.
 fn plan_of(resources: Vec<serde_json::Value>, unchanged: usize) -> Plan {
-    let (mut c, mut u, mut r, mut d) = (0, 0, 0, 0);
+    use reconcile::resource::{Action, Change};
+    let (mut c, mut u, mut r, mut d, mut n) = (0, 0, 0, 0, 0);
     for res in &resources {
-        for ch in res["changes"].as_array().unwrap() {
-            match ch["action"].as_str().unwrap() {
-                "create" => c += 1,
-                "update" => u += 1,
-                "replace" => r += 1,
-                _ => d += 1,
-            }
+        let changes: Vec<Change> = serde_json::from_value(res["changes"].clone()).unwrap();
+        n += changes.len();
+        match reconcile::plan::resource_action(true, &changes) {
+            Some(Action::Create) => c += 1,
+            Some(Action::Update) => u += 1,
+            Some(Action::Replace) => r += 1,
+            Some(Action::Delete) => d += 1,
+            None => {}
         }
     }
     serde_json::from_value(serde_json::json!({
@@ -52,7 +56,7 @@ fn plan_of(resources: Vec<serde_json::Value>, unchanged: usize) -> Plan {
         "reconcile_version": "0.1.0",
         "desired": { "file": "/farm/reconcile.toml", "sha256": "00" },
         "resources": resources,
-        "summary": { "create": c, "update": u, "replace": r, "delete": d, "unchanged": unchanged }
+        "summary": { "create": c, "update": u, "replace": r, "delete": d, "unchanged": unchanged, "changes": n }
     }))
     .unwrap()
 }

@@ -150,7 +150,7 @@ fn the_debian_package_installs_the_binary_man_pages_completions_and_units() {
     let page =
         stdout_of(Command::new("zcat").arg(r.join("usr/share/man/man1/reconcile-apply.1.gz")));
     assert!(
-        page.contains("Exit status") && page.contains("held the lock past"),
+        page.contains(".SH \"EXIT STATUS\"") && page.contains("held the lock past"),
         "{page}"
     );
     // the units are valid for systemd, against the unpacked root

@@ -9,31 +9,11 @@ use std::process::Command;
 
 use common::*;
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        // only what a fresh clone has
-        if [".reconcile", "plugins", "tftp", "machines"].contains(&name.as_str()) {
-            continue;
-        }
-        let (s, d) = (e.path(), to.join(&name));
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&s, &d);
-        } else {
-            fs::copy(&s, &d).unwrap();
-        }
-    }
-}
-
 #[test]
 fn quickstart_converges_without_root() {
     let farm = Farm::new();
     let dir = farm.path("examples");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"),
-        &dir,
-    );
+    copy_examples(&dir);
     let run = |args: &[&str]| {
         let mut c = Command::new(BIN);
         c.args(args)

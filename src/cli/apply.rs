@@ -5,7 +5,12 @@ use crate::output::Printer;
 use crate::render::{self, markdown, text};
 
 pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
-    let loaded = crate::ops::load(&cli.file, a.git.remote(cli), cli.load_options(), false)?;
+    let loaded = crate::ops::load(
+        &cli.file,
+        a.git.remote(cli, a.take.clone()),
+        cli.load_options(),
+        false,
+    )?;
     if let Some((remote, commit)) = &loaded.git {
         text::pulled(p, &remote.url, commit);
     }

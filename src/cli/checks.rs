@@ -5,7 +5,9 @@ use crate::render::text;
 
 /// Scan log files with the built-in and declared console checks.
 pub fn run(cli: &Cli, a: &ChecksArgs, p: &Printer) -> Result<i32> {
-    let declared = match &a.config {
+    // `--config FILE`, or the file given with `-f`
+    let file = a.config.as_ref().or(cli.file_given.then_some(&cli.file));
+    let declared = match file {
         Some(f) => crate::ops::checks::declared_in(f, cli.load_options())?,
         None => Default::default(),
     };

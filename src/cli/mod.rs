@@ -32,6 +32,7 @@ use crate::render::text as render;
     name = "reconcile",
     version,
     propagate_version = true,
+    disable_help_subcommand = true,
     max_term_width = 100
 )]
 pub struct Cli {
@@ -44,20 +45,15 @@ pub struct Cli {
         env = "RECONCILE_FILE"
     )]
     pub file: PathBuf,
-    /// Print only errors and results.
+    /// Whether `-f` (or RECONCILE_FILE) was given rather than defaulted.
+    #[arg(skip)]
+    pub file_given: bool,
+    /// Print only the summary line and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// Print more about each step.
     #[arg(short, long, global = true)]
     pub verbose: bool,
-    /// What goes to stdout: text (for people), json (a versioned document) or
-    /// markdown (plan, apply and test: for a pull request comment or a CI step
-    /// summary).
-    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    /// Short for `--format json`.
-    #[arg(long, global = true, conflicts_with = "format")]
-    pub json: bool,
     /// Act as this host for `hosts = [...]` selectors (default: this host's name);
     /// `plan` takes several to preview each host in one run.
     #[arg(long, global = true, value_name = "NAME")]
@@ -69,10 +65,58 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// stdout for plan, apply and test: text, JSON or Markdown.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DocumentArgs {
+    /// What goes to stdout: text (for people), json (a versioned document) or
+    /// markdown (for a pull request comment or a CI step summary).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Short for `--format json`.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+}
+
+/// stdout for the other commands that print a result: text or JSON.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JsonArgs {
+    /// What goes to stdout: text (for people) or json (a versioned document).
+    #[arg(long, value_enum, default_value_t = PlainFormat::Text)]
+    pub format: PlainFormat,
+    /// Short for `--format json`.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlainFormat {
+    Text,
+    Json,
+}
+
+impl DocumentArgs {
+    fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            self.format
+        }
+    }
+}
+
+impl JsonArgs {
+    fn format(&self) -> Format {
+        match (self.json, self.format) {
+            (true, _) | (_, PlainFormat::Json) => Format::Json,
+            _ => Format::Text,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Parse and check the file; print every problem with its line and column.
-    Validate,
+    Validate(ValidateArgs),
     /// Observe, diff and print the changes; write nothing outside the state dir.
     Plan(PlanArgs),
     /// Converge the host to the file, then run the [run] tests.
@@ -108,7 +152,6 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the man pages (roff), or write them into a directory (packaging).
-    #[command(hide = true)]
     Man {
         /// Write reconcile.1 and one reconcile-COMMAND.1 per subcommand here.
         #[arg(long, value_name = "DIR")]
@@ -133,15 +176,41 @@ pub struct GitArgs {
     /// state_dir resolves in DIR. Default /var/lib/reconcile for root, else ~/.local/state/reconcile.
     #[arg(long, value_name = "DIR")]
     pub checkout: Option<PathBuf>,
+    /// Kill a git command that takes longer than this.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "2m")]
+    pub git_timeout: Duration,
+}
+
+/// Which fetched commits apply and watch take.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TakeArgs {
     /// Apply a commit that does not descend from the applied one (a force-push, a rewind).
     #[arg(long)]
     pub allow_rewind: bool,
     /// Apply only commits whose signature verifies against this ssh allowed-signers file or gpg keyring.
     #[arg(long, value_name = "FILE")]
     pub verify_signatures: Option<PathBuf>,
-    /// Kill a git command that takes longer than this.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "2m")]
-    pub git_timeout: Duration,
+}
+
+/// Which fetched commits plan previews (by the rules apply takes them by).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PreviewArgs {
+    /// Preview a commit that does not descend from the applied one, as `apply --allow-rewind` would take it.
+    #[arg(long)]
+    pub allow_rewind: bool,
+    /// Read only a commit whose signature verifies against this ssh allowed-signers file or gpg
+    /// keyring, as `apply --verify-signatures` does; any other is not previewed.
+    #[arg(long, value_name = "FILE")]
+    pub verify_signatures: Option<PathBuf>,
+}
+
+impl From<&PreviewArgs> for TakeArgs {
+    fn from(p: &PreviewArgs) -> TakeArgs {
+        TakeArgs {
+            allow_rewind: p.allow_rewind,
+            verify_signatures: p.verify_signatures.clone(),
+        }
+    }
 }
 
 impl Cli {
@@ -155,10 +224,27 @@ impl Cli {
             ..Default::default()
         }
     }
+
+    /// What goes to stdout, by the command's own `--format`/`--json`.
+    pub fn format(&self) -> Format {
+        match &self.command {
+            Command::Plan(a) => a.output.format(),
+            Command::Apply(a) => a.output.format(),
+            Command::Test(a) => a.document.format(),
+            Command::Validate(a) => a.output.format(),
+            Command::Status(a) => a.output.format(),
+            Command::Checks(a) => a.output.format(),
+            Command::Lock(a) => a.output.format(),
+            Command::Watch(a) => a.output.format(),
+            _ => Format::Text,
+        }
+    }
 }
 
 impl GitArgs {
-    pub fn remote(&self, cli: &Cli) -> Option<crate::fleet::git::Remote> {
+    /// The remote, when `--git` is given; `take` says which fetched commits
+    /// are taken (`status` fetches nothing and reads the applied commit).
+    pub fn remote(&self, cli: &Cli, take: TakeArgs) -> Option<crate::fleet::git::Remote> {
         let url = self.git.clone()?;
         Some(crate::fleet::git::Remote {
             url,
@@ -168,8 +254,8 @@ impl GitArgs {
                 .checkout
                 .clone()
                 .unwrap_or_else(crate::fleet::git::default_dir),
-            allow_rewind: self.allow_rewind,
-            allowed_signers: self.verify_signatures.clone(),
+            allow_rewind: take.allow_rewind,
+            allowed_signers: take.verify_signatures,
             timeout: self.git_timeout,
             hostname: cli.load_options().hostname,
         })
@@ -180,6 +266,14 @@ impl GitArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub git: GitArgs,
+    #[command(flatten)]
+    pub output: JsonArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub output: JsonArgs,
 }
 
 /// What plan and apply share: how the world is looked at and what is touched.
@@ -201,6 +295,10 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub git: GitArgs,
     #[command(flatten)]
+    pub preview: PreviewArgs,
+    #[command(flatten)]
+    pub output: DocumentArgs,
+    #[command(flatten)]
     pub converge: ConvergeArgs,
     /// Save the plan; `reconcile apply FILE` applies exactly it or refuses.
     #[arg(long, value_name = "PLAN")]
@@ -211,6 +309,10 @@ pub struct PlanArgs {
 pub struct ApplyArgs {
     #[command(flatten)]
     pub git: GitArgs,
+    #[command(flatten)]
+    pub take: TakeArgs,
+    #[command(flatten)]
+    pub output: DocumentArgs,
     /// A plan saved with `plan --out`; refused when the file or the world changed since.
     #[arg(value_name = "PLAN")]
     pub plan: Option<PathBuf>,
@@ -249,6 +351,8 @@ pub struct TestArgs {
     /// Where runs go (default <state_dir>/runs): <DIR>/<UTC time>-<pid>/ and <DIR>/latest.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub document: DocumentArgs,
     /// Run only this share of the selected tests: hash:K/N (by a hash of each
     /// name: stable as tests come and go) or count:K/N (every N-th), as cargo-nextest.
     #[arg(long, value_name = "hash:K/N|count:K/N")]
@@ -260,7 +364,7 @@ pub struct TestArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ChecksArgs {
-    /// Take `[check.*]` from this desired-state file as well.
+    /// Take `[check.*]` from this desired-state file as well (default: the file given with -f).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Which checks apply: those for this scope (any: all of them).
@@ -269,6 +373,8 @@ pub struct ChecksArgs {
     /// Log files (console, journal, output).
     #[arg(required = true)]
     pub logs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub output: JsonArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -309,6 +415,10 @@ pub struct SpawnArgs {
 pub struct WatchArgs {
     #[command(flatten)]
     pub git: GitArgs,
+    #[command(flatten)]
+    pub take: TakeArgs,
+    #[command(flatten)]
+    pub output: JsonArgs,
     /// Full resync period, catching what filesystem events miss.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "5m")]
     pub interval: Duration,
@@ -338,6 +448,8 @@ pub struct LockArgs {
     /// Download and re-pin every remote source, not only unpinned ones.
     #[arg(long)]
     pub update: bool,
+    #[command(flatten)]
+    pub output: JsonArgs,
 }
 
 fn parse_multiplier(s: &str) -> Result<f64, String> {
@@ -366,22 +478,44 @@ pub fn command_line(words: &[&str], cli: &Cli, args: &[String]) -> String {
     line.join(" ")
 }
 
-/// The man page, then one page per subcommand (each with its exit codes):
-/// on stdout one after the other, or as files in `dir`.
+/// The man page, then one page per subcommand, each with its EXIT STATUS
+/// (from [`exit::TABLE`]) and the version in its footer: on stdout one after
+/// the other, or as files in `dir`.
 fn man(dir: Option<&std::path::Path>) -> Result<i32, Error> {
-    let cmd = command();
-    let mut pages = vec![("reconcile".to_string(), cmd.clone())];
+    let cmd = Cli::command();
+    let version = format!("reconcile {}", env!("CARGO_PKG_VERSION"));
+    let mut pages = vec![("reconcile".to_string(), None, cmd.clone())];
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("reconcile-{}", sub.get_name());
         let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
-        pages.push((name, sub.clone().name(leaked)));
+        let codes = sub.get_name().to_string();
+        pages.push((
+            name,
+            Some(codes),
+            sub.clone().name(leaked).version(env!("CARGO_PKG_VERSION")),
+        ));
     }
-    for (name, page) in pages {
-        let mut roff = Vec::new();
-        clap_mangen::Man::new(page)
+    for (name, codes, page) in pages {
+        let man = clap_mangen::Man::new(page.clone())
             .title(name.clone())
-            .render(&mut roff)
-            .map_err(|e| Error::io(std::path::Path::new(&name), e))?;
+            .section("1")
+            .source(version.clone());
+        let mut roff = Vec::new();
+        let render = |out: &mut Vec<u8>| -> std::io::Result<()> {
+            man.render_title(out)?;
+            man.render_name_section(out)?;
+            man.render_synopsis_section(out)?;
+            man.render_description_section(out)?;
+            if page.get_arguments().any(|a| !a.is_hide_set()) {
+                man.render_options_section(out)?;
+            }
+            if page.has_subcommands() {
+                man.render_subcommands_section(out)?;
+            }
+            out.extend_from_slice(exit_status_roff(codes.as_deref()).as_bytes());
+            man.render_version_section(out)
+        };
+        render(&mut roff).map_err(|e| Error::io(std::path::Path::new(&name), e))?;
         match dir {
             Some(d) => {
                 let path = d.join(format!("{name}.1"));
@@ -393,42 +527,76 @@ fn man(dir: Option<&std::path::Path>) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
-/// The command line, with each subcommand's exit codes (from [`exit::TABLE`]) after its help.
+/// `.SH "EXIT STATUS"` of one command's page (or, for the main page, the
+/// codes every command shares).
+fn exit_status_roff(command: Option<&str>) -> String {
+    let codes: Vec<(i32, String)> = match command {
+        Some(c) => exit::codes(c),
+        None => exit::summary(),
+    };
+    let mut s = String::from(".SH \"EXIT STATUS\"\n");
+    for (code, meaning) in codes {
+        s.push_str(&format!(".TP\n\\fB{code}\\fR\n{}\n", roff_escape(&meaning)));
+    }
+    s
+}
+
+fn roff_escape(text: &str) -> String {
+    let t = text.replace('\\', "\\e").replace('-', "\\-");
+    if t.starts_with('.') || t.starts_with('\'') {
+        format!("\\&{t}")
+    } else {
+        t
+    }
+}
+
+/// The command line, with each subcommand's exit codes (from [`exit::TABLE`])
+/// after its help, and the shared ones after the main help.
 pub fn command() -> clap::Command {
-    let mut cmd = Cli::command();
+    let mut cmd = Cli::command().after_help(exit::help(None));
     for (name, _) in exit::TABLE {
-        if let Some(text) = exit::help(name) {
-            cmd = cmd.mut_subcommand(*name, |c| c.after_help(text));
-        }
+        cmd = cmd.mut_subcommand(*name, |c| c.after_help(exit::help(Some(name))));
     }
     cmd
 }
 
-pub fn main() -> i32 {
+/// Parse the command line; a usage error (an unknown flag, a bad value, a
+/// missing argument) exits with [`exit::USAGE`], never 2 — that means "plan
+/// has changes".
+fn parse() -> Result<Cli, i32> {
     use clap::FromArgMatches;
-    let cli = match Cli::from_arg_matches(&command().get_matches()) {
-        Ok(c) => c,
-        Err(e) => e.exit(),
+    let fail = |e: clap::Error| {
+        let _ = e.print();
+        if e.use_stderr() {
+            exit::USAGE
+        } else {
+            exit::OK
+        }
     };
-    let format = if cli.json { Format::Json } else { cli.format };
-    if cli.hostname.len() > 1 && !matches!(cli.command, Command::Plan(_)) {
-        eprintln!("error: only `plan` takes --hostname more than once (to preview several hosts)");
-        return exit::ERROR;
-    }
-    let printer = Printer::new(cli.quiet, cli.verbose, format, cli.color);
-    let markdown_ok = matches!(
-        cli.command,
-        Command::Plan(_) | Command::Apply(_) | Command::Test(_)
+    let matches = command().try_get_matches().map_err(fail)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(fail)?;
+    cli.file_given = matches!(
+        matches.value_source("file"),
+        Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
     );
-    if format == Format::Markdown && !markdown_ok {
-        render::error(
-            &printer,
-            &Error::Usage("--format markdown is for plan, apply and test".into()),
+    Ok(cli)
+}
+
+pub fn main() -> i32 {
+    let cli = match parse() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let printer = Printer::new(cli.quiet, cli.verbose, cli.format(), cli.color);
+    if cli.hostname.len() > 1 && !matches!(cli.command, Command::Plan(_)) {
+        let e = Error::BadArgument(
+            "only `plan` takes --hostname more than once (to preview several hosts)".into(),
         );
-        return exit::ERROR;
+        render::error(&printer, &e, e.help().as_deref());
+        return exit::USAGE;
     }
     let result = match &cli.command {
-        Command::Validate => validate::run(&cli, &printer),
+        Command::Validate(_) => validate::run(&cli, &printer),
         Command::Plan(a) => plan::run(&cli, a, &printer),
         Command::Apply(a) => apply::run(&cli, a, &printer),
         Command::Status(a) => status::run(&cli, a, &printer),
@@ -460,8 +628,41 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            render::error(&printer, &e);
+            render::error(&printer, &e, hint(&cli, &e).as_deref());
             e.exit_code()
         }
     }
+}
+
+/// What to do about `e`, as commands that work when pasted: with this
+/// invocation's `-f`, and no journal where the command keeps none.
+fn hint(cli: &Cli, e: &Error) -> Option<String> {
+    let journaled = matches!(cli.command, Command::Apply(_) | Command::Watch(_));
+    let plan_file = match &cli.command {
+        Command::Apply(a) => a.plan.as_ref().map(|p| p.display().to_string()),
+        _ => None,
+    };
+    let again = || {
+        command_line(
+            &["plan", "--out"],
+            cli,
+            &[plan_file.clone().unwrap_or_else(|| "PLAN".into())],
+        )
+    };
+    Some(match e {
+        Error::Invalid(_) => format!("run `{}` to see every problem", command_line(&["validate"], cli, &[])),
+        Error::StalePlan { .. } => format!("run `{}` again and review the new plan", again()),
+        Error::BadPlan { .. } => format!("make the plan again with `{}`", again()),
+        Error::NotBootable { machine } => {
+            let host = !nix::unistd::geteuid().is_root();
+            let words: &[&str] = if host { &["exec", "--host"] } else { &["exec"] };
+            // as root the shell runs in the machine's namespaces; otherwise on
+            // the host, in the snapshot
+            let args = [machine.clone(), "--".into(), "sh".into()];
+            format!("for a shell in it: `{}`", command_line(words, cli, &args))
+        }
+        Error::Io { .. } | Error::State { .. } if !journaled => "check the path's permissions and free space".into(),
+        Error::Cloud { .. } if !journaled => "check the endpoint, the region and the credentials (environment, profile, web identity or instance role)".into(),
+        _ => return e.help(),
+    })
 }

@@ -14,7 +14,12 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
     if cli.hostname.len() > 1 {
         return several_hosts(cli, a, &req, p);
     }
-    let loaded = crate::ops::load(&cli.file, a.git.remote(cli), cli.load_options(), true)?;
+    let loaded = crate::ops::load(
+        &cli.file,
+        a.git.remote(cli, (&a.preview).into()),
+        cli.load_options(),
+        true,
+    )?;
     if let Some((remote, commit)) = &loaded.git {
         text::pulled(p, &remote.url, commit);
     }
@@ -54,7 +59,7 @@ pub fn run(cli: &Cli, a: &PlanArgs, p: &Printer) -> Result<i32> {
 /// `plan --hostname h1 --hostname h2 …`: each host's plan of the same file,
 /// for review (nothing saved; exit 2 when any host has changes).
 fn several_hosts(cli: &Cli, a: &PlanArgs, req: &Request, p: &Printer) -> Result<i32> {
-    let remote = a.git.remote(cli);
+    let remote = a.git.remote(cli, (&a.preview).into());
     let hosts = plan::hosts(&cli.file, remote.as_ref(), &cli.hostname, req)?;
     if let (Some(r), Some(c)) = (&remote, &hosts.commit) {
         text::pulled(p, &r.url, c);

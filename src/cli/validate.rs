@@ -27,12 +27,12 @@ pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        Validated::Invalid(diags) => {
+        Validated::Invalid(path, diags) => {
             if p.json {
                 p.json_doc(&ValidationDoc {
                     format_version: 1,
                     valid: false,
-                    file: &cli.file,
+                    file: &path,
                     diagnostics: diags.iter().map(|d| d.record()).collect(),
                 });
             } else {
@@ -41,7 +41,7 @@ pub fn run(cli: &Cli, p: &Printer) -> Result<i32> {
                     "{} {} problem(s) in {}",
                     p.paint(crate::output::Style::Error, "error:"),
                     diags.len(),
-                    cli.file.display()
+                    crate::output::display_name(&path)
                 );
             }
             Ok(exit::ERROR)

@@ -10,7 +10,7 @@ pub fn run(cli: &Cli, a: &WatchArgs, p: &Printer) -> Result<i32> {
         interval: a.interval,
         debounce: a.debounce,
         lock_timeout: a.lock_timeout,
-        git: a.git.remote(cli),
+        git: a.git.remote(cli, a.take.clone()),
         load: cli.load_options(),
     };
     watch::run(&opts, &mut |e| watch_log::line(p, &e))?;

@@ -101,6 +101,9 @@ pub struct Report {
     pub run: String,
     pub started: String,
     pub finished: String,
+    /// The run's wall time, measured (the timestamps are to the second).
+    #[serde(default)]
+    pub duration_ms: u64,
     /// Interrupted (Ctrl-C): tests not run are missing and running ones are marked infra.
     pub incomplete: bool,
     pub summary: Summary,

@@ -98,6 +98,7 @@ pub fn run(
     on: &mut dyn FnMut(Event),
 ) -> Result<Report> {
     let started = now_rfc3339();
+    let clock = Instant::now();
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         .to_string()
         .replace([':', '-'], "");
@@ -203,6 +204,7 @@ pub fn run(
         run: run_name.clone(),
         started,
         finished: now_rfc3339(),
+        duration_ms: clock.elapsed().as_millis() as u64,
         incomplete: opts.cancel.load(Ordering::SeqCst),
         summary,
         tests: results,
@@ -574,7 +576,7 @@ fn attempt(
 ) -> (Attempt, Vec<Hit>) {
     let case = &sel.case;
     let t0 = Instant::now();
-    let mut attempt = Attempt {
+    let attempt = Attempt {
         result: Verdict::Fail,
         class: Some(Class::Infra),
         duration_ms: 0,
@@ -584,13 +586,8 @@ fn attempt(
         timeout_factor: None,
         phases: None,
     };
-    let infra = |mut a: Attempt, reason: String| {
-        a.duration_ms = t0.elapsed().as_millis() as u64;
-        a.reason = Some(reason);
-        (a, Vec::new())
-    };
     if opts.cancel.load(Ordering::SeqCst) {
-        return infra(attempt, "cancelled before it started".into());
+        return infra(attempt, t0, "cancelled before it started".into());
     }
     let limit = desired
         .model
@@ -598,15 +595,57 @@ fn attempt(
         .as_ref()
         .and_then(|s| s.log_limit)
         .map_or(DEFAULT_LOG_LIMIT, |s| s.0);
-    let mut sink = match TestSink::create(out_dir, checks, &case.spec.skip_checks, limit) {
+    let sink = match TestSink::create(out_dir, checks, &case.spec.skip_checks, limit) {
         Ok(s) => s,
         Err(e) => {
-            return infra(
-                attempt,
-                format!("cannot write output files in {}: {e}", out_dir.display()),
-            )
+            let why = format!("cannot write output files in {}: {e}", out_dir.display());
+            return infra(attempt, t0, why);
         }
     };
+    let ran = match run_on_instance(desired, case, sink, out_dir, state, opts, t0) {
+        Ok(r) => r,
+        Err(why) => return infra(attempt, t0, why),
+    };
+    let attempt = Attempt {
+        accel: ran.facts.accel.map(str::to_string),
+        timeout_factor: ran.facts.timeout_factor,
+        phases: Some(ran.phases.clone()),
+        duration_ms: t0.elapsed().as_millis() as u64,
+        ..attempt
+    };
+    let verdict = judge(attempt, case, &ran, out_dir, limit);
+    (verdict, ran.hits)
+}
+
+/// An attempt that never ran its test: infra, with why.
+fn infra(mut a: Attempt, t0: Instant, reason: String) -> (Attempt, Vec<Hit>) {
+    a.duration_ms = t0.elapsed().as_millis() as u64;
+    a.reason = Some(reason);
+    (a, Vec::new())
+}
+
+/// What running a test on its instance gave: how it ended, what the
+/// instance said about itself, the phases' times, and the checks' hits.
+struct Ran {
+    outcome: std::result::Result<Exit, Interrupt>,
+    facts: platform::Facts,
+    phases: Phases,
+    fatal: bool,
+    overflow: Option<&'static str>,
+    hits: Vec<Hit>,
+}
+
+/// Provision the case's instance, start it, run the test, tear it down
+/// (its output through `sink`); an error says why nothing ran.
+fn run_on_instance(
+    desired: &Desired,
+    case: &super::select::TestCase,
+    mut sink: TestSink,
+    out_dir: &Path,
+    state: &StateDir,
+    opts: &Options,
+    t0: Instant,
+) -> std::result::Result<Ran, String> {
     let target = match (&case.machine, &case.image) {
         (Some(m), _) => Target::Machine {
             name: m,
@@ -624,10 +663,8 @@ fn attempt(
         suite: Some(&case.suite),
     };
     let mut phases = Phases::default();
-    let mut instance = match platform::provision(&provision, case.executor, target) {
-        Ok(i) => i,
-        Err(e) => return infra(attempt, format!("cannot provision: {e}")),
-    };
+    let mut instance = platform::provision(&provision, case.executor, target)
+        .map_err(|e| format!("cannot provision: {e}"))?;
     phases.provision_ms = t0.elapsed().as_millis() as u64;
     let timeout = case
         .spec
@@ -659,16 +696,31 @@ fn attempt(
     drop(instance);
     sink.flush();
     phases.teardown_ms = t_down.elapsed().as_millis() as u64;
-    let (fatal, overflow) = (sink.fatal, sink.overflow);
-    let hits = sink.scanners.finish();
-    attempt.accel = facts.accel.map(str::to_string);
-    attempt.timeout_factor = facts.timeout_factor;
-    attempt.phases = Some(phases);
-    attempt.duration_ms = t0.elapsed().as_millis() as u64;
-    let factor = facts
+    Ok(Ran {
+        outcome,
+        facts,
+        phases,
+        fatal: sink.fatal,
+        overflow: sink.overflow,
+        hits: sink.scanners.finish(),
+    })
+}
+
+/// The verdict on what ran: a capped log, a fatal or failing check, a
+/// timeout or stall, then the exit status and the `expect` matchers.
+fn judge(
+    attempt: Attempt,
+    case: &super::select::TestCase,
+    ran: &Ran,
+    out_dir: &Path,
+    limit: u64,
+) -> Attempt {
+    let factor = ran
+        .facts
         .timeout_factor
         .map(|f| format!(" (×{f} under TCG)"))
         .unwrap_or_default();
+    let hits = &ran.hits;
     let failing_check = hits
         .iter()
         .find(|h| h.suppressed.is_none() && h.severity >= Severity::Fail);
@@ -677,18 +729,18 @@ fn attempt(
         a.reason = Some(reason);
         a
     };
-    let verdict = match outcome {
-        _ if overflow.is_some() => fail(
+    match &ran.outcome {
+        _ if ran.overflow.is_some() => fail(
             attempt,
             Class::Infra,
             format!(
                 "{} reached its cap of {} (settings.log_limit): the test printed more than a test may keep; \
                  stopped there (raise log_limit if this much output is meant)",
-                overflow.unwrap_or("a log"),
+                ran.overflow.unwrap_or("a log"),
                 crate::config::units::show_size(limit)
             ),
         ),
-        Err(Interrupt::Stopped) if fatal => fail(
+        Err(Interrupt::Stopped) if ran.fatal => fail(
             attempt,
             Class::Check,
             format!("fatal console check: {}", describe(failing_check)),
@@ -698,7 +750,7 @@ fn attempt(
             Class::Timeout,
             format!(
                 "{what} timed out after {}{factor}",
-                humantime::format_duration(after)
+                humantime::format_duration(*after)
             ),
         ),
         Err(i @ Interrupt::Stalled { .. }) => {
@@ -711,9 +763,13 @@ fn attempt(
             format!("console check: {}", describe(failing_check)),
         ),
         Ok(exit) => {
-            attempt.exit_status = match exit {
-                Exit::Code(c) => Some(c),
-                Exit::Signal(_) => None,
+            let exit = *exit;
+            let attempt = Attempt {
+                exit_status: match exit {
+                    Exit::Code(c) => Some(c),
+                    Exit::Signal(_) => None,
+                },
+                ..attempt
             };
             let want = case.spec.expect.exit.unwrap_or(0);
             let mismatch = if exit != Exit::Code(want) {
@@ -756,8 +812,7 @@ fn attempt(
                 },
             }
         }
-    };
-    (verdict, hits)
+    }
 }
 
 fn describe(h: Option<&Hit>) -> String {

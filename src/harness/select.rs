@@ -305,13 +305,16 @@ pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 
 pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
     let cases = discover(desired)?;
+    if filters.names.is_none() {
+        unknown_selectors(desired, &cases, filters)?;
+    }
     let patterns: Vec<(String, glob::Pattern)> = filters
         .patterns
         .iter()
         .map(|p| {
             glob::Pattern::new(p)
                 .map(|g| (p.clone(), g))
-                .map_err(|e| Error::Usage(format!("invalid pattern `{p}`: {e}")))
+                .map_err(|e| Error::BadArgument(format!("invalid pattern `{p}`: {e}")))
         })
         .collect::<Result<_>>()?;
     let mut matched = vec![false; patterns.len()];
@@ -323,7 +326,6 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
         .filter_map(|s| glob::Pattern::new(&s.pattern).ok().map(|g| (g, s)))
         .collect();
     let mut sel = Selection::default();
-    let host_arch = std::env::consts::ARCH;
     for case in cases {
         let base = case
             .name
@@ -331,90 +333,7 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
             .next()
             .unwrap_or(&case.name)
             .to_string();
-        let why = (|| -> Option<String> {
-            if let Some(names) = &filters.names {
-                return (!names.contains(&case.name))
-                    .then(|| "did not fail in the last run".to_string());
-            }
-            if !filters.suites.is_empty() && !filters.suites.contains(&case.suite) {
-                return Some(format!("suite {} not selected", case.suite));
-            }
-            if !patterns.is_empty() {
-                let hits: Vec<usize> = patterns
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (_, g))| g.matches(&case.name) || g.matches(&base))
-                    .map(|(i, _)| i)
-                    .collect();
-                for i in &hits {
-                    matched[*i] = true;
-                }
-                if hits.is_empty() {
-                    return Some("matches no pattern".into());
-                }
-            }
-            // a suite's required tag counts as a tag of each of its tests
-            let required = desired.model.suite[&case.suite].required_tag.as_ref();
-            let has = |tag: &str| {
-                case.spec.tags.iter().any(|y| y == tag) || required.is_some_and(|r| r == tag)
-            };
-            for t in &filters.tags {
-                match t.strip_prefix('!') {
-                    Some(x) if has(x) => return Some(format!("has excluded tag {x}")),
-                    None if !has(t) => return Some(format!("lacks tag {t}")),
-                    _ => {}
-                }
-            }
-            if let Some(req) = &desired.model.suite[&case.suite].required_tag {
-                if !filters.tags.contains(req) {
-                    return Some(format!("suite needs --tag {req}"));
-                }
-            }
-            let m = case
-                .machine
-                .as_ref()
-                .and_then(|m| desired.model.machine.get(m));
-            let image = case.image.as_ref().and_then(|i| desired.model.image.get(i));
-            // an image names its architecture the Debian way (amd64): compare the kernel's name
-            let arch = match (m, image) {
-                (Some(m), _) => m.arch.as_deref(),
-                (None, Some(i)) => Some(crate::platform::normalise_arch(&i.arch)),
-                (None, None) => Some(host_arch),
-            };
-            if let Some(w) = list_filter("architecture", &case.spec.architectures, arch) {
-                return Some(w);
-            }
-            if let Some(w) = list_filter(
-                "distro",
-                &case.spec.distros,
-                m.and_then(|m| m.distro.as_deref()),
-            ) {
-                return Some(w);
-            }
-            if let Some(w) =
-                list_filter("platform", &case.spec.platforms, Some(case.executor.name()))
-            {
-                return Some(w);
-            }
-            let version = m.and_then(|m| m.version.as_deref());
-            if case.spec.min_version.is_some() || case.spec.end_version.is_some() {
-                let Some(v) = version else {
-                    return Some("the machine declares no version".into());
-                };
-                if let Some(min) = &case.spec.min_version {
-                    if version_cmp(v, min).is_lt() {
-                        return Some(format!("version {v} < min_version {min}"));
-                    }
-                }
-                if let Some(end) = &case.spec.end_version {
-                    if version_cmp(v, end).is_ge() {
-                        return Some(format!("version {v} ≥ end_version {end}"));
-                    }
-                }
-            }
-            None
-        })();
-        match why {
+        match exclusion(desired, filters, &case, &base, &patterns, &mut matched) {
             Some(reason) => sel.excluded.push((case.name.clone(), reason)),
             None => {
                 let skip = skips
@@ -440,17 +359,147 @@ pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
     if !unmatched.is_empty() {
         return Err(Error::Usage(format!(
             "pattern {} matches no test; `reconcile test --list` shows every test",
-            unmatched
-                .iter()
-                .map(|p| format!("`{p}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            quoted(&unmatched)
         )));
     }
     if let Some(p) = &filters.partition {
         p.split(&mut sel);
     }
     Ok(sel)
+}
+
+/// `--suite` naming no suite, `--tag` naming a tag no test has (an excluded
+/// `!tag` may name any): an error, as an unmatched pattern is.
+fn unknown_selectors(desired: &Desired, cases: &[TestCase], filters: &Filters) -> Result<()> {
+    let suites: Vec<&str> = filters
+        .suites
+        .iter()
+        .filter(|s| !desired.model.suite.contains_key(s.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !suites.is_empty() {
+        return Err(Error::Usage(format!(
+            "--suite {} names no suite; `reconcile test --list --explain` shows every test and its suite",
+            quoted(&suites)
+        )));
+    }
+    let known = |tag: &str| {
+        cases.iter().any(|c| c.spec.tags.iter().any(|t| t == tag))
+            || desired
+                .model
+                .suite
+                .values()
+                .any(|s| s.required_tag.as_deref() == Some(tag))
+    };
+    let tags: Vec<&str> = filters
+        .tags
+        .iter()
+        .filter(|t| !t.starts_with('!') && !known(t))
+        .map(String::as_str)
+        .collect();
+    if !tags.is_empty() {
+        return Err(Error::Usage(format!(
+            "--tag {} is the tag of no test",
+            quoted(&tags)
+        )));
+    }
+    Ok(())
+}
+
+fn quoted(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why `case` is not selected (none: it is), marking the patterns it matched.
+fn exclusion(
+    desired: &Desired,
+    filters: &Filters,
+    case: &TestCase,
+    base: &str,
+    patterns: &[(String, glob::Pattern)],
+    matched: &mut [bool],
+) -> Option<String> {
+    if let Some(names) = &filters.names {
+        return (!names.contains(&case.name)).then(|| "did not fail in the last run".to_string());
+    }
+    if !filters.suites.is_empty() && !filters.suites.contains(&case.suite) {
+        return Some(format!("suite {} not selected", case.suite));
+    }
+    if !patterns.is_empty() {
+        let hits: Vec<usize> = patterns
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, g))| g.matches(&case.name) || g.matches(base))
+            .map(|(i, _)| i)
+            .collect();
+        for i in &hits {
+            matched[*i] = true;
+        }
+        if hits.is_empty() {
+            return Some("matches no pattern".into());
+        }
+    }
+    // a suite's required tag counts as a tag of each of its tests
+    let required = desired.model.suite[&case.suite].required_tag.as_ref();
+    let has =
+        |tag: &str| case.spec.tags.iter().any(|y| y == tag) || required.is_some_and(|r| r == tag);
+    for t in &filters.tags {
+        match t.strip_prefix('!') {
+            Some(x) if has(x) => return Some(format!("has excluded tag {x}")),
+            None if !has(t) => return Some(format!("lacks tag {t}")),
+            _ => {}
+        }
+    }
+    if let Some(req) = &desired.model.suite[&case.suite].required_tag {
+        if !filters.tags.contains(req) {
+            return Some(format!("suite needs --tag {req}"));
+        }
+    }
+    let m = case
+        .machine
+        .as_ref()
+        .and_then(|m| desired.model.machine.get(m));
+    let image = case.image.as_ref().and_then(|i| desired.model.image.get(i));
+    // an image names its architecture the Debian way (amd64): compare the kernel's name
+    let arch = match (m, image) {
+        (Some(m), _) => m.arch.as_deref(),
+        (None, Some(i)) => Some(crate::platform::normalise_arch(&i.arch)),
+        (None, None) => Some(std::env::consts::ARCH),
+    };
+    if let Some(w) = list_filter("architecture", &case.spec.architectures, arch) {
+        return Some(w);
+    }
+    if let Some(w) = list_filter(
+        "distro",
+        &case.spec.distros,
+        m.and_then(|m| m.distro.as_deref()),
+    ) {
+        return Some(w);
+    }
+    if let Some(w) = list_filter("platform", &case.spec.platforms, Some(case.executor.name())) {
+        return Some(w);
+    }
+    let version = m.and_then(|m| m.version.as_deref());
+    if case.spec.min_version.is_some() || case.spec.end_version.is_some() {
+        let Some(v) = version else {
+            return Some("the machine declares no version".into());
+        };
+        if let Some(min) = &case.spec.min_version {
+            if version_cmp(v, min).is_lt() {
+                return Some(format!("version {v} < min_version {min}"));
+            }
+        }
+        if let Some(end) = &case.spec.end_version {
+            if version_cmp(v, end).is_ge() {
+                return Some(format!("version {v} ≥ end_version {end}"));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

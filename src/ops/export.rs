@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 
 /// `machine.NAME@REV` → (NAME, REV).
 pub fn parse_revision(text: &str) -> Result<(String, u32)> {
-    let usage = || Error::Usage(format!("`{text}`: name a revision as machine.NAME@REV"));
+    let usage = || Error::BadArgument(format!("`{text}`: name a revision as machine.NAME@REV"));
     let (name, rev) = text
         .strip_prefix("machine.")
         .and_then(|r| r.rsplit_once('@'))

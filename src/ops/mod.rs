@@ -66,7 +66,7 @@ pub fn targets(t: &[String]) -> Result<Vec<glob::Pattern>> {
     t.iter()
         .map(|p| {
             glob::Pattern::new(p)
-                .map_err(|e| Error::Usage(format!("invalid --target pattern `{p}`: {e}")))
+                .map_err(|e| Error::BadArgument(format!("invalid --target pattern `{p}`: {e}")))
         })
         .collect()
 }

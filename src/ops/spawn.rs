@@ -36,10 +36,9 @@ pub fn spawn(
     let model = &desired.model;
     let target = match (model.machine.get(&req.target), model.image.get(&req.target)) {
         (Some(m), _) if m.kind != MachineKind::Disk => {
-            return Err(Error::Usage(format!(
-                "machine `{}` is a root filesystem; spawn boots disk machines and netboot images (use `reconcile exec {} -- sh` for a shell in it)",
-                req.target, req.target
-            )))
+            return Err(Error::NotBootable {
+                machine: req.target.clone(),
+            })
         }
         (Some(m), _) => {
             if let Some(tc) = &req.toolchain {

@@ -15,7 +15,8 @@ pub enum Validated {
         files: usize,
         digest: String,
     },
-    Invalid(Vec<Diagnostic>),
+    /// The file (absolute, as when it is valid) and its problems.
+    Invalid(PathBuf, Vec<Diagnostic>),
 }
 
 /// What `validate --json` prints.
@@ -34,7 +35,10 @@ pub fn validate(file: &Path, opts: LoadOptions) -> Result<Validated> {
             files: d.files.len(),
             digest: d.digest,
         }),
-        Err(Error::Invalid(diags)) => Ok(Validated::Invalid(diags)),
+        Err(Error::Invalid(diags)) => Ok(Validated::Invalid(
+            std::path::absolute(file).map_err(|e| Error::io(file, e))?,
+            diags,
+        )),
         Err(e) => Err(e),
     }
 }

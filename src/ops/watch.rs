@@ -116,70 +116,17 @@ enum Trigger {
 }
 
 pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
-    // in git mode: the last good commit (or a fresh fetch) first; a host with
-    // nothing applied yet and an unreachable remote has nothing to keep
-    let mut pulled: Option<String> = None;
-    let mut desired = match &opts.git {
-        Some(remote) => {
-            let f = crate::fleet::pull_and_load(remote)?;
-            if let Some(nt) = &f.not_taken {
-                said_not_taken(nt, &f.commit, on);
-            }
-            pulled = Some(f.commit);
-            f.desired
-        }
-        None => config::load_with(&opts.file, opts.load.clone())?,
-    };
+    let (mut desired, pulled) = first_load(opts, on)?;
     let (tx, rx) = mpsc::channel::<Trigger>();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_thread(tx.clone(), stop.clone())?;
-
-    let fs_tx = tx.clone();
-    let mut debouncer = new_debouncer(
-        opts.debounce,
-        Some(opts.debounce / 2),
-        move |r: DebounceEventResult| {
-            let _ = fs_tx.send(match r {
-                Ok(events) => {
-                    let rescan = events.iter().any(|e| e.need_rescan());
-                    // reads (open, access, close-nowrite) change nothing; observing would otherwise re-trigger itself
-                    let mut paths: Vec<PathBuf> = events
-                        .into_iter()
-                        .filter(|e| !e.event.kind.is_access())
-                        .flat_map(|e| e.event.paths)
-                        .collect();
-                    paths.sort();
-                    paths.dedup();
-                    if paths.is_empty() && !rescan {
-                        return;
-                    }
-                    Trigger::Fs { paths, rescan }
-                }
-                Err(errors) => Trigger::FsErrors(errors.iter().map(|e| e.to_string()).collect()),
-            });
-        },
-    )
-    .map_err(|e| Error::State {
-        path: opts.file.clone(),
-        reason: format!("cannot watch: {e}"),
-    })?;
+    let mut debouncer = fs_events(opts, tx.clone())?;
     let mut watched: BTreeMap<PathBuf, RecursiveMode> = BTreeMap::new();
 
     sync_watches(&mut debouncer, &mut watched, &desired, opts, on);
     converge(&desired, None, "start", opts, &stop, on);
     if let (Some(remote), Some(commit)) = (&opts.git, &pulled) {
-        let from = remote.record().applied;
-        if from.as_deref() != Some(commit.as_str()) {
-            on(Event::Commit {
-                commit,
-                from: from.as_deref(),
-            });
-        }
-        if let Err(e) = remote.note_applied(commit) {
-            on(Event::Error {
-                message: e.to_string(),
-            });
-        }
+        note_first_commit(remote, commit, on);
     }
     // a remote that fails is asked again after longer and longer pauses (up to 8 intervals)
     let mut fetch_failures = 0u32;
@@ -228,70 +175,7 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
                 converge(&desired, None, "rescan", opts, &stop, on);
             }
             Trigger::Fs { paths, rescan } => {
-                let mut paths: Vec<PathBuf> = paths
-                    .into_iter()
-                    .filter(|p| !ignored(p, &desired, opts))
-                    .collect();
-                if let Some(remote) = &opts.git {
-                    // the checkout is read only as committed: an edit there is drift of
-                    // the checkout (put back), never a reload; managed roots inside it
-                    // are drift of what they hold
-                    let repo = remote.repo();
-                    let (checkout, rest): (Vec<PathBuf>, Vec<PathBuf>) =
-                        paths.into_iter().partition(|p| {
-                            p.starts_with(&repo)
-                                && !managed.iter().any(|(_, loc)| p.starts_with(loc))
-                        });
-                    if !checkout.is_empty() {
-                        guard_checkout(&desired, opts, &checkout, on);
-                    }
-                    paths = rest;
-                }
-                let config_files = config_files(&desired);
-                let suite_dirs = suite_dirs(&desired);
-                // the file, its includes and lock file, and the suites' test directories
-                // (an executable added there is a test the reloaded file has)
-                let changed: Vec<PathBuf> = paths
-                    .iter()
-                    .filter(|p| {
-                        config_files.contains(*p)
-                            || p.parent().is_some_and(|d| suite_dirs.contains(d))
-                    })
-                    .cloned()
-                    .collect();
-                if rescan {
-                    // the kernel queue overflowed: events were lost, look at everything
-                    on(Event::Error {
-                        message: "watcher queue overflowed; rescanning everything".into(),
-                    });
-                    converge(&desired, None, "rescan", opts, &stop, on);
-                } else if !changed.is_empty() {
-                    reload(&mut desired, &changed, opts, &stop, on);
-                } else if !paths.is_empty() {
-                    match affected(&managed, &paths) {
-                        addresses if !addresses.is_empty() => {
-                            // our own commits show up as events too; only a plan with changes is drift
-                            let mut drifted = |e: Event| {
-                                if let Event::Planned { addresses, .. } = &e {
-                                    on(Event::Drift {
-                                        addresses,
-                                        paths: &paths,
-                                    });
-                                }
-                                on(e)
-                            };
-                            converge(
-                                &desired,
-                                Some(&addresses),
-                                "drift",
-                                opts,
-                                &stop,
-                                &mut drifted,
-                            );
-                        }
-                        _ => {}
-                    }
-                }
+                on_fs_events(&mut desired, &managed, paths, rescan, opts, &stop, on)
             }
         }
         if stop.load(Ordering::SeqCst) {
@@ -304,6 +188,146 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
             // a tree appeared (a first install into a new root): whatever changed in it
             // before the watch was in place is caught by looking once more
             converge(&desired, None, "new-watch", opts, &stop, on);
+        }
+    }
+}
+
+/// The file to start from; in git mode the last good commit (or a fresh
+/// fetch) and the commit it is — a host with nothing applied yet and an
+/// unreachable remote has nothing to keep.
+fn first_load(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<(Desired, Option<String>)> {
+    Ok(match &opts.git {
+        Some(remote) => {
+            let f = crate::fleet::pull_and_load(remote)?;
+            if let Some(nt) = &f.not_taken {
+                said_not_taken(nt, &f.commit, on);
+            }
+            (f.desired, Some(f.commit))
+        }
+        None => (config::load_with(&opts.file, opts.load.clone())?, None),
+    })
+}
+
+/// The commit the first converge applied: said when it is new, recorded.
+fn note_first_commit(remote: &crate::fleet::git::Remote, commit: &str, on: &mut dyn FnMut(Event)) {
+    let from = remote.record().applied;
+    if from.as_deref() != Some(commit) {
+        on(Event::Commit {
+            commit,
+            from: from.as_deref(),
+        });
+    }
+    if let Err(e) = remote.note_applied(commit) {
+        on(Event::Error {
+            message: e.to_string(),
+        });
+    }
+}
+
+/// Filesystem events, debounced, as triggers on `tx`.
+fn fs_events(
+    opts: &Options,
+    fs_tx: mpsc::Sender<Trigger>,
+) -> Result<Debouncer<RecommendedWatcher, RecommendedCache>> {
+    new_debouncer(
+        opts.debounce,
+        Some(opts.debounce / 2),
+        move |r: DebounceEventResult| {
+            let _ = fs_tx.send(match r {
+                Ok(events) => {
+                    let rescan = events.iter().any(|e| e.need_rescan());
+                    // reads (open, access, close-nowrite) change nothing; observing would otherwise re-trigger itself
+                    let mut paths: Vec<PathBuf> = events
+                        .into_iter()
+                        .filter(|e| !e.event.kind.is_access())
+                        .flat_map(|e| e.event.paths)
+                        .collect();
+                    paths.sort();
+                    paths.dedup();
+                    if paths.is_empty() && !rescan {
+                        return;
+                    }
+                    Trigger::Fs { paths, rescan }
+                }
+                Err(errors) => Trigger::FsErrors(errors.iter().map(|e| e.to_string()).collect()),
+            });
+        },
+    )
+    .map_err(|e| Error::State {
+        path: opts.file.clone(),
+        reason: format!("cannot watch: {e}"),
+    })
+}
+
+/// Changed paths: an edit of the git checkout is put back, a change of the
+/// file (or its includes, lock file, suite directories) reloads it, a change
+/// of a managed tree is drift and converges what it touched.
+fn on_fs_events(
+    desired: &mut Desired,
+    managed: &[(String, PathBuf)],
+    paths: Vec<PathBuf>,
+    rescan: bool,
+    opts: &Options,
+    stop: &Arc<AtomicBool>,
+    on: &mut dyn FnMut(Event),
+) {
+    let mut paths: Vec<PathBuf> = paths
+        .into_iter()
+        .filter(|p| !ignored(p, desired, opts))
+        .collect();
+    if let Some(remote) = &opts.git {
+        // the checkout is read only as committed: an edit there is drift of
+        // the checkout (put back), never a reload; managed roots inside it
+        // are drift of what they hold
+        let repo = remote.repo();
+        let (checkout, rest): (Vec<PathBuf>, Vec<PathBuf>) = paths.into_iter().partition(|p| {
+            p.starts_with(&repo) && !managed.iter().any(|(_, loc)| p.starts_with(loc))
+        });
+        if !checkout.is_empty() {
+            guard_checkout(desired, opts, &checkout, on);
+        }
+        paths = rest;
+    }
+    let config_files = config_files(desired);
+    let suite_dirs = suite_dirs(desired);
+    // the file, its includes and lock file, and the suites' test directories
+    // (an executable added there is a test the reloaded file has)
+    let changed: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| config_files.contains(*p) || p.parent().is_some_and(|d| suite_dirs.contains(d)))
+        .cloned()
+        .collect();
+    if rescan {
+        // the kernel queue overflowed: events were lost, look at everything
+        on(Event::Error {
+            message: "watcher queue overflowed; rescanning everything".into(),
+        });
+        converge(desired, None, "rescan", opts, stop, on);
+    } else if !changed.is_empty() {
+        reload(desired, &changed, opts, stop, on);
+    } else if !paths.is_empty() {
+        match affected(managed, &paths) {
+            addresses if !addresses.is_empty() => {
+                // our own commits show up as events too; only a plan with changes is drift
+                let mut drifted = |e: Event| {
+                    if let Event::Planned { addresses, .. } = &e {
+                        on(Event::Drift {
+                            addresses,
+                            paths: &paths,
+                        });
+                    }
+                    on(e)
+                };
+                converge(
+                    desired,
+                    Some(&addresses),
+                    "drift",
+                    opts,
+                    stop,
+                    &mut drifted,
+                );
+            }
+            _ => {}
         }
     }
 }
@@ -536,7 +560,7 @@ fn converge(
                 .filter(|r| !r.changes.is_empty())
                 .map(|r| r.address.clone())
                 .collect();
-            changes = plan.summary.changes();
+            changes = plan.summary.changes;
             if changes > 0 {
                 on(Event::Planned {
                     addresses: &planned,

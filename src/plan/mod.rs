@@ -44,27 +44,63 @@ pub struct ResourcePlan {
     pub address: String,
     pub path: PathBuf,
     pub fingerprint: String,
+    /// What happens to the resource as a whole (none when it is in sync):
+    /// `create` when it does not exist yet, whatever its changes are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
     pub changes: Vec<Change>,
 }
 
+impl ResourcePlan {
+    /// The resource's action: as planned, or (a plan written by hand or
+    /// by an older release) from its changes alone.
+    pub fn action(&self) -> Option<Action> {
+        self.action.or_else(|| resource_action(true, &self.changes))
+    }
+}
+
+/// What a resource's changes add up to: `create` for one that does not
+/// exist, `delete` when every change deletes, `replace` when one
+/// replaces, otherwise `update`.
+pub fn resource_action(exists: bool, changes: &[Change]) -> Option<Action> {
+    if changes.is_empty() {
+        None
+    } else if !exists || changes.iter().all(|c| c.action == Action::Create) {
+        Some(Action::Create)
+    } else if changes.iter().all(|c| c.action == Action::Delete) {
+        Some(Action::Delete)
+    } else if changes.iter().any(|c| c.action == Action::Replace) {
+        Some(Action::Replace)
+    } else {
+        Some(Action::Update)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Resources by what happens to them (each counted once), and the
+/// changes they make (a new machine is 1 resource to create, with 2 changes:
+/// its revision and its link).
 pub struct Summary {
     pub create: usize,
     pub update: usize,
     pub replace: usize,
     pub delete: usize,
     pub unchanged: usize,
+    /// Every change of every resource.
+    #[serde(default)]
+    pub changes: usize,
 }
 
 impl Summary {
-    pub fn changes(&self) -> usize {
+    /// Resources that change.
+    pub fn changing(&self) -> usize {
         self.create + self.update + self.replace + self.delete
     }
 }
 
 impl Plan {
     pub fn has_changes(&self) -> bool {
-        self.summary.changes() > 0
+        self.summary.changing() > 0
     }
 
     pub fn load(path: &Path) -> Result<Plan> {
@@ -201,6 +237,17 @@ pub fn make(
     cx: &Context,
     targets: &[glob::Pattern],
 ) -> Result<(Plan, Vec<Planned>)> {
+    let unmatched: Vec<String> = targets
+        .iter()
+        .filter(|t| !resources.iter().any(|r| t.matches(r.address())))
+        .map(|t| format!("`{}`", t.as_str()))
+        .collect();
+    if !unmatched.is_empty() {
+        return Err(Error::Usage(format!(
+            "--target {} matches no resource of this host; `reconcile status` lists them",
+            unmatched.join(", ")
+        )));
+    }
     let mut resources: Vec<_> = resources
         .into_iter()
         .filter(|r| targets.is_empty() || targets.iter().any(|t| t.matches(r.address())))
@@ -208,17 +255,18 @@ pub fn make(
     resources.sort_by(|a, b| a.address().cmp(b.address()));
     let planned = observe_in_parallel(resources, cx)?;
     let mut summary = Summary::default();
-    for p in &planned {
-        if p.changes.is_empty() {
-            summary.unchanged += 1;
-        }
-        for c in &p.changes {
-            match c.action {
-                Action::Create => summary.create += 1,
-                Action::Update => summary.update += 1,
-                Action::Replace => summary.replace += 1,
-                Action::Delete => summary.delete += 1,
-            }
+    let actions: Vec<Option<Action>> = planned
+        .iter()
+        .map(|p| resource_action(p.observed.detail.exists(), &p.changes))
+        .collect();
+    for (p, action) in planned.iter().zip(&actions) {
+        summary.changes += p.changes.len();
+        match action {
+            None => summary.unchanged += 1,
+            Some(Action::Create) => summary.create += 1,
+            Some(Action::Update) => summary.update += 1,
+            Some(Action::Replace) => summary.replace += 1,
+            Some(Action::Delete) => summary.delete += 1,
         }
     }
     let plan = Plan {
@@ -230,10 +278,12 @@ pub fn make(
         },
         resources: planned
             .iter()
-            .map(|p| ResourcePlan {
+            .zip(actions)
+            .map(|(p, action)| ResourcePlan {
                 address: p.resource.address().to_string(),
                 path: p.resource.location(),
                 fingerprint: p.observed.fingerprint.clone(),
+                action,
                 changes: p.changes.clone(),
             })
             .collect(),

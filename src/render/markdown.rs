@@ -124,7 +124,7 @@ fn kind(address: &str) -> &str {
 /// The per-kind `<details>` blocks of a plan, within `budget` characters.
 /// Returns (markdown, changes left out, resources left out).
 fn plan_blocks(plan: &Plan, budget: usize) -> (String, usize, usize) {
-    let open = if plan.summary.changes() <= OPEN_UP_TO {
+    let open = if plan.summary.changing() <= OPEN_UP_TO {
         " open"
     } else {
         ""
@@ -144,8 +144,8 @@ fn plan_blocks(plan: &Plan, budget: usize) -> (String, usize, usize) {
             .copied()
             .collect();
         let (mut c, mut u, mut d, mut r) = (0, 0, 0, 0);
-        for ch in group.iter().flat_map(|r| &r.changes) {
-            match ch.action {
+        for action in group.iter().filter_map(|r| r.action()) {
+            match action {
                 Action::Create => c += 1,
                 Action::Update => u += 1,
                 Action::Delete => d += 1,
@@ -198,14 +198,21 @@ fn cut_note(changes: usize, resources: usize, full: &str) -> String {
     )
 }
 
-/// The summary line of a plan: `+2 ~1 -0 ±0, 1,198 in sync` or `No changes, 1,200 in sync`.
+/// The summary line of a plan: `+2 ~1 -0 ±0 (4 changes), 1,198 in sync` (resources
+/// by action, then their changes) or `No changes, 1,200 in sync`.
 pub fn plan_summary(plan: &Plan) -> String {
     let s = &plan.summary;
-    if s.changes() == 0 {
+    if s.changing() == 0 {
         format!("No changes, {} in sync", thousands(s.unchanged))
     } else {
+        // resources by action, then the changes they make when those are
+        // more (a plan saved by an older release does not count them)
+        let changes = match s.changes {
+            n if n > s.changing() => format!(" ({} changes)", thousands(n)),
+            _ => String::new(),
+        };
         format!(
-            "{}, {} in sync",
+            "{}{changes}, {} in sync",
             counts(s.create, s.update, s.delete, s.replace),
             thousands(s.unchanged)
         )
@@ -246,10 +253,6 @@ pub fn plan(plan: &Plan, full: &str) -> String {
     out
 }
 
-fn seconds(ms: u128) -> String {
-    format!("{:.1} s", ms as f64 / 1000.0)
-}
-
 /// `reconcile apply --format markdown`: the result, what was planned, what
 /// was done (and how long), and the tests when they ran.
 pub fn apply(r: &ApplyReport, full: &str) -> String {
@@ -258,7 +261,7 @@ pub fn apply(r: &ApplyReport, full: &str) -> String {
         .iter()
         .filter(|e| matches!(e, Step::Applied { .. }))
         .count();
-    let took = seconds(r.took_ms);
+    let took = duration(r.took_ms as u64);
     let headline = match r.result {
         ApplyResult::Converged if r.changes == 0 => format!("converged in {took}, no changes"),
         ApplyResult::Converged => format!(
@@ -354,6 +357,16 @@ fn first_failure(t: &TestResult) -> String {
     }
 }
 
+/// `67 ms` under a second, `12.3 s` above.
+fn duration(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+/// A report's wall time from its timestamps (a report without `duration_ms`).
 fn run_seconds(r: &Report) -> Option<f64> {
     let a = humantime::parse_rfc3339(&r.started).ok()?;
     let b = humantime::parse_rfc3339(&r.finished).ok()?;
@@ -370,9 +383,12 @@ pub fn test(r: &Report) -> String {
     } else {
         "passed"
     };
-    let took = run_seconds(r)
-        .map(|t| format!("{t:.1} s"))
-        .unwrap_or_else(|| "?".into());
+    let took = match r.duration_ms {
+        0 => run_seconds(r)
+            .map(|t| format!("{t:.1} s"))
+            .unwrap_or_else(|| "?".into()),
+        ms => duration(ms),
+    };
     let mut out = format!(
         "**Tests:** {verdict}: {} passed, {} warned, {} failed, {} skipped in {took}\n\n",
         thousands(s.pass),

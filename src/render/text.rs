@@ -53,7 +53,8 @@ pub fn diagnostics(p: &Printer, diags: &[Diagnostic]) {
     }
 }
 
-pub fn error(p: &Printer, e: &Error) {
+/// An error on stderr, its diagnostics first, then `help` (what to do).
+pub fn error(p: &Printer, e: &Error, help: Option<&str>) {
     if let Error::Invalid(diags) = e {
         diagnostics(p, diags);
     }
@@ -62,7 +63,7 @@ pub fn error(p: &Printer, e: &Error) {
         p.paint(Style::Error, "error:"),
         escape(&e.to_string())
     );
-    if let Some(h) = e.help() {
+    if let Some(h) = help {
         eprintln!("  {} {h}", p.paint(Style::Dim, "help:"));
     }
 }
@@ -80,7 +81,7 @@ pub fn action(p: &Printer, a: Action) -> String {
 pub fn plan(p: &Printer, plan: &Plan) {
     for r in &plan.resources {
         for c in &r.changes {
-            p.out(&format!(
+            p.item(&format!(
                 "{} {} {} {}: {}",
                 action(p, c.action),
                 p.paint(Style::Bold, &escape(&r.address)),
@@ -91,7 +92,7 @@ pub fn plan(p: &Printer, plan: &Plan) {
         }
     }
     for n in &plan.not_for_host {
-        p.out(&p.paint(
+        p.item(&p.paint(
             Style::Dim,
             &format!(
                 "= {}: not for this host ({})",
@@ -105,12 +106,22 @@ pub fn plan(p: &Printer, plan: &Plan) {
 
 pub fn summary(plan: &Plan) -> String {
     let s = &plan.summary;
-    if s.changes() == 0 {
+    if s.changing() == 0 {
         format!("No changes: {} resource(s) in sync.", s.unchanged)
     } else {
         format!(
-            "Plan: {} to create, {} to update, {} to replace, {} to delete; {} unchanged.",
-            s.create, s.update, s.replace, s.delete, s.unchanged
+            "Plan: {} to create, {} to update, {} to replace, {} to delete{}; {} unchanged.",
+            s.create,
+            s.update,
+            s.replace,
+            s.delete,
+            // the changes, when a resource makes more than one
+            if s.changes > s.changing() {
+                format!(" ({} changes)", s.changes)
+            } else {
+                String::new()
+            },
+            s.unchanged
         )
     }
 }
@@ -150,7 +161,7 @@ pub fn test_event(p: &Printer, e: &crate::harness::run::Event) {
                 .as_deref()
                 .map(|r| format!(": {}", escape(r)))
                 .unwrap_or_default();
-            p.out(&format!(
+            p.item(&format!(
                 "{} {} ({} ms){reason}",
                 p.paint(style, word),
                 escape(&t.name),
@@ -163,7 +174,7 @@ pub fn test_event(p: &Printer, e: &crate::harness::run::Event) {
 /// The end of a test run: each failure with where its output is, then the counts.
 pub fn test_summary(p: &Printer, report: &crate::harness::report::Report) {
     let s = &report.summary;
-    p.out("");
+    p.item("");
     for (name, (reason, out)) in crate::harness::run::failures(report) {
         p.out(&format!(
             "{} {}: {}\n     output: {}",

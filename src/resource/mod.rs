@@ -1,8 +1,16 @@
 //! The resource contract every kind of object follows, used by `plan`, `apply`,
-//! `status` and `watch` alike: observe (read only), diff (desired vs observed
-//! into changes with reasons), apply (atomic, journaled), watch paths.
+//! `status` and `watch` alike: observe (read only, into [`Observed`] with a
+//! typed [`Detail`]), diff (desired vs observed into [`Change`]s with
+//! reasons), apply (atomic steps through the journal), report its state
+//! (a typed [`ResourceStatus`], what `status` prints), and name the paths
+//! `watch` follows.
 //!
-//! A new kind is one module here plus one line in [`all`].
+//! Each kind also recovers its own interrupted transactions: [`recover`]
+//! holds the filesystem ones (publish, volume commits), `cloud` its uploads,
+//! and [`recoveries`] lists them all for `apply`.
+//!
+//! A new kind is one module here plus one line in [`all`] (and, when it
+//! journals a kind of transaction of its own, one in [`recoveries`]).
 
 #[cfg(feature = "cloud")]
 pub mod cloud;
@@ -90,6 +98,18 @@ pub enum Detail {
     Machine(crate::store::MachineState),
     #[cfg(feature = "cloud")]
     Cloud(cloud::CloudState),
+}
+
+impl Detail {
+    /// Whether any of the resource is there (a plan creates one that is not).
+    pub fn exists(&self) -> bool {
+        match self {
+            Detail::Dir(d) => !matches!(d, publish::DirState::Absent),
+            Detail::Machine(m) => m.link.is_some() || !m.entries.is_empty(),
+            #[cfg(feature = "cloud")]
+            Detail::Cloud(c) => !c.images.is_empty() || !c.snapshots.is_empty(),
+        }
+    }
 }
 
 /// Read-only inputs of observe and diff.

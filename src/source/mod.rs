@@ -48,7 +48,7 @@ impl Location {
 
     pub fn describe(&self) -> String {
         match self {
-            Location::File(p) | Location::Dir(p) => p.display().to_string(),
+            Location::File(p) | Location::Dir(p) => crate::output::display_name(p),
             Location::Url(u) => u.clone(),
         }
     }

@@ -15,7 +15,16 @@ use crate::error::{Error, Result};
 
 /// Held while applying; dropping it releases the lock.
 pub struct ApplyLock {
-    _flock: Flock<File>,
+    flock: Flock<File>,
+}
+
+/// Released: the holder's line is cleared first, so the file never names a
+/// process that has finished (a holder killed outright leaves its line, but
+/// the kernel freed the lock and the next holder overwrites it).
+impl Drop for ApplyLock {
+    fn drop(&mut self) {
+        let _ = self.flock.set_len(0);
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,7 +68,7 @@ pub fn acquire(state: &StateDir, command: &str, timeout: Option<Duration>) -> Re
                 flock
                     .write_all(text.as_bytes())
                     .map_err(|e| Error::io(&path, e))?;
-                return Ok(ApplyLock { _flock: flock });
+                return Ok(ApplyLock { flock });
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
                 if deadline.is_some_and(|d| Instant::now() < d) {

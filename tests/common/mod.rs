@@ -365,6 +365,26 @@ pub fn make_executable(p: &Path) {
 
 // ---------- machines: a real btrfs loop mount and busybox root filesystems ----------
 
+/// The repository's `examples/` as a fresh clone has it (nothing a run made), copied to `to`.
+pub fn copy_examples(to: &Path) {
+    fn copy_dir(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if [".reconcile", "plugins", "tftp", "machines"].contains(&name.as_str()) {
+                continue;
+            }
+            let (s, d) = (e.path(), to.join(&name));
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&s, &d);
+            } else {
+                fs::copy(&s, &d).unwrap();
+            }
+        }
+    }
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"), to);
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

@@ -287,112 +287,152 @@ fn infra(e: impl std::fmt::Display) -> Error {
     Error::Usage(e.to_string())
 }
 
+/// What a target boots: its architecture and VM settings, console, working
+/// snapshot (when it gets one), boot source, a label for the process, and
+/// a directory for scratch files.
+struct Booting {
+    arch: String,
+    vm: Vm,
+    console: Option<Console>,
+    snapshot: Option<WorkingSnapshot>,
+    boot: Boot,
+    label: String,
+    scratch: PathBuf,
+}
+
+fn booting(p: &Provision, target: Target) -> Result<Booting> {
+    let model = &p.desired.model;
+    let (arch, vm, console, snapshot, boot, label, scratch) = match target {
+        Target::Machine { name, toolchain } => {
+            let m = &model.machine[name];
+            if m.kind != MachineKind::Disk {
+                return Err(infra(format!(
+                    "machine `{name}` is a root filesystem; only disk machines (kind = \"disk\") boot in QEMU"
+                )));
+            }
+            let arch = m.arch.clone().unwrap_or_else(host_arch);
+            let vm = m.vm.clone().unwrap_or_default();
+            check_runnable(&vm, &arch)?;
+            let volume = &model.volume[&m.volume];
+            let w = WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain)?;
+            let image = w
+                .disk
+                .clone()
+                .expect("a disk machine's snapshot has an overlay");
+            let label = format!("reconcile-{}", w.name);
+            let scratch = w.path.clone();
+            let boot = Boot::Disk {
+                image,
+                format: DiskFormat::Qcow2,
+                throwaway: true,
+            };
+            (arch, vm, m.console.clone(), Some(w), boot, label, scratch)
+        }
+        Target::Staging { machine, root } => {
+            let m = &model.machine[machine];
+            let arch = m.arch.clone().unwrap_or_else(host_arch);
+            let vm = m.vm.clone().unwrap_or_default();
+            check_runnable(&vm, &arch)?;
+            let (image, format) = disk::image_in(root).map_err(|e| Error::io(root, e))?;
+            let boot = Boot::Disk {
+                image,
+                format,
+                throwaway: false,
+            };
+            let label = format!("reconcile-{machine}-bootstrap");
+            (
+                arch,
+                vm,
+                m.console.clone(),
+                None,
+                boot,
+                label,
+                root.to_path_buf(),
+            )
+        }
+        Target::Image { name } => {
+            let img = model
+                .image
+                .get(name)
+                .ok_or_else(|| Error::Usage(format!("no image `{name}` is declared")))?;
+            let arch = img.arch.clone();
+            let vm = img.vm.clone().unwrap_or_default();
+            check_runnable(&vm, &arch)?;
+            let script = img.target().join(IPXE_SCRIPT);
+            if !script.is_file() {
+                return Err(infra(format!(
+                    "image `{name}` has no {IPXE_SCRIPT} at {}: declare `ipxe` on it and run `reconcile apply`",
+                    script.display()
+                )));
+            }
+            let bootfile = script
+                .strip_prefix(&img.root)
+                .expect("the target is under the root")
+                .display()
+                .to_string();
+            let boot = Boot::Pxe {
+                root: PathBuf::from(&img.root),
+                bootfile,
+            };
+            let label = format!("reconcile-{name}-{}", std::process::id());
+            (
+                arch,
+                vm,
+                img.console.clone(),
+                None,
+                boot,
+                label,
+                p.log_dir.clone(),
+            )
+        }
+        Target::Host => unreachable!("the factory refuses qemu without a target"),
+    };
+    Ok(Booting {
+        arch,
+        vm,
+        console,
+        snapshot,
+        boot,
+        label,
+        scratch,
+    })
+}
+
+/// A UEFI guest's variable store: a copy of the firmware's template in
+/// `scratch` (none for BIOS).
+fn uefi_vars(vm: &Vm, arch: &str, scratch: &Path) -> Result<Option<PathBuf>> {
+    Ok(match vm.firmware {
+        Firmware::Bios => None,
+        Firmware::Uefi => {
+            let (_, template) = uefi_firmware(arch).ok_or_else(|| {
+                infra(format!(
+                    "firmware = \"uefi\" needs UEFI firmware for {arch} (apt-get install ovmf, or qemu-efi-aarch64)"
+                ))
+            })?;
+            let vars = scratch.join("uefi-vars.fd");
+            if !vars.exists() {
+                std::fs::copy(&template, &vars).map_err(|e| Error::io(&vars, e))?;
+            }
+            Some(vars)
+        }
+    })
+}
+
 impl QemuInstance {
     pub fn provision(p: &Provision, target: Target) -> Result<QemuInstance> {
-        let model = &p.desired.model;
-        let (arch, vm, console, snapshot, boot, label, scratch) = match target {
-            Target::Machine { name, toolchain } => {
-                let m = &model.machine[name];
-                if m.kind != MachineKind::Disk {
-                    return Err(infra(format!(
-                        "machine `{name}` is a root filesystem; only disk machines (kind = \"disk\") boot in QEMU"
-                    )));
-                }
-                let arch = m.arch.clone().unwrap_or_else(host_arch);
-                let vm = m.vm.clone().unwrap_or_default();
-                check_runnable(&vm, &arch)?;
-                let volume = &model.volume[&m.volume];
-                let w = WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain)?;
-                let image = w
-                    .disk
-                    .clone()
-                    .expect("a disk machine's snapshot has an overlay");
-                let label = format!("reconcile-{}", w.name);
-                let scratch = w.path.clone();
-                let boot = Boot::Disk {
-                    image,
-                    format: DiskFormat::Qcow2,
-                    throwaway: true,
-                };
-                (arch, vm, m.console.clone(), Some(w), boot, label, scratch)
-            }
-            Target::Staging { machine, root } => {
-                let m = &model.machine[machine];
-                let arch = m.arch.clone().unwrap_or_else(host_arch);
-                let vm = m.vm.clone().unwrap_or_default();
-                check_runnable(&vm, &arch)?;
-                let (image, format) = disk::image_in(root).map_err(|e| Error::io(root, e))?;
-                let boot = Boot::Disk {
-                    image,
-                    format,
-                    throwaway: false,
-                };
-                let label = format!("reconcile-{machine}-bootstrap");
-                (
-                    arch,
-                    vm,
-                    m.console.clone(),
-                    None,
-                    boot,
-                    label,
-                    root.to_path_buf(),
-                )
-            }
-            Target::Image { name } => {
-                let img = model
-                    .image
-                    .get(name)
-                    .ok_or_else(|| Error::Usage(format!("no image `{name}` is declared")))?;
-                let arch = img.arch.clone();
-                let vm = img.vm.clone().unwrap_or_default();
-                check_runnable(&vm, &arch)?;
-                let script = img.target().join(IPXE_SCRIPT);
-                if !script.is_file() {
-                    return Err(infra(format!(
-                        "image `{name}` has no {IPXE_SCRIPT} at {}: declare `ipxe` on it and run `reconcile apply`",
-                        script.display()
-                    )));
-                }
-                let bootfile = script
-                    .strip_prefix(&img.root)
-                    .expect("the target is under the root")
-                    .display()
-                    .to_string();
-                let boot = Boot::Pxe {
-                    root: PathBuf::from(&img.root),
-                    bootfile,
-                };
-                let label = format!("reconcile-{name}-{}", std::process::id());
-                (
-                    arch,
-                    vm,
-                    img.console.clone(),
-                    None,
-                    boot,
-                    label,
-                    p.log_dir.clone(),
-                )
-            }
-            Target::Host => unreachable!("the factory refuses qemu without a target"),
-        };
+        let Booting {
+            arch,
+            vm,
+            console,
+            snapshot,
+            boot,
+            label,
+            scratch,
+        } = booting(p, target)?;
         std::fs::create_dir_all(&p.log_dir).map_err(|e| Error::io(&p.log_dir, e))?;
         let (accel, factor, _) = decide(&vm, &arch).map_err(infra)?;
         let console = console_config(console.as_ref(), factor).map_err(infra)?;
-        let uefi_vars = match vm.firmware {
-            Firmware::Bios => None,
-            Firmware::Uefi => {
-                let (_, template) = uefi_firmware(&arch).ok_or_else(|| {
-                    infra(format!(
-                        "firmware = \"uefi\" needs UEFI firmware for {arch} (apt-get install ovmf, or qemu-efi-aarch64)"
-                    ))
-                })?;
-                let vars = scratch.join("uefi-vars.fd");
-                if !vars.exists() {
-                    std::fs::copy(&template, &vars).map_err(|e| Error::io(&vars, e))?;
-                }
-                Some(vars)
-            }
-        };
+        let uefi_vars = uefi_vars(&vm, &arch, &scratch)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -171,42 +171,63 @@ impl MachineResource {
     }
 
     fn steps_with_reasons(&self, st: &MachineState, cx: &Context) -> Result<Vec<(Step, Change)>> {
-        let mut out = Vec::new();
-        let mut push = |step, action, reason: String| out.push((step, Change::new(action, reason)));
         let dir = self.layout.existing().ok().flatten();
         let live = live_bases(dir.as_ref(), st);
-
         let Some(m) = &self.desired else {
-            // an undeclared machine: every entry goes, unless a live working snapshot needs it
-            if self.volume().prune == Prune::None {
-                return Ok(vec![]);
-            }
-            let backing = self.backing(st, &live, &[]);
-            for e in st.entries.values() {
-                if e.receipt.is_none() && self.volume().prune != Prune::All {
-                    continue;
-                }
-                if live.contains_key(&e.name) || backing.contains(&e.name) {
-                    continue;
-                }
-                push(
-                    Step::Delete {
-                        name: e.name.clone(),
-                    },
-                    Action::Delete,
-                    format!("{} of a machine no longer declared", e.name),
-                );
-            }
-            return Ok(out);
+            return Ok(self.undeclared_steps(st, &live));
         };
-
         let want_src = cx.fetcher.expected_digest(&m.source)?;
+        let mut out = Steps::default();
+        let rebuilt = self.revision_steps(m, st, &want_src, &mut out);
+        let rebuilding = self.toolchain_steps(m, st, &want_src, rebuilt, &mut out)?;
+        if self.volume().prune != Prune::None {
+            self.deletion_steps(m, st, &live, &rebuilding, &mut out);
+        }
+        Ok(out.0)
+    }
+
+    /// An undeclared machine: every entry goes, unless a live working
+    /// snapshot needs it (none under `prune = "none"`).
+    fn undeclared_steps(
+        &self,
+        st: &MachineState,
+        live: &BTreeMap<String, String>,
+    ) -> Vec<(Step, Change)> {
+        let mut out = Steps::default();
+        if self.volume().prune == Prune::None {
+            return out.0;
+        }
+        let backing = self.backing(st, live, &[]);
+        for e in st.entries.values() {
+            if e.receipt.is_none() && self.volume().prune != Prune::All {
+                continue;
+            }
+            if live.contains_key(&e.name) || backing.contains(&e.name) {
+                continue;
+            }
+            out.delete(
+                &e.name,
+                format!("{} of a machine no longer declared", e.name),
+            );
+        }
+        out.0
+    }
+
+    /// The current revision: built when missing or made from another
+    /// source, then the link switched to it. Whether it is (re)built.
+    fn revision_steps(
+        &self,
+        m: &Machine,
+        st: &MachineState,
+        want_src: &str,
+        out: &mut Steps,
+    ) -> bool {
         let cur = self.rev_name(m.revision);
         let mut rebuilt = false;
         match st.entries.get(&cur) {
             None => {
                 rebuilt = true;
-                push(
+                out.push(
                     Step::BuildRevision,
                     Action::Create,
                     format!(
@@ -220,14 +241,14 @@ impl MachineResource {
                 receipt: Some(r), ..
             }) if r.source_sha256 != want_src => {
                 rebuilt = true;
-                push(
+                out.push(
                     Step::BuildRevision,
                     Action::Replace,
                     format!(
                         "revision {} source sha256 {}… ≠ declared {}…",
                         m.revision,
                         super::receipt::short(&r.source_sha256),
-                        super::receipt::short(&want_src)
+                        super::receipt::short(want_src)
                     ),
                 )
             }
@@ -239,8 +260,21 @@ impl MachineResource {
                 Some(old) => format!("current revision {old} → {}", m.revision),
                 None => format!("link {} → {cur} missing", self.name()),
             };
-            push(Step::SwitchLink, Action::Update, reason);
+            out.push(Step::SwitchLink, Action::Update, reason);
         }
+        rebuilt
+    }
+
+    /// Each declared toolchain bootstrapped on the current revision with its
+    /// current command. The snapshots being (re)made.
+    fn toolchain_steps(
+        &self,
+        m: &Machine,
+        st: &MachineState,
+        want_src: &str,
+        rebuilt: bool,
+        out: &mut Steps,
+    ) -> Result<BTreeSet<String>> {
         let mut rebuilding: BTreeSet<String> = BTreeSet::new();
         for (tc, t) in &m.toolchain {
             let name = self.tc_name(tc);
@@ -270,7 +304,7 @@ impl MachineResource {
             };
             if let Some((action, reason)) = reason {
                 rebuilding.insert(name);
-                push(
+                out.push(
                     Step::Bootstrap {
                         toolchain: tc.clone(),
                     },
@@ -279,11 +313,21 @@ impl MachineResource {
                 );
             }
         }
-        if self.volume().prune == Prune::None {
-            return Ok(out);
-        }
+        Ok(rebuilding)
+    }
 
-        // deletions: stale working snapshots, undeclared toolchains, revisions beyond keep, strays
+    /// What goes: stale working snapshots, undeclared toolchains, revisions
+    /// beyond `keep`, strays (`prune = "all"`) — never what a live working
+    /// snapshot or a staying toolchain reads through.
+    fn deletion_steps(
+        &self,
+        m: &Machine,
+        st: &MachineState,
+        live: &BTreeMap<String, String>,
+        rebuilding: &BTreeSet<String>,
+        out: &mut Steps,
+    ) {
+        let cur = self.rev_name(m.revision);
         let staying: Vec<&str> = m
             .toolchain
             .keys()
@@ -291,7 +335,7 @@ impl MachineResource {
             .filter(|n| !rebuilding.contains(n))
             .filter_map(|n| st.entries.get_key_value(&n).map(|(k, _)| k.as_str()))
             .collect();
-        let backing = self.backing(st, &live, &staying);
+        let backing = self.backing(st, live, &staying);
         let mut older: Vec<(u32, &Entry)> = Vec::new();
         for e in st.entries.values() {
             if e.name == cur || live.contains_key(&e.name) || backing.contains(&e.name) {
@@ -301,11 +345,8 @@ impl MachineResource {
             match r.map(|r| r.kind) {
                 Some(EntryKind::Working) => {
                     let owner = r.and_then(|r| r.owner.as_ref()).map(|o| o.pid).unwrap_or(0);
-                    push(
-                        Step::Delete {
-                            name: e.name.clone(),
-                        },
-                        Action::Delete,
+                    out.delete(
+                        &e.name,
                         format!(
                             "stale working snapshot {} (owner pid {owner} is gone)",
                             e.name
@@ -315,13 +356,7 @@ impl MachineResource {
                 Some(EntryKind::Toolchain) => {
                     let tc = r.and_then(|r| r.toolchain.clone()).unwrap_or_default();
                     if !m.toolchain.contains_key(&tc) {
-                        push(
-                            Step::Delete {
-                                name: e.name.clone(),
-                            },
-                            Action::Delete,
-                            format!("toolchain {tc} not declared any more"),
-                        );
+                        out.delete(&e.name, format!("toolchain {tc} not declared any more"));
                     }
                 }
                 Some(EntryKind::Revision) => older.push((r.map(|r| r.revision).unwrap_or(0), e)),
@@ -333,13 +368,7 @@ impl MachineResource {
                             e.name.trim_start_matches(&format!("{}-", self.name())),
                         ) =>
                     {
-                        push(
-                            Step::Delete {
-                                name: e.name.clone(),
-                            },
-                            Action::Delete,
-                            format!("stray {} (prune = \"all\")", e.name),
-                        )
+                        out.delete(&e.name, format!("stray {} (prune = \"all\")", e.name))
                     }
                     _ => {}
                 },
@@ -353,18 +382,11 @@ impl MachineResource {
             if live.values().any(|base| base.as_str() == e.name) {
                 continue;
             }
-            if live_revisions(st, &live).contains(rev) {
+            if live_revisions(st, live).contains(rev) {
                 continue;
             }
-            push(
-                Step::Delete {
-                    name: e.name.clone(),
-                },
-                Action::Delete,
-                format!("revision {rev} beyond keep = {}", m.keep),
-            );
+            out.delete(&e.name, format!("revision {rev} beyond keep = {}", m.keep));
         }
-        Ok(out)
     }
 
     /// Entries some overlay that stays still reads through: the backing chains
@@ -879,6 +901,26 @@ impl MachineResource {
 }
 
 /// Revisions that live working snapshots were made from.
+/// A machine's steps as they are planned, each with its change.
+#[derive(Default)]
+struct Steps(Vec<(Step, Change)>);
+
+impl Steps {
+    fn push(&mut self, step: Step, action: Action, reason: String) {
+        self.0.push((step, Change::new(action, reason)));
+    }
+
+    fn delete(&mut self, name: &str, reason: String) {
+        self.push(
+            Step::Delete {
+                name: name.to_string(),
+            },
+            Action::Delete,
+            reason,
+        );
+    }
+}
+
 fn live_revisions(st: &MachineState, live: &BTreeMap<String, String>) -> BTreeSet<u32> {
     live.keys()
         .filter_map(|w| {

@@ -1,0 +1,345 @@
+//! The test plan's tables: console checks, suites and their tests (what each
+//! runs on must suit its executor), skips, `[run]`.
+
+use super::super::model::{DesiredFile, Executor, MachineKind, Suite};
+use super::{did_you_mean, last_line, names, Checker};
+
+/// Each declared console check: its regex and counts.
+pub(super) fn checks(c: &mut Checker, m: &DesiredFile) {
+    for (name, chk) in &m.check {
+        if let Err(e) = regex::Regex::new(&chk.regex) {
+            c.value(
+                &["check", name, "regex"],
+                format!("invalid regex in check `{name}`"),
+                &last_line(&e.to_string()),
+                None,
+            );
+        }
+        for (key, v, max) in [("count", chk.count, 1_000_000), ("lines", chk.lines, 1000)] {
+            if v.is_some_and(|v| v == 0 || v > max) {
+                c.value(
+                    &["check", name, key],
+                    format!("`{key}` must be between 1 and {max}"),
+                    "out of range",
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// Each suite: what it runs on, its toolchain and parallelism, then its tests.
+pub(super) fn suites(c: &mut Checker, m: &DesiredFile) {
+    for (sname, suite) in &m.suite {
+        c.suite_targets(m, sname, suite);
+        for (i, mach) in suite.machines.iter().enumerate() {
+            if !m.machine.contains_key(mach) && !c.src.broken.contains(&format!("machine.{mach}")) {
+                c.value(
+                    &["suite", sname, "machines", &i.to_string()],
+                    format!("suite `{sname}` names undeclared machine `{mach}`"),
+                    "no such machine",
+                    Some(did_you_mean(mach, names(&m.machine), "machine")),
+                );
+            } else if let (Some(tc), Some(md)) = (&suite.toolchain, m.machine.get(mach)) {
+                if !md.toolchain.contains_key(tc) {
+                    c.value(
+                        &["suite", sname, "toolchain"],
+                        format!("machine `{mach}` has no toolchain `{tc}`"),
+                        "no such toolchain",
+                        Some(format!(
+                            "declare [machine.{mach}.toolchain.{tc}] or drop `toolchain`"
+                        )),
+                    );
+                }
+            }
+        }
+        if suite.toolchain.is_some() && suite.machines.is_empty() {
+            c.value(
+                &["suite", sname, "toolchain"],
+                format!("suite `{sname}` names a toolchain but no machines"),
+                "no machine to take it from",
+                None,
+            );
+        }
+        if suite.parallel == Some(0) {
+            c.value(
+                &["suite", sname, "parallel"],
+                "parallel must be at least 1".into(),
+                "zero",
+                None,
+            );
+        }
+        tests(c, sname, suite);
+    }
+}
+
+/// A suite's tests: commands, timeouts, matchers, suppressed checks, retries.
+fn tests(c: &mut Checker, sname: &str, suite: &Suite) {
+    for (tname, t) in &suite.test {
+        c.name(&["suite", sname, "test", tname]);
+        let at = |f: &'static str| ["suite", sname, "test", tname.as_str(), f];
+        if t.run.is_empty() {
+            c.value(
+                &at("run"),
+                format!("test `{sname}.{tname}` has an empty `run`"),
+                "empty command",
+                None,
+            );
+        }
+        c.duration(&at("timeout"), t.timeout);
+        for (stream, list) in [
+            ("stdout", &t.expect.stdout),
+            ("stderr", &t.expect.stderr),
+            ("console", &t.expect.console),
+        ] {
+            for (i, matcher) in list.iter().enumerate() {
+                if let Err(e) = &matcher.parsed {
+                    let (matcher, e) = (&matcher.text, e.as_str());
+                    c.value(
+                        &[
+                            "suite",
+                            sname,
+                            "test",
+                            tname,
+                            "expect",
+                            stream,
+                            &i.to_string(),
+                        ],
+                        format!("invalid matcher `{matcher}`"),
+                        e,
+                        Some(
+                            "matchers are \"text\", \"!text\", \"/regex/\" or \"!/regex/\"".into(),
+                        ),
+                    );
+                }
+            }
+        }
+        for (check, reason) in &t.skip_checks {
+            if reason.trim().is_empty() {
+                c.value(
+                    &["suite", sname, "test", tname, "skip_checks", check],
+                    format!("suppressing check `{check}` needs a reason"),
+                    "empty reason",
+                    Some("say why, e.g. \"known noisy driver, tracker #123\"".into()),
+                );
+            }
+        }
+        if t.retries.values().any(|n| *n > 100) {
+            c.value(
+                &["suite", sname, "test", tname, "retries"],
+                "more than 100 retries of one class".into(),
+                "too many",
+                None,
+            );
+        }
+    }
+}
+
+/// Each skip entry: a valid glob, and an `until` date not in the past.
+pub(super) fn skips(c: &mut Checker, m: &DesiredFile, today: &str) {
+    for (i, skip) in m.skip.iter().enumerate() {
+        let idx = i.to_string();
+        if let Err(e) = glob::Pattern::new(&skip.pattern) {
+            c.value(
+                &["skip", &idx, "pattern"],
+                format!("invalid glob `{}`", skip.pattern),
+                &e.to_string(),
+                None,
+            );
+        }
+        if let Some(until) = &skip.until {
+            match until.date {
+                Some(d) if until.time.is_none() => {
+                    let date = format!("{:04}-{:02}-{:02}", d.year, d.month, d.day);
+                    if date.as_str() < today {
+                        c.value(&["skip", &idx, "until"], format!("skip entry for `{}` expired on {date}", skip.pattern),
+                            "in the past", Some("fix the test and remove the entry, or move `until` forward with a reason".into()));
+                    }
+                }
+                _ => c.value(
+                    &["skip", &idx, "until"],
+                    "`until` must be a date (YYYY-MM-DD)".into(),
+                    "not a date",
+                    None,
+                ),
+            }
+        }
+    }
+}
+
+/// `[run]`: declared suites, valid globs.
+pub(super) fn run(c: &mut Checker, m: &DesiredFile) {
+    if let Some(run) = &m.run {
+        for (i, s) in run.suites.iter().enumerate() {
+            if !m.suite.contains_key(s) {
+                c.value(
+                    &["run", "suites", &i.to_string()],
+                    format!("[run] names undeclared suite `{s}`"),
+                    "no such suite",
+                    Some(did_you_mean(s, names(&m.suite), "suite")),
+                );
+            }
+        }
+        for (i, p) in run.tests.iter().enumerate() {
+            if let Err(e) = glob::Pattern::new(p) {
+                c.value(
+                    &["run", "tests", &i.to_string()],
+                    format!("invalid glob `{p}`"),
+                    &e.to_string(),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// What a suite runs on must suit its executor: disk machines and netboot
+    /// images boot only in QEMU, root filesystems never do.
+    fn suite_targets(&mut self, m: &DesiredFile, sname: &str, suite: &Suite) {
+        let qemu = suite.executor == Executor::Qemu;
+        let executor = suite.executor.name();
+        for (i, mach) in suite.machines.iter().enumerate() {
+            let Some(md) = m.machine.get(mach) else {
+                continue;
+            };
+            let path = ["suite", sname, "machines", &i.to_string()];
+            match (md.kind, qemu) {
+                (MachineKind::Disk, false) if suite.executor != Executor::Cloud => self.value(
+                    &path,
+                    format!("machine `{mach}` is a disk image; the {executor} executor cannot run it"),
+                    "boots only in QEMU",
+                    Some("set executor = \"qemu\" on the suite".into()),
+                ),
+                (MachineKind::Rootfs, true) => self.value(
+                    &path,
+                    format!("machine `{mach}` is a root filesystem; QEMU boots disk machines"),
+                    "not bootable",
+                    Some("use executor = \"namespace\" (or \"host\"), or give the machine kind = \"disk\"".into()),
+                ),
+                _ => {}
+            }
+        }
+        for (i, img) in suite.images.iter().enumerate() {
+            let path = ["suite", sname, "images", &i.to_string()];
+            match m.image.get(img) {
+                None if !self.src.broken.contains(&format!("image.{img}")) => self.value(
+                    &path,
+                    format!("suite `{sname}` names undeclared image `{img}`"),
+                    "no such image",
+                    Some(did_you_mean(img, names(&m.image), "image")),
+                ),
+                Some(d) if d.ipxe.is_none() => self.value(
+                    &path,
+                    format!("image `{img}` has no `ipxe` table, so nothing boots it over PXE"),
+                    "not bootable",
+                    Some(format!(
+                        "declare [image.{img}.ipxe] with the kernel, initrd and cmdline"
+                    )),
+                ),
+                _ => {}
+            }
+            if !qemu {
+                self.value(
+                    &path,
+                    format!(
+                        "suite `{sname}` boots netboot images, which only the qemu executor can do"
+                    ),
+                    "needs executor = \"qemu\"",
+                    Some("set executor = \"qemu\" on the suite".into()),
+                );
+            }
+        }
+        self.suite_cloud(m, sname, suite);
+        if qemu && suite.machines.is_empty() && suite.images.is_empty() {
+            self.key(
+                &["suite", sname],
+                format!(
+                    "suite `{sname}` uses the qemu executor but names no `machines` or `images`"
+                ),
+                "nothing to boot",
+                None,
+            );
+        }
+        if !suite.images.is_empty() && suite.toolchain.is_some() {
+            self.value(
+                &["suite", sname, "toolchain"],
+                format!("suite `{sname}` boots images, which have no toolchains"),
+                "not for images",
+                None,
+            );
+        }
+    }
+
+    /// A suite's cloud: named exactly when the executor is `cloud`, declared,
+    /// with its machines published there.
+    fn suite_cloud(&mut self, m: &DesiredFile, sname: &str, suite: &Suite) {
+        let executor = suite.executor.name();
+        let cloud_executor = suite.executor == Executor::Cloud;
+        match (&suite.cloud, cloud_executor) {
+            (None, true) => self.key(
+                &["suite", sname],
+                format!("suite `{sname}` uses the cloud executor but names no `cloud`"),
+                "which cloud?",
+                Some(format!(
+                    "add cloud = \"<name>\" (declared: {})",
+                    names(&m.cloud).collect::<Vec<_>>().join(", ")
+                )),
+            ),
+            (Some(cloud), true) => {
+                if !m.cloud.contains_key(cloud) {
+                    self.value(
+                        &["suite", sname, "cloud"],
+                        format!("suite `{sname}` names undeclared cloud `{cloud}`"),
+                        "no such cloud",
+                        Some(did_you_mean(cloud, names(&m.cloud), "cloud")),
+                    );
+                }
+                for (i, mach) in suite.machines.iter().enumerate() {
+                    if m.machine
+                        .get(mach)
+                        .is_some_and(|md| !md.clouds.contains(cloud))
+                    {
+                        self.value(
+                            &["suite", sname, "machines", &i.to_string()],
+                            format!("machine `{mach}` is not published to cloud `{cloud}`, so no instance can boot it there"),
+                            "not published there",
+                            Some(format!("add \"{cloud}\" to machine.{mach}.clouds")),
+                        );
+                    }
+                }
+                if suite.machines.is_empty() {
+                    self.key(
+                        &["suite", sname],
+                        format!("suite `{sname}` uses the cloud executor but names no `machines`"),
+                        "nothing to launch",
+                        None,
+                    );
+                }
+                if suite.toolchain.is_some() {
+                    self.value(
+                        &["suite", sname, "toolchain"],
+                        format!("suite `{sname}` launches published revisions; toolchain snapshots are not published"),
+                        "not in the cloud",
+                        Some("drop `toolchain`, or run the suite with executor = \"qemu\"".into()),
+                    );
+                }
+            }
+            (Some(_), false) => self.value(
+                &["suite", sname, "cloud"],
+                format!("suite `{sname}` names a cloud but runs with the {executor} executor"),
+                "used only by executor = \"cloud\"",
+                Some("set executor = \"cloud\", or drop `cloud`".into()),
+            ),
+            (None, false) => {}
+        }
+        if suite.instance_type.is_some() && !cloud_executor {
+            self.value(
+                &["suite", sname, "instance_type"],
+                format!("suite `{sname}` sets instance_type but runs with the {executor} executor"),
+                "used only by executor = \"cloud\"",
+                Some("set executor = \"cloud\", or drop `instance_type`".into()),
+            );
+        }
+    }
+}
