@@ -402,9 +402,9 @@ fn one_file_gives_each_host_its_own_resources_and_plan_previews_several_hosts() 
         farm.path("machines/m/m-1").is_dir(),
         "prune = none keeps a machine not for this host"
     );
-    // only plan takes several names
+    // only plan takes several names: for apply a usage error (64)
     let r = farm.run(&["apply", "--hostname", "a", "--hostname", "b"]);
-    r.expect(1);
+    r.expect(64);
 }
 
 #[test]

@@ -24,6 +24,8 @@ pub struct Options {
     pub command: String,
     /// Set (by a signal handler) to stop after the resource being applied.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The run's clouds (the tests after the converge use the same).
+    pub clouds: std::sync::Arc<crate::resource::Clouds>,
 }
 
 /// What happens during an apply, in order.
@@ -56,17 +58,29 @@ pub struct Outcome {
     pub cancelled: bool,
 }
 
-pub fn converge(desired: &Desired, opts: &Options, on: &mut dyn FnMut(Event)) -> Result<Outcome> {
+/// Converge the host to `desired` under the lock of `state` (the
+/// operation's state dir, opened once by the caller): recover what an
+/// interrupted run left, plan, then apply each resource's changes.
+pub fn converge(
+    desired: &Desired,
+    state: &StateDir,
+    opts: &Options,
+    on: &mut dyn FnMut(Event),
+) -> Result<Outcome> {
     let started = Instant::now();
-    let state = StateDir::create(&desired.state_dir)?;
-    let _lock = lock::acquire(&state, &opts.command, opts.lock_timeout)?;
-    let recoveries = resource::recoveries(desired, &state);
-    let (mut journal, recovered) = Journal::open_and_recover(&state, &recoveries.kinds())?;
+    let _lock = lock::acquire(state, &opts.command, opts.lock_timeout)?;
+    let recoveries = resource::recoveries(desired, state);
+    let (mut journal, recovered) = Journal::open_and_recover(state, &recoveries.kinds())?;
     for r in &recovered {
         on(Event::Recovered(r));
     }
     let index = StatIndex::load(&state.stat_index_path());
-    let cx = Context::new(desired, &state, &index, opts.progress, opts.verify);
+    let cx = Context::new(desired, state, &index, opts.progress, opts.verify);
+    #[cfg(feature = "cloud")]
+    let cx = Context {
+        clouds: opts.clouds.clone(),
+        ..cx
+    };
     let resources = resource::all(&cx)?;
     let (plan, planned) = plan::make(resources, &cx, &opts.targets)?;
     if let Some(saved) = &opts.saved_plan {
@@ -206,13 +220,13 @@ fn in_dependency_order(planned: &[crate::plan::Planned]) -> Vec<&crate::plan::Pl
 /// Observe and diff without changing anything outside the state dir.
 pub fn dry_run(
     desired: &Desired,
+    state: &StateDir,
     verify: bool,
     targets: &[glob::Pattern],
 ) -> Result<(Plan, Observations)> {
-    let state = StateDir::create(&desired.state_dir)?;
     let index = StatIndex::load(&state.stat_index_path());
     let planned = {
-        let cx = Context::new(desired, &state, &index, false, verify);
+        let cx = Context::new(desired, state, &index, false, verify);
         let resources = resource::all(&cx)?;
         plan::make(resources, &cx, targets)
     };

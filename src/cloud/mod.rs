@@ -7,6 +7,7 @@ pub mod client;
 pub mod creds;
 pub mod ebs;
 pub mod ec2;
+pub mod inventory;
 pub mod query;
 pub mod upload;
 pub mod xml;

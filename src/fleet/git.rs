@@ -38,6 +38,56 @@ use crate::fsops::{Beneath, Exposed};
 use crate::process::{Flow, Interrupt, Sink, Stream};
 use crate::state::now_rfc3339;
 
+/// Why a fetched commit's signature is not taken, in words.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("it has no signature, and only commits signed by a key in {file} are applied")]
+    Unsigned { file: String },
+    #[error("it is signed with {what}, and {file} trusts ssh or gpg keys only")]
+    OtherFormat { what: String, file: String },
+    #[error("it is signed with a gpg key, and {file} is an ssh allowed-signers file: only its ssh keys are trusted")]
+    GpgForSsh { file: String },
+    #[error(
+        "it is signed with an ssh key, and {file} is a gpg keyring: only its gpg keys are trusted"
+    )]
+    SshForGpg { file: String },
+    #[error("signed by a key not in {file} ({key})")]
+    UnknownKey { file: String, key: String },
+    #[error("bad signature ({detail})")]
+    Bad { detail: String },
+    /// The trust file itself refuses everything (missing, empty, unreadable).
+    #[error("{0}")]
+    Trust(String),
+    /// gpg's own verdict (a bad or unknown signature, in its words).
+    #[error("{0}")]
+    Gpg(String),
+    #[error("cannot read the commit: {0}")]
+    Unreadable(GitError),
+    /// The verification itself did not run to its end.
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+/// A git command that did not give its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot run git: {0}")]
+    Spawn(std::io::Error),
+    #[error("git {verb} did not finish within {}", humantime::format_duration(*.after))]
+    TimedOut {
+        verb: String,
+        after: std::time::Duration,
+    },
+    #[error("git {verb}: {why}")]
+    Interrupted { verb: String, why: String },
+    #[error("git {verb} failed ({exit}): {first_line}")]
+    Failed {
+        verb: String,
+        exit: String,
+        first_line: String,
+    },
+}
+
 /// Where a commit fetched to be applied is kept in the checkout.
 const FETCHED_REF: &str = "refs/reconcile/fetched";
 /// Where a commit fetched only to be looked at (`plan --git`) is kept.
@@ -275,7 +325,7 @@ impl Remote {
 
     /// Run git in `cwd` with the remote's timeout (supervised like any
     /// step: killed with what it started when time is up); its stdout.
-    fn git(&self, cwd: &Path, args: &[&str]) -> std::result::Result<String, String> {
+    fn git(&self, cwd: &Path, args: &[&str]) -> std::result::Result<String, GitError> {
         self.git_env(cwd, args, &[]).map(|(out, _)| out)
     }
 
@@ -286,10 +336,14 @@ impl Remote {
         cwd: &Path,
         args: &[&str],
         env: &[(&str, &Path)],
-    ) -> std::result::Result<(String, String), String> {
+    ) -> std::result::Result<(String, String), GitError> {
         match self.git_full(cwd, args, env)? {
             (true, out, err) => Ok((out, err)),
-            (false, _, err) => Err(err),
+            (false, _, err) => Err(GitError::Failed {
+                verb: verb(args).to_string(),
+                exit: "not verified".into(),
+                first_line: err.trim().to_string(),
+            }),
         }
     }
 
@@ -300,7 +354,7 @@ impl Remote {
         cwd: &Path,
         args: &[&str],
         env: &[(&str, &Path)],
-    ) -> std::result::Result<(bool, String, String), String> {
+    ) -> std::result::Result<(bool, String, String), GitError> {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new("git");
         // nothing of the caller's git setup counts: not its config files, not
@@ -343,7 +397,7 @@ impl Remote {
             .stderr(Stdio::piped())
             .process_group(0);
         let verb = verb(args);
-        let child = cmd.spawn().map_err(|e| format!("cannot run git: {e}"))?;
+        let child = cmd.spawn().map_err(GitError::Spawn)?;
         let mut out = Collect::default();
         let never = std::sync::atomic::AtomicBool::new(false);
         let kill = |c: &mut std::process::Child| {
@@ -355,12 +409,18 @@ impl Remote {
         let stdout = |o: &Collect| String::from_utf8_lossy(&o.stdout).trim().to_string();
         let stderr = |o: &Collect| String::from_utf8_lossy(&o.stderr).into_owned();
         match crate::process::child::supervise(child, Some(self.timeout), &never, &kill, &mut out) {
-            Err(e) => Err(format!("git {verb}: {e}")),
-            Ok(Err(Interrupt::TimedOut { after, .. })) => Err(format!(
-                "git {verb} did not finish within {}",
-                humantime::format_duration(after)
-            )),
-            Ok(Err(i)) => Err(format!("git {verb}: {i}")),
+            Err(e) => Err(GitError::Interrupted {
+                verb: verb.to_string(),
+                why: e.to_string(),
+            }),
+            Ok(Err(Interrupt::TimedOut { after, .. })) => Err(GitError::TimedOut {
+                verb: verb.to_string(),
+                after,
+            }),
+            Ok(Err(i)) => Err(GitError::Interrupted {
+                verb: verb.to_string(),
+                why: i.to_string(),
+            }),
             Ok(Ok(exit)) if exit.success() => Ok((true, stdout(&out), stderr(&out))),
             Ok(Ok(_)) if verb == "verify-commit" => Ok((false, stdout(&out), stderr(&out))),
             Ok(Ok(exit)) => {
@@ -370,7 +430,11 @@ impl Remote {
                     .find(|l| !l.trim().is_empty())
                     .unwrap_or("")
                     .trim();
-                Err(format!("git {verb} failed ({exit}): {first}"))
+                Err(GitError::Failed {
+                    verb: verb.to_string(),
+                    exit: exit.to_string(),
+                    first_line: first.to_string(),
+                })
             }
         }
     }
@@ -388,7 +452,7 @@ impl Remote {
                 _ => {}
             }
             self.git(&repo, &["init", "--quiet"])
-                .map_err(|why| self.refuse(why))?;
+                .map_err(|why| self.refuse(why.to_string()))?;
         }
         Ok(repo)
     }
@@ -398,14 +462,19 @@ impl Remote {
     /// nothing. Nothing is checked out here. Errors are fetch failures (the
     /// remote unreachable, the ref missing): the last good state stays in force.
     pub fn fetch(&self, role: Role) -> Result<Fetched> {
-        let fail = |why: String| {
+        let fail = |why: GitError| {
+            let why = why.to_string();
             if role == Role::Apply {
                 self.note_error(&why);
             }
             Error::Usage(format!("git remote {}: {why}", self.url))
         };
         if self.url.starts_with('-') || self.reference.starts_with('-') {
-            return Err(fail("a URL or ref may not start with `-`".into()));
+            let why = "a URL or ref may not start with `-`";
+            if role == Role::Apply {
+                self.note_error(why);
+            }
+            return Err(Error::Usage(format!("git remote {}: {why}", self.url)));
         }
         let repo = self.repository()?;
         let into = match role {
@@ -484,42 +553,35 @@ impl Remote {
             }
         }
         let trusted = self.allowed_signers.as_deref()?;
-        self.verify(&repo, trusted, fetched).err()
+        self.verify(&repo, trusted, fetched)
+            .err()
+            .map(|r| r.to_string())
     }
 
     /// `commit`'s signature checked against `file` and nothing else; the
     /// reason in words when it does not verify.
-    fn verify(&self, repo: &Path, file: &Path, commit: &str) -> std::result::Result<(), String> {
+    fn verify(&self, repo: &Path, file: &Path, commit: &str) -> std::result::Result<(), Refusal> {
         let shown = file.display().to_string();
-        let trust = Trust::read(file)?;
+        let trust = Trust::read(file).map_err(Refusal::Trust)?;
         let object = self
             .git(repo, &["cat-file", "commit", commit])
-            .map_err(|e| format!("cannot read the commit: {e}"))?;
+            .map_err(Refusal::Unreadable)?;
         let signature = Signature::of(&object);
+        let abs = std::path::absolute(file).map_err(|e| Refusal::Trust(format!("{shown}: {e}")))?;
+        let file = shown.clone();
         match (&signature, &trust) {
-            (Signature::None, _) => {
-                return Err(format!(
-                    "it has no signature, and only commits signed by a key in {shown} are applied"
-                ))
-            }
+            (Signature::None, _) => return Err(Refusal::Unsigned { file }),
             (Signature::Other(what), _) => {
-                return Err(format!(
-                    "it is signed with {what}, and {shown} trusts ssh or gpg keys only"
-                ))
+                return Err(Refusal::OtherFormat {
+                    what: what.to_string(),
+                    file,
+                })
             }
-            (Signature::Gpg, Trust::Ssh { .. }) => {
-                return Err(format!(
-                    "it is signed with a gpg key, and {shown} is an ssh allowed-signers file: only its ssh keys are trusted"
-                ))
-            }
-            (Signature::Ssh { .. }, Trust::Gpg) => {
-                return Err(format!(
-                    "it is signed with an ssh key, and {shown} is a gpg keyring: only its gpg keys are trusted"
-                ))
-            }
+            (Signature::Gpg, Trust::Ssh { .. }) => return Err(Refusal::GpgForSsh { file }),
+            (Signature::Ssh { .. }, Trust::Gpg) => return Err(Refusal::SshForGpg { file }),
             _ => {}
         }
-        let abs = std::path::absolute(file).map_err(|e| format!("{shown}: {e}"))?;
+
         match (&signature, trust) {
             (Signature::Ssh { fingerprint }, Trust::Ssh { fingerprints }) => {
                 let signers = format!("gpg.ssh.allowedSignersFile={}", abs.display());
@@ -540,25 +602,30 @@ impl Remote {
                 if ok {
                     return Ok(());
                 }
-                let fp = fingerprint.as_deref().unwrap_or("an unreadable key");
+                let key = fingerprint
+                    .as_deref()
+                    .unwrap_or("an unreadable key")
+                    .to_string();
                 if !fingerprints
                     .iter()
                     .any(|f| Some(f.as_str()) == fingerprint.as_deref())
                 {
-                    return Err(format!("signed by a key not in {shown} ({fp})"));
+                    return Err(Refusal::UnknownKey { file, key });
                 }
-                Err(format!("bad signature ({fp}: {})", reason(&err)))
+                Err(Refusal::Bad {
+                    detail: format!("{key}: {}", reason(&err)),
+                })
             }
             (Signature::Gpg, Trust::Gpg) => {
                 let home = Scratch::new(&self.scratch_path("gnupg"))
-                    .map_err(|e| format!("cannot make a keyring: {e}"))?;
+                    .map_err(|e| Refusal::Gpg(format!("cannot make a keyring: {e}")))?;
                 let import = Command::new("gpg")
                     .env("GNUPGHOME", home.path())
                     .args(["--batch", "--quiet", "--status-fd", "1", "--import"])
                     .arg(&abs)
                     .stdin(Stdio::null())
                     .output()
-                    .map_err(|e| format!("cannot run gpg: {e}"))?;
+                    .map_err(|e| Refusal::Gpg(format!("cannot run gpg: {e}")))?;
                 let status = String::from_utf8_lossy(&import.stdout);
                 let imported = status
                     .lines()
@@ -567,10 +634,10 @@ impl Remote {
                     .and_then(|n| n.parse::<u32>().ok())
                     .unwrap_or(0);
                 if imported == 0 {
-                    return Err(format!(
+                    return Err(Refusal::Trust(format!(
                         "{shown} holds no gpg key gpg can import ({}): nothing is trusted, so no commit is applied",
                         reason(&String::from_utf8_lossy(&import.stderr))
-                    ));
+                    )));
                 }
                 let (ok, _, err) = self.git_full(
                     repo,
@@ -585,7 +652,7 @@ impl Remote {
                     ],
                     &[("GNUPGHOME", home.path())],
                 )?;
-                gpg_verdict(ok, &err, &shown)
+                gpg_verdict(ok, &err, &shown).map_err(Refusal::Gpg)
             }
             _ => unreachable!("mismatched kinds are refused above"),
         }

@@ -33,6 +33,8 @@ pub struct Options {
     pub runs_dir: PathBuf,
     /// Set by Ctrl-C: running tests are killed and cleaned up, the report is marked incomplete.
     pub cancel: Arc<AtomicBool>,
+    /// The run's clouds (shared with the apply before it, when there is one).
+    pub clouds: Arc<platform::Clouds>,
 }
 
 impl Options {
@@ -45,6 +47,7 @@ impl Options {
             timeout_multiplier: 1.0,
             runs_dir: desired.state_dir.join("runs"),
             cancel,
+            clouds: Default::default(),
         }
     }
 }
@@ -91,8 +94,11 @@ struct CheckSets {
     journal: Arc<CheckSet>,
 }
 
+/// Run `selection` on fresh instances, `opts.jobs` at a time, into a new
+/// run folder; `state` is the operation's state dir (opened once by the caller).
 pub fn run(
     desired: &Desired,
+    state: &StateDir,
     selection: Selection,
     opts: &Options,
     on: &mut dyn FnMut(Event),
@@ -134,7 +140,7 @@ pub fn run(
             .filter_map(|s| desired.model.suite.get(&s.case.suite)?.cloud.as_deref())
             .collect();
         for c in clouds {
-            match platform::cloud::reap(desired, c) {
+            match platform::cloud::reap(desired, state, &opts.clouds, c) {
                 Ok(notes) => notes.iter().for_each(|n| on(Event::Note(n))),
                 Err(e) => on(Event::Note(&format!(
                     "cloud {c}: cannot look for instances left by crashed runs: {e}"
@@ -150,12 +156,11 @@ pub fn run(
     };
     let queue = Queue::new(desired, selection.selected);
     let (tx, rx) = mpsc::channel::<Progress>();
-    let state = StateDir::create(&desired.state_dir)?;
     let mut results = Vec::new();
     std::thread::scope(|s| {
         for _ in 0..opts.jobs.max(1) {
             let tx = tx.clone();
-            let (queue, checks, run_dir, state) = (&queue, &checks, &run_dir, &state);
+            let (queue, checks, run_dir) = (&queue, &checks, &run_dir);
             s.spawn(move || {
                 while let Some(sel) = queue.next() {
                     let r = run_one(desired, &sel, checks, run_dir, state, opts, &tx);
@@ -647,16 +652,15 @@ fn run_on_instance(
     t0: Instant,
 ) -> std::result::Result<Ran, String> {
     let target = match (&case.machine, &case.image) {
-        (Some(m), _) => Target::Machine {
-            name: m,
-            toolchain: case.toolchain.as_deref(),
-        },
-        (None, Some(i)) => Target::Image { name: i },
-        (None, None) => Target::Host,
-    };
+        (Some(m), _) => Target::machine(desired, m, case.toolchain.as_deref()),
+        (None, Some(i)) => Target::image(desired, i),
+        (None, None) => Ok(Target::Host),
+    }
+    .map_err(|e| format!("cannot provision: {e}"))?;
     let provision = Provision {
         desired,
         state,
+        clouds: Some(&opts.clouds),
         cancel: opts.cancel.clone(),
         log_dir: out_dir.to_path_buf(),
         isolate_network: false,

@@ -19,6 +19,7 @@ use crate::harness::report::Report;
 use crate::harness::run::{self, Event as TestEvent};
 use crate::harness::select::{self, Filters};
 use crate::plan::Plan;
+use crate::state::StateDir;
 
 /// What happened to one resource, in order.
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +103,7 @@ pub struct Tests {
 /// `keep_plan`: copy the plan into the report (only a renderer needs it).
 pub fn converge_then_test(
     desired: &Desired,
+    state: &StateDir,
     opts: &Options,
     tests: Option<Tests>,
     keep_plan: bool,
@@ -110,7 +112,7 @@ pub fn converge_then_test(
     let started = Instant::now();
     let mut events = Vec::new();
     let mut plan = None;
-    let outcome = converge(desired, opts, &mut |e| {
+    let outcome = converge(desired, state, opts, &mut |e| {
         match &e {
             Event::Recovered(r) => events.push(Step::Recovered {
                 address: r.address.clone(),
@@ -149,7 +151,12 @@ pub fn converge_then_test(
             if !t.only_after_changes || !outcome.applied.is_empty() =>
         {
             let sel = select::select(desired, &t.filters)?;
-            Some(run::run(desired, sel, &t.opts, &mut |e| {
+            // the connections and inventories the converge read, shared
+            let opts = run::Options {
+                clouds: opts.clouds.clone(),
+                ..t.opts
+            };
+            Some(run::run(desired, state, sel, &opts, &mut |e| {
                 on(Progress::Test(e))
             })?)
         }
@@ -217,11 +224,13 @@ pub fn apply(loaded: &Loaded, req: &Request, on: &mut dyn FnMut(Progress)) -> Re
         progress: req.progress,
         command: req.command.clone(),
         cancel: Some(cancel.clone()),
+        clouds: Default::default(),
     };
     let tests = (!req.no_test)
         .then(|| run_tests_after(desired, cancel, false))
         .flatten();
-    let report = converge_then_test(desired, &opts, tests, req.keep_plan, on)?;
+    let state = StateDir::create(&desired.state_dir)?;
+    let report = converge_then_test(desired, &state, &opts, tests, req.keep_plan, on)?;
     // the commit's file is in force once the host converged to it
     if let (Some((remote, commit)), ApplyResult::Converged | ApplyResult::Failed) =
         (&loaded.git, report.result)

@@ -65,15 +65,13 @@ pub fn exec(
     let provision = Provision {
         desired,
         state: &state,
+        clouds: None,
         cancel: Arc::new(AtomicBool::new(false)),
         log_dir: state.vm_log_dir("exec"),
         isolate_network: req.no_network,
         suite: None,
     };
-    let target = Target::Machine {
-        name: &req.machine,
-        toolchain: req.toolchain.as_deref(),
-    };
+    let target = Target::machine(desired, &req.machine, req.toolchain.as_deref())?;
     let mut instance = platform::provision(&provision, executor, target)?;
     if let Some(s) = instance.facts().snapshot {
         snapshot(&s);

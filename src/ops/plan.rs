@@ -8,6 +8,7 @@ use crate::apply::Observations;
 use crate::config::{self, LoadOptions};
 use crate::error::{Error, Result};
 use crate::plan::Plan;
+use crate::state::StateDir;
 
 /// What `reconcile plan` is asked to do.
 #[derive(Debug, Clone, Default)]
@@ -33,8 +34,9 @@ pub fn plan(loaded: &Loaded, req: &Request) -> Result<Planned> {
     if req.locked {
         desired.require_locked()?;
     }
+    let state = StateDir::create(&desired.state_dir)?;
     let (plan, observations) =
-        crate::apply::dry_run(desired, req.verify, &super::targets(&req.targets)?)?;
+        crate::apply::dry_run(desired, &state, req.verify, &super::targets(&req.targets)?)?;
     if let Some(out) = &req.out {
         let bytes = serde_json::to_vec_pretty(&plan).expect("plan serialises");
         crate::fsops::write_atomic(out, &bytes).map_err(|e| Error::io(out, e))?;
@@ -69,8 +71,9 @@ pub fn hosts(file: &Path, git: Option<&Remote>, hosts: &[String], req: &Request)
                 },
             )?,
         };
+        let state = StateDir::create(&desired.state_dir)?;
         let (plan, observations) =
-            crate::apply::dry_run(&desired, req.verify, &super::targets(&req.targets)?)?;
+            crate::apply::dry_run(&desired, &state, req.verify, &super::targets(&req.targets)?)?;
         plans.push((host.clone(), Planned { plan, observations }));
     }
     let (commit, not_taken) = match preview {

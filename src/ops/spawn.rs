@@ -49,12 +49,9 @@ pub fn spawn(
                     )));
                 }
             }
-            Target::Machine {
-                name: &req.target,
-                toolchain: req.toolchain.as_deref(),
-            }
+            Target::machine(desired, &req.target, req.toolchain.as_deref())?
         }
-        (None, Some(_)) => Target::Image { name: &req.target },
+        (None, Some(_)) => Target::image(desired, &req.target)?,
         (None, None) => {
             let known: Vec<String> = model
                 .machine
@@ -76,6 +73,7 @@ pub fn spawn(
     let provision = Provision {
         desired,
         state: &state,
+        clouds: None,
         cancel: Arc::new(AtomicBool::new(false)),
         log_dir: log_dir.clone(),
         isolate_network: false,

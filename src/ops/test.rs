@@ -73,7 +73,8 @@ pub fn run(
     }
     opts.timeout_multiplier = req.timeout_multiplier;
     opts.runs_dir = req.runs_dir(desired);
-    run::run(desired, sel, &opts, &mut |e| on(&e))
+    let state = crate::state::StateDir::create(&desired.state_dir)?;
+    run::run(desired, &state, sel, &opts, &mut |e| on(&e))
 }
 
 /// The exit code of a run: 0 passed, 4 a test failed, 1 interrupted.

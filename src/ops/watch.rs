@@ -318,14 +318,7 @@ fn on_fs_events(
                     }
                     on(e)
                 };
-                converge(
-                    desired,
-                    Some(&addresses),
-                    "drift",
-                    opts,
-                    stop,
-                    &mut drifted,
-                );
+                converge(desired, Some(&addresses), "drift", opts, stop, &mut drifted);
             }
             _ => {}
         }
@@ -552,7 +545,17 @@ fn converge(
     let mut applied: Vec<String> = Vec::new();
     let mut changes = 0;
     let mut said_applied = false;
-    let result = converge_then_test(desired, &aopts, tests, false, &mut |e| match e {
+    // the state dir of this converge, opened once for it and its tests
+    let state = match StateDir::create(&desired.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            on(Event::Error {
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    let result = converge_then_test(desired, &state, &aopts, tests, false, &mut |e| match e {
         Progress::Apply(apply::Event::Planned(plan)) => {
             planned = plan
                 .resources

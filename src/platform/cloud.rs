@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::{Facts, Instance, Provision, Step};
 use crate::cloud::ec2::Launch;
 use crate::cloud::{self, client::Api, TAG_MACHINE, TAG_RUN, TAG_TOKEN};
-use crate::config::model::{Machine, MachineKind};
+use crate::config::model::{Machine, MachineKind, Volume};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 use crate::process::identity::Owner;
@@ -100,7 +100,13 @@ pub struct CloudInstance {
 impl CloudInstance {
     /// The instance a test of `suite` on `machine` runs on: the image of the
     /// machine's current revision (as stored here) in the suite's cloud.
-    pub fn provision(p: &Provision, suite: Option<&str>, machine: &str) -> Result<CloudInstance> {
+    pub fn provision(
+        p: &Provision,
+        suite: Option<&str>,
+        machine: &str,
+        m: &Machine,
+        volume: &Volume,
+    ) -> Result<CloudInstance> {
         let model = &p.desired.model;
         let suite = suite.and_then(|s| model.suite.get(s)).ok_or_else(|| {
             Error::Usage("the cloud executor runs only the tests of a suite".into())
@@ -112,13 +118,26 @@ impl CloudInstance {
             .cloud
             .get(cname)
             .ok_or_else(|| Error::Usage(format!("no cloud `{cname}` is declared")))?;
-        let m = model
-            .machine
-            .get(machine)
-            .ok_or_else(|| Error::Usage(format!("no machine `{machine}` is declared")))?;
-        let api = Arc::new(cloud::connect(cname, c)?);
-        let digest = stored_digest(p.desired, machine, m)?;
-        let image = published_image(&api, machine, m.revision, &digest)?;
+        // the run's connection and inventory (read once), or a connection of
+        // its own outside a run
+        let (api, image) = match p.clouds {
+            Some(clouds) => {
+                let api = clouds.api(p.desired, cname)?;
+                let inventory = clouds.inventory(p.desired, cname)?;
+                let digest = stored_digest(volume, machine, m)?;
+                let image = published_image(&api, &inventory.images, machine, m.revision, &digest)?;
+                (api, image)
+            }
+            None => {
+                let api = Arc::new(cloud::connect(cname, c)?);
+                let images = api
+                    .describe_images(TAG_MACHINE)
+                    .map_err(|e| cloud::error(&api, "ec2", "DescribeImages", e))?;
+                let digest = stored_digest(volume, machine, m)?;
+                let image = published_image(&api, &images, machine, m.revision, &digest)?;
+                (api, image)
+            }
+        };
         let instance_type = suite
             .instance_type
             .clone()
@@ -131,7 +150,7 @@ impl CloudInstance {
             .unwrap_or(DEFAULT_BOOT_TIMEOUT);
         Ok(CloudInstance {
             api,
-            state: StateDir::existing(&p.desired.state_dir),
+            state: p.state.clone(),
             machine: machine.to_string(),
             revision: m.revision,
             image,
@@ -418,13 +437,12 @@ pub fn user_data(step: &Step, nonce: &str) -> String {
 }
 
 /// The content digest of the machine's current revision as stored on this host.
-fn stored_digest(desired: &Desired, name: &str, m: &Machine) -> Result<String> {
+fn stored_digest(volume: &Volume, name: &str, m: &Machine) -> Result<String> {
     if m.kind != MachineKind::Disk {
         return Err(Error::Usage(format!(
             "machine {name} is a root filesystem; the cloud executor boots disk machines"
         )));
     }
-    let volume = &desired.model.volume[&m.volume];
     let layout = MachineDir::new(volume, name);
     let backend = layout.backend().map(|b| b.name()).unwrap_or("dir");
     let st = layout.observe(backend)?;
@@ -442,10 +460,15 @@ fn stored_digest(desired: &Desired, name: &str, m: &Machine) -> Result<String> {
 }
 
 /// The available image of that revision and digest.
-fn published_image(api: &Api, machine: &str, revision: u32, digest: &str) -> Result<String> {
-    let images = api
-        .describe_images(TAG_MACHINE)
-        .map_err(|e| cloud::error(api, "ec2", "DescribeImages", e))?;
+/// The image of `machine@revision` with `digest` among `images` (what the
+/// cloud holds tagged by reconcile), available.
+fn published_image(
+    api: &Api,
+    images: &[crate::cloud::ec2::Image],
+    machine: &str,
+    revision: u32,
+    digest: &str,
+) -> Result<String> {
     let rev = revision.to_string();
     let mine = |i: &&crate::cloud::ec2::Image| {
         i.tags.get(TAG_MACHINE).map(String::as_str) == Some(machine)
@@ -492,17 +515,16 @@ static REAPED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// of ledger entries whose process is gone, and instances tagged
 /// `reconcile:run` by a process of this host that is gone. Once per cloud and
 /// process; one line per instance terminated.
-pub fn reap(desired: &Desired, cname: &str) -> Result<Vec<String>> {
+pub fn reap(
+    desired: &Desired,
+    state: &StateDir,
+    clouds: &super::Clouds,
+    cname: &str,
+) -> Result<Vec<String>> {
     if !REAPED.lock().unwrap().insert(cname.to_string()) {
         return Ok(Vec::new());
     }
-    let c = desired
-        .model
-        .cloud
-        .get(cname)
-        .ok_or_else(|| Error::Usage(format!("no cloud `{cname}` is declared")))?;
-    let api = cloud::connect(cname, c)?;
-    let state = StateDir::existing(&desired.state_dir);
+    let api = clouds.api(desired, cname)?;
     let host = crate::process::identity::kernel_hostname();
     let mut notes = Vec::new();
     let mut done: BTreeSet<String> = BTreeSet::new();
@@ -547,7 +569,7 @@ pub fn reap(desired: &Desired, cname: &str) -> Result<Vec<String>> {
                 terminate(&id, &why, &mut notes)?;
                 done.insert(id);
             }
-            ledger_remove(&state, &entry.token);
+            ledger_remove(state, &entry.token);
         }
     }
     for i in running.iter().filter(|i| !done.contains(&i.id)) {

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use crate::process::{Interrupt, Outcome, Sink};
 
-use crate::config::model::{Executor, MachineKind};
+use crate::config::model::{Executor, Image, Machine, MachineKind, Volume};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 use crate::state::StateDir;
@@ -86,24 +86,65 @@ pub trait Instance {
 
 /// What to provision.
 #[derive(Debug, Clone, Copy)]
+/// What an instance runs on, its declaration resolved once by the caller.
 pub enum Target<'a> {
     /// Nothing: a `host` step outside any machine.
     Host,
     /// A fresh working snapshot of a machine (its toolchain snapshot, or its current revision).
     Machine {
         name: &'a str,
+        machine: &'a Machine,
+        volume: &'a Volume,
         toolchain: Option<&'a str>,
     },
     /// A netboot image, booted diskless over PXE from its published TFTP tree.
-    Image { name: &'a str },
+    Image { name: &'a str, image: &'a Image },
     /// A volume being built (a toolchain bootstrap), used in place and kept.
-    Staging { machine: &'a str, root: &'a Path },
+    Staging {
+        name: &'a str,
+        machine: &'a Machine,
+        root: &'a Path,
+    },
+}
+
+impl<'a> Target<'a> {
+    /// Machine `name` of `desired` (its toolchain snapshot when given).
+    pub fn machine(
+        desired: &'a Desired,
+        name: &'a str,
+        toolchain: Option<&'a str>,
+    ) -> Result<Target<'a>> {
+        let machine = desired.machine(name)?;
+        let volume =
+            desired.model.volume.get(&machine.volume).ok_or_else(|| {
+                Error::Usage(format!("machine `{name}` names no declared volume"))
+            })?;
+        Ok(Target::Machine {
+            name,
+            machine,
+            volume,
+            toolchain,
+        })
+    }
+
+    /// Netboot image `name` of `desired`.
+    pub fn image(desired: &'a Desired, name: &'a str) -> Result<Target<'a>> {
+        let image = desired
+            .model
+            .image
+            .get(name)
+            .ok_or_else(|| Error::Usage(format!("no image `{name}` is declared")))?;
+        Ok(Target::Image { name, image })
+    }
 }
 
 /// What every instance needs from its caller.
 pub struct Provision<'a> {
     pub desired: &'a Desired,
     pub state: &'a StateDir,
+    /// The run's cloud connections and inventories, when it has them (the
+    /// cloud executor connects on its own otherwise).
+    pub clouds: Option<&'a Clouds>,
     /// Set by Ctrl-C: what runs is killed and torn down.
     pub cancel: Arc<AtomicBool>,
     /// Where QEMU's own messages go (`qemu.log`).
@@ -114,18 +155,19 @@ pub struct Provision<'a> {
     pub suite: Option<&'a str>,
 }
 
+/// The clouds of one run: a connection per cloud and what reconcile made
+/// there, read once and shared by the resources and the cloud executor.
+#[cfg(feature = "cloud")]
+pub use crate::cloud::inventory::Clouds;
+
+/// Without the `cloud` feature there is nothing to share.
+#[cfg(not(feature = "cloud"))]
+#[derive(Debug, Default)]
+pub struct Clouds;
+
 /// The one factory: an instance of `target` on `executor`.
 pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Box<dyn Instance>> {
-    let machine = |name: &str| {
-        p.desired
-            .model
-            .machine
-            .get(name)
-            .ok_or_else(|| Error::Usage(format!("no machine `{name}` is declared")))
-    };
-    let working = |name: &str, toolchain: Option<&str>| -> Result<WorkingSnapshot> {
-        let m = machine(name)?;
-        let volume = &p.desired.model.volume[&m.volume];
+    let working = |name: &str, m: &Machine, volume: &Volume, toolchain: Option<&str>| {
         WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain)
     };
     let needs = |what: &str, why: &str| {
@@ -135,9 +177,17 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
     };
     match (executor, target) {
         #[cfg(feature = "cloud")]
-        (Executor::Cloud, Target::Machine { name, toolchain: None }) => {
-            Ok(Box::new(cloud::CloudInstance::provision(p, p.suite, name)?))
-        }
+        (
+            Executor::Cloud,
+            Target::Machine {
+                name,
+                machine,
+                volume,
+                toolchain: None,
+            },
+        ) => Ok(Box::new(cloud::CloudInstance::provision(
+            p, p.suite, name, machine, volume,
+        )?)),
         #[cfg(not(feature = "cloud"))]
         (Executor::Cloud, _) => Err(Error::Usage(
             "this build of reconcile has no cloud support (built without the `cloud` feature)".into(),
@@ -153,13 +203,21 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
             executor.name(),
             "a netboot image (it boots only in QEMU: executor = \"qemu\")",
         ),
-        (_, Target::Machine { name, .. }) if machine(name)?.kind == MachineKind::Disk => needs(
+        (_, Target::Machine { machine, .. }) if machine.kind == MachineKind::Disk => needs(
             executor.name(),
             "a disk machine (it boots only in QEMU: executor = \"qemu\")",
         ),
         (Executor::Namespace, Target::Host) => needs("namespace", "without a machine"),
-        (Executor::Namespace, Target::Machine { name, toolchain }) => {
-            let w = working(name, toolchain)?;
+        (
+            Executor::Namespace,
+            Target::Machine {
+                name,
+                machine,
+                volume,
+                toolchain,
+            },
+        ) => {
+            let w = working(name, machine, volume, toolchain)?;
             let hostname = w.name.clone();
             Ok(Box::new(namespace::NamespaceInstance::new(
                 p,
@@ -167,12 +225,20 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
                 hostname,
             )))
         }
-        (Executor::Namespace, Target::Staging { machine, root }) => Ok(Box::new(
-            namespace::NamespaceInstance::new(p, root.to_path_buf().into(), machine.to_string()),
+        (Executor::Namespace, Target::Staging { name, root, .. }) => Ok(Box::new(
+            namespace::NamespaceInstance::new(p, root.to_path_buf().into(), name.to_string()),
         )),
         (Executor::Host, Target::Host) => Ok(Box::new(host::HostInstance::new(p, None))),
-        (Executor::Host, Target::Machine { name, toolchain }) => {
-            let w = working(name, toolchain)?;
+        (
+            Executor::Host,
+            Target::Machine {
+                name,
+                machine,
+                volume,
+                toolchain,
+            },
+        ) => {
+            let w = working(name, machine, volume, toolchain)?;
             Ok(Box::new(host::HostInstance::new(p, Some(w.into()))))
         }
         (Executor::Host, Target::Staging { root, .. }) => Ok(Box::new(host::HostInstance::new(

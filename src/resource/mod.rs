@@ -112,6 +112,9 @@ impl Detail {
     }
 }
 
+/// The clouds of a run, shared by the resources and the tests after them.
+pub use crate::platform::Clouds;
+
 /// Read-only inputs of observe and diff.
 pub struct Context<'a> {
     pub desired: &'a Desired,
@@ -124,7 +127,7 @@ pub struct Context<'a> {
     pub dirs: crate::fsops::beneath::OpenRoots,
     /// Clouds connected to (and read) once for the run.
     #[cfg(feature = "cloud")]
-    pub clouds: cloud::Clouds,
+    pub clouds: std::sync::Arc<cloud::Clouds>,
 }
 
 impl<'a> Context<'a> {

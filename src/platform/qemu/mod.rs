@@ -301,10 +301,13 @@ struct Booting {
 }
 
 fn booting(p: &Provision, target: Target) -> Result<Booting> {
-    let model = &p.desired.model;
     let (arch, vm, console, snapshot, boot, label, scratch) = match target {
-        Target::Machine { name, toolchain } => {
-            let m = &model.machine[name];
+        Target::Machine {
+            name,
+            machine: m,
+            volume,
+            toolchain,
+        } => {
             if m.kind != MachineKind::Disk {
                 return Err(infra(format!(
                     "machine `{name}` is a root filesystem; only disk machines (kind = \"disk\") boot in QEMU"
@@ -313,7 +316,6 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
             let arch = m.arch.clone().unwrap_or_else(host_arch);
             let vm = m.vm.clone().unwrap_or_default();
             check_runnable(&vm, &arch)?;
-            let volume = &model.volume[&m.volume];
             let w = WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain)?;
             let image = w
                 .disk
@@ -328,8 +330,11 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
             };
             (arch, vm, m.console.clone(), Some(w), boot, label, scratch)
         }
-        Target::Staging { machine, root } => {
-            let m = &model.machine[machine];
+        Target::Staging {
+            name: machine,
+            machine: m,
+            root,
+        } => {
             let arch = m.arch.clone().unwrap_or_else(host_arch);
             let vm = m.vm.clone().unwrap_or_default();
             check_runnable(&vm, &arch)?;
@@ -350,11 +355,7 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
                 root.to_path_buf(),
             )
         }
-        Target::Image { name } => {
-            let img = model
-                .image
-                .get(name)
-                .ok_or_else(|| Error::Usage(format!("no image `{name}` is declared")))?;
+        Target::Image { name, image: img } => {
             let arch = img.arch.clone();
             let vm = img.vm.clone().unwrap_or_default();
             check_runnable(&vm, &arch)?;
