@@ -11,6 +11,49 @@ use std::time::Duration;
 
 use super::xml;
 
+/// Why the chain gave no credentials, in words that say what to set.
+#[derive(Debug, thiserror::Error)]
+pub enum CredsError {
+    #[error("{}", NONE_FOUND)]
+    NoneFound,
+    #[error("{}; instance metadata at {endpoint}: {why}", NONE_FOUND)]
+    NoInstanceRole { endpoint: String, why: String },
+    #[error("profile {name} has neither aws_access_key_id/aws_secret_access_key nor role_arn/web_identity_token_file")]
+    EmptyProfile { name: String },
+    #[error("profile {name} is in neither {} nor {}", .credentials.display(), .config.display())]
+    NoProfile {
+        name: String,
+        credentials: PathBuf,
+        config: PathBuf,
+    },
+    #[error("profile {name}: {source}")]
+    InProfile {
+        name: String,
+        source: Box<CredsError>,
+    },
+    #[error("web identity token {}: {source}", .path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The token is a credential: only to STS over https, or to loopback.
+    #[error("refusing to send the web identity token to {endpoint}: {why}")]
+    InsecureSts { endpoint: String, why: String },
+    #[error("STS at {endpoint}: {why}")]
+    Sts { endpoint: String, why: String },
+    #[error("STS at {endpoint} refused AssumeRoleWithWebIdentity for {role}: {message}")]
+    StsRefused {
+        endpoint: String,
+        role: String,
+        message: String,
+    },
+}
+
+const NONE_FOUND: &str =
+    "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, name a profile of \
+     ~/.aws/credentials or ~/.aws/config (`profile` in the cloud, or AWS_PROFILE), set \
+     AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, or run on an instance with a role";
+
 /// One set of credentials and where it came from (`environment`, `profile farm`,
 /// `web identity`, `instance metadata`).
 #[derive(Clone)]
@@ -66,7 +109,7 @@ pub fn resolve(
     region: &str,
     sts_endpoint: Option<&str>,
     env: &Env,
-) -> Result<Credentials, String> {
+) -> Result<Credentials, CredsError> {
     // 1. the environment
     if let (Some(id), Some(secret)) = (
         env.get("AWS_ACCESS_KEY_ID"),
@@ -106,21 +149,23 @@ pub fn resolve(
                     sts_endpoint,
                     env,
                 )
-                .map_err(|e| format!("profile {name}: {e}"));
+                .map_err(|e| CredsError::InProfile {
+                    name: name.to_string(),
+                    source: Box::new(e),
+                });
             }
             if named.is_some() {
-                return Err(format!(
-                    "profile {name} has neither aws_access_key_id/aws_secret_access_key nor \
-                     role_arn/web_identity_token_file"
-                ));
+                return Err(CredsError::EmptyProfile {
+                    name: name.to_string(),
+                });
             }
         }
         None if named.is_some() => {
-            return Err(format!(
-                "profile {name} is in neither {} nor {}",
-                files.credentials_path.display(),
-                files.config_path.display()
-            ))
+            return Err(CredsError::NoProfile {
+                name: name.to_string(),
+                credentials: files.credentials_path.clone(),
+                config: files.config_path.clone(),
+            })
         }
         None => {}
     }
@@ -143,22 +188,17 @@ pub fn resolve(
         .get("AWS_EC2_METADATA_DISABLED")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     {
-        return Err(none_found());
+        return Err(CredsError::NoneFound);
     }
     let imds = env
         .get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
         .unwrap_or("http://169.254.169.254")
         .trim_end_matches('/')
         .to_string();
-    instance_metadata(&imds)
-        .map_err(|e| format!("{}; instance metadata at {imds}: {e}", none_found()))
-}
-
-fn none_found() -> String {
-    "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, name a profile of \
-     ~/.aws/credentials or ~/.aws/config (`profile` in the cloud, or AWS_PROFILE), set \
-     AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN, or run on an instance with a role"
-        .into()
+    instance_metadata(&imds).map_err(|why| CredsError::NoInstanceRole {
+        endpoint: imds.clone(),
+        why,
+    })
 }
 
 /// The shared config and credentials files, parsed (INI: `[name]` in
@@ -255,17 +295,25 @@ fn web_identity(
     region: &str,
     sts_endpoint: Option<&str>,
     env: &Env,
-) -> Result<Credentials, String> {
-    let token = std::fs::read_to_string(token_file)
-        .map_err(|e| format!("web identity token {}: {e}", token_file.display()))?;
+) -> Result<Credentials, CredsError> {
+    let token = std::fs::read_to_string(token_file).map_err(|source| CredsError::TokenFile {
+        path: token_file.to_path_buf(),
+        source,
+    })?;
     let endpoint = env
         .get("AWS_ENDPOINT_URL_STS")
         .map(str::to_string)
         .or_else(|| sts_endpoint.map(str::to_string))
         .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
     // the token is a credential: to STS over https, or to a loopback address
-    crate::config::check::sts_endpoint(&endpoint)
-        .map_err(|why| format!("refusing to send the web identity token to {endpoint}: {why}"))?;
+    crate::config::check::sts_endpoint(&endpoint).map_err(|why| CredsError::InsecureSts {
+        endpoint: endpoint.clone(),
+        why,
+    })?;
+    let sts = |why: String| CredsError::Sts {
+        endpoint: endpoint.clone(),
+        why,
+    };
     // the session name the caller gave, else one naming this process
     let session = session
         .map(str::to_string)
@@ -284,22 +332,23 @@ fn web_identity(
             "application/x-www-form-urlencoded; charset=utf-8",
         )
         .send(body.as_bytes())
-        .map_err(|e| format!("STS at {endpoint}: {e}"))?;
+        .map_err(|e| sts(e.to_string()))?;
     let status = resp.status().as_u16();
     let text = resp
         .into_body()
         .read_to_string()
-        .map_err(|e| format!("STS at {endpoint}: {e}"))?;
+        .map_err(|e| sts(e.to_string()))?;
     let doc = roxmltree::Document::parse(&text)
-        .map_err(|e| format!("STS at {endpoint} answered {status} with no XML: {e}"))?;
+        .map_err(|e| sts(format!("answered {status} with no XML: {e}")))?;
     if status != 200 {
-        return Err(format!(
-            "STS at {endpoint} refused AssumeRoleWithWebIdentity for {role}: {}",
-            xml::text(doc.root(), "Message").unwrap_or_else(|| format!("HTTP {status}"))
-        ));
+        return Err(CredsError::StsRefused {
+            endpoint: endpoint.clone(),
+            role: role.to_string(),
+            message: xml::text(doc.root(), "Message").unwrap_or_else(|| format!("HTTP {status}")),
+        });
     }
     let creds = xml::child(doc.root(), "Credentials")
-        .ok_or_else(|| format!("STS at {endpoint} answered without Credentials"))?;
+        .ok_or_else(|| sts("answered without Credentials".into()))?;
     Ok(Credentials {
         access_key_id: xml::text(creds, "AccessKeyId").unwrap_or_default(),
         secret_access_key: xml::text(creds, "SecretAccessKey").unwrap_or_default(),
@@ -408,7 +457,11 @@ mod tests {
         );
 
         let err = resolve(Some("nope"), "us-east-1", None, &env(&[], d.path())).unwrap_err();
-        assert!(err.contains("profile nope is in neither"), "{err}");
+        assert!(matches!(err, CredsError::NoProfile { .. }), "{err}");
+        assert!(
+            err.to_string().contains("profile nope is in neither"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -432,6 +485,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = env(&[("AWS_EC2_METADATA_DISABLED", "true")], d.path());
         let err = resolve(None, "us-east-1", None, &e).unwrap_err();
+        assert!(matches!(err, CredsError::NoneFound), "{err}");
+        let err = err.to_string();
         assert!(
             err.contains("AWS_ACCESS_KEY_ID") && err.contains("AWS_WEB_IDENTITY_TOKEN_FILE"),
             "{err}"

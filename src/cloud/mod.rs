@@ -59,7 +59,7 @@ pub fn connect(name: &str, cloud: &Cloud) -> Result<Api> {
         endpoint: endpoint
             .map(str::to_string)
             .unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", cloud.region)),
-        reason,
+        reason: reason.to_string(),
     })?;
     Ok(Api::new(name, &cloud.region, endpoint, creds, TIMEOUTS))
 }

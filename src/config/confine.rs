@@ -49,7 +49,7 @@ impl Confine {
                 format!(
                     "{} {}",
                     rel.display(),
-                    why.replacen(
+                    why.to_string().replacen(
                         "leaves the tree",
                         &format!("leads outside {}", self.what),
                         1

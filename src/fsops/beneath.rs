@@ -694,17 +694,30 @@ fn with_path(e: io::Error, p: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {why}", p.display()))
 }
 
+/// How a path resolved inside a tree leaves it (or cannot be resolved).
+#[derive(Debug, thiserror::Error)]
+pub enum Escape {
+    #[error("leaves the tree (through {} it reaches {})", .link.display(), .target.display())]
+    Through { link: PathBuf, target: PathBuf },
+    #[error("leaves the tree (it climbs above the tree's top)")]
+    Climbs,
+    #[error("leaves the tree (through {} it reaches the absolute path {})", .link.display(), .target.display())]
+    Absolute { link: PathBuf, target: PathBuf },
+    #[error("never ends (a loop of symlinks)")]
+    Loop,
+    #[error("{} is not a relative path", .0.display())]
+    NotRelative(PathBuf),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
 /// Where a symlink at `link` (relative to the tree's root) leads, resolved
 /// inside the tree the way the kernel would — through the other symlinks it
 /// meets, `..` included — or why it leaves the tree. An absolute target
 /// leaves it, unless `chroot` (a root filesystem: `/` is the tree's root).
 /// Parts that do not exist (yet) are taken as they are written.
-pub fn resolve_inside(tree: &Beneath, link: &Path, chroot: bool) -> Result<PathBuf, String> {
-    let mut at: Vec<OsString> = components(link)
-        .map_err(|e| e.to_string())?
-        .iter()
-        .map(|c| c.to_os_string())
-        .collect();
+pub fn resolve_inside(tree: &Beneath, link: &Path, chroot: bool) -> Result<PathBuf, Escape> {
+    let mut at: Vec<OsString> = components(link)?.iter().map(|c| c.to_os_string()).collect();
     // the link itself is resolved from its directory
     let todo: Vec<OsString> = at.pop().into_iter().collect();
     walk_inside(tree, at, todo, chroot)
@@ -714,14 +727,14 @@ pub fn resolve_inside(tree: &Beneath, link: &Path, chroot: bool) -> Result<PathB
 /// along it (its directories too) resolved the way the kernel would, none
 /// allowed to leave — or why it leaves. The path returned holds no symlink,
 /// so it can be opened beneath the tree with nothing followed.
-pub fn resolve_path(tree: &Beneath, rel: &Path) -> Result<PathBuf, String> {
+pub fn resolve_path(tree: &Beneath, rel: &Path) -> Result<PathBuf, Escape> {
     let mut todo = Vec::new();
     for c in rel.components() {
         match c {
             Component::Normal(n) => todo.push(n.to_os_string()),
             Component::ParentDir => todo.push(OsString::from("..")),
             Component::CurDir => {}
-            _ => return Err(format!("{} is not a relative path", rel.display())),
+            _ => return Err(Escape::NotRelative(rel.to_path_buf())),
         }
     }
     todo.reverse();
@@ -734,7 +747,7 @@ fn walk_inside(
     mut at: Vec<OsString>,
     mut todo: Vec<OsString>,
     chroot: bool,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, Escape> {
     let mut follows = 0;
     // the last symlink followed: an escape is said with the link that made it
     let mut last_link: Option<(PathBuf, PathBuf)> = None;
@@ -742,13 +755,9 @@ fn walk_inside(
         let here: PathBuf = at.iter().chain([&part]).collect();
         if part == ".." {
             if at.pop().is_none() && !chroot {
-                return Err(match &last_link {
-                    Some((link, target)) => format!(
-                        "leaves the tree (through {} it reaches {})",
-                        link.display(),
-                        target.display()
-                    ),
-                    None => "leaves the tree (it climbs above the tree's top)".to_string(),
+                return Err(match last_link {
+                    Some((link, target)) => Escape::Through { link, target },
+                    None => Escape::Climbs,
                 });
             }
             continue;
@@ -760,16 +769,12 @@ fn walk_inside(
             Ok(Some(s)) if s.kind == Kind::Symlink => {
                 follows += 1;
                 if follows > 40 {
-                    return Err("never ends (a loop of symlinks)".into());
+                    return Err(Escape::Loop);
                 }
-                let target = tree.read_link(&here).map_err(|e| e.to_string())?;
+                let target = tree.read_link(&here)?;
                 if target.is_absolute() {
                     if !chroot {
-                        return Err(format!(
-                            "leaves the tree (through {} it reaches the absolute path {})",
-                            here.display(),
-                            target.display()
-                        ));
+                        return Err(Escape::Absolute { link: here, target });
                     }
                     at.clear();
                 }
@@ -1083,8 +1088,9 @@ mod tests {
         );
         link("loop2", "loop1");
         link("loop1", "loop2");
-        assert!(r("loop1").unwrap_err().contains("loop"));
-        assert!(r("esc").unwrap_err().contains("leaves the tree"));
+        assert!(matches!(r("loop1").unwrap_err(), Escape::Loop));
+        assert!(r("loop1").unwrap_err().to_string().contains("loop"));
+        assert!(r("esc").unwrap_err().to_string().contains("leaves the tree"));
         link("missing/x", "dangling");
         assert_eq!(r("dangling").unwrap(), Path::new("missing/x"));
     }
@@ -1104,9 +1110,11 @@ mod tests {
         assert_eq!(r("src/alias/kolet").unwrap(), Path::new("src/real/kolet"));
         assert_eq!(r("src/real/kolet").unwrap(), Path::new("src/real/kolet"));
         // a directory along the way leads out: the link is named
-        let e = r("src/real/up/etc/shadow").unwrap_err();
+        let e = r("src/real/up/etc/shadow").unwrap_err().to_string();
         assert!(e.contains("src/real/up") && e.contains("../../.."), "{e}");
         let e = r("etc/shadow").unwrap_err();
+        assert!(matches!(e, Escape::Absolute { .. }), "{e}");
+        let e = e.to_string();
         assert!(e.contains("etc") && e.contains("/etc"), "{e}");
         assert!(r("../x").is_err());
     }

@@ -94,6 +94,35 @@ struct CheckSets {
     journal: Arc<CheckSet>,
 }
 
+/// Terminate what crashed runs left in the clouds these tests launch in
+/// (once per cloud and process), each said as a note.
+#[cfg(feature = "cloud")]
+fn reap_clouds(
+    desired: &Desired,
+    state: &StateDir,
+    selection: &Selection,
+    opts: &Options,
+    on: &mut dyn FnMut(Event),
+) {
+    let clouds: std::collections::BTreeSet<&str> = selection
+        .selected
+        .iter()
+        .filter(|s| s.case.executor == crate::config::model::Executor::Cloud)
+        .filter_map(|s| desired.model.suite.get(&s.case.suite)?.cloud.as_deref())
+        .collect();
+    for c in clouds {
+        match platform::cloud::reap(desired, state, &opts.clouds, c) {
+            Ok(notes) => notes.iter().for_each(|n| on(Event::Note(n))),
+            Err(e) => on(Event::Note(&format!(
+                "cloud {c}: cannot look for instances left by crashed runs: {e}"
+            ))),
+        }
+    }
+}
+
+#[cfg(not(feature = "cloud"))]
+fn reap_clouds(_: &Desired, _: &StateDir, _: &Selection, _: &Options, _: &mut dyn FnMut(Event)) {}
+
 /// Run `selection` on fresh instances, `opts.jobs` at a time, into a new
 /// run folder; `state` is the operation's state dir (opened once by the caller).
 pub fn run(
@@ -130,24 +159,7 @@ pub fn run(
     for note in platform::notes(desired, &targets) {
         on(Event::Note(&note));
     }
-    // instances a crashed run left in the clouds these tests launch in
-    #[cfg(feature = "cloud")]
-    {
-        let clouds: std::collections::BTreeSet<&str> = selection
-            .selected
-            .iter()
-            .filter(|s| s.case.executor == crate::config::model::Executor::Cloud)
-            .filter_map(|s| desired.model.suite.get(&s.case.suite)?.cloud.as_deref())
-            .collect();
-        for c in clouds {
-            match platform::cloud::reap(desired, state, &opts.clouds, c) {
-                Ok(notes) => notes.iter().for_each(|n| on(Event::Note(n))),
-                Err(e) => on(Event::Note(&format!(
-                    "cloud {c}: cannot look for instances left by crashed runs: {e}"
-                ))),
-            }
-        }
-    }
+    reap_clouds(desired, state, &selection, opts, on);
     let all = checks::all(&desired.model.check);
     let checks = CheckSets {
         console: CheckSet::new(&all, Scope::Console),

@@ -47,5 +47,6 @@ pub fn export(
     };
     let subvolume = entry(rev)?;
     let parent = parent.map(entry).transpose()?;
-    crate::store::send::export(&subvolume, parent.as_deref(), out).map_err(refuse)
+    crate::store::send::export(&subvolume, parent.as_deref(), out)
+        .map_err(|e| refuse(e.to_string()))
 }

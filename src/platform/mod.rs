@@ -209,7 +209,7 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
         ),
         (Executor::Namespace, Target::Host) => needs("namespace", "without a machine"),
         (
-            Executor::Namespace,
+            executor @ (Executor::Namespace | Executor::Host),
             Target::Machine {
                 name,
                 machine,
@@ -218,6 +218,9 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
             },
         ) => {
             let w = working(name, machine, volume, toolchain)?;
+            if executor == Executor::Host {
+                return Ok(Box::new(host::HostInstance::new(p, Some(w.into()))));
+            }
             let hostname = w.name.clone();
             Ok(Box::new(namespace::NamespaceInstance::new(
                 p,
@@ -229,18 +232,6 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
             namespace::NamespaceInstance::new(p, root.to_path_buf().into(), name.to_string()),
         )),
         (Executor::Host, Target::Host) => Ok(Box::new(host::HostInstance::new(p, None))),
-        (
-            Executor::Host,
-            Target::Machine {
-                name,
-                machine,
-                volume,
-                toolchain,
-            },
-        ) => {
-            let w = working(name, machine, volume, toolchain)?;
-            Ok(Box::new(host::HostInstance::new(p, Some(w.into()))))
-        }
         (Executor::Host, Target::Staging { root, .. }) => Ok(Box::new(host::HostInstance::new(
             p,
             Some(root.to_path_buf().into()),

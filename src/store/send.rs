@@ -548,12 +548,27 @@ impl<R: Read, F: Fn()> Read for CountingReader<'_, R, F> {
     }
 }
 
+/// Why an export wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cannot run `btrfs send`: {0}")]
+    Spawn(io::Error),
+    #[error("btrfs send failed ({status}): {stderr}")]
+    Send { status: String, stderr: String },
+}
+
 /// Write `subvolume` (read-only) as a send stream to `out`, incremental
 /// against `parent` when given; zstd-compressed when `out` ends in `.zst`.
 /// Written into an unnamed file in `out`'s directory (`O_TMPFILE`), linked
 /// under a fresh name and renamed over `out` only when complete; nothing is
 /// ever written through a symlink planted at `out`.
-pub fn export(subvolume: &Path, parent: Option<&Path>, out: &Path) -> Result<(), String> {
+pub fn export(subvolume: &Path, parent: Option<&Path>, out: &Path) -> Result<(), ExportError> {
+    let at = |source| ExportError::Io {
+        path: out.to_path_buf(),
+        source,
+    };
     let mut cmd = Command::new("btrfs");
     cmd.arg("send").arg("-q");
     if let Some(p) = parent {
@@ -562,10 +577,8 @@ pub fn export(subvolume: &Path, parent: Option<&Path>, out: &Path) -> Result<(),
     cmd.arg(subvolume)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let file = Unlinked::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run `btrfs send`: {e}"))?;
+    let file = Unlinked::create(out).map_err(at)?;
+    let mut child = cmd.spawn().map_err(ExportError::Spawn)?;
     let mut stdout = child.stdout.take().expect("piped");
     let copied = if out.to_string_lossy().ends_with(".zst") {
         zstd::stream::write::Encoder::new(&file.file, 3).and_then(|mut z| {
@@ -576,20 +589,16 @@ pub fn export(subvolume: &Path, parent: Option<&Path>, out: &Path) -> Result<(),
     } else {
         io::copy(&mut stdout, &mut &file.file).and_then(|_| file.file.sync_all())
     };
-    let status = child
-        .wait_with_output()
-        .map_err(|e| format!("btrfs send: {e}"))?;
+    let status = child.wait_with_output().map_err(ExportError::Spawn)?;
     if !status.status.success() {
         let err = String::from_utf8_lossy(&status.stderr);
-        return Err(format!(
-            "btrfs send failed ({}): {}",
-            status.status,
-            crate::output::escape(err.trim())
-        ));
+        return Err(ExportError::Send {
+            status: status.status.to_string(),
+            stderr: crate::output::escape(err.trim()).into_owned(),
+        });
     }
-    copied.map_err(|e| format!("{}: {e}", out.display()))?;
-    file.publish()
-        .map_err(|e| format!("{}: {e}", out.display()))
+    copied.map_err(at)?;
+    file.publish().map_err(at)
 }
 
 /// A file being written in a directory, with no name until it is complete.
