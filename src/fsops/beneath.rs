@@ -1090,7 +1090,10 @@ mod tests {
         link("loop1", "loop2");
         assert!(matches!(r("loop1").unwrap_err(), Escape::Loop));
         assert!(r("loop1").unwrap_err().to_string().contains("loop"));
-        assert!(r("esc").unwrap_err().to_string().contains("leaves the tree"));
+        assert!(r("esc")
+            .unwrap_err()
+            .to_string()
+            .contains("leaves the tree"));
         link("missing/x", "dangling");
         assert_eq!(r("dangling").unwrap(), Path::new("missing/x"));
     }
