@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::checks::{self, CheckSet, Hit, Scanner};
 use super::report::{Attempt, Class, Phases, Report, Summary, TestResult, Verdict};
-use super::select::{Selected, Selection};
+use super::select::{On, Selected, Selection};
 use crate::config::model::{Scope, Severity};
 use crate::config::Desired;
 use crate::error::{Error, Result};
@@ -100,7 +100,7 @@ struct CheckSets {
 fn reap_clouds(
     desired: &Desired,
     state: &StateDir,
-    selection: &Selection,
+    selection: &Selection<'_>,
     opts: &Options,
     on: &mut dyn FnMut(Event),
 ) {
@@ -121,14 +121,21 @@ fn reap_clouds(
 }
 
 #[cfg(not(feature = "cloud"))]
-fn reap_clouds(_: &Desired, _: &StateDir, _: &Selection, _: &Options, _: &mut dyn FnMut(Event)) {}
+fn reap_clouds(
+    _: &Desired,
+    _: &StateDir,
+    _: &Selection<'_>,
+    _: &Options,
+    _: &mut dyn FnMut(Event),
+) {
+}
 
 /// Run `selection` on fresh instances, `opts.jobs` at a time, into a new
 /// run folder; `state` is the operation's state dir (opened once by the caller).
 pub fn run(
     desired: &Desired,
     state: &StateDir,
-    selection: Selection,
+    selection: Selection<'_>,
     opts: &Options,
     on: &mut dyn FnMut(Event),
 ) -> Result<Report> {
@@ -148,15 +155,9 @@ pub fn run(
     let targets: Vec<_> = selection
         .selected
         .iter()
-        .map(|s| {
-            (
-                s.case.executor,
-                s.case.machine.as_deref(),
-                s.case.image.as_deref(),
-            )
-        })
+        .map(|s| (s.case.executor, s.case.on.machine(), s.case.on.image()))
         .collect();
-    for note in platform::notes(desired, &targets) {
+    for note in platform::notes(&targets) {
         on(Event::Note(&note));
     }
     reap_clouds(desired, state, &selection, opts, on);
@@ -236,14 +237,14 @@ pub fn run(
 
 /// The tests still to run, handed to the workers in order — but never more
 /// at once of one suite than its `parallel` allows.
-struct Queue {
-    inner: Mutex<(VecDeque<Selected>, BTreeMap<String, usize>)>,
+struct Queue<'d> {
+    inner: Mutex<(VecDeque<Selected<'d>>, BTreeMap<String, usize>)>,
     freed: std::sync::Condvar,
     limits: BTreeMap<String, usize>,
 }
 
-impl Queue {
-    fn new(desired: &Desired, tests: Vec<Selected>) -> Queue {
+impl<'d> Queue<'d> {
+    fn new(desired: &Desired, tests: Vec<Selected<'d>>) -> Queue<'d> {
         let limits = desired
             .model
             .suite
@@ -258,7 +259,7 @@ impl Queue {
     }
 
     /// The next test a worker may start (waiting while only full suites are left), or None at the end.
-    fn next(&self) -> Option<Selected> {
+    fn next(&self) -> Option<Selected<'d>> {
         let mut g = self.inner.lock().unwrap();
         loop {
             let (queue, running) = &mut *g;
@@ -306,10 +307,7 @@ fn run_one(
     let case = &sel.case;
     let out_dir = run_dir.join(safe_dir_name(&case.name));
     let _ = fs::create_dir_all(&out_dir);
-    let machine = case
-        .machine
-        .as_ref()
-        .and_then(|m| desired.model.machine.get(m));
+    let machine = case.on.machine();
     let mut result = TestResult {
         name: case.name.clone(),
         suite: case.suite.clone(),
@@ -319,8 +317,8 @@ fn run_one(
         duration_ms: 0,
         attempts: Vec::new(),
         checks: Vec::new(),
-        machine: case.machine.clone(),
-        image: case.image.clone(),
+        machine: case.on.machine_name().map(str::to_string),
+        image: case.on.image_name().map(str::to_string),
         revision: machine.map(|m| m.revision),
         digests: Default::default(),
         output: out_dir.clone(),
@@ -330,7 +328,7 @@ fn run_one(
             result.digests.insert("source_sha256".into(), sha);
         }
     }
-    if let Some(img) = case.image.as_ref().and_then(|i| desired.model.image.get(i)) {
+    if let Some(img) = case.on.image() {
         for (file, src) in &img.files {
             if let Some(sha) = &src.sha256 {
                 result.digests.insert(format!("files.{file}"), sha.clone());
@@ -656,19 +654,27 @@ struct Ran {
 /// (its output through `sink`); an error says why nothing ran.
 fn run_on_instance(
     desired: &Desired,
-    case: &super::select::TestCase,
+    case: &super::select::TestCase<'_>,
     mut sink: TestSink,
     out_dir: &Path,
     state: &StateDir,
     opts: &Options,
     t0: Instant,
 ) -> std::result::Result<Ran, String> {
-    let target = match (&case.machine, &case.image) {
-        (Some(m), _) => Target::machine(desired, m, case.toolchain.as_deref()),
-        (None, Some(i)) => Target::image(desired, i),
-        (None, None) => Ok(Target::Host),
-    }
-    .map_err(|e| format!("cannot provision: {e}"))?;
+    let target = match case.on {
+        On::Host => Target::Host,
+        On::Machine {
+            name,
+            machine,
+            volume,
+        } => Target::Machine {
+            name,
+            machine,
+            volume,
+            toolchain: case.toolchain.as_deref(),
+        },
+        On::Image { name, image } => Target::Image { name, image },
+    };
     let provision = Provision {
         desired,
         state,
@@ -726,7 +732,7 @@ fn run_on_instance(
 /// timeout or stall, then the exit status and the `expect` matchers.
 fn judge(
     attempt: Attempt,
-    case: &super::select::TestCase,
+    case: &super::select::TestCase<'_>,
     ran: &Ran,
     out_dir: &Path,
     limit: u64,

@@ -3,19 +3,63 @@
 //! architectures, distros, platforms, version ranges and the `[[skip]]` list.
 //! Every test left out carries the reason, for `test --list --explain`.
 
-use crate::config::model::{Executor, Test};
+use crate::config::model::{Executor, Image, Machine, Test, Volume};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 
-/// One test on one machine.
+/// What a test runs on, resolved from the file once, when the tests are
+/// found: the run, the notes and the provisioner read these, never the
+/// model by name again.
+#[derive(Debug, Clone, Copy)]
+pub enum On<'d> {
+    /// No machine: the host itself.
+    Host,
+    Machine {
+        name: &'d str,
+        machine: &'d Machine,
+        volume: &'d Volume,
+    },
+    /// A netboot image booted over PXE instead of a machine.
+    Image { name: &'d str, image: &'d Image },
+}
+
+impl<'d> On<'d> {
+    pub fn machine_name(&self) -> Option<&'d str> {
+        match self {
+            On::Machine { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    pub fn image_name(&self) -> Option<&'d str> {
+        match self {
+            On::Image { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    pub fn machine(&self) -> Option<&'d Machine> {
+        match self {
+            On::Machine { machine, .. } => Some(machine),
+            _ => None,
+        }
+    }
+
+    pub fn image(&self) -> Option<&'d Image> {
+        match self {
+            On::Image { image, .. } => Some(image),
+            _ => None,
+        }
+    }
+}
+
+/// One test on one machine (or image, or the host).
 #[derive(Debug, Clone)]
-pub struct TestCase {
+pub struct TestCase<'d> {
     /// `suite.test`, or `suite.test[machine]` when the suite has several machines or images.
     pub name: String,
     pub suite: String,
-    pub machine: Option<String>,
-    /// A netboot image booted over PXE instead of a machine.
-    pub image: Option<String>,
+    pub on: On<'d>,
     pub toolchain: Option<String>,
     pub executor: Executor,
     pub spec: Test,
@@ -30,14 +74,14 @@ pub struct SkipEntry {
 }
 
 #[derive(Debug, Clone)]
-pub struct Selected {
-    pub case: TestCase,
+pub struct Selected<'d> {
+    pub case: TestCase<'d>,
     pub skip: Option<SkipEntry>,
 }
 
 #[derive(Debug, Default)]
-pub struct Selection {
-    pub selected: Vec<Selected>,
+pub struct Selection<'d> {
+    pub selected: Vec<Selected<'d>>,
     /// (name, why it is not selected)
     pub excluded: Vec<(String, String)>,
 }
@@ -64,7 +108,7 @@ pub struct Excluded<'a> {
     pub reason: &'a str,
 }
 
-impl Selection {
+impl Selection<'_> {
     pub fn listing(&self, explain: bool) -> Listing<'_> {
         Listing {
             format_version: 1,
@@ -74,7 +118,7 @@ impl Selection {
                 .map(|s| Listed {
                     name: &s.case.name,
                     suite: &s.case.suite,
-                    machine: s.case.machine.as_deref(),
+                    machine: s.case.on.machine_name(),
                     skip: s.skip.as_ref(),
                 })
                 .collect(),
@@ -165,7 +209,7 @@ impl Partition {
     }
 
     /// Keep this partition's tests; the others are excluded, saying where they went.
-    pub fn split(&self, sel: &mut Selection) {
+    pub fn split(&self, sel: &mut Selection<'_>) {
         let all = std::mem::take(&mut sel.selected);
         for (i, s) in all.into_iter().enumerate() {
             let p = self.of(i, &s.case.name);
@@ -202,7 +246,31 @@ impl Filters {
 }
 
 /// Every test the file declares, expanded per machine.
-pub fn discover(desired: &Desired) -> Result<Vec<TestCase>> {
+pub fn discover(desired: &Desired) -> Result<Vec<TestCase<'_>>> {
+    let machine = |name: &str| -> Result<On<'_>> {
+        let (name, machine) = desired
+            .model
+            .machine
+            .get_key_value(name)
+            .ok_or_else(|| Error::Usage(format!("no machine `{name}` is declared")))?;
+        let volume =
+            desired.model.volume.get(&machine.volume).ok_or_else(|| {
+                Error::Usage(format!("machine `{name}` names no declared volume"))
+            })?;
+        Ok(On::Machine {
+            name,
+            machine,
+            volume,
+        })
+    };
+    let image = |name: &str| -> Result<On<'_>> {
+        let (name, image) = desired
+            .model
+            .image
+            .get_key_value(name)
+            .ok_or_else(|| Error::Usage(format!("no image `{name}` is declared")))?;
+        Ok(On::Image { name, image })
+    };
     let mut out = Vec::new();
     for (sname, suite) in &desired.model.suite {
         let mut tests: Vec<(String, Test)> = suite
@@ -215,26 +283,25 @@ pub fn discover(desired: &Desired) -> Result<Vec<TestCase>> {
             tests.extend(found.iter().cloned());
         }
         // each test runs on every machine and every image of its suite (or once, on the host)
-        let mut targets: Vec<(Option<String>, Option<String>)> = suite
+        let mut targets: Vec<On<'_>> = suite
             .machines
             .iter()
-            .map(|m| (Some(m.clone()), None))
-            .chain(suite.images.iter().map(|i| (None, Some(i.clone()))))
-            .collect();
+            .map(|m| machine(m))
+            .chain(suite.images.iter().map(|i| image(i)))
+            .collect::<Result<_>>()?;
         if targets.is_empty() {
-            targets.push((None, None));
+            targets.push(On::Host);
         }
         for (tname, spec) in tests {
-            for (m, i) in &targets {
-                let name = match (m.as_ref().or(i.as_ref()), targets.len()) {
+            for on in &targets {
+                let name = match (on.machine_name().or(on.image_name()), targets.len()) {
                     (Some(t), n) if n > 1 => format!("{sname}.{tname}[{t}]"),
                     _ => format!("{sname}.{tname}"),
                 };
                 out.push(TestCase {
                     name,
                     suite: sname.clone(),
-                    machine: m.clone(),
-                    image: i.clone(),
+                    on: *on,
                     toolchain: suite.toolchain.clone(),
                     executor: suite.executor,
                     spec: spec.clone(),
@@ -303,7 +370,7 @@ pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     std::cmp::Ordering::Equal
 }
 
-pub fn select(desired: &Desired, filters: &Filters) -> Result<Selection> {
+pub fn select<'d>(desired: &'d Desired, filters: &Filters) -> Result<Selection<'d>> {
     let cases = discover(desired)?;
     if filters.names.is_none() {
         unknown_selectors(desired, &cases, filters)?;
@@ -459,11 +526,7 @@ fn exclusion(
             return Some(format!("suite needs --tag {req}"));
         }
     }
-    let m = case
-        .machine
-        .as_ref()
-        .and_then(|m| desired.model.machine.get(m));
-    let image = case.image.as_ref().and_then(|i| desired.model.image.get(i));
+    let (m, image) = (case.on.machine(), case.on.image());
     // an image names its architecture the Debian way (amd64): compare the kernel's name
     let arch = match (m, image) {
         (Some(m), _) => m.arch.as_deref(),

@@ -55,7 +55,7 @@ impl Request {
 }
 
 /// The tests the filters select, and every other one with why not.
-pub fn list(desired: &Desired, filters: &Filters) -> Result<Selection> {
+pub fn list<'d>(desired: &'d Desired, filters: &Filters) -> Result<Selection<'d>> {
     select::select(desired, filters)
 }
 

@@ -242,8 +242,7 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
 /// One line per distinct way instances of these (executor, machine, image)
 /// targets will run — for QEMU, the accelerator and the timeout factor — to
 /// be said once per run.
-pub fn notes(desired: &Desired, targets: &[(Executor, Option<&str>, Option<&str>)]) -> Vec<String> {
-    let model = &desired.model;
+pub fn notes(targets: &[(Executor, Option<&Machine>, Option<&Image>)]) -> Vec<String> {
     let mut notes: Vec<String> = Vec::new();
     for (executor, machine, image) in targets {
         if *executor == Executor::Host {
@@ -256,10 +255,7 @@ pub fn notes(desired: &Desired, targets: &[(Executor, Option<&str>, Option<&str>
         if *executor != Executor::Qemu {
             continue;
         }
-        let (vm, arch) = match (
-            machine.and_then(|m| model.machine.get(m)),
-            image.and_then(|i| model.image.get(i)),
-        ) {
+        let (vm, arch) = match (machine, image) {
             (Some(m), _) => (
                 m.vm.clone().unwrap_or_default(),
                 m.arch
