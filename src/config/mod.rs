@@ -660,19 +660,52 @@ impl Desired {
     }
 
     /// The declared machine `name`, or a usage error naming the declared ones.
+    /// Machine `name` with its volume, the name as the file spells it (a
+    /// valid file has both).
+    pub fn machine_on_volume(
+        &self,
+        name: &str,
+    ) -> Result<(&str, &model::Machine, &model::Volume), Error> {
+        let (name, machine) = self
+            .model
+            .machine
+            .get_key_value(name)
+            .ok_or_else(|| self.no_machine(name))?;
+        let volume =
+            self.model.volume.get(&machine.volume).ok_or_else(|| {
+                Error::Usage(format!("machine `{name}` names no declared volume"))
+            })?;
+        Ok((name, machine, volume))
+    }
+
+    /// Netboot image `name`, the name as the file spells it.
+    pub fn image(&self, name: &str) -> Result<(&str, &model::Image), Error> {
+        self.model
+            .image
+            .get_key_value(name)
+            .map(|(n, i)| (n.as_str(), i))
+            .ok_or_else(|| Error::Usage(format!("no image `{name}` is declared")))
+    }
+
     pub fn machine(&self, name: &str) -> Result<&model::Machine, Error> {
-        self.model.machine.get(name).ok_or_else(|| {
-            Error::Usage(format!(
-                "no machine `{name}` in {} (declared: {})",
-                display_name(&self.path),
-                self.model
-                    .machine
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
+        self.model
+            .machine
+            .get(name)
+            .ok_or_else(|| self.no_machine(name))
+    }
+
+    /// `name` is not a machine of the file: say which ones are.
+    fn no_machine(&self, name: &str) -> Error {
+        Error::Usage(format!(
+            "no machine `{name}` in {} (declared: {})",
+            display_name(&self.path),
+            self.model
+                .machine
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
     }
 
     /// Every file and directory the desired state reads: its files and lock

@@ -248,15 +248,7 @@ impl Filters {
 /// Every test the file declares, expanded per machine.
 pub fn discover(desired: &Desired) -> Result<Vec<TestCase<'_>>> {
     let machine = |name: &str| -> Result<On<'_>> {
-        let (name, machine) = desired
-            .model
-            .machine
-            .get_key_value(name)
-            .ok_or_else(|| Error::Usage(format!("no machine `{name}` is declared")))?;
-        let volume =
-            desired.model.volume.get(&machine.volume).ok_or_else(|| {
-                Error::Usage(format!("machine `{name}` names no declared volume"))
-            })?;
+        let (name, machine, volume) = desired.machine_on_volume(name)?;
         Ok(On::Machine {
             name,
             machine,
@@ -264,11 +256,7 @@ pub fn discover(desired: &Desired) -> Result<Vec<TestCase<'_>>> {
         })
     };
     let image = |name: &str| -> Result<On<'_>> {
-        let (name, image) = desired
-            .model
-            .image
-            .get_key_value(name)
-            .ok_or_else(|| Error::Usage(format!("no image `{name}` is declared")))?;
+        let (name, image) = desired.image(name)?;
         Ok(On::Image { name, image })
     };
     let mut out = Vec::new();

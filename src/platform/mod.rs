@@ -114,11 +114,7 @@ impl<'a> Target<'a> {
         name: &'a str,
         toolchain: Option<&'a str>,
     ) -> Result<Target<'a>> {
-        let machine = desired.machine(name)?;
-        let volume =
-            desired.model.volume.get(&machine.volume).ok_or_else(|| {
-                Error::Usage(format!("machine `{name}` names no declared volume"))
-            })?;
+        let (_, machine, volume) = desired.machine_on_volume(name)?;
         Ok(Target::Machine {
             name,
             machine,
@@ -129,11 +125,7 @@ impl<'a> Target<'a> {
 
     /// Netboot image `name` of `desired`.
     pub fn image(desired: &'a Desired, name: &'a str) -> Result<Target<'a>> {
-        let image = desired
-            .model
-            .image
-            .get(name)
-            .ok_or_else(|| Error::Usage(format!("no image `{name}` is declared")))?;
+        let (_, image) = desired.image(name)?;
         Ok(Target::Image { name, image })
     }
 }
