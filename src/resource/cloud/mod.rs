@@ -22,25 +22,18 @@
 //! What a cloud holds is read once per run through `cloud::inventory`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{
     Action, ApplyContext, Change, Context, Detail, KindStatus, Observed, Resource, ResourceStatus,
 };
-use crate::cloud::ec2::{Image, Registration, Snapshot};
-use crate::cloud::{
-    self, error as cloud_error, Api, TAG_DIGEST, TAG_MACHINE, TAG_REVISION, TAG_SNAPSHOT, TAG_TOKEN,
-};
-use crate::config::model::{Firmware, Machine, MachineKind};
-use crate::config::Desired;
+use crate::cloud::ec2::{Image, Snapshot};
+use crate::cloud::{TAG_DIGEST, TAG_MACHINE, TAG_REVISION, TAG_SNAPSHOT};
+use crate::config::model::{Machine, MachineKind};
 use crate::error::{Error, Result};
 use crate::fsops::digest::sha256_bytes;
-use crate::state::journal::{Open, Recover};
-use crate::store::{disk, EntryKind, MachineDir};
+use crate::store::{EntryKind, MachineDir};
 
 mod publish;
 mod recover;

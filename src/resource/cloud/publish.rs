@@ -2,7 +2,18 @@
 //! completion, registration, tags) and retiring one (`cloud-retire`).
 
 use super::recover::{recover_publish, step_data, PublishIntent, RetireIntent};
-use super::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{CloudImage, Wanted, COMPLETION_LIMIT, PUBLISH_KIND, RECORD_VERSION, RETIRE_KIND};
+use crate::cloud;
+use crate::cloud::ec2::Registration;
+use crate::cloud::{error as cloud_error, Api};
+use crate::config::model::Firmware;
+use crate::error::{Error, Result};
+use crate::fsops::digest::sha256_bytes;
+use crate::resource::ApplyContext;
+use crate::store::{disk, EntryKind};
 
 impl CloudImage {
     /// Publish the revision: a journaled `cloud-publish` transaction.

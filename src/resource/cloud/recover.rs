@@ -1,8 +1,18 @@
 //! The journal's cloud kinds: what a publish or a retire was about to do,
 //! and how an interrupted one is finished or undone.
 
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
 use super::publish::image_name_prefix;
-use super::*;
+use super::{Clouds, KIND, PUBLISH_KIND, RECORD_VERSION, RETIRE_KIND};
+use crate::cloud::{
+    error as cloud_error, Api, TAG_DIGEST, TAG_MACHINE, TAG_REVISION, TAG_SNAPSHOT, TAG_TOKEN,
+};
+use crate::config::Desired;
+use crate::error::{Error, Result};
+use crate::state::journal::{Open, Recover};
 
 /// What a `cloud-publish` transaction is about to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]

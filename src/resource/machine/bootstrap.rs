@@ -2,7 +2,19 @@
 //! snapshotted, the bootstrap command run in it (namespaces, or a VM for a
 //! disk machine), the result committed read-only.
 
-use super::*;
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::{bootstrap_digest, MachineResource, DEFAULT_BOOTSTRAP_TIMEOUT};
+use crate::config::model::{Executor, Machine, MachineKind};
+use crate::error::{Error, Result};
+use crate::platform::{Provision, Target};
+use crate::process::{Interrupt, Tail};
+use crate::resource::ApplyContext;
+use crate::store::{disk, EntryKind, EntryReceipt};
+use crate::{fault, platform};
 
 impl MachineResource {
     /// Bootstrap a toolchain snapshot: a snapshot of the current revision (a

@@ -2,7 +2,20 @@
 //! receiving a `btrfs send` stream, staging a disk image, and committing
 //! it into the volume as one journaled step.
 
-use super::*;
+use std::fs;
+use std::path::Path;
+
+use super::MachineResource;
+use crate::backend::VolumeBackend;
+use crate::config::model::{ArchiveFormat, Machine, MachineKind};
+use crate::error::{Error, Result};
+use crate::fsops::beneath::Beneath;
+use crate::resource::recover::{begin_fs, Op, VolumeCommit};
+use crate::resource::{ApplyContext, Context};
+use crate::source::archive::Policy;
+use crate::source::Artifact;
+use crate::store::{disk, write_receipt, EntryKind, EntryReceipt};
+use crate::{backend, fault, fsops, source};
 
 impl MachineResource {
     pub(super) fn build_revision(&self, m: &Machine, cx: &mut ApplyContext) -> Result<()> {

@@ -8,34 +8,19 @@
 //! <volume>/<m>/.reconcile/      sidecar receipts (a read-only rootfs cannot carry one)
 //! ```
 
-use crate::config::model::ArchiveFormat;
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use super::{
-    Action, ApplyContext, Change, Context, EntryStatus, KindStatus, Observed, Resource,
-    ResourceStatus,
+    ApplyContext, Change, Context, EntryStatus, KindStatus, Observed, Resource, ResourceStatus,
 };
-use crate::backend::{self, VolumeBackend};
-use crate::config::model::{Executor, Machine, MachineKind, Prune, Volume};
+use crate::backend::VolumeBackend;
+use crate::config::model::{Machine, Prune, Volume};
 use crate::error::{Error, Result};
-use crate::fault;
 use crate::fsops::beneath::{self, Beneath};
 use crate::fsops::{self, digest::sha256_bytes};
-use crate::platform::{self, Provision, Target};
-use crate::process::{Interrupt, Tail};
-use crate::resource::recover::{begin_fs, Op, VolumeCommit};
-use crate::source::{self, archive::Policy, Artifact, Location};
 use crate::state::now_rfc3339;
-use crate::store::disk;
-use crate::store::working::live_bases;
-use crate::store::{
-    observe_dir, revision_of, write_receipt, Entry, EntryKind, EntryReceipt, MachineDir,
-    MachineState,
-};
+use crate::store::{observe_dir, revision_of, EntryKind, EntryReceipt, MachineDir, MachineState};
 
 mod bootstrap;
 mod build;

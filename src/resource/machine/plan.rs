@@ -2,7 +2,15 @@
 //! its reason (a revision built or switched to, toolchains bootstrapped, what
 //! retention and pruning delete — never what a live snapshot reads through).
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{bootstrap_digest, MachineResource, Step};
+use crate::config::model::{Machine, Prune};
+use crate::error::{Error, Result};
+use crate::resource::{Action, Change, Context};
+use crate::source::Location;
+use crate::store::working::live_bases;
+use crate::store::{disk, revision_of, Entry, EntryKind, MachineState};
 
 impl MachineResource {
     /// The steps that make the machine match, with a reason each (a switch of
