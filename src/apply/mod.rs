@@ -24,6 +24,8 @@ pub struct Options {
     pub command: String,
     /// Set (by a signal handler) to stop after the resource being applied.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Each of `targets` must match a resource (`--target`; watch's own need not).
+    pub require_targets: bool,
     /// The run's clouds (the tests after the converge use the same).
     pub clouds: std::sync::Arc<crate::resource::Clouds>,
 }
@@ -82,6 +84,9 @@ pub fn converge(
         ..cx
     };
     let resources = resource::all(&cx)?;
+    if opts.require_targets {
+        plan::require_matched(&resources, &opts.targets)?;
+    }
     let (plan, planned) = plan::make(resources, &cx, &opts.targets)?;
     if let Some(saved) = &opts.saved_plan {
         let reasons = Plan::load(saved)?.staleness(&plan);
@@ -228,6 +233,7 @@ pub fn dry_run(
     let planned = {
         let cx = Context::new(desired, state, &index, false, verify);
         let resources = resource::all(&cx)?;
+        plan::require_matched(&resources, targets)?;
         plan::make(resources, &cx, targets)
     };
     let (plan, planned) = planned?;

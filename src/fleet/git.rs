@@ -80,6 +80,9 @@ pub enum GitError {
     },
     #[error("git {verb}: {why}")]
     Interrupted { verb: String, why: String },
+    /// Only `verify-commit` ends this way: it ran, and the signature did not verify.
+    #[error("git {verb} did not verify: {stderr}")]
+    Unverified { verb: String, stderr: String },
     #[error("git {verb} failed ({exit}): {first_line}")]
     Failed {
         verb: String,
@@ -339,10 +342,9 @@ impl Remote {
     ) -> std::result::Result<(String, String), GitError> {
         match self.git_full(cwd, args, env)? {
             (true, out, err) => Ok((out, err)),
-            (false, _, err) => Err(GitError::Failed {
+            (false, _, err) => Err(GitError::Unverified {
                 verb: verb(args).to_string(),
-                exit: "not verified".into(),
-                first_line: err.trim().to_string(),
+                stderr: err.trim().to_string(),
             }),
         }
     }

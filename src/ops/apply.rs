@@ -219,6 +219,7 @@ pub fn apply(loaded: &Loaded, req: &Request, on: &mut dyn FnMut(Progress)) -> Re
     let opts = Options {
         verify: req.verify,
         targets: super::targets(&req.targets)?,
+        require_targets: true,
         lock_timeout: req.lock_timeout,
         saved_plan: req.saved_plan.clone(),
         progress: req.progress,

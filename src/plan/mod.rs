@@ -232,22 +232,29 @@ fn observe_in_parallel(resources: Vec<Box<dyn Resource>>, cx: &Context) -> Resul
     Ok(out)
 }
 
-pub fn make(
-    resources: Vec<Box<dyn Resource>>,
-    cx: &Context,
-    targets: &[glob::Pattern],
-) -> Result<(Plan, Vec<Planned>)> {
+/// `--target` patterns a user gave must each match a resource of this host
+/// (watch's own targets, the addresses it saw drift in, need not: one may
+/// have gone with a reload).
+pub fn require_matched(resources: &[Box<dyn Resource>], targets: &[glob::Pattern]) -> Result<()> {
     let unmatched: Vec<String> = targets
         .iter()
         .filter(|t| !resources.iter().any(|r| t.matches(r.address())))
         .map(|t| format!("`{}`", t.as_str()))
         .collect();
-    if !unmatched.is_empty() {
-        return Err(Error::Usage(format!(
-            "--target {} matches no resource of this host; `reconcile status` lists them",
-            unmatched.join(", ")
-        )));
+    if unmatched.is_empty() {
+        return Ok(());
     }
+    Err(Error::Usage(format!(
+        "--target {} matches no resource of this host; `reconcile status` lists them",
+        unmatched.join(", ")
+    )))
+}
+
+pub fn make(
+    resources: Vec<Box<dyn Resource>>,
+    cx: &Context,
+    targets: &[glob::Pattern],
+) -> Result<(Plan, Vec<Planned>)> {
     let mut resources: Vec<_> = resources
         .into_iter()
         .filter(|r| targets.is_empty() || targets.iter().any(|t| t.matches(r.address())))

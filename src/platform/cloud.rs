@@ -118,26 +118,20 @@ impl CloudInstance {
             .cloud
             .get(cname)
             .ok_or_else(|| Error::Usage(format!("no cloud `{cname}` is declared")))?;
-        // the run's connection and inventory (read once), or a connection of
-        // its own outside a run
-        let (api, image) = match p.clouds {
-            Some(clouds) => {
-                let api = clouds.api(p.desired, cname)?;
-                let inventory = clouds.inventory(p.desired, cname)?;
-                let digest = stored_digest(volume, machine, m)?;
-                let image = published_image(&api, &inventory.images, machine, m.revision, &digest)?;
-                (api, image)
-            }
+        // the run's connection and inventory (read once), or ones of its own
+        // outside a run
+        let own;
+        let clouds = match p.clouds {
+            Some(c) => c,
             None => {
-                let api = Arc::new(cloud::connect(cname, c)?);
-                let images = api
-                    .describe_images(TAG_MACHINE)
-                    .map_err(|e| cloud::error(&api, "ec2", "DescribeImages", e))?;
-                let digest = stored_digest(volume, machine, m)?;
-                let image = published_image(&api, &images, machine, m.revision, &digest)?;
-                (api, image)
+                own = super::Clouds::default();
+                &own
             }
         };
+        let api = clouds.api(p.desired, cname)?;
+        let digest = stored_digest(volume, machine, m)?;
+        let inventory = clouds.inventory(p.desired, cname)?;
+        let image = published_image(&api, &inventory.images, machine, m.revision, &digest)?;
         let instance_type = suite
             .instance_type
             .clone()

@@ -301,64 +301,59 @@ struct Booting {
 }
 
 fn booting(p: &Provision, target: Target) -> Result<Booting> {
-    let (arch, vm, console, snapshot, boot, label, scratch) = match target {
+    if let Target::Machine { name, machine, .. } = &target {
+        if machine.kind != MachineKind::Disk {
+            return Err(infra(format!(
+                "machine `{name}` is a root filesystem; only disk machines (kind = \"disk\") boot in QEMU"
+            )));
+        }
+    }
+    // what boots, as declared: the machine's or the image's settings
+    let (arch, vm, console) = match &target {
+        Target::Machine { machine: m, .. } | Target::Staging { machine: m, .. } => (
+            m.arch.clone().unwrap_or_else(host_arch),
+            m.vm.clone().unwrap_or_default(),
+            m.console.clone(),
+        ),
+        Target::Image { image, .. } => (
+            image.arch.clone(),
+            image.vm.clone().unwrap_or_default(),
+            image.console.clone(),
+        ),
+        Target::Host => unreachable!("the factory refuses qemu without a target"),
+    };
+    check_runnable(&vm, &arch)?;
+    let (snapshot, boot, label, scratch) = match target {
         Target::Machine {
             name,
             machine: m,
             volume,
             toolchain,
         } => {
-            if m.kind != MachineKind::Disk {
-                return Err(infra(format!(
-                    "machine `{name}` is a root filesystem; only disk machines (kind = \"disk\") boot in QEMU"
-                )));
-            }
-            let arch = m.arch.clone().unwrap_or_else(host_arch);
-            let vm = m.vm.clone().unwrap_or_default();
-            check_runnable(&vm, &arch)?;
             let w = WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain)?;
             let image = w
                 .disk
                 .clone()
                 .expect("a disk machine's snapshot has an overlay");
-            let label = format!("reconcile-{}", w.name);
-            let scratch = w.path.clone();
             let boot = Boot::Disk {
                 image,
                 format: DiskFormat::Qcow2,
                 throwaway: true,
             };
-            (arch, vm, m.console.clone(), Some(w), boot, label, scratch)
+            let (label, scratch) = (format!("reconcile-{}", w.name), w.path.clone());
+            (Some(w), boot, label, scratch)
         }
-        Target::Staging {
-            name: machine,
-            machine: m,
-            root,
-        } => {
-            let arch = m.arch.clone().unwrap_or_else(host_arch);
-            let vm = m.vm.clone().unwrap_or_default();
-            check_runnable(&vm, &arch)?;
+        Target::Staging { name, root, .. } => {
             let (image, format) = disk::image_in(root).map_err(|e| Error::io(root, e))?;
             let boot = Boot::Disk {
                 image,
                 format,
                 throwaway: false,
             };
-            let label = format!("reconcile-{machine}-bootstrap");
-            (
-                arch,
-                vm,
-                m.console.clone(),
-                None,
-                boot,
-                label,
-                root.to_path_buf(),
-            )
+            let label = format!("reconcile-{name}-bootstrap");
+            (None, boot, label, root.to_path_buf())
         }
         Target::Image { name, image: img } => {
-            let arch = img.arch.clone();
-            let vm = img.vm.clone().unwrap_or_default();
-            check_runnable(&vm, &arch)?;
             let script = img.target().join(IPXE_SCRIPT);
             if !script.is_file() {
                 return Err(infra(format!(
@@ -376,15 +371,7 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
                 bootfile,
             };
             let label = format!("reconcile-{name}-{}", std::process::id());
-            (
-                arch,
-                vm,
-                img.console.clone(),
-                None,
-                boot,
-                label,
-                p.log_dir.clone(),
-            )
+            (None, boot, label, p.log_dir.clone())
         }
         Target::Host => unreachable!("the factory refuses qemu without a target"),
     };
