@@ -96,6 +96,12 @@ impl Summary {
     pub fn changing(&self) -> usize {
         self.create + self.update + self.replace + self.delete
     }
+
+    /// The changes, worth saying beside the resources only when a resource
+    /// makes more than one (a plan saved by an older release counts none).
+    pub fn changes_beyond_resources(&self) -> Option<usize> {
+        (self.changes > self.changing()).then_some(self.changes)
+    }
 }
 
 impl Plan {

@@ -205,12 +205,11 @@ pub fn plan_summary(plan: &Plan) -> String {
     if s.changing() == 0 {
         format!("No changes, {} in sync", thousands(s.unchanged))
     } else {
-        // resources by action, then the changes they make when those are
-        // more (a plan saved by an older release does not count them)
-        let changes = match s.changes {
-            n if n > s.changing() => format!(" ({} changes)", thousands(n)),
-            _ => String::new(),
-        };
+        // resources by action, then the changes they make when those are more
+        let changes = s
+            .changes_beyond_resources()
+            .map(|n| format!(" ({} changes)", thousands(n)))
+            .unwrap_or_default();
         format!(
             "{}{changes}, {} in sync",
             counts(s.create, s.update, s.delete, s.replace),

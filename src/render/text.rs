@@ -115,12 +115,9 @@ pub fn summary(plan: &Plan) -> String {
             s.update,
             s.replace,
             s.delete,
-            // the changes, when a resource makes more than one
-            if s.changes > s.changing() {
-                format!(" ({} changes)", s.changes)
-            } else {
-                String::new()
-            },
+            s.changes_beyond_resources()
+                .map(|n| format!(" ({n} changes)"))
+                .unwrap_or_default(),
             s.unchanged
         )
     }
