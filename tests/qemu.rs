@@ -45,7 +45,7 @@ revision = 1
 kind = "disk"
 source = {{ path = "images/kit.qcow2", sha256 = "{q}" }}
 arch = "x86_64"
-vm = {{ accel = "tcg", memory = "256M" }}
+vm = {{ accel = "tcg", memory = "256M", transport = "console" }}
 {CONSOLE}
 {extra}"#
     ));
@@ -107,7 +107,7 @@ run = ["sh", "-c", "echo hello; echo to-stderr >&2; printf 'no newline'"]
 expect = {{ stdout = ["hello"] }}
 
 [suite.one]
-machines = ["kit"]
+machines = ["kit", "kitq"]
 executor = "qemu"
 [suite.one.test.exit3]
 run = ["sh", "-c", "exit 3 # Kernel panic - not syncing: typed, never printed"]
@@ -127,11 +127,6 @@ run = ["printf", "%s\n%s\n", "tab	here", "{long}"]
     let t = tests_by_name(&rep);
     for name in ["vm.hello[kit]", "vm.hello[kitq]"] {
         assert_eq!(t[name]["result"], "PASS", "{name}: {:#}", t[name]);
-        // the command's output exactly: stdout and stderr share the serial line
-        assert_eq!(
-            output(&t[name], "stdout.txt"),
-            "hello\nto-stderr\nno newline"
-        );
         let console = output(&t[name], "console.txt");
         assert!(console.contains("kit: up"), "{console}");
         assert!(console.contains("Linux version 6."), "{console}");
@@ -142,34 +137,57 @@ run = ["printf", "%s\n%s\n", "tab	here", "{long}"]
         let log = output(&t[name], "qemu.log");
         assert!(log.starts_with("# qemu-system-x86_64 "), "{log}");
     }
-    assert!(output(&t["vm.hello[kitq]"], "qemu.log").contains("format=qcow2"));
-    // an exit status is exact: 3 fails the test as `test`, with the status recorded
-    let e = &t["one.exit3"];
-    assert_eq!(e["result"], "FAIL");
-    assert_eq!(e["class"], "test");
-    assert_eq!(e["attempts"][0]["exit_status"], 3);
-    assert!(
-        e["reason"].as_str().unwrap().contains("exit status 3"),
-        "{e:#}"
+    // over the command channel (kit, the default): stdout and stderr apart, exactly
+    let agent = &t["vm.hello[kit]"];
+    assert_eq!(output(agent, "stdout.txt"), "hello\nno newline");
+    assert_eq!(output(agent, "stderr.txt"), "to-stderr\n");
+    assert!(output(agent, "qemu.log").contains("name=reconcile.ctl"));
+    // and none of it on the console
+    assert!(!output(agent, "console.txt").contains("to-stderr"));
+    // typed on the console (kitq, transport = "console"): both share the serial line
+    let console = &t["vm.hello[kitq]"];
+    assert_eq!(
+        output(console, "stdout.txt"),
+        "hello\nto-stderr\nno newline"
     );
+    assert!(output(console, "qemu.log").contains("format=qcow2"));
+    assert!(!output(console, "qemu.log").contains("virtio-serial"));
+    for on in ["kit", "kitq"] {
+        // an exit status is exact: 3 fails the test as `test`, with the status recorded
+        let e = &t[&format!("one.exit3[{on}]")];
+        assert_eq!(e["result"], "FAIL");
+        assert_eq!(e["class"], "test");
+        assert_eq!(e["attempts"][0]["exit_status"], 3);
+        assert!(
+            e["reason"].as_str().unwrap().contains("exit status 3"),
+            "{e:#}"
+        );
+        // arguments no terminal line could carry (a tab, 700 characters) arrive intact
+        let u = &t[&format!("one.unsafe[{on}]")];
+        assert_eq!(u["result"], "PASS", "{u:#}");
+        assert_eq!(
+            output(u, "stdout.txt"),
+            format!("tab\there\n{long}\n"),
+            "{}",
+            output(u, "console.txt")
+        );
+    }
     // what was typed (a panic named in a comment) is no console line: the
     // harness did not count it, and `reconcile checks` on the log agrees
+    let e = &t["one.exit3[kitq]"];
     let dir = Path::new(e["output"].as_str().unwrap());
     assert!(output(e, "typed.txt").contains("Kernel panic"));
     farm.run(&["checks", dir.join("console.txt").to_str().unwrap()])
         .expect(0);
-    // arguments no terminal line could carry (a tab, 700 characters) arrive intact
-    let u = &t["one.unsafe"];
-    assert_eq!(u["result"], "PASS", "{u:#}");
-    assert_eq!(
-        output(u, "stdout.txt"),
-        format!("tab\there\n{long}\n"),
-        "{}",
-        output(u, "console.txt")
-    );
     // what was typed is kept apart from what the console said (and the checks saw)
+    let u = &t["one.unsafe[kitq]"];
     assert!(output(u, "typed.txt").contains("base64 -d"));
     assert!(!output(u, "console.txt").contains("base64 -d"));
+    // the agent is typed once, and its text never reaches the console log either
+    let a = &t["one.unsafe[kit]"];
+    assert!(output(a, "typed.txt").contains("base64 -d"));
+    assert!(!output(a, "console.txt").contains("__rc_agent"));
+    assert!(!output(a, "typed.txt").contains("tab\there"));
     assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
     assert_eq!(working_entries(&farm), Vec::<String>::new());
 }
@@ -194,7 +212,7 @@ console = {{ ready = 'kit: up', prompt = 'kit# ', boot_timeout = "10m", stall_ti
 machines = ["kit"]
 executor = "qemu"
 [suite.p.test.panic]
-run = ["sh", "-c", "printf 'Kernel panic - not syncing: %s\n' injected; sleep 100; echo never"]
+run = ["sh", "-c", "printf 'Kernel panic - not syncing: %s\n' injected >/dev/kmsg; sleep 100; echo never"]
 [suite.p.test.slow]
 run = ["sleep", "600"]
 timeout = "2s"
@@ -218,6 +236,8 @@ run = ["true"]
         .unwrap()
         .contains("fatal console check: kernel panic"));
     assert!(!output(p, "stdout.txt").contains("never"));
+    // a kernel message during a test is the console's, never the test's stdout
+    assert!(!output(p, "stdout.txt").contains("not syncing"));
     let hits = p["checks"].as_array().unwrap();
     assert_eq!(
         hits.len(),

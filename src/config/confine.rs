@@ -125,6 +125,25 @@ pub(crate) fn sources(m: &mut DesiredFile, c: &Confine, at: &Sources) -> Vec<Dia
         }
     }
     for (n, suite) in m.suite.iter_mut() {
+        // files uploaded into guests come from the commit too
+        let mut uploads: Vec<(Vec<&str>, &mut String)> = Vec::new();
+        for (g, u) in suite.upload.iter_mut() {
+            uploads.push((vec!["suite", n, "upload", g, "path"], &mut u.path));
+        }
+        for (t, test) in suite.test.iter_mut() {
+            for (g, u) in test.upload.iter_mut() {
+                uploads.push((
+                    vec!["suite", n, "test", t, "upload", g, "path"],
+                    &mut u.path,
+                ));
+            }
+        }
+        for (key, p) in uploads {
+            match c.resolve(Path::new(p.as_str())) {
+                Ok(real) => *p = real.to_string_lossy().into_owned(),
+                Err(why) => out.push(at.at(&key, false, format!("upload {why}"), "refused", None)),
+            }
+        }
         let Some(d) = suite.dir.as_mut() else {
             continue;
         };

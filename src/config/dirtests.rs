@@ -82,6 +82,7 @@ pub fn read(dir: &Path) -> Result<Vec<(String, Test)>, Vec<Diagnostic>> {
                     end_version: h.end_version,
                     skip_checks: h.skip_checks,
                     retries: h.retries,
+                    ..Test::default()
                 },
             )),
             Err(d) => problems.push(*d),

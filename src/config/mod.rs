@@ -629,6 +629,10 @@ fn absolutize(m: &mut DesiredFile, base: &Path) {
         if let Some(d) = s.dir.as_mut() {
             abs(d)
         }
+        let uploads = s.upload.values_mut();
+        for u in uploads.chain(s.test.values_mut().flat_map(|t| t.upload.values_mut())) {
+            abs(&mut u.path)
+        }
     }
 }
 

@@ -202,9 +202,25 @@ pub struct Vm {
     /// network) or `user` (QEMU user networking with outbound access).
     #[serde(default)]
     pub network: Network,
+    /// How commands reach the guest: `agent` (default: a shell loop started
+    /// from the console login runs each command over virtio-serial ports, with
+    /// stdin from /dev/null, stdout and stderr apart and no terminal) or
+    /// `console` (typed on the serial console, output read back from it).
+    #[serde(default)]
+    pub transport: Transport,
     /// Further arguments appended to the QEMU command line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qemu_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A command channel over virtio-serial, served by a POSIX `sh` loop.
+    #[default]
+    Agent,
+    /// The login shell on the serial console.
+    Console,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -674,6 +690,22 @@ pub struct Suite {
     pub dir: Option<String>,
     /// A tag every test of the suite needs to be selected with `--tag`.
     pub required_tag: Option<String>,
+    /// Environment of every test of the suite (a test's `env` adds to it and wins).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of every test (a test's `cwd` wins): absolute, or
+    /// relative to where the executor starts (the snapshot for `host`, `/`
+    /// elsewhere).
+    pub cwd: Option<String>,
+    /// Files copied into the guest before each test (executor `qemu`):
+    /// guest path → `{ path, mode }`. Each is written to a temporary name
+    /// and renamed, so nothing ever sees half a file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upload: BTreeMap<String, Upload>,
+    /// Guest files (absolute glob patterns) copied into the test's run folder
+    /// after each test, also when it failed or timed out (executor `qemu`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collect: Vec<String>,
     /// Tests of the suite.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub test: BTreeMap<String, Test>,
@@ -738,6 +770,40 @@ pub struct Test {
     /// Retries per failure class (`test`, `check`, `timeout`, `infra`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retries: BTreeMap<FailureClass, u32>,
+    /// Environment of the command, over the suite's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the command, instead of the suite's.
+    pub cwd: Option<String>,
+    /// Files copied into the guest before the test, besides the suite's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upload: BTreeMap<String, Upload>,
+    /// Guest files copied into the run folder after the test, besides the suite's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collect: Vec<String>,
+}
+
+/// A file copied into a guest before a test.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upload {
+    /// The file on this host (relative to the file that declares it).
+    pub path: String,
+    /// Permission bits in octal, e.g. `"0755"`. Default `"0644"`.
+    pub mode: Option<String>,
+}
+
+impl Upload {
+    /// The mode bits, when `mode` is octal and at most `07777`.
+    pub fn mode_bits(&self) -> Result<u32, String> {
+        let m = self.mode.as_deref().unwrap_or("0644");
+        match u32::from_str_radix(m, 8) {
+            Ok(b) if b <= 0o7777 && !m.is_empty() => Ok(b),
+            _ => Err(format!(
+                "mode `{m}` is not octal permission bits (write e.g. \"0755\")"
+            )),
+        }
+    }
 }
 
 /// What a test's output must look like.

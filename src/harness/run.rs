@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::checks::{self, CheckSet, Hit, Scanner};
 use super::report::{Attempt, Class, Phases, Report, Summary, TestResult, Verdict};
 use super::select::{On, Selected, Selection};
-use crate::config::model::{Scope, Severity};
+use crate::config::model::{self, Scope, Severity};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 use crate::fsops;
@@ -693,12 +693,7 @@ fn run_on_instance(
         .timeout
         .unwrap_or(DEFAULT_TIMEOUT)
         .mul_f64(opts.timeout_multiplier);
-    let step = Step {
-        name: case.name.clone(),
-        argv: case.spec.run.clone(),
-        env: vec![("RECONCILE_TEST".into(), case.name.clone())],
-        timeout: Some(timeout),
-    };
+    let step = step_of(desired, case, timeout, out_dir);
     let t_start = Instant::now();
     let outcome = instance.start(&mut sink).and_then(|()| {
         phases.boot_ms = t_start.elapsed().as_millis() as u64;
@@ -726,6 +721,53 @@ fn run_on_instance(
         overflow: sink.overflow,
         hits: sink.scanners.finish(),
     })
+}
+
+/// The command of a test as its instance runs it: the suite's environment,
+/// directory and files, the test's over them.
+fn step_of(
+    desired: &Desired,
+    case: &super::select::TestCase<'_>,
+    timeout: Duration,
+    out_dir: &Path,
+) -> Step {
+    let suite = desired.model.suite.get(&case.suite);
+    let t = &case.spec;
+    let mut env: BTreeMap<&str, &str> = BTreeMap::new();
+    for (k, v) in suite.iter().flat_map(|s| &s.env).chain(&t.env) {
+        env.insert(k, v);
+    }
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.push(("RECONCILE_TEST".into(), case.name.clone()));
+    let mut upload: BTreeMap<&str, &model::Upload> = BTreeMap::new();
+    for (g, u) in suite.iter().flat_map(|s| &s.upload).chain(&t.upload) {
+        upload.insert(g, u);
+    }
+    Step {
+        name: case.name.clone(),
+        argv: t.run.clone(),
+        env,
+        timeout: Some(timeout),
+        cwd: t.cwd.clone().or_else(|| suite.and_then(|s| s.cwd.clone())),
+        upload: upload
+            .into_iter()
+            .map(|(guest, u)| platform::Upload {
+                guest: guest.to_string(),
+                from: PathBuf::from(&u.path),
+                mode: u.mode_bits().unwrap_or(0o644),
+            })
+            .collect(),
+        collect: suite
+            .iter()
+            .flat_map(|s| &s.collect)
+            .chain(&t.collect)
+            .cloned()
+            .collect(),
+        collect_into: Some(out_dir.join("collected")),
+    }
 }
 
 /// The verdict on what ran: a capped log, a fatal or failing check, a
@@ -778,6 +820,7 @@ fn judge(
         Err(i @ Interrupt::Stalled { .. }) => {
             fail(attempt, Class::Infra, format!("stall: {i}{factor}"))
         }
+        Err(Interrupt::Refused(why)) => fail(attempt, Class::Test, why.clone()),
         Err(i) => fail(attempt, Class::Infra, i.to_string()),
         Ok(_) if failing_check.is_some() => fail(
             attempt,

@@ -79,8 +79,8 @@ pub fn exec(
     let step = Step {
         name: "exec".into(),
         argv: req.command.clone(),
-        env: Vec::new(),
         timeout: req.timeout,
+        ..Step::default()
     };
     let outcome = instance
         .start(sink)

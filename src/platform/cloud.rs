@@ -423,10 +423,11 @@ pub fn user_data(step: &Step, nonce: &str) -> String {
          [ -n \"$RECONCILE_CONSOLE\" ] && out=$RECONCILE_CONSOLE\n\
          {{\n\
          printf '%s-B\\n' {nonce}\n\
-         cd / && {command}\n\
+         cd {dir} && {command}\n\
          echo {nonce}-$?-\n\
          }} </dev/null >>\"$out\" 2>&1\n",
         name = shell_words::quote(&step.name).replace('\n', " "),
+        dir = shell_words::quote(step.cwd.as_deref().unwrap_or("/")),
     )
 }
 
@@ -611,7 +612,7 @@ mod tests {
             name: "smoke.it's".into(),
             argv: vec!["/bin/echo".into(), "a b".into()],
             env: vec![("RECONCILE_TEST".into(), "smoke.it's".into())],
-            timeout: None,
+            ..Step::default()
         };
         let s = user_data(&step, "00ff");
         assert!(s.starts_with("#!/bin/sh\n"), "{s}");

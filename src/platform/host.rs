@@ -299,6 +299,11 @@ impl Instance for HostInstance {
             cmd.current_dir(root.path())
                 .env("RECONCILE_ROOT", root.path());
         }
+        if let Some(dir) = &step.cwd {
+            // relative to the snapshot (or to where reconcile runs, without one)
+            let base = self.root.as_ref().map(|r| r.path().to_path_buf());
+            cmd.current_dir(base.unwrap_or_default().join(dir));
+        }
         cmd.envs(step.env.iter().map(|(k, v)| (k, v)));
         let prepared = Prepared::new(how, self.root.as_ref().and_then(Root::lock_fd))
             .map_err(|e| Interrupt::Infra(format!("cannot prepare {:?}: {e}", step.argv)))?;

@@ -47,6 +47,24 @@ pub struct Step {
     pub env: Vec<(String, String)>,
     /// As declared; platforms that run slower (QEMU under TCG) scale it.
     pub timeout: Option<Duration>,
+    /// Working directory: absolute, or relative to where the platform starts
+    /// commands (the working snapshot on the host, `/` in a namespace, the
+    /// login's directory in a VM).
+    pub cwd: Option<String>,
+    /// Files copied into the guest before the command (a VM's command channel).
+    pub upload: Vec<Upload>,
+    /// Guest paths (glob patterns) copied into `collect_into` after the command,
+    /// however it ended (a VM's command channel).
+    pub collect: Vec<String>,
+    pub collect_into: Option<PathBuf>,
+}
+
+/// A file copied into a guest: written to a temporary name beside `guest`, then renamed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upload {
+    pub guest: String,
+    pub from: PathBuf,
+    pub mode: u32,
 }
 
 /// Facts about an instance a report records.

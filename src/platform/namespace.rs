@@ -123,7 +123,7 @@ impl NamespaceInstance {
                 .iter()
                 .map(|d| Ok((cstr(&Path::new("/dev").join(d))?, cstr(&dev_dir.join(d))?)))
                 .collect::<io::Result<_>>()?,
-            cwd: cstr(Path::new("/"))?,
+            cwd: cstr(&Path::new("/").join(step.cwd.as_deref().unwrap_or("/")))?,
             hostname: self.hostname.clone(),
             flags: CloneFlags::CLONE_NEWNS
                 | CloneFlags::CLONE_NEWPID

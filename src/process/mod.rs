@@ -109,6 +109,9 @@ pub enum Interrupt {
     Stalled { after: Duration, last_line: String },
     /// The platform failed: QEMU exited, the guest's shell went away, a snapshot could not be made.
     Infra(String),
+    /// The guest refused what the configuration told reconcile to do (a
+    /// console login with a wrong password): the test's fault, not retried as infra.
+    Refused(String),
 }
 
 impl std::fmt::Display for Interrupt {
@@ -125,7 +128,7 @@ impl std::fmt::Display for Interrupt {
                 "the console printed nothing for {}; last line: {last_line:?}",
                 d(after)
             ),
-            Interrupt::Infra(why) => f.write_str(why),
+            Interrupt::Infra(why) | Interrupt::Refused(why) => f.write_str(why),
         }
     }
 }

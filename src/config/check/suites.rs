@@ -1,7 +1,9 @@
 //! The test plan's tables: console checks, suites and their tests (what each
 //! runs on must suit its executor), skips, `[run]`.
 
-use super::super::model::{DesiredFile, Executor, MachineKind, Suite};
+use std::collections::BTreeMap;
+
+use super::super::model::{DesiredFile, Executor, MachineKind, Suite, Transport, Upload};
 use super::{did_you_mean, last_line, names, Checker};
 
 /// Each declared console check: its regex and counts.
@@ -69,7 +71,153 @@ pub(super) fn suites(c: &mut Checker, m: &DesiredFile) {
                 None,
             );
         }
+        let channel = uses_channel(m, suite);
+        let suite_io = Io {
+            env: &suite.env,
+            cwd: &suite.cwd,
+            upload: &suite.upload,
+            collect: &suite.collect,
+        };
+        io(c, &["suite", sname], &suite_io, &channel);
+        for (tname, t) in &suite.test {
+            let test_io = Io {
+                env: &t.env,
+                cwd: &t.cwd,
+                upload: &t.upload,
+                collect: &t.collect,
+            };
+            io(c, &["suite", sname, "test", tname], &test_io, &channel);
+        }
         tests(c, sname, suite);
+    }
+}
+
+/// Whether a suite's commands go through a command channel (the `qemu`
+/// executor with `transport = "agent"` on everything it boots), and if not, why.
+fn uses_channel(m: &DesiredFile, suite: &Suite) -> Result<(), String> {
+    if suite.executor != Executor::Qemu {
+        return Err(format!(
+            "files are copied in and out of VMs only (executor = \"qemu\"; this suite's is `{}`)",
+            suite.executor.name()
+        ));
+    }
+    let vms = suite
+        .machines
+        .iter()
+        .filter_map(|n| m.machine.get(n).map(|x| (n, x.vm.as_ref())))
+        .chain(
+            suite
+                .images
+                .iter()
+                .filter_map(|n| m.image.get(n).map(|x| (n, x.vm.as_ref()))),
+        );
+    for (name, vm) in vms {
+        if vm.is_some_and(|v| v.transport == Transport::Console) {
+            return Err(format!(
+                "`{name}` has vm.transport = \"console\": files travel over the command channel (transport = \"agent\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a suite or test adds to how its commands run.
+struct Io<'a> {
+    env: &'a BTreeMap<String, String>,
+    cwd: &'a Option<String>,
+    upload: &'a BTreeMap<String, Upload>,
+    collect: &'a [String],
+}
+
+/// `env` names are shell names; `upload` and `collect` name absolute guest
+/// paths, need a command channel, and uploads have octal modes.
+fn io(c: &mut Checker, at: &[&str], io: &Io, channel: &Result<(), String>) {
+    let key =
+        |rest: &[&str]| -> Vec<String> { at.iter().chain(rest).map(|s| s.to_string()).collect() };
+    let value =
+        |c: &mut Checker, k: Vec<String>, msg: String, label: &str, help: Option<String>| {
+            let k: Vec<&str> = k.iter().map(String::as_str).collect();
+            c.value(&k, msg, label, help);
+        };
+    for name in io.env.keys() {
+        let shell_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+            && name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
+        if !shell_name {
+            value(
+                c,
+                key(&["env", name]),
+                format!("`{name}` is not an environment variable name"),
+                "not a name",
+                Some("use letters, digits and `_`, not starting with a digit".into()),
+            );
+        }
+    }
+    if io
+        .cwd
+        .as_deref()
+        .is_some_and(|d| d.is_empty() || d.contains('\0'))
+    {
+        value(
+            c,
+            key(&["cwd"]),
+            "`cwd` must name a directory".into(),
+            "empty",
+            None,
+        );
+    }
+    for (guest, u) in io.upload {
+        if !guest.starts_with('/') || guest.ends_with('/') || guest.split('/').any(|p| p == "..") {
+            value(
+                c,
+                key(&["upload", guest]),
+                format!("upload destination `{guest}` must be an absolute file path in the guest"),
+                "not an absolute file path",
+                None,
+            );
+        }
+        if let Err(why) = u.mode_bits() {
+            value(c, key(&["upload", guest, "mode"]), why, "not a mode", None);
+        }
+        if let Err(why) = channel {
+            value(
+                c,
+                key(&["upload", guest]),
+                format!("cannot upload `{guest}`: {why}"),
+                "no command channel",
+                None,
+            );
+        }
+    }
+    for (i, pattern) in io.collect.iter().enumerate() {
+        let k = key(&["collect", &i.to_string()]);
+        if !pattern.starts_with('/') {
+            value(
+                c,
+                k,
+                format!("collect pattern `{pattern}` must be an absolute guest path"),
+                "not absolute",
+                None,
+            );
+        } else if let Err(e) = glob::Pattern::new(pattern) {
+            value(
+                c,
+                k,
+                format!("invalid glob `{pattern}`"),
+                &e.to_string(),
+                None,
+            );
+        } else if let Err(why) = channel {
+            value(
+                c,
+                k,
+                format!("cannot collect `{pattern}`: {why}"),
+                "no command channel",
+                None,
+            );
+        }
     }
 }
 

@@ -89,6 +89,30 @@ enum Want<'a> {
     Command(&'a mut Markers),
     /// QEMU exits.
     Exit,
+    /// Nothing: every line is the console's (commands run over the channel).
+    Nothing,
+    /// A prompt during a login, or a sign that the login failed.
+    Login(&'a Regex, Option<&'a Typed>, &'a Refusal),
+}
+
+/// What ends a login at once: a complete line saying so (`Login incorrect`),
+/// or a prompt where another was expected (`login:` again, a password prompt
+/// with no password configured).
+pub struct Refusal {
+    lines: Regex,
+    current: Option<Regex>,
+}
+
+impl Refusal {
+    fn new(current: Option<&str>) -> Refusal {
+        Refusal {
+            lines: Regex::new(
+                r"(?i)login incorrect|permission denied|authentication fail|access denied",
+            )
+            .expect("regex"),
+            current: current.map(|c| Regex::new(c).expect("regex")),
+        }
+    }
 }
 
 /// How the echo of a typed line is told from console output: by the nonce
@@ -127,6 +151,8 @@ impl Typed {
 
 enum Found {
     Matched,
+    /// The login failed: the line that showed it.
+    Refused(String),
     Status(i32),
     Exited(ExitStatus),
 }
@@ -209,20 +235,48 @@ impl Driver {
                 .await?;
             self.type_line(user).await?;
             let echo = Typed::ending_in(user);
-            if let Some(pw) = password {
-                let pass = Regex::new(r"(?i)password:\s*\z").expect("regex");
-                self.wait(Want::Prompt(&pass, Some(&echo)), sink, &deadline)
-                    .await?;
-                self.type_line(pw).await?;
-            }
+            let password_prompt = r"(?i)password:\s*\z";
+            let refused = match password {
+                Some(pw) => {
+                    let pass = Regex::new(password_prompt).expect("regex");
+                    let first = Refusal::new(None);
+                    self.login_step(Want::Login(&pass, Some(&echo), &first), sink, &deadline)
+                        .await?;
+                    self.type_line(pw).await?;
+                    // a second `login:` means the password was not taken
+                    Refusal::new(Some(r"(?i)login:\s*\z"))
+                }
+                None => Refusal::new(Some(password_prompt)),
+            };
             return self
-                .wait(Want::Prompt(&cfg.prompt, Some(&echo)), sink, &deadline)
-                .await
-                .map(|_| ());
+                .login_step(
+                    Want::Login(&cfg.prompt, Some(&echo), &refused),
+                    sink,
+                    &deadline,
+                )
+                .await;
         }
         self.wait(Want::Prompt(&cfg.prompt, None), sink, &deadline)
             .await?;
         Ok(())
+    }
+
+    /// One wait of a login: a refusal ends the boot as the configuration's fault.
+    async fn login_step(
+        &mut self,
+        want: Want<'_>,
+        sink: &mut dyn Sink,
+        deadline: &Deadline,
+    ) -> Result<(), Interrupt> {
+        match self.wait(want, sink, deadline).await? {
+            Found::Refused(line) => {
+                self.kill();
+                Err(Interrupt::Refused(format!(
+                    "the console login failed: {line:?} (check console.login: user and password)"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Type `script` (one shell command line) and return its exit status; its
@@ -470,12 +524,77 @@ impl Driver {
                 &p[p.len().saturating_sub(PROMPT_WINDOW)..]
             }
         };
+        let shown = visible(current);
         Ok(match want {
-            Want::Line(re) | Want::Prompt(re, _) if re.is_match(&visible(current)) => {
+            Want::Line(re) | Want::Prompt(re, _) | Want::Login(re, ..) if re.is_match(&shown) => {
                 Some(Found::Matched)
+            }
+            Want::Login(_, _, r) if r.current.as_ref().is_some_and(|c| c.is_match(&shown)) => {
+                Some(Found::Refused(shown.trim().to_string()))
             }
             _ => None,
         })
+    }
+
+    /// The serial console's stream, for a caller that reads it together with
+    /// other streams (the command channel); what it reads goes to [`Driver::ingest`].
+    pub fn console(&mut self) -> &mut ChildStdout {
+        &mut self.stdout
+    }
+
+    /// Console bytes read by the caller: complete lines go to the sink (and
+    /// its checks) as the console's.
+    pub fn ingest(&mut self, bytes: &[u8], sink: &mut dyn Sink) -> Result<(), Interrupt> {
+        if bytes.is_empty() {
+            self.eof = true;
+            return Ok(());
+        }
+        self.partial.extend_from_slice(bytes);
+        self.last_byte = Instant::now();
+        self.consume(&mut Want::Nothing, sink).map(|_| ())
+    }
+
+    /// The console ended (QEMU exited) while `what` went on: what is left of
+    /// the console goes to the sink, and the error says how QEMU ended.
+    pub async fn ended(&mut self, what: &str, sink: &mut dyn Sink) -> Interrupt {
+        self.eof = true;
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            if let Err(i) = self.deliver(sink, Stream::Console, &rest) {
+                return i;
+            }
+        }
+        match self.child.wait().await {
+            Ok(status) => Interrupt::Infra(format!(
+                "QEMU exited ({status}) during {what}; last console line: {:?}",
+                self.last_line
+            )),
+            Err(e) => Interrupt::Infra(format!("cannot wait for QEMU: {e}")),
+        }
+    }
+
+    /// Hand the current, unterminated line to the sink as the console's (at
+    /// the end of a step, however it ended: a hang is explained by that line).
+    pub fn flush_partial(&mut self, sink: &mut dyn Sink) {
+        let mut rest = Vec::new();
+        if let Some(cut) = self.cut.take() {
+            rest.extend_from_slice(cut_note(cut.dropped).as_bytes());
+            rest.extend_from_slice(&cut.tail);
+        }
+        rest.append(&mut self.partial);
+        if !rest.is_empty() {
+            let _ = sink.output(Stream::Console, &rest);
+        }
+    }
+
+    /// Ctrl-C was pressed (or SIGTERM came).
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Kill QEMU now (a timeout, Ctrl-C, a broken channel).
+    pub fn kill_now(&mut self) {
+        self.kill();
     }
 
     /// For `attach`: bytes received but not yet handed to a sink.
@@ -498,11 +617,19 @@ fn classify(want: &mut Want, piece: Piece, line: &[u8], out: &mut Runs) -> Optio
             out.add(Stream::Console, piece);
             re.is_match(&visible_line(line)).then_some(Found::Matched)
         }
-        Want::Prompt(_, Some(echo)) if echo.echoes(line) => {
+        Want::Prompt(_, Some(echo)) | Want::Login(_, Some(echo), _) if echo.echoes(line) => {
             out.add(Stream::Input, piece);
             None
         }
-        Want::Prompt(..) | Want::Exit => {
+        Want::Login(_, _, refusal) => {
+            out.add(Stream::Console, piece);
+            let shown = visible_line(line);
+            refusal
+                .lines
+                .is_match(&shown)
+                .then(|| Found::Refused(shown.trim().to_string()))
+        }
+        Want::Prompt(..) | Want::Exit | Want::Nothing => {
             out.add(Stream::Console, piece);
             None
         }
@@ -535,7 +662,9 @@ fn classify(want: &mut Want, piece: Piece, line: &[u8], out: &mut Runs) -> Optio
 /// The stream a line goes to while `want` waits (for the note of a cut line).
 fn stream_of(want: &Want, line: &[u8]) -> Stream {
     match want {
-        Want::Prompt(_, Some(echo)) if echo.echoes(line) => Stream::Input,
+        Want::Prompt(_, Some(echo)) | Want::Login(_, Some(echo), _) if echo.echoes(line) => {
+            Stream::Input
+        }
         Want::Command(m) if !m.begun && m.echo.echoes(line) => Stream::Input,
         _ => Stream::Console,
     }

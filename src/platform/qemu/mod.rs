@@ -7,11 +7,13 @@
 //! dropped instance kills it and deletes its overlay.
 
 pub mod accel;
+pub mod agent;
 pub mod driver;
 pub mod terminal;
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
@@ -21,11 +23,14 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 
 use self::accel::Accel;
+use self::agent::{Channel, Wiring};
 use self::driver::{ConsoleConfig, Deadline, Driver};
 use super::{Facts, Instance, Provision, Step, Target};
-use crate::config::model::{Console, DiskBus, Firmware, MachineKind, Network, Vm, IPXE_SCRIPT};
+use crate::config::model::{
+    Console, DiskBus, Firmware, MachineKind, Network, Transport, Vm, IPXE_SCRIPT,
+};
 use crate::error::{Error, Result};
-use crate::process::{Exit, Interrupt, Outcome, Sink};
+use crate::process::{Exit, Flow, Interrupt, Outcome, Sink, Stream};
 use crate::store::disk::{self, DiskFormat};
 use crate::store::working::WorkingSnapshot;
 
@@ -77,6 +82,8 @@ pub struct Launch {
     pub label: String,
     /// Writable UEFI variables (a copy of OVMF's template) for `firmware = "uefi"`.
     pub uefi_vars: Option<PathBuf>,
+    /// The command channel's ports: the fds QEMU inherits, in [`agent::PORTS`] order.
+    pub channel: Option<Vec<RawFd>>,
 }
 
 /// The UEFI firmware code and variable template for an architecture, when installed.
@@ -208,6 +215,9 @@ impl Launch {
                 ]);
             }
         }
+        if let Some(fds) = &self.channel {
+            a.extend(agent::qemu_args(fds));
+        }
         a.extend(vm.qemu_args.iter().cloned());
         (program(arch), a)
     }
@@ -278,6 +288,10 @@ pub struct QemuInstance {
     cancel: Arc<AtomicBool>,
     log: PathBuf,
     driver: Option<Driver>,
+    /// The command channel, once its agent said hello (`transport = "agent"`).
+    channel: Option<Channel>,
+    /// Its ports' socketpairs between QEMU's start and the agent's.
+    wiring: Option<Wiring>,
     /// Deleted after QEMU is dead (see Drop).
     snapshot: Option<WorkingSnapshot>,
     boot: Option<Duration>,
@@ -434,12 +448,15 @@ impl QemuInstance {
                 boot,
                 label,
                 uefi_vars,
+                channel: None,
             },
             console,
             factor,
             cancel: p.cancel.clone(),
             log: p.log_dir.join("qemu.log"),
             driver: None,
+            channel: None,
+            wiring: None,
             snapshot,
             boot: None,
         })
@@ -450,6 +467,14 @@ impl QemuInstance {
     }
 
     fn spawn(&mut self) -> std::result::Result<(), Interrupt> {
+        let wiring = match self.launch.vm.transport {
+            Transport::Agent => Some(Wiring::new().map_err(|e| {
+                Interrupt::Infra(format!("cannot make the command channel's sockets: {e}"))
+            })?),
+            Transport::Console => None,
+        };
+        let inherit: Vec<RawFd> = wiring.as_ref().map(Wiring::guest_fds).unwrap_or_default();
+        self.launch.channel = wiring.as_ref().map(Wiring::guest_fds);
         let (program, args) = self.launch.command();
         let mut log = File::create(&self.log)
             .map_err(|e| Interrupt::Infra(format!("cannot write {}: {e}", self.log.display())))?;
@@ -470,9 +495,19 @@ impl QemuInstance {
             .process_group(0);
         let lock = self.snapshot.as_ref().and_then(|w| w.lock_fd());
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes the two syscalls of `tie_to_parent`; it allocates nothing.
+        // makes syscalls (those of `tie_to_parent`, fcntl) on data prepared
+        // above; it allocates nothing.
         unsafe {
-            cmd.pre_exec(move || crate::process::child::tie_to_parent(lock));
+            cmd.pre_exec(move || {
+                crate::process::child::tie_to_parent(lock)?;
+                // the channel's sockets stay open across exec: QEMU's ports
+                for &fd in &inherit {
+                    if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
         }
         let child = {
             let _rt = self.rt.enter();
@@ -488,7 +523,76 @@ impl QemuInstance {
             })?
         };
         self.driver = Some(Driver::new(child, self.console.stall, self.cancel.clone()));
+        // QEMU has its ends of the sockets now; ours of them close
+        self.wiring = wiring.map(|mut w| {
+            w.guest.clear();
+            w
+        });
         Ok(())
+    }
+
+    /// Type the agent on the console and wait for its hello on the channel.
+    fn start_agent(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+        let Some(wiring) = self.wiring.take() else {
+            return Ok(());
+        };
+        let channel = {
+            let _rt = self.rt.enter();
+            wiring.into_channel(self.factor)
+        };
+        let mut channel = channel.map_err(|e| {
+            Interrupt::Infra(format!("cannot open the command channel's sockets: {e}"))
+        })?;
+        let prompt = self.console.prompt.clone();
+        let deadline = Deadline::after(self.console.boot_timeout, "starting the agent");
+        let driver = self.driver.as_mut().expect("booted");
+        let mut said = Captured {
+            inner: sink,
+            stdout: Vec::new(),
+        };
+        let status =
+            self.rt
+                .block_on(driver.run(agent::starter(), &prompt, &mut said, &deadline))?;
+        if status != 0 {
+            let said = String::from_utf8_lossy(&said.stdout);
+            let why = said
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(it printed nothing)");
+            return Err(Interrupt::Infra(format!(
+                "the command channel's agent did not start (exit status {status}): {} \
+                 (set vm.transport = \"console\" to type commands on the serial console instead)",
+                why.trim()
+            )));
+        }
+        self.rt.block_on(channel.hello(driver, sink))?;
+        self.channel = Some(channel);
+        Ok(())
+    }
+
+    /// A step over the channel: its files in, the command, its files out
+    /// (also after a failure or a timeout).
+    fn run_over_channel(&mut self, step: &Step, timeout: Duration, sink: &mut dyn Sink) -> Outcome {
+        let channel = self.channel.as_mut().expect("the agent is up");
+        let driver = self.driver.as_mut().expect("started");
+        let script = agent::script(&step.argv, &step.env, step.cwd.as_deref());
+        let ran = self.rt.block_on(async {
+            channel.upload(&step.upload, driver, sink).await?;
+            let ran = channel.run(&script, timeout, driver, sink).await?;
+            if let (Some(into), false) = (&step.collect_into, step.collect.is_empty()) {
+                channel.collect(&step.collect, into, driver, sink).await?;
+            }
+            Ok(ran)
+        });
+        match ran {
+            Ok(r) if r.timed_out => Err(Interrupt::TimedOut {
+                what: "the command".into(),
+                after: timeout,
+            }),
+            Ok(r) => Ok(Exit::Code(r.status)),
+            Err(i) => Err(self.with_log(i)),
+        }
     }
 
     /// An infra message about QEMU itself, with what it said in qemu.log.
@@ -512,6 +616,29 @@ impl QemuInstance {
         if let Some(mut d) = self.driver.take() {
             let _ = d.child.start_kill();
             let _ = self.rt.block_on(d.child.wait());
+        }
+    }
+}
+
+/// A sink that keeps a command's stdout to itself (the agent's starter says
+/// why it failed there) and passes the console on.
+struct Captured<'a> {
+    inner: &'a mut dyn Sink,
+    stdout: Vec<u8>,
+}
+
+impl Sink for Captured<'_> {
+    fn step(&mut self, name: &str) {
+        self.inner.step(name)
+    }
+
+    fn output(&mut self, stream: Stream, bytes: &[u8]) -> Flow {
+        match stream {
+            Stream::Stdout | Stream::Stderr => {
+                self.stdout.extend_from_slice(bytes);
+                Flow::Continue
+            }
+            _ => self.inner.output(stream, bytes),
         }
     }
 }
@@ -541,6 +668,12 @@ impl Instance for QemuInstance {
         let console = self.console.clone();
         let driver = self.driver.as_mut().expect("spawned");
         let r = self.rt.block_on(driver.boot(&console, sink));
+        let r = r.and_then(|()| self.start_agent(sink));
+        if r.is_err() {
+            if let Some(d) = self.driver.as_mut() {
+                d.flush_partial(sink);
+            }
+        }
         if r.is_ok() {
             self.boot = Some(t0.elapsed());
         }
@@ -552,6 +685,39 @@ impl Instance for QemuInstance {
             self.start(sink)?;
         }
         sink.step(&step.name);
+        let r = self.run_step(step, sink);
+        if let Some(d) = self.driver.as_mut() {
+            d.flush_partial(sink);
+        }
+        r
+    }
+
+    fn shutdown(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+        QemuInstance::shutdown_vm(self, sink)
+    }
+
+    fn attach(&mut self, log: &Path) -> std::result::Result<(), Interrupt> {
+        QemuInstance::attach_console(self, log)
+    }
+
+    fn facts(&self) -> Facts {
+        self.facts_of()
+    }
+
+    fn keep(self: Box<Self>) -> Result<Option<PathBuf>> {
+        self.keep_overlay()
+    }
+}
+
+impl QemuInstance {
+    fn run_step(&mut self, step: &Step, sink: &mut dyn Sink) -> Outcome {
+        if self.channel.is_some() {
+            let timeout = step
+                .timeout
+                .unwrap_or(DEFAULT_TEST_TIMEOUT)
+                .mul_f64(self.factor);
+            return self.run_over_channel(step, timeout, sink);
+        }
         let mut script = String::new();
         for (k, v) in &step.env {
             script.push_str(&format!("{k}={} ", shell_words::quote(v)));
@@ -570,7 +736,7 @@ impl Instance for QemuInstance {
         r.map(Exit::Code).map_err(|i| self.with_log(i))
     }
 
-    fn shutdown(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+    fn shutdown_vm(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
         let Some(driver) = self.driver.as_mut() else {
             return Ok(());
         };
@@ -591,7 +757,7 @@ impl Instance for QemuInstance {
         }
     }
 
-    fn attach(&mut self, log: &Path) -> std::result::Result<(), Interrupt> {
+    fn attach_console(&mut self, log: &Path) -> std::result::Result<(), Interrupt> {
         if self.driver.is_none() {
             self.spawn()?;
         }
@@ -602,7 +768,7 @@ impl Instance for QemuInstance {
         Ok(())
     }
 
-    fn facts(&self) -> Facts {
+    fn facts_of(&self) -> Facts {
         Facts {
             accel: Some(self.launch.accel.name()),
             timeout_factor: (self.launch.accel == Accel::Tcg).then_some(self.factor),
@@ -611,7 +777,7 @@ impl Instance for QemuInstance {
         }
     }
 
-    fn keep(mut self: Box<Self>) -> Result<Option<PathBuf>> {
+    fn keep_overlay(mut self: Box<Self>) -> Result<Option<PathBuf>> {
         self.stop_vm();
         let Some(w) = self.snapshot.take() else {
             return Ok(None);
@@ -646,6 +812,7 @@ mod tests {
             boot,
             label: "reconcile-kit-3-x".into(),
             uefi_vars: None,
+            channel: None,
         }
         .command()
         .1

@@ -82,8 +82,8 @@ impl MachineResource {
             let step = platform::Step {
                 name: format!("bootstrap {tc}"),
                 argv: t.bootstrap.clone(),
-                env: Vec::new(),
                 timeout: Some(timeout),
+                ..platform::Step::default()
             };
             let mut tail = Tail::default();
             let ran = instance
