@@ -194,6 +194,133 @@ run = ["printf", "%s\n%s\n", "tab	here", "{long}"]
 
 #[test]
 #[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
+fn over_the_channel_a_vm_test_runs_like_a_host_test_with_files_in_and_out() {
+    let Some(guest) = Guest::get() else { return };
+    let farm = disk_farm(&guest, "");
+    let login_img = guest.copy_to(&farm, "disk-login.img", "images/login.img");
+    fs::create_dir_all(farm.path("bin")).unwrap();
+    fs::write(
+        farm.path("bin/greet"),
+        "#!/bin/sh\necho \"greetings from $(basename \"$0\")\"\n",
+    )
+    .unwrap();
+    fs::write(
+        farm.path("bin/data.bin"),
+        (0..=255u8).cycle().take(300_000).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let machine = |name: &str, image: &str, sha: &str, login: &str| {
+        format!(
+            r#"
+[machine.{name}]
+revision = 1
+kind = "disk"
+source = {{ path = "images/{image}", sha256 = "{sha}" }}
+vm = {{ accel = "tcg", memory = "256M" }}
+console = {{ ready = 'kit: up', prompt = 'kit# ', {login} }}
+"#
+        )
+    };
+    let text = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
+    fs::write(
+        farm.path("reconcile.toml"),
+        format!(
+            r#"{text}
+{good}{wrong}{nopass}
+[suite.ch]
+machines = ["kit"]
+executor = "qemu"
+env = {{ GREETING = "suite", ONLY_SUITE = "s" }}
+upload = {{ "/usr/local/bin/greet" = {{ path = "bin/greet", mode = "0755" }} }}
+collect = ["/var/log/app/*.log"]
+[suite.ch.test.terminal]
+run = ["sh", "-c", "echo \"term=$TERM tty=$(tty 2>&1 | head -c 9)\"; if read x; then echo got; else echo eof; fi; echo oops >&2; exit 0"]
+expect = {{ stdout = ["term=dumb tty=not a tty", "eof"], stderr = ["oops"] }}
+[suite.ch.test.env]
+run = ["sh", "-c", "echo \"$GREETING $ONLY_SUITE $ONLY_TEST $RECONCILE_TEST $(pwd)\""]
+env = {{ GREETING = "test", ONLY_TEST = "t" }}
+cwd = "/usr/local"
+expect = {{ stdout = ["test s t ch.env /usr/local"] }}
+[suite.ch.test.files]
+run = ["sh", "-c", "/usr/local/bin/greet; ls -a /usr/local/bin /data; stat -c %a /usr/local/bin/greet; sha256sum /data/data.bin"]
+upload = {{ "/data/data.bin" = {{ path = "bin/data.bin" }} }}
+expect = {{ stdout = ["greetings from greet", "755", "!.reconcile-upload"] }}
+[suite.ch.test.collect-failed]
+run = ["sh", "-c", "mkdir -p /var/log/app && echo first >/var/log/app/a.log && echo second >/var/log/app/b.log && echo skipped >/var/log/app/c.txt; exit 7"]
+[suite.ch.test.collect-timeout]
+run = ["sh", "-c", "mkdir -p /var/log/app && echo before-the-limit >/var/log/app/slow.log; sleep 600"]
+timeout = "2s"
+
+[suite.login]
+machines = ["login-good", "login-wrong", "login-nopass"]
+executor = "qemu"
+[suite.login.test.whoami]
+run = ["sh", "-c", "id -u"]
+expect = {{ stdout = ["0"] }}
+"#,
+            good = machine("login-good", "login.img", &login_img, r#"login = { user = "root", password = "kitpass" }"#),
+            wrong = machine("login-wrong", "login.img", &login_img, r#"login = { user = "root", password = "wrong" }"#),
+            nopass = machine("login-nopass", "login.img", &login_img, r#"login = { user = "root" }"#),
+        ),
+    )
+    .unwrap();
+    farm.run(&["apply", "--no-test"]).expect(0);
+    farm.run(&["test", "-j", "2"]).expect(4);
+    let t = tests_by_name(&report(&farm));
+    for name in ["ch.terminal", "ch.env", "ch.files"] {
+        assert_eq!(
+            t[name]["result"],
+            "PASS",
+            "{name}: {:#} {}",
+            t[name],
+            output(&t[name], "stdout.txt")
+        );
+    }
+    // the upload arrived whole, under its name only
+    let files = output(&t["ch.files"], "stdout.txt");
+    assert!(
+        files.contains(&sha_file(&farm.path("bin/data.bin"))),
+        "{files}"
+    );
+    // files are collected after a failure and after a timeout, under their guest paths
+    let f = &t["ch.collect-failed"];
+    assert_eq!(f["class"], "test", "{f:#}");
+    assert_eq!(output(f, "collected/var/log/app/a.log"), "first\n");
+    assert_eq!(output(f, "collected/var/log/app/b.log"), "second\n");
+    assert!(!Path::new(f["output"].as_str().unwrap())
+        .join("collected/var/log/app/c.txt")
+        .exists());
+    let s = &t["ch.collect-timeout"];
+    assert_eq!(s["class"], "timeout", "{s:#}");
+    assert_eq!(
+        output(s, "collected/var/log/app/slow.log"),
+        "before-the-limit\n"
+    );
+    // a console login: the right password gets a shell, a wrong one or none fails at once, as the test's fault
+    assert_eq!(
+        t["login.whoami[login-good]"]["result"], "PASS",
+        "{:#}",
+        t["login.whoami[login-good]"]
+    );
+    for (name, said) in [
+        ("login.whoami[login-wrong]", "Login incorrect"),
+        ("login.whoami[login-nopass]", "Password:"),
+    ] {
+        let w = &t[name];
+        assert_eq!(w["class"], "test", "{name}: {w:#}");
+        let reason = w["reason"].as_str().unwrap();
+        // the line that showed it, not the stall guard (which would be `infra`)
+        assert!(
+            reason.contains("the console login failed") && reason.contains(said),
+            "{reason}"
+        );
+    }
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    assert_eq!(working_entries(&farm), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn fatal_checks_stalls_timeouts_and_ctrl_c_leave_no_vm_and_no_overlay() {
     let Some(guest) = Guest::get() else { return };
     let hang = sha_file(&guest.file("disk-hang.img"));
@@ -439,6 +566,21 @@ fn exec_runs_a_command_in_a_booted_snapshot_and_exits_with_its_status() {
     ]);
     assert_eq!(r.code, Some(7), "{}", r.all());
     assert_eq!(r.stdout, "out-42\n");
+    // over the channel (kit): stderr is the command's stderr, the boot is in console.txt
+    let r = farm.run(&[
+        "exec",
+        "kit",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(r.code, Some(3), "{}", r.all());
+    assert_eq!(r.stdout, "out\n");
+    assert!(r.stderr.contains("err\n"), "{}", r.all());
+    let console = fs::read_to_string(farm.path(".reconcile/logs/exec/console.txt")).unwrap();
+    assert!(console.contains("kit: up"), "{console}");
+    assert!(!console.contains("out\n"), "{console}");
     assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
     assert_eq!(working_entries(&farm), Vec::<String>::new());
 }

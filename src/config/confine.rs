@@ -124,6 +124,21 @@ pub(crate) fn sources(m: &mut DesiredFile, c: &Confine, at: &Sources) -> Vec<Dia
             );
         }
     }
+    for (n, mach) in m.machine.iter_mut() {
+        let Some(f) = mach.user_data_file.as_mut() else {
+            continue;
+        };
+        match c.resolve(Path::new(f.as_str())) {
+            Ok(real) => *f = real.to_string_lossy().into_owned(),
+            Err(why) => out.push(at.at(
+                &["machine", n, "user_data_file"],
+                false,
+                format!("user data {why}"),
+                "refused",
+                None,
+            )),
+        }
+    }
     for (n, suite) in m.suite.iter_mut() {
         // files uploaded into guests come from the commit too
         let mut uploads: Vec<(Vec<&str>, &mut String)> = Vec::new();
@@ -137,6 +152,9 @@ pub(crate) fn sources(m: &mut DesiredFile, c: &Confine, at: &Sources) -> Vec<Dia
                     &mut u.path,
                 ));
             }
+        }
+        if let Some(f) = suite.user_data_file.as_mut() {
+            uploads.push((vec!["suite", n, "user_data_file"], f));
         }
         for (key, p) in uploads {
             match c.resolve(Path::new(p.as_str())) {

@@ -611,6 +611,9 @@ fn absolutize(m: &mut DesiredFile, base: &Path) {
     }
     for mach in m.machine.values_mut() {
         source(&mut mach.source);
+        if let Some(f) = mach.user_data_file.as_mut() {
+            abs(f)
+        }
     }
     for img in m.image.values_mut() {
         abs(&mut img.root);
@@ -628,6 +631,9 @@ fn absolutize(m: &mut DesiredFile, base: &Path) {
     for s in m.suite.values_mut() {
         if let Some(d) = s.dir.as_mut() {
             abs(d)
+        }
+        if let Some(f) = s.user_data_file.as_mut() {
+            abs(f)
         }
         let uploads = s.upload.values_mut();
         for u in uploads.chain(s.test.values_mut().flat_map(|t| t.upload.values_mut())) {

@@ -149,6 +149,11 @@ pub struct Machine {
     pub vm: Option<Vm>,
     /// How a disk machine's serial console is driven.
     pub console: Option<Console>,
+    /// cloud-init user data for its VMs (a `#cloud-config` document or a
+    /// script), attached as a NoCloud seed (`cidata`); a suite's wins.
+    pub user_data: Option<String>,
+    /// The same, read from a file (relative to the file that declares it).
+    pub user_data_file: Option<String>,
 }
 
 fn default_volume() -> String {
@@ -690,6 +695,10 @@ pub struct Suite {
     pub dir: Option<String>,
     /// A tag every test of the suite needs to be selected with `--tag`.
     pub required_tag: Option<String>,
+    /// cloud-init user data for the suite's VMs, instead of the machine's.
+    pub user_data: Option<String>,
+    /// The same, read from a file (relative to the file that declares it).
+    pub user_data_file: Option<String>,
     /// Environment of every test of the suite (a test's `env` adds to it and wins).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,

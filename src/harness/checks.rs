@@ -125,6 +125,18 @@ pub const BUILTIN: &[Builtin] = &[
         r"rcu: INFO: rcu_\w+ (?:self-)?detected stall",
         Severity::Fail,
     ),
+    // systemd's own failure lines, which kola's list misses (its core dumps
+    // are caught above: `systemd-coredump[…]: Process N (x) of user U dumped core.`)
+    check(
+        "systemd unit failed to start",
+        r"Failed to start (.+)",
+        Severity::Warn,
+    ),
+    check(
+        "systemd unit failed",
+        r"[Ff]ailed with result '([^']+)'",
+        Severity::Warn,
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -470,6 +482,26 @@ mod tests {
         assert_eq!(hits[0].line, 2);
         assert_eq!(hits[0].count, 2);
         assert!(hits[0].excerpt.contains("VFS"));
+    }
+
+    #[test]
+    fn systemd_failures_kola_misses_are_caught_as_warnings_and_core_dumps_fail() {
+        let journal = "Dec 03 17:00:01.123456 kit systemd[1]: Failed to start broken.service - A unit that fails.\n\
+            Dec 03 17:00:01.123500 kit systemd[1]: broken.service: Failed with result 'exit-code'.\n\
+            Dec 03 17:00:02.000000 kit systemd-coredump[321]: Process 300 (crasher) of user 0 dumped core.\n";
+        let hits = scan(journal);
+        let by: BTreeMap<&str, &Hit> = hits.iter().map(|h| (h.check.as_str(), h)).collect();
+        assert_eq!(by["systemd unit failed to start"].severity, Severity::Warn);
+        assert_eq!(by["systemd unit failed to start"].line, 1);
+        assert_eq!(by["systemd unit failed"].severity, Severity::Warn);
+        assert_eq!(by["systemd unit failed"].line, 2);
+        assert_eq!(by["core dump"].severity, Severity::Fail);
+        assert_eq!(by["core dump"].line, 3);
+        assert!(failing(&hits));
+        // the unit lines alone warn and do not fail
+        assert!(!failing(&scan(
+            &journal.lines().take(2).collect::<Vec<_>>().join("\n")
+        )));
     }
 
     #[test]

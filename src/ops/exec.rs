@@ -82,9 +82,10 @@ pub fn exec(
         timeout: req.timeout,
         ..Step::default()
     };
+    let mut sink = platform::ConsoleLog::new(sink, &provision.log_dir);
     let outcome = instance
-        .start(sink)
-        .and_then(|()| instance.run(&step, sink));
+        .start(&mut sink)
+        .and_then(|()| instance.run(&step, &mut sink));
     drop(instance);
     let ended = match outcome {
         Ok(exit) => Ended::Exit(exit.status()),

@@ -29,7 +29,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::process::{Interrupt, Outcome, Sink};
+use crate::process::{Flow, Interrupt, Outcome, Sink, Stream};
 
 use crate::config::model::{Executor, Image, Machine, MachineKind, Volume};
 use crate::config::Desired;
@@ -284,6 +284,42 @@ pub fn notes(targets: &[(Executor, Option<&Machine>, Option<&Image>)]) -> Vec<St
         }
     }
     notes
+}
+
+/// A sink that also keeps a console log (`console.txt` of `exec` and of a
+/// toolchain bootstrap): the console's lines and the unterminated last one.
+pub struct ConsoleLog<'a> {
+    inner: &'a mut dyn Sink,
+    file: Option<std::fs::File>,
+}
+
+impl<'a> ConsoleLog<'a> {
+    /// Log to `dir/console.txt` (a log that cannot be made is left out, never an error).
+    pub fn new(inner: &'a mut dyn Sink, dir: &Path) -> ConsoleLog<'a> {
+        let _ = std::fs::create_dir_all(dir);
+        ConsoleLog {
+            inner,
+            file: std::fs::File::create(dir.join("console.txt")).ok(),
+        }
+    }
+}
+
+impl Sink for ConsoleLog<'_> {
+    fn step(&mut self, name: &str) {
+        self.inner.step(name)
+    }
+
+    fn output(&mut self, stream: Stream, bytes: &[u8]) -> Flow {
+        if stream == Stream::Console {
+            if let Some(f) = self.file.as_mut() {
+                use std::io::Write as _;
+                if f.write_all(bytes).is_err() {
+                    self.file = None;
+                }
+            }
+        }
+        self.inner.output(stream, bytes)
+    }
 }
 
 /// The root a process-based instance works in: a working snapshot it owns

@@ -30,9 +30,49 @@ pub(super) fn checks(c: &mut Checker, m: &DesiredFile) {
     }
 }
 
+/// User data is given once: inline or from a file, and the file is there.
+fn user_data(c: &mut Checker, at: &[&str], inline: &Option<String>, file: &Option<String>) {
+    let key = |k: &str| -> Vec<String> {
+        at.iter()
+            .map(|s| s.to_string())
+            .chain([k.to_string()])
+            .collect()
+    };
+    if inline.is_some() && file.is_some() {
+        let k = key("user_data_file");
+        let k: Vec<&str> = k.iter().map(String::as_str).collect();
+        c.value(
+            &k,
+            "give `user_data` or `user_data_file`, not both".into(),
+            "both given",
+            None,
+        );
+    } else if let Some(f) = file {
+        if !std::path::Path::new(f).is_file() {
+            let k = key("user_data_file");
+            let k: Vec<&str> = k.iter().map(String::as_str).collect();
+            c.value(
+                &k,
+                format!("user data file {f} does not exist"),
+                "no such file",
+                None,
+            );
+        }
+    }
+}
+
 /// Each suite: what it runs on, its toolchain and parallelism, then its tests.
 pub(super) fn suites(c: &mut Checker, m: &DesiredFile) {
+    for (name, mach) in &m.machine {
+        user_data(c, &["machine", name], &mach.user_data, &mach.user_data_file);
+    }
     for (sname, suite) in &m.suite {
+        user_data(
+            c,
+            &["suite", sname],
+            &suite.user_data,
+            &suite.user_data_file,
+        );
         c.suite_targets(m, sname, suite);
         for (i, mach) in suite.machines.iter().enumerate() {
             if !m.machine.contains_key(mach) && !c.src.broken.contains(&format!("machine.{mach}")) {

@@ -282,6 +282,8 @@ impl Tail {
 enum Event {
     Line(String),
     Data(Vec<u8>),
+    /// A command's stdout or stderr reached its end.
+    Ended,
 }
 
 /// How a command over the channel ended.
@@ -349,7 +351,7 @@ impl Channel {
             Ok(Event::Line(l)) => Err(Interrupt::Infra(format!(
                 "the agent said {l:?} instead of hello"
             ))),
-            Ok(Event::Data(_)) => unreachable!("no data was asked for"),
+            Ok(Event::Data(_) | Event::Ended) => unreachable!("no command ran"),
             Err(Interrupt::TimedOut { after, .. }) => Err(Interrupt::Infra(format!(
                 "the agent started on the console but did not answer on its virtio port in {}",
                 humantime::format_duration(after)
@@ -392,6 +394,7 @@ impl Channel {
                     Some(("done", rest)) => status = Some(rest.trim().parse().unwrap_or(255)),
                     _ => {}
                 },
+                Event::Ended => {}
                 Event::Data(_) => unreachable!("no data was asked for"),
             }
         }
@@ -498,7 +501,7 @@ impl Channel {
             loop {
                 let Event::Line(l) = self.next(driver, sink, &deadline, &mut streams, 0).await?
                 else {
-                    unreachable!("no data was asked for")
+                    unreachable!("no command ran and no data was asked for")
                 };
                 match reply(&l, &id) {
                     Some(("file", rest)) => {
@@ -584,6 +587,9 @@ impl Channel {
                     if let Some(t) = streams.out.as_mut() {
                         let bytes = t.take(&b.out[..n]);
                         deliver(driver, sink, Stream::Stdout, &bytes)?;
+                        if t.done {
+                            return Ok(Event::Ended);
+                        }
                     }
                 }
                 r = self.err.read(&mut b.err) => {
@@ -591,6 +597,9 @@ impl Channel {
                     if let Some(t) = streams.err.as_mut() {
                         let bytes = t.take(&b.err[..n]);
                         deliver(driver, sink, Stream::Stderr, &bytes)?;
+                        if t.done {
+                            return Ok(Event::Ended);
+                        }
                     }
                 }
                 r = read_opt(&mut self.journal, &mut b.journal), if journal_open => match r {

@@ -84,6 +84,8 @@ pub struct Launch {
     pub uefi_vars: Option<PathBuf>,
     /// The command channel's ports: the fds QEMU inherits, in [`agent::PORTS`] order.
     pub channel: Option<Vec<RawFd>>,
+    /// A cloud-init NoCloud seed (`cidata`) attached read-only after the disk.
+    pub seed: Option<PathBuf>,
 }
 
 /// The UEFI firmware code and variable template for an architecture, when installed.
@@ -215,6 +217,17 @@ impl Launch {
                 ]);
             }
         }
+        if let Some(seed) = &self.seed {
+            push(&[
+                "-drive",
+                &format!(
+                    "file={},format=raw,if=none,id=cidata,readonly=on",
+                    qemu_path(seed)
+                ),
+                "-device",
+                "virtio-blk-pci,drive=cidata",
+            ]);
+        }
         if let Some(fds) = &self.channel {
             a.extend(agent::qemu_args(fds));
         }
@@ -305,6 +318,8 @@ fn infra(e: impl std::fmt::Display) -> Error {
 /// snapshot (when it gets one), boot source, a label for the process, and
 /// a directory for scratch files.
 struct Booting {
+    /// cloud-init user data and the host name its meta data gives.
+    user_data: Option<(String, String)>,
     arch: String,
     vm: Vm,
     console: Option<Console>,
@@ -337,6 +352,7 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
         Target::Host => unreachable!("the factory refuses qemu without a target"),
     };
     check_runnable(&vm, &arch)?;
+    let user_data = user_data_of(p, &target)?;
     let (snapshot, boot, label, scratch) = match target {
         Target::Machine {
             name,
@@ -390,6 +406,7 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
         Target::Host => unreachable!("the factory refuses qemu without a target"),
     };
     Ok(Booting {
+        user_data,
         arch,
         vm,
         console,
@@ -398,6 +415,96 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
         label,
         scratch,
     })
+}
+
+/// The user data a target's VMs get: the suite's, else the machine's
+/// (inline or read from its file), with the name the guest is given.
+fn user_data_of(p: &Provision, target: &Target) -> Result<Option<(String, String)>> {
+    let suite = p.suite.and_then(|s| p.desired.model.suite.get(s));
+    let (name, machine) = match target {
+        Target::Machine { name, machine, .. } | Target::Staging { name, machine, .. } => {
+            (*name, Some(*machine))
+        }
+        Target::Image { name, .. } => (*name, None),
+        Target::Host => return Ok(None),
+    };
+    let declared = suite
+        .map(|s| (&s.user_data, &s.user_data_file))
+        .filter(|(i, f)| i.is_some() || f.is_some())
+        .or_else(|| machine.map(|m| (&m.user_data, &m.user_data_file)));
+    let text = match declared {
+        Some((Some(inline), _)) => inline.clone(),
+        Some((None, Some(file))) => {
+            std::fs::read_to_string(file).map_err(|e| Error::io(Path::new(file), e))?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some((text, name.to_string())))
+}
+
+/// A NoCloud seed in `dir`: a FAT volume labelled `cidata` holding
+/// `user-data` and `meta-data` (a fresh instance id, so cloud-init runs it
+/// on every boot), made without root by mkfs.vfat and mtools.
+pub fn nocloud_seed(user_data: &str, hostname: &str, dir: &Path) -> std::io::Result<PathBuf> {
+    let files = dir.join("cidata");
+    std::fs::create_dir_all(&files)?;
+    std::fs::write(files.join("user-data"), user_data)?;
+    let meta = format!(
+        "instance-id: reconcile-{}\nlocal-hostname: {hostname}\n",
+        driver::nonce()
+    );
+    std::fs::write(files.join("meta-data"), meta)?;
+    let image = dir.join("cidata.img");
+    let _ = std::fs::remove_file(&image);
+    let kib = (user_data.len() as u64 / 1024) * 2 + 1024;
+    let run = |program: &str, args: &[&std::ffi::OsStr], package: &str| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{program}: {e} (apt-get install {package})"),
+                )
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "{program} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    };
+    let mkfs = if Path::new("/sbin/mkfs.vfat").exists() {
+        "/sbin/mkfs.vfat"
+    } else {
+        "mkfs.vfat"
+    };
+    run(
+        mkfs,
+        &[
+            "-n".as_ref(),
+            "CIDATA".as_ref(),
+            "-C".as_ref(),
+            image.as_os_str(),
+            kib.to_string().as_ref(),
+        ],
+        "dosfstools",
+    )?;
+    run(
+        "mcopy",
+        &[
+            "-i".as_ref(),
+            image.as_os_str(),
+            files.join("user-data").as_os_str(),
+            files.join("meta-data").as_os_str(),
+            "::/".as_ref(),
+        ],
+        "mtools",
+    )?;
+    Ok(image)
 }
 
 /// A UEFI guest's variable store: a copy of the firmware's template in
@@ -423,6 +530,7 @@ fn uefi_vars(vm: &Vm, arch: &str, scratch: &Path) -> Result<Option<PathBuf>> {
 impl QemuInstance {
     pub fn provision(p: &Provision, target: Target) -> Result<QemuInstance> {
         let Booting {
+            user_data,
             arch,
             vm,
             console,
@@ -431,6 +539,18 @@ impl QemuInstance {
             label,
             scratch,
         } = booting(p, target)?;
+        // beside the overlay (deleted with it), else with the logs: never in a staging volume
+        let seed_dir = match &snapshot {
+            Some(w) => w.path.clone(),
+            None => p.log_dir.clone(),
+        };
+        let seed = match &user_data {
+            Some((text, host)) => Some(
+                nocloud_seed(text, host, &seed_dir)
+                    .map_err(|e| infra(format!("cannot make the cloud-init seed: {e}")))?,
+            ),
+            None => None,
+        };
         std::fs::create_dir_all(&p.log_dir).map_err(|e| Error::io(&p.log_dir, e))?;
         let (accel, factor, _) = decide(&vm, &arch).map_err(infra)?;
         let console = console_config(console.as_ref(), factor).map_err(infra)?;
@@ -449,6 +569,7 @@ impl QemuInstance {
                 label,
                 uefi_vars,
                 channel: None,
+                seed,
             },
             console,
             factor,
@@ -813,6 +934,7 @@ mod tests {
             label: "reconcile-kit-3-x".into(),
             uefi_vars: None,
             channel: None,
+            seed: None,
         }
         .command()
         .1

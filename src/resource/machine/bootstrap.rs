@@ -86,18 +86,30 @@ impl MachineResource {
                 ..platform::Step::default()
             };
             let mut tail = Tail::default();
-            let ran = instance
-                .start(&mut tail)
-                .and_then(|()| instance.run(&step, &mut tail));
+            // the console is kept in the bootstrap's log directory as well
+            let (ran, down) = {
+                let mut log = platform::ConsoleLog::new(&mut tail, &provision.log_dir);
+                let ran = instance
+                    .start(&mut log)
+                    .and_then(|()| instance.run(&step, &mut log));
+                let down = match ran {
+                    Ok(exit) if exit.success() => {
+                        fault::point(&self.address, "bootstrapped");
+                        Some(instance.shutdown(&mut log))
+                    }
+                    _ => None,
+                };
+                (ran, down)
+            };
             match ran {
                 Ok(exit) if exit.success() => {}
                 Ok(exit) => return Err(failed(format!("bootstrap failed ({exit})"), &tail)),
                 Err(i) => return Err(failed(format!("bootstrap did not finish: {i}"), &tail)),
             }
-            fault::point(&self.address, "bootstrapped");
-            instance
-                .shutdown(&mut tail)
-                .map_err(|i: Interrupt| failed(format!("clean shutdown failed: {i}"), &tail))?;
+            if let Some(Err(i)) = down {
+                let i: Interrupt = i;
+                return Err(failed(format!("clean shutdown failed: {i}"), &tail));
+            }
             drop(instance);
             if m.kind == MachineKind::Disk {
                 // what the overlay holds now is the toolchain: nothing writes to it again
