@@ -28,7 +28,7 @@ backend = "dir"
 revision = 1
 kind = "disk"
 source = { path = "kit.img" }
-vm = { accel = "tcg", memory = "256M" }
+vm = { accel = "tcg", memory = "256M", transport = "console" }  # boot to the prompt, as the bare reader; bench/channel.sh measures the agent
 console = { ready = 'kit: up', prompt = 'kit# ' }
 [suite.vm]
 machines = ["kit"]

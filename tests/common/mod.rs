@@ -594,6 +594,59 @@ impl Guest {
     }
 }
 
+/// The Debian 12 guest of tests/fixtures/make-debian.sh (systemd, getty on
+/// ttyS0, cloud-init, one disk that boots by BIOS and by UEFI), built once
+/// into target/debian-guest and rebuilt when the script changes.
+pub struct DebianGuest {
+    pub disk: PathBuf,
+}
+
+impl DebianGuest {
+    pub fn get() -> Option<DebianGuest> {
+        static BUILT: std::sync::Mutex<Option<Result<PathBuf, String>>> =
+            std::sync::Mutex::new(None);
+        for (tool, package) in [
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("mmdebstrap", "mmdebstrap"),
+        ] {
+            if Command::new(tool).arg("--version").output().is_err() {
+                skip(&format!(
+                    "{tool} missing (apt-get install {package}; scripts/test does it)"
+                ));
+                return None;
+            }
+        }
+        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        let result = built.get_or_insert_with(|| {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let dir = repo.join("target/debian-guest");
+            fs::create_dir_all(&dir).unwrap();
+            let lock = fs::File::create(dir.with_extension("lock")).unwrap();
+            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e.to_string())
+                .and_then(|_held| {
+                    let out = Command::new("bash")
+                        .arg(repo.join("tests/fixtures/make-debian.sh"))
+                        .arg(&dir)
+                        .output()
+                        .map_err(|e| e.to_string())?;
+                    if out.status.success() {
+                        Ok(dir.join("debian.qcow2"))
+                    } else {
+                        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+                    }
+                })
+        });
+        match result {
+            Ok(disk) => Some(DebianGuest { disk: disk.clone() }),
+            Err(e) => {
+                skip(&format!("cannot build the Debian guest: {e}"));
+                None
+            }
+        }
+    }
+}
+
 /// QEMU processes whose command line mentions `needle` (a farm's path).
 pub fn qemu_processes(needle: &Path) -> Vec<String> {
     let needle = needle.to_string_lossy().into_owned();
