@@ -1169,7 +1169,7 @@ backend = "dir"
 revision = 1
 kind = "disk"
 source = {{ path = "kit.img" }}
-vm = {{ accel = "tcg", memory = "64M" }}
+vm = {{ accel = "tcg", memory = "64M", transport = "console" }}
 console = {{ ready = 'kit: up', prompt = 'kit# ', shutdown = "exit" }}
 [suite.vm]
 machines = ["kit"]

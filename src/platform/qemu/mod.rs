@@ -716,6 +716,32 @@ impl QemuInstance {
         }
     }
 
+    fn run_step(&mut self, step: &Step, sink: &mut dyn Sink) -> Outcome {
+        if self.channel.is_some() {
+            let timeout = step
+                .timeout
+                .unwrap_or(DEFAULT_TEST_TIMEOUT)
+                .mul_f64(self.factor);
+            return self.run_over_channel(step, timeout, sink);
+        }
+        let mut script = String::new();
+        for (k, v) in &step.env {
+            script.push_str(&format!("{k}={} ", shell_words::quote(v)));
+        }
+        script.push_str(&shell_words::join(&step.argv));
+        let timeout = step
+            .timeout
+            .unwrap_or(DEFAULT_TEST_TIMEOUT)
+            .mul_f64(self.factor);
+        let deadline = Deadline::after(timeout, "the command");
+        let prompt = self.console.prompt.clone();
+        let driver = self.driver.as_mut().expect("started");
+        let r = self
+            .rt
+            .block_on(driver.run(&script, &prompt, sink, &deadline));
+        r.map(Exit::Code).map_err(|i| self.with_log(i))
+    }
+
     /// An infra message about QEMU itself, with what it said in qemu.log.
     fn with_log(&self, i: Interrupt) -> Interrupt {
         match i {
@@ -814,50 +840,6 @@ impl Instance for QemuInstance {
     }
 
     fn shutdown(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
-        QemuInstance::shutdown_vm(self, sink)
-    }
-
-    fn attach(&mut self, log: &Path) -> std::result::Result<(), Interrupt> {
-        QemuInstance::attach_console(self, log)
-    }
-
-    fn facts(&self) -> Facts {
-        self.facts_of()
-    }
-
-    fn keep(self: Box<Self>) -> Result<Option<PathBuf>> {
-        self.keep_overlay()
-    }
-}
-
-impl QemuInstance {
-    fn run_step(&mut self, step: &Step, sink: &mut dyn Sink) -> Outcome {
-        if self.channel.is_some() {
-            let timeout = step
-                .timeout
-                .unwrap_or(DEFAULT_TEST_TIMEOUT)
-                .mul_f64(self.factor);
-            return self.run_over_channel(step, timeout, sink);
-        }
-        let mut script = String::new();
-        for (k, v) in &step.env {
-            script.push_str(&format!("{k}={} ", shell_words::quote(v)));
-        }
-        script.push_str(&shell_words::join(&step.argv));
-        let timeout = step
-            .timeout
-            .unwrap_or(DEFAULT_TEST_TIMEOUT)
-            .mul_f64(self.factor);
-        let deadline = Deadline::after(timeout, "the command");
-        let prompt = self.console.prompt.clone();
-        let driver = self.driver.as_mut().expect("started");
-        let r = self
-            .rt
-            .block_on(driver.run(&script, &prompt, sink, &deadline));
-        r.map(Exit::Code).map_err(|i| self.with_log(i))
-    }
-
-    fn shutdown_vm(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
         let Some(driver) = self.driver.as_mut() else {
             return Ok(());
         };
@@ -878,7 +860,7 @@ impl QemuInstance {
         }
     }
 
-    fn attach_console(&mut self, log: &Path) -> std::result::Result<(), Interrupt> {
+    fn attach(&mut self, log: &Path) -> std::result::Result<(), Interrupt> {
         if self.driver.is_none() {
             self.spawn()?;
         }
@@ -889,7 +871,7 @@ impl QemuInstance {
         Ok(())
     }
 
-    fn facts_of(&self) -> Facts {
+    fn facts(&self) -> Facts {
         Facts {
             accel: Some(self.launch.accel.name()),
             timeout_factor: (self.launch.accel == Accel::Tcg).then_some(self.factor),
@@ -898,7 +880,7 @@ impl QemuInstance {
         }
     }
 
-    fn keep_overlay(mut self: Box<Self>) -> Result<Option<PathBuf>> {
+    fn keep(mut self: Box<Self>) -> Result<Option<PathBuf>> {
         self.stop_vm();
         let Some(w) = self.snapshot.take() else {
             return Ok(None);
