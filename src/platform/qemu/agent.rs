@@ -14,14 +14,18 @@
 //! The protocol, host → guest on ctl:
 //!
 //! ```text
-//! run <id> <seconds> <script, base64>     run a shell script (0 seconds: no limit)
+//! run <id> <script>                       run a one-line shell script
+//! run64 <id> <script, base64>             any other script
+//! kill <id> <pid>                         kill a command's session (its time is up)
 //! put <id> <size> <mode> <path, base64>   then <size> bytes on data
 //! get <id> <pattern, base64>              copy matching files out
 //! ```
 //!
-//! and guest → host: `hello 1` once, `timeout <id>` when the agent killed a
-//! command at its limit, `file <id> <size> <path, base64>` followed by
-//! `<size>` bytes on data, and `done <id> <status>`. A command's stdout and
+//! and guest → host: `hello 1` once, `pid <id> <pid>` when a command
+//! started, `file <id> <size> <path, base64>` followed by `<size>` bytes on
+//! data, and `done <id> <status>`. Each command runs in a subshell of its
+//! own, so the loop stays free for a `kill`; a plain command costs the guest
+//! two forks (the subshell, the command), which matters under TCG. A command's stdout and
 //! stderr end with `<id>` written to out and err, so the host knows it has
 //! all of both (the ports are separate streams; `done` may overtake them).
 //! The ids are random, so no output can end a stream early by accident.
@@ -74,32 +78,31 @@ __rc_agent() {
     __ss=
     command -v setsid >/dev/null 2>&1 && __ss=setsid
     printf 'hello 1\n' >&3
-    while IFS=' ' read -r __v __id __a __b __c <&3; do
+    while IFS=' ' read -r __v __id __rest <&3; do
         case $__v in
-        run)
-            __s=$(printf '%s' "$__b" | base64 -d)
-            $__ss sh -c "$__s" </dev/null >&4 2>&5 3>&- 4>&- 5>&- 6>&- &
-            __pid=$!
-            __w=
-            if [ "$__a" != 0 ]; then
-                (
-                    trap 'kill $__sl 2>/dev/null; exit 0' TERM
-                    sleep "$__a" &
-                    __sl=$!
-                    wait $__sl
-                    printf 'timeout %s\n' "$__id" >&3
-                    kill -KILL -- "-$__pid" 2>/dev/null || kill -KILL "$__pid" 2>/dev/null
-                ) 4>&- 5>&- 6>&- &
-                __w=$!
-            fi
-            wait "$__pid"
-            __st=$?
-            [ -n "$__w" ] && kill "$__w" 2>/dev/null
-            printf '%s' "$__id" >&4
-            printf '%s' "$__id" >&5
-            printf 'done %s %s\n' "$__id" "$__st" >&3
+        run | run64)
+            if [ "$__v" = run64 ]; then __s=$(printf '%s' "$__rest" | base64 -d); else __s=$__rest; fi
+            # a subshell per command: the loop stays free to take a `kill`
+            (
+                $__ss sh -c "$__s" </dev/null >&4 2>&5 3>&- 4>&- 5>&- 6>&- &
+                __pid=$!
+                printf 'pid %s %s\n' "$__id" "$__pid" >&3
+                wait "$__pid"
+                __st=$?
+                printf '%s' "$__id" >&4
+                printf '%s' "$__id" >&5
+                printf 'done %s %s\n' "$__id" "$__st" >&3
+            ) 6>&- &
+            ;;
+        kill)
+            kill -KILL -- "-$__rest" 2>/dev/null || kill -KILL "$__rest" 2>/dev/null
             ;;
         put)
+            set -f
+            # shellcheck disable=SC2086
+            set -- $__rest
+            set +f
+            __a=$1 __b=$2 __c=$3
             __p=$(printf '%s' "$__c" | base64 -d)
             __d=${__p%/*}
             [ -n "$__d" ] || __d=/
@@ -116,7 +119,7 @@ __rc_agent() {
             printf 'done %s %s\n' "$__id" "$__st" >&3
             ;;
         get)
-            __g=$(printf '%s' "$__a" | base64 -d)
+            __g=$(printf '%s' "$__rest" | base64 -d)
             __t=${TMPDIR:-/tmp}/.reconcile-collect-$__id
             for __f in $__g; do
                 [ -f "$__f" ] || continue
@@ -223,19 +226,19 @@ pub fn qemu_args(fds: &[RawFd]) -> Vec<String> {
     a
 }
 
-/// The script a step runs: no terminal, its environment and directory, its argv.
+/// The script a step runs: no terminal, its environment and directory, its
+/// argv — one line (sent as it is) unless an argument holds a newline or
+/// other control characters (then it goes base64-encoded).
 pub fn script(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> String {
-    let mut s = String::from(NO_TERMINAL);
-    s.push('\n');
+    let mut s = format!("{NO_TERMINAL}; ");
     for (k, v) in env {
-        s.push_str(&format!("export {k}={}\n", shell_words::quote(v)));
+        s.push_str(&format!("export {k}={}; ", shell_words::quote(v)));
     }
     if let Some(d) = cwd {
-        s.push_str(&format!("cd -- {} || exit 125\n", shell_words::quote(d)));
+        s.push_str(&format!("cd -- {} || exit 125; ", shell_words::quote(d)));
     }
     s.push_str("exec ");
     s.push_str(&shell_words::join(argv));
-    s.push('\n');
     s
 }
 
@@ -289,7 +292,7 @@ enum Event {
 /// How a command over the channel ended.
 pub struct Ran {
     pub status: i32,
-    /// The agent killed it at its time limit.
+    /// It was killed at its time limit.
     pub timed_out: bool,
 }
 
@@ -367,8 +370,9 @@ impl Channel {
             .map_err(|e| broken("writing a request", e))
     }
 
-    /// Run `script` with a time limit the agent keeps (`limit`; the host
-    /// gives it `grace` more before it kills the VM).
+    /// Run `script`; at `limit` its session is killed in the guest (so
+    /// files can still be collected), and if even that gets no answer in a
+    /// grace period, the VM goes (the caller drops it).
     pub async fn run(
         &mut self,
         script: &str,
@@ -377,30 +381,51 @@ impl Channel {
         sink: &mut dyn Sink,
     ) -> Result<Ran, Interrupt> {
         let id = nonce();
-        let seconds = limit.as_secs_f64().ceil() as u64;
-        self.send(&format!("run {id} {seconds} {}", b64(script)))
-            .await?;
-        let grace = Duration::from_secs(10).mul_f64(self.factor);
-        let deadline = Deadline::after(limit + grace, "the command");
+        let one_line = !script.is_empty()
+            && script.len() < 16 << 10
+            && script.bytes().all(|b| (0x20..0x7f).contains(&b))
+            && !script.starts_with(' ')
+            && !script.ends_with(' ');
+        if one_line {
+            self.send(&format!("run {id} {script}")).await?;
+        } else {
+            self.send(&format!("run64 {id} {}", b64(script))).await?;
+        }
+        let mut deadline = Deadline::after(limit, "the command");
         let mut streams = Streams {
             out: Some(Tail::new(&id)),
             err: Some(Tail::new(&id)),
         };
-        let (mut status, mut timed_out) = (None, false);
+        let (mut status, mut pid, mut killed) = (None, None::<u32>, false);
         while status.is_none() || !streams.done() {
-            match self.next(driver, sink, &deadline, &mut streams, 0).await? {
-                Event::Line(l) => match reply(&l, &id) {
-                    Some(("timeout", _)) => timed_out = true,
+            match self.next(driver, sink, &deadline, &mut streams, 0).await {
+                Err(Interrupt::TimedOut { .. }) if !killed => {
+                    killed = true;
+                    if let Some(p) = pid {
+                        self.send(&format!("kill {id} {p}")).await?;
+                    }
+                    let grace = Duration::from_secs(10).mul_f64(self.factor);
+                    deadline = Deadline::after(grace, "the command");
+                }
+                Err(Interrupt::TimedOut { .. }) => {
+                    return Err(Interrupt::TimedOut {
+                        what: "the command".into(),
+                        after: limit,
+                    })
+                }
+                Err(e) => return Err(e),
+                Ok(Event::Line(l)) => match reply(&l, &id) {
+                    Some(("pid", p)) => pid = p.trim().parse().ok(),
                     Some(("done", rest)) => status = Some(rest.trim().parse().unwrap_or(255)),
                     _ => {}
                 },
-                Event::Ended => {}
-                Event::Data(_) => unreachable!("no data was asked for"),
+                Ok(Event::Ended) => {}
+                Ok(Event::Data(_)) => unreachable!("no data was asked for"),
             }
         }
         Ok(Ran {
             status: status.expect("done"),
-            timed_out,
+            timed_out: killed,
         })
     }
 
@@ -561,7 +586,6 @@ impl Channel {
             }
             let now = Instant::now();
             if now >= deadline.at {
-                driver.kill_now();
                 return Err(Interrupt::TimedOut {
                     what: deadline.what.clone(),
                     after: deadline.after,
@@ -716,9 +740,15 @@ mod tests {
             Some("/tmp/x y"),
         );
         assert!(s.starts_with("export TERM=dumb"), "{s}");
-        assert!(s.contains("export MSG='it'\\''s'\n"), "{s}");
-        assert!(s.contains("cd -- '/tmp/x y' || exit 125\n"), "{s}");
-        assert!(s.ends_with("exec printf '%s\n' 'a b'\n"), "{s}");
+        assert!(s.contains("; export MSG='it'\\''s'; "), "{s}");
+        assert!(s.contains("; cd -- '/tmp/x y' || exit 125; "), "{s}");
+        // the argument's newline is kept (so this script goes base64-encoded)
+        assert!(s.ends_with("exec printf '%s\n' 'a b'"), "{s}");
+        let plain = script(&["true".into()], &[], None);
+        assert!(
+            !plain.contains('\n') && plain.ends_with("; exec true"),
+            "{plain}"
+        );
     }
 
     #[test]
