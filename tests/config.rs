@@ -71,6 +71,12 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ),
         ("instance_type outside the cloud executor", "version = 1\n[suite.s]\ninstance_type = \"t3.micro\"\n".into(), "reconcile.toml:3:17", "sets instance_type but runs with"),
         ("zero uploads in flight", "version = 1\n[cloud.c]\nprovider = \"ec2\"\nregion = \"r\"\nuploads_in_flight = 0\n".into(), "reconcile.toml:5:21", "uploads_in_flight must be between 1 and 64"),
+        ("env name that is no shell name", "version = 1\n[suite.s]\nenv = { \"1BAD\" = \"x\" }\n".into(), "reconcile.toml:3:", "is not an environment variable name"),
+        ("upload outside a VM", "version = 1\n[suite.s]\nupload = { \"/x\" = { path = \"f\" } }\n".into(), "reconcile.toml:3:", "files are copied in and out of VMs only"),
+        ("upload mode that is not octal", "version = 1\n[suite.s]\nupload = { \"/x\" = { path = \"f\", mode = \"rwx\" } }\n".into(), "reconcile.toml:3:", "is not octal permission bits"),
+        ("upload to a relative guest path", "version = 1\n[suite.s]\nupload = { \"x\" = { path = \"f\" } }\n".into(), "reconcile.toml:3:", "must be an absolute file path in the guest"),
+        ("collect pattern that is not absolute", "version = 1\n[suite.s]\nexecutor = \"qemu\"\ncollect = [\"log/*.txt\"]\n".into(), "reconcile.toml:4:", "must be an absolute guest path"),
+        ("user data given twice", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nuser_data = \"x\"\nuser_data_file = \"u\"\n"), "reconcile.toml:9:", "not both"),
         ("vm on a root filesystem", format!("{VOL}[machine.r]\nrevision = 1\nsource = {{ dir = \"r\" }}\nvm = {{ cpus = 2 }}\n"), "reconcile.toml:7:1", "`vm` applies to disk machines"),
     ]
 }

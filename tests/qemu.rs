@@ -315,6 +315,9 @@ expect = {{ stdout = ["0"] }}
             "{reason}"
         );
     }
+    // the unterminated last line (a password prompt) is in console.txt too
+    let console = output(&t["login.whoami[login-nopass]"], "console.txt");
+    assert!(console.trim_end().ends_with("Password:"), "{console}");
     assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
     assert_eq!(working_entries(&farm), Vec::<String>::new());
 }

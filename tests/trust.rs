@@ -1197,6 +1197,46 @@ fn folder(t: &serde_json::Value) -> std::path::PathBuf {
 
 #[test]
 #[ignore = "needs qemu-img (qemu-utils) for the overlays"]
+fn an_agent_that_cannot_start_is_an_infra_error_that_says_why_never_a_fallback() {
+    if !have("qemu-img", "--version") {
+        skip("needs qemu-img (qemu-utils)");
+        return;
+    }
+    let farm = qemu_farm(
+        "[suite.vm.test.hello]\nrun = [\"echo\", \"typed-on-the-console\"]\n",
+        "",
+    );
+    // the default transport: the stand-in's "guest" has no virtio-serial port named reconcile.ctl
+    let text = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
+    fs::write(
+        farm.path("reconcile.toml"),
+        text.replace(", transport = \"console\"", ""),
+    )
+    .unwrap();
+    let path = fake_qemu(&farm);
+    farm.run_env(&["apply", "--no-test"], &[("PATH", &path)])
+        .expect(0);
+    farm.run_env(&["test"], &[("PATH", &path)]).expect(4);
+    let t = result_of(&farm, "vm.hello");
+    assert_eq!(t["class"], "infra", "{t:#}");
+    let reason = t["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("agent did not start")
+            && reason.contains("no virtio-serial port reconcile.ctl"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("transport = \"console\""),
+        "the way out is named: {reason}"
+    );
+    // and the command was not typed on the console instead
+    assert!(!fs::read_to_string(folder(&t).join("stdout.txt"))
+        .unwrap_or_default()
+        .contains("typed-on-the-console"));
+}
+
+#[test]
+#[ignore = "needs qemu-img (qemu-utils) for the overlays"]
 fn items_14_to_16_the_console_driver_is_bounded_checks_every_line_and_finds_split_markers() {
     if !have("qemu-img", "--version") {
         skip("needs qemu-img (qemu-utils)");

@@ -138,15 +138,14 @@ __rc_agent() {
     done
 }
 __rc_start() {
-    [ -d /sys/class/virtio-ports ] || modprobe virtio_console 2>/dev/null
     __i=0
     while ! __rc_port reconcile.ctl >/dev/null; do
         __i=$((__i + 1))
-        if [ $__i -gt 100 ]; then
+        if [ $__i -gt 20 ]; then
             echo "reconcile: no virtio-serial port reconcile.ctl in /sys/class/virtio-ports (does the guest kernel have virtio_console?)"
             return 3
         fi
-        sleep 1
+        sleep 0.5
     done
     for __c in base64 dd sh; do
         command -v $__c >/dev/null 2>&1 || { echo "reconcile: the guest has no $__c"; return 4; }
