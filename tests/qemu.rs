@@ -628,6 +628,19 @@ fn pty() -> (fs::File, fs::File) {
 fn spawn_attaches_a_terminal_to_the_console_and_restores_it() {
     let Some(guest) = Guest::get() else { return };
     let farm = disk_farm(&guest, "");
+    let login = guest.copy_to(&farm, "disk-login.img", "images/login.img");
+    let text = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
+    farm.desired(&format!(
+        r#"{text}
+[machine.login]
+revision = 1
+kind = "disk"
+source = {{ path = "images/login.img", sha256 = "{login}" }}
+vm = {{ accel = "tcg", memory = "256M" }}
+console = {{ ready = 'kit: up', prompt = 'kit# ', login = {{ user = "root", password = "kitpass" }} }}
+"#
+    ));
+    farm.run(&["apply", "--no-test"]).expect(0);
     let (mut master, slave) = pty();
     let before = nix::sys::termios::tcgetattr(&slave).unwrap();
     let mut child = farm
@@ -684,6 +697,26 @@ fn spawn_attaches_a_terminal_to_the_console_and_restores_it() {
     farm.run(&["plan"]).expect(0);
     farm.run(&["apply", "--no-test"]).expect(0);
     assert_eq!(working_entries(&farm), kept);
+
+    // with console.login, spawn logs in first: the shell prompt comes without typing a password
+    let mut child = farm
+        .cmd(&["spawn", "login"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut master, &mut seen, "kit# ");
+    master.write_all(b"echo logged-in-as-$(id -u)\r").unwrap();
+    read_until(&mut master, &mut seen, "logged-in-as-0");
+    master.write_all(&[0x1d]).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = fs::read_to_string(farm.path(".reconcile/logs/spawn-login/console.txt")).unwrap();
+    assert!(
+        log.contains("login:") && log.contains("logged-in-as-0"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -790,6 +790,22 @@ impl Sink for Captured<'_> {
     }
 }
 
+/// A boot shown on this terminal and kept in the console log (`spawn` with a login).
+struct Shown<'a> {
+    log: &'a mut File,
+}
+
+impl Sink for Shown<'_> {
+    fn step(&mut self, _name: &str) {}
+
+    fn output(&mut self, _stream: Stream, bytes: &[u8]) -> Flow {
+        let _ = self.log.write_all(bytes);
+        let mut out = std::io::stdout();
+        let _ = out.write_all(bytes).and_then(|()| out.flush());
+        Flow::Continue
+    }
+}
+
 fn host_arch() -> String {
     std::env::consts::ARCH.to_string()
 }
@@ -861,11 +877,19 @@ impl Instance for QemuInstance {
     }
 
     fn attach(&mut self, log: &Path) -> std::result::Result<(), Interrupt> {
-        if self.driver.is_none() {
-            self.spawn()?;
-        }
         let mut file = File::create(log)
             .map_err(|e| Interrupt::Infra(format!("cannot write {}: {e}", log.display())))?;
+        if self.driver.is_none() {
+            self.spawn()?;
+            if self.console.login.is_some() {
+                // log in first, as a test does; the terminal shows the boot meanwhile
+                let console = self.console.clone();
+                let driver = self.driver.as_mut().expect("spawned");
+                let mut shown = Shown { log: &mut file };
+                let booted = self.rt.block_on(driver.boot(&console, &mut shown));
+                booted.map_err(|i| self.with_log(i))?;
+            }
+        }
         let driver = self.driver.as_mut().expect("spawned");
         self.rt.block_on(terminal::attach(driver, &mut file))?;
         Ok(())
