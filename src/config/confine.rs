@@ -124,56 +124,34 @@ pub(crate) fn sources(m: &mut DesiredFile, c: &Confine, at: &Sources) -> Vec<Dia
             );
         }
     }
+    // other files a commit names: user data, uploads, test directories
+    let mut paths: Vec<(Vec<&str>, &str, &mut String)> = Vec::new();
     for (n, mach) in m.machine.iter_mut() {
-        let Some(f) = mach.user_data_file.as_mut() else {
-            continue;
-        };
-        match c.resolve(Path::new(f.as_str())) {
-            Ok(real) => *f = real.to_string_lossy().into_owned(),
-            Err(why) => out.push(at.at(
-                &["machine", n, "user_data_file"],
-                false,
-                format!("user data {why}"),
-                "refused",
-                None,
-            )),
+        if let Some(f) = mach.user_data_file.as_mut() {
+            paths.push((vec!["machine", n, "user_data_file"], "user data", f));
         }
     }
     for (n, suite) in m.suite.iter_mut() {
-        // files uploaded into guests come from the commit too
-        let mut uploads: Vec<(Vec<&str>, &mut String)> = Vec::new();
+        if let Some(f) = suite.user_data_file.as_mut() {
+            paths.push((vec!["suite", n, "user_data_file"], "user data", f));
+        }
+        if let Some(d) = suite.dir.as_mut() {
+            paths.push((vec!["suite", n, "dir"], "test directory", d));
+        }
         for (g, u) in suite.upload.iter_mut() {
-            uploads.push((vec!["suite", n, "upload", g, "path"], &mut u.path));
+            paths.push((vec!["suite", n, "upload", g, "path"], "upload", &mut u.path));
         }
         for (t, test) in suite.test.iter_mut() {
             for (g, u) in test.upload.iter_mut() {
-                uploads.push((
-                    vec!["suite", n, "test", t, "upload", g, "path"],
-                    &mut u.path,
-                ));
+                let key = vec!["suite", n, "test", t, "upload", g, "path"];
+                paths.push((key, "upload", &mut u.path));
             }
         }
-        if let Some(f) = suite.user_data_file.as_mut() {
-            uploads.push((vec!["suite", n, "user_data_file"], f));
-        }
-        for (key, p) in uploads {
-            match c.resolve(Path::new(p.as_str())) {
-                Ok(real) => *p = real.to_string_lossy().into_owned(),
-                Err(why) => out.push(at.at(&key, false, format!("upload {why}"), "refused", None)),
-            }
-        }
-        let Some(d) = suite.dir.as_mut() else {
-            continue;
-        };
-        match c.resolve(Path::new(d.as_str())) {
-            Ok(real) => *d = real.to_string_lossy().into_owned(),
-            Err(why) => out.push(at.at(
-                &["suite", n, "dir"],
-                false,
-                format!("test directory {why}"),
-                "refused",
-                None,
-            )),
+    }
+    for (key, what, p) in paths {
+        match c.resolve(Path::new(p.as_str())) {
+            Ok(real) => *p = real.to_string_lossy().into_owned(),
+            Err(why) => out.push(at.at(&key, false, format!("{what} {why}"), "refused", None)),
         }
     }
     out

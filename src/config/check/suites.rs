@@ -30,34 +30,31 @@ pub(super) fn checks(c: &mut Checker, m: &DesiredFile) {
     }
 }
 
+/// A key below `at` (a table's path) for a diagnostic.
+fn under<'a>(at: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
+    at.iter().chain(rest).copied().collect()
+}
+
 /// User data is given once: inline or from a file, and the file is there.
 fn user_data(c: &mut Checker, at: &[&str], inline: &Option<String>, file: &Option<String>) {
-    let key = |k: &str| -> Vec<String> {
-        at.iter()
-            .map(|s| s.to_string())
-            .chain([k.to_string()])
-            .collect()
-    };
+    let key = under(at, &["user_data_file"]);
     if inline.is_some() && file.is_some() {
-        let k = key("user_data_file");
-        let k: Vec<&str> = k.iter().map(String::as_str).collect();
         c.value(
-            &k,
+            &key,
             "give `user_data` or `user_data_file`, not both".into(),
             "both given",
             None,
         );
-    } else if let Some(f) = file {
-        if !std::path::Path::new(f).is_file() {
-            let k = key("user_data_file");
-            let k: Vec<&str> = k.iter().map(String::as_str).collect();
-            c.value(
-                &k,
-                format!("user data file {f} does not exist"),
-                "no such file",
-                None,
-            );
-        }
+    } else if let Some(f) = file
+        .as_deref()
+        .filter(|f| !std::path::Path::new(f).is_file())
+    {
+        c.value(
+            &key,
+            format!("user data file {f} does not exist"),
+            "no such file",
+            None,
+        );
     }
 }
 
@@ -172,13 +169,6 @@ struct Io<'a> {
 /// `env` names are shell names; `upload` and `collect` name absolute guest
 /// paths, need a command channel, and uploads have octal modes.
 fn io(c: &mut Checker, at: &[&str], io: &Io, channel: &Result<(), String>) {
-    let key =
-        |rest: &[&str]| -> Vec<String> { at.iter().chain(rest).map(|s| s.to_string()).collect() };
-    let value =
-        |c: &mut Checker, k: Vec<String>, msg: String, label: &str, help: Option<String>| {
-            let k: Vec<&str> = k.iter().map(String::as_str).collect();
-            c.value(&k, msg, label, help);
-        };
     for name in io.env.keys() {
         let shell_name = name
             .chars()
@@ -186,9 +176,8 @@ fn io(c: &mut Checker, at: &[&str], io: &Io, channel: &Result<(), String>) {
             .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
             && name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
         if !shell_name {
-            value(
-                c,
-                key(&["env", name]),
+            c.value(
+                &under(at, &["env", name]),
                 format!("`{name}` is not an environment variable name"),
                 "not a name",
                 Some("use letters, digits and `_`, not starting with a digit".into()),
@@ -200,9 +189,8 @@ fn io(c: &mut Checker, at: &[&str], io: &Io, channel: &Result<(), String>) {
         .as_deref()
         .is_some_and(|d| d.is_empty() || d.contains('\0'))
     {
-        value(
-            c,
-            key(&["cwd"]),
+        c.value(
+            &under(at, &["cwd"]),
             "`cwd` must name a directory".into(),
             "empty",
             None,
@@ -210,21 +198,24 @@ fn io(c: &mut Checker, at: &[&str], io: &Io, channel: &Result<(), String>) {
     }
     for (guest, u) in io.upload {
         if !guest.starts_with('/') || guest.ends_with('/') || guest.split('/').any(|p| p == "..") {
-            value(
-                c,
-                key(&["upload", guest]),
+            c.value(
+                &under(at, &["upload", guest]),
                 format!("upload destination `{guest}` must be an absolute file path in the guest"),
                 "not an absolute file path",
                 None,
             );
         }
         if let Err(why) = u.mode_bits() {
-            value(c, key(&["upload", guest, "mode"]), why, "not a mode", None);
+            c.value(
+                &under(at, &["upload", guest, "mode"]),
+                why,
+                "not a mode",
+                None,
+            );
         }
         if let Err(why) = channel {
-            value(
-                c,
-                key(&["upload", guest]),
+            c.value(
+                &under(at, &["upload", guest]),
                 format!("cannot upload `{guest}`: {why}"),
                 "no command channel",
                 None,
@@ -232,27 +223,25 @@ fn io(c: &mut Checker, at: &[&str], io: &Io, channel: &Result<(), String>) {
         }
     }
     for (i, pattern) in io.collect.iter().enumerate() {
-        let k = key(&["collect", &i.to_string()]);
+        let idx = i.to_string();
+        let k = under(at, &["collect", &idx]);
         if !pattern.starts_with('/') {
-            value(
-                c,
-                k,
+            c.value(
+                &k,
                 format!("collect pattern `{pattern}` must be an absolute guest path"),
                 "not absolute",
                 None,
             );
         } else if let Err(e) = glob::Pattern::new(pattern) {
-            value(
-                c,
-                k,
+            c.value(
+                &k,
                 format!("invalid glob `{pattern}`"),
                 &e.to_string(),
                 None,
             );
         } else if let Err(why) = channel {
-            value(
-                c,
-                k,
+            c.value(
+                &k,
                 format!("cannot collect `{pattern}`: {why}"),
                 "no command channel",
                 None,
