@@ -606,23 +606,15 @@ impl Channel {
                     Err(e) => return Err(broken("reading replies", e)),
                 },
                 r = self.out.read(&mut b.out) => {
-                    let n = r.map_err(|e| broken("reading stdout", e))?;
-                    if let Some(t) = streams.out.as_mut() {
-                        let bytes = t.take(&b.out[..n]);
-                        deliver(driver, sink, Stream::Stdout, &bytes)?;
-                        if t.done {
-                            return Ok(Event::Ended);
-                        }
+                    let got = r.map_err(|e| broken("reading stdout", e))?;
+                    if let Some(e) = command_output(streams.out.as_mut(), &b.out[..got], Stream::Stdout, driver, sink, &deadline.what).await? {
+                        return Ok(e);
                     }
                 }
                 r = self.err.read(&mut b.err) => {
-                    let n = r.map_err(|e| broken("reading stderr", e))?;
-                    if let Some(t) = streams.err.as_mut() {
-                        let bytes = t.take(&b.err[..n]);
-                        deliver(driver, sink, Stream::Stderr, &bytes)?;
-                        if t.done {
-                            return Ok(Event::Ended);
-                        }
+                    let got = r.map_err(|e| broken("reading stderr", e))?;
+                    if let Some(e) = command_output(streams.err.as_mut(), &b.err[..got], Stream::Stderr, driver, sink, &deadline.what).await? {
+                        return Ok(e);
                     }
                 }
                 r = read_opt(&mut self.journal, &mut b.journal), if journal_open => match r {
@@ -640,6 +632,28 @@ impl Channel {
             }
         }
     }
+}
+
+/// Bytes read from a command's stdout or stderr port: the command's part
+/// goes to the sink; [`Event::Ended`] once its end arrived. No bytes at all
+/// means QEMU is gone (the port's socket closed), said as the console says it.
+async fn command_output(
+    tail: Option<&mut Tail>,
+    bytes: &[u8],
+    stream: Stream,
+    driver: &mut Driver,
+    sink: &mut dyn Sink,
+    what: &str,
+) -> Result<Option<Event>, Interrupt> {
+    if bytes.is_empty() {
+        return Err(driver.ended(what, sink).await);
+    }
+    let Some(t) = tail else {
+        return Ok(None);
+    };
+    let mine = t.take(bytes);
+    deliver(driver, sink, stream, &mine)?;
+    Ok(t.done.then_some(Event::Ended))
 }
 
 /// A read of a stream that may be gone (then it never completes).
