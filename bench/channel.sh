@@ -54,7 +54,6 @@ for i in $(seq "$N"); do
     out+=("$(run_ms "$R/stream.stdout")"); null+=("$(run_ms "$R/stream.devnull")")
     [ "$(stat -c %s "$R/stream.stdout/stdout.txt")" = 104857600 ] || { echo "bench: stdout.txt is not 100 MiB" >&2; exit 1; }
 done
-med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 A=$(med "${agent[@]}"); C=$(med "${console[@]}"); O=$(med "${out[@]}"); Z=$(med "${null[@]}")
 mbs() { python3 -c "import sys; print(f'{104857600/(1<<20)/(float(sys.argv[1])/1000):.0f}')" "$1"; }
 cat <<MD

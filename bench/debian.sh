@@ -84,7 +84,6 @@ recon; console=(); agent=() # a qemu.log to take the command line from
 for i in $(seq "$N"); do
     if ((i % 2)); then recon; bare_run; else bare_run; recon; fi
 done
-med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 C=$(med "${console[@]}"); A=$(med "${agent[@]}"); B=$(med "${bare[@]}")
 cat <<MD
 | Debian 12 guest, TCG, 1 GiB, BIOS, median of $N | reconcile | bare \`qemu-system-x86_64\` (same command line, a Python reader logging in) | ratio | target |

@@ -77,7 +77,6 @@ reconcile_run; boots=(); prov=(); down=() # warm-up, and a qemu.log to take the 
 for i in $(seq "$N"); do
     if ((i % 2)); then reconcile_run; bare_run; else bare_run; reconcile_run; fi
 done
-med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 BOOT=$(med "${boots[@]}"); BARE=$(med "${bare[@]}"); PROV=$(med "${prov[@]}"); DOWN=$(med "${down[@]}")
 
 # 3. console throughput through the driver, with a stand-in QEMU

@@ -132,7 +132,6 @@ EOF
     # the cleaner frees deleted subvolumes in the background: let it finish before the next run
     btrfs -q subvolume sync "$MNT" >/dev/null; sync
 done
-med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 P=$(med "${plain[@]}"); C=$(med "${confined[@]}"); H=$(med "${hashed[@]}")
 B_ROW=""
 if [ -n "${BEFORE:-}" ]; then

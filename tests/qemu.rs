@@ -20,12 +20,14 @@ use common::*;
 const CONSOLE: &str = r#"console = { ready = 'kit: up', prompt = 'kit# ', shutdown = "sync; umount /mnt; poweroff -f" }"#;
 
 /// A farm with disk machines `kit` (raw) and `kitq` (qcow2), forced to TCG,
-/// and `extra` declarations (images/hang.img is there for them too).
+/// and `extra` declarations (images/hang.img and images/login.img are there
+/// for them too).
 fn disk_farm(guest: &Guest, extra: &str) -> Farm {
     let farm = Farm::new();
     let raw = guest.copy_to(&farm, "disk.img", "images/kit.img");
     let q = guest.copy_to(&farm, "disk.qcow2", "images/kit.qcow2");
     guest.copy_to(&farm, "disk-hang.img", "images/hang.img");
+    guest.copy_to(&farm, "disk-login.img", "images/login.img");
     farm.desired(&format!(
         r#"version = 1
 [volume.default]
@@ -51,6 +53,27 @@ vm = {{ accel = "tcg", memory = "256M", transport = "console" }}
     ));
     farm.run(&["apply", "--no-test"]).expect(0);
     farm
+}
+
+/// A machine `name` booting images/login.img (a `login:` prompt) with `login` in its console table.
+fn login_machine(guest: &Guest, name: &str, login: &str) -> String {
+    let sha = sha_file(&guest.file("disk-login.img"));
+    format!(
+        r#"
+[machine.{name}]
+revision = 1
+kind = "disk"
+source = {{ path = "images/login.img", sha256 = "{sha}" }}
+vm = {{ accel = "tcg", memory = "256M" }}
+console = {{ ready = 'kit: up', prompt = 'kit# ', {login} }}
+"#
+    )
+}
+
+/// No QEMU of the farm is left running and no working snapshot is left behind.
+fn assert_nothing_left(farm: &Farm) {
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    assert_eq!(working_entries(farm), Vec::<String>::new());
 }
 
 fn report(farm: &Farm) -> serde_json::Value {
@@ -188,44 +211,17 @@ run = ["printf", "%s\n%s\n", "tab	here", "{long}"]
     assert!(output(a, "typed.txt").contains("base64 -d"));
     assert!(!output(a, "console.txt").contains("__rc_agent"));
     assert!(!output(a, "typed.txt").contains("tab\there"));
-    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
-    assert_eq!(working_entries(&farm), Vec::<String>::new());
+    assert_nothing_left(&farm);
 }
 
 #[test]
 #[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn over_the_channel_a_vm_test_runs_like_a_host_test_with_files_in_and_out() {
     let Some(guest) = Guest::get() else { return };
-    let farm = disk_farm(&guest, "");
-    let login_img = guest.copy_to(&farm, "disk-login.img", "images/login.img");
-    fs::create_dir_all(farm.path("bin")).unwrap();
-    fs::write(
-        farm.path("bin/greet"),
-        "#!/bin/sh\necho \"greetings from $(basename \"$0\")\"\n",
-    )
-    .unwrap();
-    fs::write(
-        farm.path("bin/data.bin"),
-        (0..=255u8).cycle().take(300_000).collect::<Vec<u8>>(),
-    )
-    .unwrap();
-    let machine = |name: &str, image: &str, sha: &str, login: &str| {
-        format!(
+    let farm = disk_farm(
+        &guest,
+        &format!(
             r#"
-[machine.{name}]
-revision = 1
-kind = "disk"
-source = {{ path = "images/{image}", sha256 = "{sha}" }}
-vm = {{ accel = "tcg", memory = "256M" }}
-console = {{ ready = 'kit: up', prompt = 'kit# ', {login} }}
-"#
-        )
-    };
-    let text = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
-    fs::write(
-        farm.path("reconcile.toml"),
-        format!(
-            r#"{text}
 {good}{wrong}{nopass}
 [suite.ch]
 machines = ["kit"]
@@ -258,13 +254,30 @@ executor = "qemu"
 run = ["sh", "-c", "id -u"]
 expect = {{ stdout = ["0"] }}
 "#,
-            good = machine("login-good", "login.img", &login_img, r#"login = { user = "root", password = "kitpass" }"#),
-            wrong = machine("login-wrong", "login.img", &login_img, r#"login = { user = "root", password = "wrong" }"#),
-            nopass = machine("login-nopass", "login.img", &login_img, r#"login = { user = "root" }"#),
+            good = login_machine(
+                &guest,
+                "login-good",
+                r#"login = { user = "root", password = "kitpass" }"#
+            ),
+            wrong = login_machine(
+                &guest,
+                "login-wrong",
+                r#"login = { user = "root", password = "wrong" }"#
+            ),
+            nopass = login_machine(&guest, "login-nopass", r#"login = { user = "root" }"#),
         ),
+    );
+    fs::create_dir_all(farm.path("bin")).unwrap();
+    fs::write(
+        farm.path("bin/greet"),
+        "#!/bin/sh\necho \"greetings from $(basename \"$0\")\"\n",
     )
     .unwrap();
-    farm.run(&["apply", "--no-test"]).expect(0);
+    fs::write(
+        farm.path("bin/data.bin"),
+        (0..=255u8).cycle().take(300_000).collect::<Vec<u8>>(),
+    )
+    .unwrap();
     farm.run(&["test", "-j", "2"]).expect(4);
     let t = tests_by_name(&report(&farm));
     for name in ["ch.terminal", "ch.env", "ch.files"] {
@@ -318,8 +331,7 @@ expect = {{ stdout = ["0"] }}
     // the unterminated last line (a password prompt) is in console.txt too
     let console = output(&t["login.whoami[login-nopass]"], "console.txt");
     assert!(console.trim_end().ends_with("Password:"), "{console}");
-    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
-    assert_eq!(working_entries(&farm), Vec::<String>::new());
+    assert_nothing_left(&farm);
 }
 
 #[test]
@@ -398,8 +410,7 @@ run = ["true"]
     assert!(reason.contains("printed nothing for 20s"), "{reason}");
     assert!(reason.contains("kit: hanging"), "{reason}");
 
-    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
-    assert_eq!(working_entries(&farm), Vec::<String>::new());
+    assert_nothing_left(&farm);
 
     // Ctrl-C while a VM boots: it is killed, its overlay deleted, the report incomplete
     let mut child = farm
@@ -414,8 +425,7 @@ run = ["true"]
     interrupt(&child);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1));
-    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
-    assert_eq!(working_entries(&farm), Vec::<String>::new());
+    assert_nothing_left(&farm);
     assert_eq!(report(&farm)["incomplete"], true);
 }
 
@@ -550,8 +560,7 @@ expect = { stdout = ["built"] }
 
     // tests run on a working snapshot of the toolchain and see what the bootstrap wrote
     farm.run(&["test"]).expect(0);
-    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
-    assert_eq!(working_entries(&farm), Vec::<String>::new());
+    assert_nothing_left(&farm);
 }
 
 #[test]
@@ -584,8 +593,7 @@ fn exec_runs_a_command_in_a_booted_snapshot_and_exits_with_its_status() {
     let console = fs::read_to_string(farm.path(".reconcile/logs/exec/console.txt")).unwrap();
     assert!(console.contains("kit: up"), "{console}");
     assert!(!console.contains("out\n"), "{console}");
-    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
-    assert_eq!(working_entries(&farm), Vec::<String>::new());
+    assert_nothing_left(&farm);
 }
 
 /// Read from a pty master until `want` shows up (or panic after two minutes).
@@ -627,20 +635,12 @@ fn pty() -> (fs::File, fs::File) {
 #[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn spawn_attaches_a_terminal_to_the_console_and_restores_it() {
     let Some(guest) = Guest::get() else { return };
-    let farm = disk_farm(&guest, "");
-    let login = guest.copy_to(&farm, "disk-login.img", "images/login.img");
-    let text = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
-    farm.desired(&format!(
-        r#"{text}
-[machine.login]
-revision = 1
-kind = "disk"
-source = {{ path = "images/login.img", sha256 = "{login}" }}
-vm = {{ accel = "tcg", memory = "256M" }}
-console = {{ ready = 'kit: up', prompt = 'kit# ', login = {{ user = "root", password = "kitpass" }} }}
-"#
-    ));
-    farm.run(&["apply", "--no-test"]).expect(0);
+    let login = login_machine(
+        &guest,
+        "login",
+        r#"login = { user = "root", password = "kitpass" }"#,
+    );
+    let farm = disk_farm(&guest, &login);
     let (mut master, slave) = pty();
     let before = nix::sys::termios::tcgetattr(&slave).unwrap();
     let mut child = farm
@@ -667,8 +667,7 @@ console = {{ ready = 'kit: up', prompt = 'kit# ', login = {{ user = "root", pass
     assert_eq!(after.local_flags, before.local_flags);
     assert_eq!(after.input_flags, before.input_flags);
     assert_eq!(after.output_flags, before.output_flags);
-    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
-    assert_eq!(working_entries(&farm), Vec::<String>::new());
+    assert_nothing_left(&farm);
     let log = fs::read_to_string(farm.path(".reconcile/logs/spawn-kit/console.txt")).unwrap();
     assert!(log.contains("spawned-42"), "{log}");
 

@@ -540,40 +540,12 @@ impl Guest {
     /// None (after a visible skip, or a failure under CI) when QEMU or the
     /// tools the fixture needs are missing.
     pub fn get() -> Option<Guest> {
-        static BUILT: std::sync::Mutex<Option<Result<PathBuf, String>>> =
-            std::sync::Mutex::new(None);
-        if Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            skip("qemu-system-x86_64 missing (apt-get install qemu-system-x86; scripts/test does it)");
+        static BUILT: Built = std::sync::Mutex::new(None);
+        if !have_tools(&[("qemu-system-x86_64", "qemu-system-x86")]) {
             return None;
         }
-        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-        let result = built.get_or_insert_with(|| {
-            let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let dir = repo.join("target/guest");
-            fs::create_dir_all(&dir).unwrap();
-            // test binaries run side by side: one builds, the others wait for it
-            let lock = fs::File::create(dir.with_extension("lock")).unwrap();
-            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-                .map_err(|(_, e)| e.to_string())
-                .and_then(|_held| {
-                    let out = Command::new("bash")
-                        .arg(repo.join("tests/fixtures/make-guest.sh"))
-                        .arg(&dir)
-                        .output()
-                        .map_err(|e| e.to_string())?;
-                    if out.status.success() {
-                        Ok(dir)
-                    } else {
-                        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-                    }
-                })
-        });
-        match result {
-            Ok(dir) => Some(Guest { dir: dir.clone() }),
+        match build_fixture(&BUILT, "make-guest.sh", "guest") {
+            Ok(dir) => Some(Guest { dir }),
             Err(e) => {
                 skip(&format!("cannot build the test guest: {e}"));
                 None
@@ -603,48 +575,69 @@ pub struct DebianGuest {
 
 impl DebianGuest {
     pub fn get() -> Option<DebianGuest> {
-        static BUILT: std::sync::Mutex<Option<Result<PathBuf, String>>> =
-            std::sync::Mutex::new(None);
-        for (tool, package) in [
+        static BUILT: Built = std::sync::Mutex::new(None);
+        let tools = [
             ("qemu-system-x86_64", "qemu-system-x86"),
             ("mmdebstrap", "mmdebstrap"),
-        ] {
-            if Command::new(tool).arg("--version").output().is_err() {
-                skip(&format!(
-                    "{tool} missing (apt-get install {package}; scripts/test does it)"
-                ));
-                return None;
-            }
+        ];
+        if !have_tools(&tools) {
+            return None;
         }
-        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-        let result = built.get_or_insert_with(|| {
-            let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let dir = repo.join("target/debian-guest");
-            fs::create_dir_all(&dir).unwrap();
-            let lock = fs::File::create(dir.with_extension("lock")).unwrap();
-            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-                .map_err(|(_, e)| e.to_string())
-                .and_then(|_held| {
-                    let out = Command::new("bash")
-                        .arg(repo.join("tests/fixtures/make-debian.sh"))
-                        .arg(&dir)
-                        .output()
-                        .map_err(|e| e.to_string())?;
-                    if out.status.success() {
-                        Ok(dir.join("debian.qcow2"))
-                    } else {
-                        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-                    }
-                })
-        });
-        match result {
-            Ok(disk) => Some(DebianGuest { disk: disk.clone() }),
+        match build_fixture(&BUILT, "make-debian.sh", "debian-guest") {
+            Ok(dir) => Some(DebianGuest {
+                disk: dir.join("debian.qcow2"),
+            }),
             Err(e) => {
                 skip(&format!("cannot build the Debian guest: {e}"));
                 None
             }
         }
     }
+}
+
+/// What a fixture build gave, once per test binary.
+type Built = std::sync::Mutex<Option<Result<PathBuf, String>>>;
+
+/// Every tool there, or a visible skip (a failure under CI) naming the first missing one.
+fn have_tools(tools: &[(&str, &str)]) -> bool {
+    for (tool, package) in tools {
+        if Command::new(tool).arg("--version").output().is_err() {
+            skip(&format!(
+                "{tool} missing (apt-get install {package}; scripts/test does it)"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
+/// Run tests/fixtures/`script` into target/`dir` once per test binary; test
+/// binaries run side by side, so one builds under a lock and the others wait
+/// (the script itself does nothing when its stamp says it is up to date).
+fn build_fixture(built: &Built, script: &str, dir: &str) -> Result<PathBuf, String> {
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    built
+        .get_or_insert_with(|| {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let dir = repo.join("target").join(dir);
+            fs::create_dir_all(&dir).unwrap();
+            let lock = fs::File::create(dir.with_extension("lock")).unwrap();
+            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e.to_string())
+                .and_then(|_held| {
+                    let out = Command::new("bash")
+                        .arg(repo.join("tests/fixtures").join(script))
+                        .arg(&dir)
+                        .output()
+                        .map_err(|e| e.to_string())?;
+                    if out.status.success() {
+                        Ok(dir)
+                    } else {
+                        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+                    }
+                })
+        })
+        .clone()
 }
 
 /// QEMU processes whose command line mentions `needle` (a farm's path).
