@@ -77,6 +77,7 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("upload to a relative guest path", "version = 1\n[suite.s]\nupload = { \"x\" = { path = \"f\" } }\n".into(), "reconcile.toml:3:", "must be an absolute file path in the guest"),
         ("collect pattern that is not absolute", "version = 1\n[suite.s]\nexecutor = \"qemu\"\ncollect = [\"log/*.txt\"]\n".into(), "reconcile.toml:4:", "must be an absolute guest path"),
         ("user data given twice", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nuser_data = \"x\"\nuser_data_file = \"u\"\n"), "reconcile.toml:9:", "not both"),
+        ("aarch64 disk machine by BIOS", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\narch = \"aarch64\"\n"), "reconcile.toml:8:8", "is aarch64, which has no BIOS"),
         ("vm on a root filesystem", format!("{VOL}[machine.r]\nrevision = 1\nsource = {{ dir = \"r\" }}\nvm = {{ cpus = 2 }}\n"), "reconcile.toml:7:1", "`vm` applies to disk machines"),
     ]
 }

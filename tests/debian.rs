@@ -15,6 +15,16 @@ fn output(t: &serde_json::Value, file: &str) -> String {
     fs::read_to_string(dir.join(file)).unwrap_or_default()
 }
 
+/// The ssh transport's key directories in the temporary directory.
+fn ssh_dirs() -> std::collections::BTreeSet<String> {
+    fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("reconcile-ssh-"))
+        .collect()
+}
+
 /// What the test runs in the guest, in order; each step says it worked on stdout.
 const SYSTEM: &str = r#"
 systemctl is-system-running --wait
@@ -29,6 +39,20 @@ cat /run/reconcile-user-data
 systemctl start reconcile-broken.service 2>/dev/null || echo broken-unit-failed
 # the journal travels on a port of its own: give its last lines a moment
 sleep 3
+"#;
+
+/// The same over ssh (`transport = "ssh"`): ends with status 3.
+const SSH: &str = r#"
+if read x; then echo stdin-had-data; else echo stdin-eof; fi
+echo "term=$TERM tty=$(tty >/dev/null 2>&1 && echo yes || echo none)"
+echo "$GREETING in $(pwd)"
+echo to-stderr-over-ssh >&2
+echo kmsg-over-ssh >/dev/kmsg
+/opt/app/run.sh
+journalctl -b | tail -n 1 >/dev/null && echo journal-read-to-the-end
+p=$$; while [ "$p" -gt 1 ]; do case $(ps -o comm= -p "$p") in sshd*) echo sshd-is-an-ancestor; break ;; esac; p=$(ps -o ppid= -p "$p" | tr -d ' '); done
+sleep 3
+exit 3
 "#;
 
 #[test]
@@ -50,7 +74,7 @@ fn a_debian_guest_runs_tests_like_the_host_with_user_data_journal_and_uefi() {
         "#!/bin/sh\nmkdir -p /var/log/app\necho \"app ran as $(id -un)\" >/var/log/app/app.log\necho app-ran\n",
     )
     .unwrap();
-    let machine = |name: &str, firmware: &str, password: &str| {
+    let machine = |name: &str, firmware: &str, password: &str, transport: &str| {
         format!(
             r#"
 [machine.{name}]
@@ -58,7 +82,7 @@ revision = 1
 kind = "disk"
 source = {{ path = "images/debian.qcow2", sha256 = "{sha}" }}
 arch = "x86_64"
-vm = {{ accel = "tcg", memory = "1G", firmware = "{firmware}" }}
+vm = {{ accel = "tcg", memory = "1G", firmware = "{firmware}", transport = "{transport}" }}
 console = {{ login = {{ user = "root", password = "{password}" }} }}
 "#
         )
@@ -68,7 +92,7 @@ console = {{ login = {{ user = "root", password = "{password}" }} }}
 [volume.default]
 path = "machines"
 backend = "dir"
-{bios}{uefi}{wrong}
+{bios}{uefi}{wrong}{ssh}
 [suite.deb]
 machines = ["deb"]
 executor = "qemu"
@@ -95,12 +119,29 @@ machines = ["deb-wrong"]
 executor = "qemu"
 [suite.wrong.test.login]
 run = ["true"]
+
+[suite.ssh]
+machines = ["deb-ssh"]
+executor = "qemu"
+env = {{ GREETING = "hello over ssh" }}
+cwd = "/var"
+upload = {{ "/opt/app/run.sh" = {{ path = "files/run.sh", mode = "0755" }} }}
+collect = ["/var/log/app/*.log"]
+[suite.ssh.test.session]
+run = ["sh", "-c", '''{SSH}''']
+timeout = "3m"
+expect = {{ exit = 3, stdout = ["stdin-eof", "term=dumb tty=none", "hello over ssh in /var", "app-ran", "journal-read-to-the-end", "sshd-is-an-ancestor", "!kmsg-over-ssh"], stderr = ["to-stderr-over-ssh"] }}
+[suite.ssh.test.limit]
+run = ["sh", "-c", "/opt/app/run.sh; sleep 1000"]
+timeout = "20s"
 "##,
-        bios = machine("deb", "bios", "debpass"),
-        uefi = machine("deb-uefi", "uefi", "debpass"),
-        wrong = machine("deb-wrong", "bios", "not-the-password"),
+        bios = machine("deb", "bios", "debpass", "agent"),
+        uefi = machine("deb-uefi", "uefi", "debpass", "agent"),
+        wrong = machine("deb-wrong", "bios", "not-the-password", "agent"),
+        ssh = machine("deb-ssh", "bios", "debpass", "ssh"),
     ));
     farm.run(&["apply", "--no-test"]).expect(0);
+    let ssh_before = ssh_dirs();
     farm.run(&["test", "-j", "2"]).expect(4);
     let t: BTreeMap<String, serde_json::Value> = farm.report()["tests"]
         .as_array()
@@ -157,5 +198,34 @@ run = ["true"]
         w["reason"].as_str().unwrap().contains("Login incorrect"),
         "{w:#}"
     );
+    // over ssh: the same behaviour, and its exit status exactly (expected 3)
+    let h = &t["ssh.session"];
+    assert_eq!(
+        h["result"],
+        "PASS",
+        "{h:#}\nstdout: {}\nstderr: {}",
+        output(h, "stdout.txt"),
+        output(h, "stderr.txt")
+    );
+    assert!(output(h, "console.txt").contains("kmsg-over-ssh"));
+    assert_eq!(
+        output(h, "collected/var/log/app/app.log"),
+        "app ran as root\n"
+    );
+    assert!(
+        output(h, "journal.txt").contains("sshd"),
+        "the journal came over ssh too"
+    );
+    // at its limit the command's session is killed in the guest, and its
+    // files still come back
+    let l = &t["ssh.limit"];
+    assert_eq!(l["class"], "timeout", "{l:#}");
+    assert_eq!(output(l, "stdout.txt"), "app-ran\n", "{l:#}");
+    assert_eq!(
+        output(l, "collected/var/log/app/app.log"),
+        "app ran as root\n"
+    );
     assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+    let left: Vec<_> = ssh_dirs().difference(&ssh_before).cloned().collect();
+    assert!(left.is_empty(), "an ssh key directory was left: {left:?}");
 }

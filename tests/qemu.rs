@@ -752,3 +752,56 @@ run = ["true"]
     );
     assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
 }
+
+#[test]
+#[ignore = "needs qemu-system-arm, qemu-efi-aarch64 and Debian's arm64 packages (scripts/test installs them)"]
+fn an_aarch64_disk_machine_boots_by_uefi_under_qemu_system_aarch64() {
+    let Some(guest) = Arm64Guest::get() else {
+        return;
+    };
+    let farm = Farm::new();
+    let disk = farm.path("images/arm.img");
+    fs::create_dir_all(disk.parent().unwrap()).unwrap();
+    fs::copy(&guest.disk, &disk).unwrap();
+    let sha = sha_file(&disk);
+    farm.desired(&format!(
+        r#"version = 1
+[volume.default]
+path = "machines"
+backend = "dir"
+
+[machine.arm]
+revision = 1
+kind = "disk"
+source = {{ path = "images/arm.img", sha256 = "{sha}" }}
+arch = "aarch64"
+vm = {{ accel = "tcg", memory = "512M", firmware = "uefi" }}
+{CONSOLE}
+
+[suite.arm]
+machines = ["arm"]
+executor = "qemu"
+[suite.arm.test.uname]
+run = ["sh", "-c", "uname -m; test -d /sys/firmware/efi && echo booted-by-uefi; cat /mnt/README; echo apart >&2"]
+expect = {{ stdout = ["aarch64", "booted-by-uefi", "written by make-guest.sh"], stderr = ["apart"] }}
+"#
+    ));
+    farm.run(&["apply", "--no-test"]).expect(0);
+    farm.run(&["test"]).expect(0);
+    let t = tests_by_name(&report(&farm));
+    let u = &t["arm.uname"];
+    assert_eq!(u["result"], "PASS", "{u:#}");
+    // the serial console of the virt machine is the PL011 (ttyAMA0)
+    assert!(output(u, "console.txt").contains("kit: up"));
+    let qemu = output(u, "qemu.log");
+    assert!(qemu.starts_with("# qemu-system-aarch64 "), "{qemu}");
+    assert!(
+        qemu.contains("virt,graphics=off") && qemu.contains("AAVMF_CODE.fd"),
+        "{qemu}"
+    );
+    assert_eq!(
+        output(u, "stdout.txt"),
+        "aarch64\nbooted-by-uefi\nwritten by make-guest.sh\n"
+    );
+    assert_nothing_left(&farm);
+}

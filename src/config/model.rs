@@ -209,8 +209,10 @@ pub struct Vm {
     pub network: Network,
     /// How commands reach the guest: `agent` (default: a shell loop started
     /// from the console login runs each command over virtio-serial ports, with
-    /// stdin from /dev/null, stdout and stderr apart and no terminal) or
-    /// `console` (typed on the serial console, output read back from it).
+    /// stdin from /dev/null, stdout and stderr apart and no terminal),
+    /// `ssh` (the same over SSH, for images running sshd: a loopback port
+    /// forwarded to the guest's port 22) or `console` (typed on the serial
+    /// console, output read back from it).
     #[serde(default)]
     pub transport: Transport,
     /// Further arguments appended to the QEMU command line.
@@ -226,6 +228,9 @@ pub enum Transport {
     Agent,
     /// The login shell on the serial console.
     Console,
+    /// SSH to the guest's sshd through a loopback port QEMU forwards; the
+    /// key is authorised and the host keys read over the serial console.
+    Ssh,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

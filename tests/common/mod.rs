@@ -544,7 +544,7 @@ impl Guest {
         if !have_tools(&[("qemu-system-x86_64", "qemu-system-x86")]) {
             return None;
         }
-        match build_fixture(&BUILT, "make-guest.sh", "guest") {
+        match build_fixture(&BUILT, "make-guest.sh", &[], "guest") {
             Ok(dir) => Some(Guest { dir }),
             Err(e) => {
                 skip(&format!("cannot build the test guest: {e}"));
@@ -583,12 +583,41 @@ impl DebianGuest {
         if !have_tools(&tools) {
             return None;
         }
-        match build_fixture(&BUILT, "make-debian.sh", "debian-guest") {
+        match build_fixture(&BUILT, "make-debian.sh", &[], "debian-guest") {
             Ok(dir) => Some(DebianGuest {
                 disk: dir.join("debian.qcow2"),
             }),
             Err(e) => {
                 skip(&format!("cannot build the Debian guest: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// The busybox guest for arm64 (tests/fixtures/make-guest.sh DIR arm64):
+/// Debian's arm64 kernel and busybox, systemd-boot on a UEFI disk, built
+/// once into target/guest-arm64.
+pub struct Arm64Guest {
+    pub disk: PathBuf,
+}
+
+impl Arm64Guest {
+    pub fn get() -> Option<Arm64Guest> {
+        static BUILT: Built = std::sync::Mutex::new(None);
+        if !have_tools(&[("qemu-system-aarch64", "qemu-system-arm")]) {
+            return None;
+        }
+        if !Path::new("/usr/share/AAVMF/AAVMF_CODE.fd").exists() {
+            skip("no UEFI firmware for aarch64 (apt-get install qemu-efi-aarch64; scripts/test does it)");
+            return None;
+        }
+        match build_fixture(&BUILT, "make-guest.sh", &["arm64"], "guest-arm64") {
+            Ok(dir) => Some(Arm64Guest {
+                disk: dir.join("disk.img"),
+            }),
+            Err(e) => {
+                skip(&format!("cannot build the arm64 test guest: {e}"));
                 None
             }
         }
@@ -614,7 +643,7 @@ fn have_tools(tools: &[(&str, &str)]) -> bool {
 /// Run tests/fixtures/`script` into target/`dir` once per test binary; test
 /// binaries run side by side, so one builds under a lock and the others wait
 /// (the script itself does nothing when its stamp says it is up to date).
-fn build_fixture(built: &Built, script: &str, dir: &str) -> Result<PathBuf, String> {
+fn build_fixture(built: &Built, script: &str, args: &[&str], dir: &str) -> Result<PathBuf, String> {
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
     built
         .get_or_insert_with(|| {
@@ -628,6 +657,7 @@ fn build_fixture(built: &Built, script: &str, dir: &str) -> Result<PathBuf, Stri
                     let out = Command::new("bash")
                         .arg(repo.join("tests/fixtures").join(script))
                         .arg(&dir)
+                        .args(args)
                         .output()
                         .map_err(|e| e.to_string())?;
                     if out.status.success() {

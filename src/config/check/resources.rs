@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::super::lockfile::Lockfile;
-use super::super::model::{DesiredFile, MachineKind};
+use super::super::model::{DesiredFile, Firmware, MachineKind};
 use super::{did_you_mean, names, sts_endpoint, valid_name, Checker};
 
 /// Each machine: its volume, revision, clouds, source, the tables that suit its kind, its toolchains.
@@ -41,6 +41,16 @@ pub(super) fn machines(c: &mut Checker, m: &DesiredFile, lock: &Lockfile) {
         }
         c.source(&["machine", name, "source"], &mach.source, lock);
         if mach.kind == MachineKind::Disk {
+            let arm = matches!(mach.arch.as_deref(), Some("aarch64" | "arm64"));
+            let firmware = mach.vm.as_ref().map(|v| v.firmware).unwrap_or_default();
+            if arm && firmware == Firmware::Bios {
+                c.value(
+                    &at("arch"),
+                    format!("machine `{name}` is aarch64, which has no BIOS"),
+                    "boots by UEFI only",
+                    Some("set vm.firmware = \"uefi\" (AAVMF, from Debian's qemu-efi-aarch64) and put an EFI loader on the disk".into()),
+                );
+            }
             if mach.source.is_dir() {
                 c.value(
                     &["machine", name, "source"],

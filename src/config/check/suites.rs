@@ -130,7 +130,7 @@ pub(super) fn suites(c: &mut Checker, m: &DesiredFile) {
 }
 
 /// Whether a suite's commands go through a command channel (the `qemu`
-/// executor with `transport = "agent"` on everything it boots), and if not, why.
+/// executor with `transport = "agent"` or `"ssh"` on everything it boots), and if not, why.
 fn uses_channel(m: &DesiredFile, suite: &Suite) -> Result<(), String> {
     if suite.executor != Executor::Qemu {
         return Err(format!(
@@ -151,7 +151,7 @@ fn uses_channel(m: &DesiredFile, suite: &Suite) -> Result<(), String> {
     for (name, vm) in vms {
         if vm.is_some_and(|v| v.transport == Transport::Console) {
             return Err(format!(
-                "`{name}` has vm.transport = \"console\": files travel over the command channel (transport = \"agent\")"
+                "`{name}` has vm.transport = \"console\": files travel over the command channel (transport = \"agent\" or \"ssh\")"
             ));
         }
     }

@@ -241,8 +241,17 @@ pub fn script(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> S
     s
 }
 
-fn b64(s: impl AsRef<[u8]>) -> String {
+pub(super) fn b64(s: impl AsRef<[u8]>) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A path the guest sent base64-encoded (empty when it does not decode).
+pub(super) fn unbase64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .ok()
+        .and_then(|p| String::from_utf8(p).ok())
+        .unwrap_or_default()
 }
 
 /// The end of a command's stream: `needle` is written after its last byte.
@@ -543,11 +552,7 @@ impl Channel {
                                 bytes.extend_from_slice(&d);
                             }
                         }
-                        let guest = base64::engine::general_purpose::STANDARD
-                            .decode(path.trim())
-                            .ok()
-                            .and_then(|p| String::from_utf8(p).ok())
-                            .unwrap_or_default();
+                        let guest = unbase64(path.trim());
                         store(into, &guest, &bytes)?;
                         count += 1;
                     }
@@ -677,7 +682,7 @@ impl Streams {
     }
 }
 
-fn deliver(
+pub(super) fn deliver(
     driver: &mut Driver,
     sink: &mut dyn Sink,
     stream: Stream,
@@ -701,7 +706,7 @@ fn reply<'a>(line: &'a str, id: &str) -> Option<(&'a str, &'a str)> {
 }
 
 /// A collected file, written under `into` at its guest path (never outside it).
-fn store(into: &Path, guest: &str, bytes: &[u8]) -> Result<(), Interrupt> {
+pub(super) fn store(into: &Path, guest: &str, bytes: &[u8]) -> Result<(), Interrupt> {
     let rel: std::path::PathBuf = Path::new(guest)
         .components()
         .filter_map(|c| match c {

@@ -9,6 +9,7 @@
 pub mod accel;
 pub mod agent;
 pub mod driver;
+pub mod ssh;
 pub mod terminal;
 
 use std::fs::File;
@@ -25,6 +26,7 @@ use regex::Regex;
 use self::accel::Accel;
 use self::agent::{Channel, Wiring};
 use self::driver::{ConsoleConfig, Deadline, Driver};
+use self::ssh::{Keys, Ssh};
 use super::{Facts, Instance, Provision, Step, Target};
 use crate::config::model::{
     Console, DiskBus, Firmware, MachineKind, Network, Transport, Vm, IPXE_SCRIPT,
@@ -86,6 +88,8 @@ pub struct Launch {
     pub channel: Option<Vec<RawFd>>,
     /// A cloud-init NoCloud seed (`cidata`) attached read-only after the disk.
     pub seed: Option<PathBuf>,
+    /// The loopback port forwarded to the guest's sshd (`transport = "ssh"`).
+    pub ssh_port: Option<u16>,
 }
 
 /// The UEFI firmware code and variable template for an architecture, when installed.
@@ -141,7 +145,13 @@ impl Launch {
                     "tcg"
                 },
                 "-cpu",
-                "max",
+                // pointer authentication by QEMU's own cheap algorithm
+                // instead of emulated QARMA: the guest cannot tell, TCG is faster
+                if arch == "aarch64" {
+                    "max,pauth-impdef=on"
+                } else {
+                    "max"
+                },
             ]),
         }
         let memory = vm.memory.map_or(DEFAULT_MEMORY_MIB, |m| m.mib);
@@ -192,8 +202,22 @@ impl Launch {
                         "scsi-hd,drive=disk0,bus=scsi0.0",
                     ]),
                 }
-                if vm.network == Network::User {
-                    push(&["-nic", "user,model=virtio-net-pci"]);
+                // an ssh transport gets its forward on a restricted network
+                // unless the guest may reach out
+                match (vm.network, self.ssh_port) {
+                    (Network::User, None) => push(&["-nic", "user,model=virtio-net-pci"]),
+                    (Network::User, Some(port)) => push(&[
+                        "-nic",
+                        &format!("user,model=virtio-net-pci,{}", ssh::hostfwd(port)),
+                    ]),
+                    (Network::None, Some(port)) => push(&[
+                        "-nic",
+                        &format!(
+                            "user,model=virtio-net-pci,restrict=on,{}",
+                            ssh::hostfwd(port)
+                        ),
+                    ]),
+                    (Network::None, None) => {}
                 }
                 push(&["-boot", "c"]);
             }
@@ -204,10 +228,14 @@ impl Launch {
                 } else {
                     "on"
                 };
+                let forward = self
+                    .ssh_port
+                    .map(|p| format!(",{}", ssh::hostfwd(p)))
+                    .unwrap_or_default();
                 push(&[
                     "-netdev",
                     &format!(
-                        "user,id=net0,restrict={restrict},tftp={},bootfile={bootfile}",
+                        "user,id=net0,restrict={restrict},tftp={},bootfile={bootfile}{forward}",
                         qemu_path(root)
                     ),
                     "-device",
@@ -301,10 +329,12 @@ pub struct QemuInstance {
     cancel: Arc<AtomicBool>,
     log: PathBuf,
     driver: Option<Driver>,
-    /// The command channel, once its agent said hello (`transport = "agent"`).
-    channel: Option<Channel>,
-    /// Its ports' socketpairs between QEMU's start and the agent's.
+    /// The command channel, once it is up (`transport = "agent"` or `"ssh"`).
+    link: Option<Link>,
+    /// The agent's ports' socketpairs between QEMU's start and the agent's.
     wiring: Option<Wiring>,
+    /// The ssh key and port between QEMU's start and the connection.
+    keys: Option<Keys>,
     /// Deleted after QEMU is dead (see Drop).
     snapshot: Option<WorkingSnapshot>,
     boot: Option<Duration>,
@@ -570,14 +600,16 @@ impl QemuInstance {
                 uefi_vars,
                 channel: None,
                 seed,
+                ssh_port: None,
             },
             console,
             factor,
             cancel: p.cancel.clone(),
             log: p.log_dir.join("qemu.log"),
             driver: None,
-            channel: None,
+            link: None,
             wiring: None,
+            keys: None,
             snapshot,
             boot: None,
         })
@@ -592,8 +624,15 @@ impl QemuInstance {
             Transport::Agent => Some(Wiring::new().map_err(|e| {
                 Interrupt::Infra(format!("cannot make the command channel's sockets: {e}"))
             })?),
-            Transport::Console => None,
+            Transport::Console | Transport::Ssh => None,
         };
+        if self.launch.vm.transport == Transport::Ssh {
+            let port = ssh::free_port().map_err(|e| {
+                Interrupt::Infra(format!("cannot find a free loopback port for ssh: {e}"))
+            })?;
+            self.keys = Some(Keys::new(port)?);
+            self.launch.ssh_port = Some(port);
+        }
         let inherit: Vec<RawFd> = wiring.as_ref().map(Wiring::guest_fds).unwrap_or_default();
         self.launch.channel = wiring.as_ref().map(Wiring::guest_fds);
         let (program, args) = self.launch.command();
@@ -652,8 +691,11 @@ impl QemuInstance {
         Ok(())
     }
 
-    /// Type the agent on the console and wait for its hello on the channel.
-    fn start_agent(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+    /// Bring the command channel up, when the VM has one.
+    fn start_link(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+        if let Some(keys) = self.keys.take() {
+            return self.start_ssh(keys, sink);
+        }
         let Some(wiring) = self.wiring.take() else {
             return Ok(());
         };
@@ -688,21 +730,61 @@ impl QemuInstance {
             )));
         }
         self.rt.block_on(channel.hello(driver, sink))?;
-        self.channel = Some(channel);
+        self.link = Some(Link::Agent(channel));
+        Ok(())
+    }
+
+    /// Authorise a new key and learn the host keys over the console, then
+    /// connect to the forwarded port.
+    fn start_ssh(&mut self, keys: Keys, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+        let prompt = self.console.prompt.clone();
+        let deadline = Deadline::after(self.console.boot_timeout, "connecting over ssh");
+        let driver = self.driver.as_mut().expect("booted");
+        let mut said = Captured {
+            inner: sink,
+            stdout: Vec::new(),
+        };
+        let grant = keys.grant()?;
+        let status = self
+            .rt
+            .block_on(driver.run(&grant, &prompt, &mut said, &deadline))?;
+        let said = String::from_utf8_lossy(&said.stdout).into_owned();
+        if status != 0 && keys.trust(&said).is_err() {
+            let why = said
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(it printed nothing)");
+            return Err(Interrupt::Infra(format!(
+                "cannot authorise reconcile's ssh key in the guest (exit status {status}): {} \
+                 (vm.transport = \"agent\" needs no sshd)",
+                why.trim()
+            )));
+        }
+        let user = keys.trust(&said)?;
+        let ssh = self.rt.block_on(Ssh::connect(
+            keys,
+            user,
+            self.factor,
+            &deadline,
+            driver,
+            sink,
+        ))?;
+        self.link = Some(Link::Ssh(ssh));
         Ok(())
     }
 
     /// A step over the channel: its files in, the command, its files out
     /// (also after a failure or a timeout).
     fn run_over_channel(&mut self, step: &Step, timeout: Duration, sink: &mut dyn Sink) -> Outcome {
-        let channel = self.channel.as_mut().expect("the agent is up");
+        let link = self.link.as_mut().expect("the channel is up");
         let driver = self.driver.as_mut().expect("started");
         let script = agent::script(&step.argv, &step.env, step.cwd.as_deref());
         let ran = self.rt.block_on(async {
-            channel.upload(&step.upload, driver, sink).await?;
-            let ran = channel.run(&script, timeout, driver, sink).await?;
+            link.upload(&step.upload, driver, sink).await?;
+            let ran = link.run(&script, timeout, driver, sink).await?;
             if let (Some(into), false) = (&step.collect_into, step.collect.is_empty()) {
-                channel.collect(&step.collect, into, driver, sink).await?;
+                link.collect(&step.collect, into, driver, sink).await?;
             }
             Ok(ran)
         });
@@ -717,7 +799,7 @@ impl QemuInstance {
     }
 
     fn run_step(&mut self, step: &Step, sink: &mut dyn Sink) -> Outcome {
-        if self.channel.is_some() {
+        if self.link.is_some() {
             let timeout = step
                 .timeout
                 .unwrap_or(DEFAULT_TEST_TIMEOUT)
@@ -763,6 +845,55 @@ impl QemuInstance {
         if let Some(mut d) = self.driver.take() {
             let _ = d.child.start_kill();
             let _ = self.rt.block_on(d.child.wait());
+        }
+    }
+}
+
+/// How commands reach a booted guest: the agent's virtio ports or ssh.
+enum Link {
+    Agent(Channel),
+    Ssh(Ssh),
+}
+
+impl Link {
+    async fn upload(
+        &mut self,
+        files: &[crate::platform::Upload],
+        driver: &mut Driver,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<(), Interrupt> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Link::Agent(c) => c.upload(files, driver, sink).await,
+            Link::Ssh(s) => s.upload(files, driver, sink).await,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        script: &str,
+        limit: Duration,
+        driver: &mut Driver,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<agent::Ran, Interrupt> {
+        match self {
+            Link::Agent(c) => c.run(script, limit, driver, sink).await,
+            Link::Ssh(s) => s.run(script, limit, driver, sink).await,
+        }
+    }
+
+    async fn collect(
+        &mut self,
+        patterns: &[String],
+        into: &Path,
+        driver: &mut Driver,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<usize, Interrupt> {
+        match self {
+            Link::Agent(c) => c.collect(patterns, into, driver, sink).await,
+            Link::Ssh(s) => s.collect(patterns, into, driver, sink).await,
         }
     }
 }
@@ -831,7 +962,7 @@ impl Instance for QemuInstance {
         let console = self.console.clone();
         let driver = self.driver.as_mut().expect("spawned");
         let r = self.rt.block_on(driver.boot(&console, sink));
-        let r = r.and_then(|()| self.start_agent(sink));
+        let r = r.and_then(|()| self.start_link(sink));
         if r.is_err() {
             if let Some(d) = self.driver.as_mut() {
                 d.flush_partial(sink);
@@ -941,6 +1072,7 @@ mod tests {
             uefi_vars: None,
             channel: None,
             seed: None,
+            ssh_port: None,
         }
         .command()
         .1
@@ -1014,6 +1146,51 @@ mod tests {
         assert!(console_config(Some(&bad), 1.0)
             .unwrap_err()
             .contains("ready"));
+    }
+
+    #[test]
+    fn an_arm64_guest_gets_the_virt_machine_and_uefi_code() {
+        let mut l = Launch {
+            arch: "arm64".into(),
+            vm: Vm {
+                firmware: Firmware::Uefi,
+                ..Vm::default()
+            },
+            accel: Accel::Tcg,
+            boot: Boot::Disk {
+                image: "/v/a.img".into(),
+                format: DiskFormat::Raw,
+                throwaway: true,
+            },
+            label: "reconcile-arm".into(),
+            uefi_vars: Some("/s/vars.fd".into()),
+            channel: None,
+            seed: None,
+            ssh_port: Some(40022),
+        };
+        let (program, a) = l.command();
+        let a = a.join(" ");
+        assert_eq!(program, "qemu-system-aarch64");
+        assert!(a.contains("-machine virt,graphics=off"), "{a}");
+        assert!(a.contains("-cpu max,pauth-impdef=on"), "{a}");
+        assert!(
+            a.contains(
+                "-nic user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22"
+            ),
+            "{a}"
+        );
+        if uefi_firmware("aarch64").is_some() {
+            assert!(
+                a.contains("AAVMF_CODE.fd") && a.contains("file=/s/vars.fd"),
+                "{a}"
+            );
+        }
+        l.vm.network = Network::User;
+        let a = l.command().1.join(" ");
+        assert!(
+            a.contains("-nic user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:40022-:22"),
+            "{a}"
+        );
     }
 
     #[test]
