@@ -69,6 +69,7 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "reconcile.toml:12:13",
             "is not published to cloud `c`",
         ),
+        ("fresh outside the qemu executor", "version = 1\n[suite.s]\nfresh = \"boot\"\n".into(), "reconcile.toml:3:9", "sets fresh but runs with"),
         ("instance_type outside the cloud executor", "version = 1\n[suite.s]\ninstance_type = \"t3.micro\"\n".into(), "reconcile.toml:3:17", "sets instance_type but runs with"),
         ("zero uploads in flight", "version = 1\n[cloud.c]\nprovider = \"ec2\"\nregion = \"r\"\nuploads_in_flight = 0\n".into(), "reconcile.toml:5:21", "uploads_in_flight must be between 1 and 64"),
         ("env name that is no shell name", "version = 1\n[suite.s]\nenv = { \"1BAD\" = \"x\" }\n".into(), "reconcile.toml:3:", "is not an environment variable name"),

@@ -805,3 +805,191 @@ expect = {{ stdout = ["aarch64", "booted-by-uefi", "written by make-guest.sh"], 
     );
     assert_nothing_left(&farm);
 }
+
+/// What each restore test prints: whether an earlier test's file is there,
+/// the guest's clock, 16 random bytes.
+const FRESH: &str = "test -e /root/mark && echo dirty || echo clean; echo written >/root/mark; date +%s; head -c 16 /dev/urandom | od -A n -t x1 | tr -d ' \\n'; echo";
+
+#[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
+fn restored_machines_start_just_booted_share_nothing_and_survive_a_bad_state_file() {
+    let Some(guest) = Guest::get() else { return };
+    let farm = disk_farm(
+        &guest,
+        &format!(
+            r#"
+[suite.r]
+machines = ["kit"]
+executor = "qemu"
+[suite.r.test.a]
+run = ["sh", "-c", "{FRESH}"]
+[suite.r.test.b]
+run = ["sh", "-c", "{FRESH}"]
+[suite.r.test.c]
+run = ["sh", "-c", "{FRESH}"]
+[suite.booting]
+machines = ["kitq"]
+executor = "qemu"
+fresh = "boot"
+[suite.booting.test.one]
+run = ["sh", "-c", "{FRESH}"]
+"#
+        ),
+    );
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let before = now();
+    farm.run(&["test", "-j", "2"]).expect(0);
+    let after = now();
+    let t = tests_by_name(&report(&farm));
+    let mut random = Vec::new();
+    for name in ["r.a", "r.b", "r.c", "booting.one"] {
+        let r = &t[name];
+        assert_eq!(r["result"], "PASS", "{r:#}");
+        let out = output(r, "stdout.txt");
+        let lines: Vec<&str> = out.lines().collect();
+        // nothing an earlier test wrote is there
+        assert_eq!(lines[0], "clean", "{name}: {out}");
+        // the clock is now, not the moment the state was saved
+        let clock: u64 = lines[1].parse().unwrap();
+        assert!(
+            (before - 5..=after + 5).contains(&clock),
+            "{name}: the guest's clock {clock} is not between {before} and {after}"
+        );
+        random.push(lines[2].to_string());
+        let how = if name.starts_with("r.") {
+            "restore"
+        } else {
+            "boot"
+        };
+        assert_eq!(r["attempts"][0]["fresh"], how, "{r:#}");
+    }
+    random.sort();
+    random.dedup();
+    assert_eq!(
+        random.len(),
+        4,
+        "restored machines share their random numbers"
+    );
+    // one booted snapshot, of kit's revision 1 (kitq booted), listed by status
+    let booted: Vec<_> = fs::read_dir(farm.path(".reconcile/booted/kit"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(booted.len(), 1, "{booted:?}");
+    assert!(!farm.path(".reconcile/booted/kitq").exists());
+    let status = farm.run(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("Booted snapshot: machine.kit revision 1"),
+        "{}",
+        status.stdout
+    );
+    let st = farm.run(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert_eq!(st["booted"][0]["machine"], "kit", "{st:#}");
+    assert!(st["booted"][0]["bytes"].as_u64().unwrap() > 0);
+
+    // a state file that does not load is made anew, once, and said so
+    let state = booted[0].path().join("state");
+    let bytes = fs::read(&state).unwrap();
+    fs::write(&state, &bytes[..bytes.len() / 10]).unwrap();
+    farm.run(&["test", "--suite", "r"]).expect(0);
+    let t = tests_by_name(&report(&farm));
+    let notes: Vec<_> = ["r.a", "r.b", "r.c"]
+        .iter()
+        .filter_map(|n| t[*n]["attempts"][0]["fresh_note"].as_str())
+        .collect();
+    assert_eq!(notes.len(), 1, "{t:#?}");
+    assert!(
+        notes[0].contains("booted again and saved anew"),
+        "{notes:?}"
+    );
+    for n in ["r.a", "r.b", "r.c"] {
+        assert_eq!(t[n]["result"], "PASS");
+        assert_eq!(t[n]["attempts"][0]["fresh"], "restore");
+    }
+
+    // a new revision, and the old one pruned (keep = 0): its booted snapshot goes with it
+    let desired = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
+    fs::write(
+        farm.path("reconcile.toml"),
+        desired.replacen(
+            "[machine.kit]\nrevision = 1",
+            "[machine.kit]\nrevision = 2\nkeep = 0",
+            1,
+        ),
+    )
+    .unwrap();
+    farm.run(&["apply", "--no-test"]).expect(0);
+    farm.run(&["test", "--suite", "r"]).expect(0);
+    let metas: Vec<serde_json::Value> = fs::read_dir(farm.path(".reconcile/booted/kit"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| serde_json::from_slice(&fs::read(e.path().join("meta.json")).unwrap()).unwrap())
+        .collect();
+    let revisions: Vec<u64> = metas
+        .iter()
+        .map(|m| m["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(revisions, vec![2], "{metas:#?}");
+    assert_nothing_left(&farm);
+}
+
+#[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
+fn vms_never_start_beyond_the_memory_of_the_run_and_the_run_says_so() {
+    let Some(guest) = Guest::get() else { return };
+    let farm = disk_farm(
+        &guest,
+        r#"
+[suite.m]
+machines = ["kit"]
+executor = "qemu"
+[suite.m.test.a]
+run = ["sh", "-c", "date +%s%N"]
+[suite.m.test.b]
+run = ["sh", "-c", "date +%s%N"]
+"#,
+    );
+    // room for one 256 MiB VM at a time
+    let desired = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
+    fs::write(
+        farm.path("reconcile.toml"),
+        desired.replacen(
+            "version = 1\n",
+            "version = 1\n[settings]\nvm_memory = \"300 MiB\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let r = farm.run(&["test", "-j", "2"]);
+    r.expect(0);
+    assert!(
+        r.all()
+            .contains("waits for memory: its VM needs 256 MiB, 256 of 300 MiB are in use"),
+        "{}",
+        r.all()
+    );
+    // with room for both, nothing waits
+    fs::write(
+        farm.path("reconcile.toml"),
+        desired.replacen(
+            "version = 1\n",
+            "version = 1\n[settings]\nvm_memory = \"1 GiB\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let r = farm.run(&["test", "-j", "2"]);
+    r.expect(0);
+    assert!(!r.all().contains("waits for memory"), "{}", r.all());
+    assert_nothing_left(&farm);
+}

@@ -71,6 +71,11 @@ pub struct Settings {
     /// `console.txt`, `journal.txt`), e.g. `"256 MiB"` (default): past it
     /// the test stops and fails as `infra` (a guest flooding its console).
     pub log_limit: Option<Size>,
+    /// Memory the VMs of a test run may use together, e.g. `"8 GiB"`: a
+    /// VM starts only when its `vm.memory` fits beside the running ones.
+    /// Default: what /proc/meminfo says is available when the run starts,
+    /// less 256 MiB.
+    pub vm_memory: Option<Size>,
 }
 
 /// A storage volume holding machines in the buildos layout.
@@ -720,9 +725,24 @@ pub struct Suite {
     /// after each test, also when it failed or timed out (executor `qemu`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collect: Vec<String>,
+    /// How each test gets a fresh disk machine (executor `qemu`): `restore`
+    /// (default: the machine is booted once, paused and saved; every test
+    /// gets a new overlay and QEMU restored from that state, "just booted")
+    /// or `boot` (a full boot per test).
+    pub fresh: Option<Fresh>,
     /// Tests of the suite.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub test: BTreeMap<String, Test>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Fresh {
+    /// Restore a saved, booted state onto a new overlay.
+    #[default]
+    Restore,
+    /// Boot from the disk.
+    Boot,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -41,6 +41,13 @@ pub struct Attempt {
     /// Every timeout was multiplied by this (QEMU under TCG).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_factor: Option<f64>,
+    /// How the VM was made fresh: `restore` (a booted snapshot loaded onto
+    /// a new overlay) or `boot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh: Option<String>,
+    /// Why the booted snapshot was made anew, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh_note: Option<String>,
     /// Where the time went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phases: Option<Phases>,

@@ -85,6 +85,7 @@ enum Progress {
         reason: String,
     },
     Finished(Box<TestResult>),
+    Note(String),
 }
 
 /// The checks of each scope, compiled once per run and shared by every test's scanners.
@@ -161,6 +162,7 @@ pub fn run(
         on(Event::Note(&note));
     }
     reap_clouds(desired, state, &selection, opts, on);
+    platform::qemu::booted::prune(&state.booted_dir());
     let all = checks::all(&desired.model.check);
     let checks = CheckSets {
         console: CheckSet::new(&all, Scope::Console),
@@ -175,9 +177,9 @@ pub fn run(
             let tx = tx.clone();
             let (queue, checks, run_dir) = (&queue, &checks, &run_dir);
             s.spawn(move || {
-                while let Some(sel) = queue.next() {
+                while let Some(sel) = queue.next(&tx) {
                     let r = run_one(desired, &sel, checks, run_dir, state, opts, &tx);
-                    queue.done(&sel.case.suite);
+                    queue.done(&sel);
                     if tx.send(Progress::Finished(Box::new(r))).is_err() {
                         break;
                     }
@@ -203,6 +205,7 @@ pub fn run(
                     on(Event::Finished(&r));
                     results.push(*r);
                 }
+                Progress::Note(n) => on(Event::Note(&n)),
             }
         }
     });
@@ -236,11 +239,54 @@ pub fn run(
 }
 
 /// The tests still to run, handed to the workers in order — but never more
-/// at once of one suite than its `parallel` allows.
+/// at once of one suite than its `parallel` allows, and never more VMs than
+/// fit in the run's memory (each reserves its `vm.memory` before it starts,
+/// as kola does).
 struct Queue<'d> {
-    inner: Mutex<(VecDeque<Selected<'d>>, BTreeMap<String, usize>)>,
+    inner: Mutex<Waiting<'d>>,
     freed: std::sync::Condvar,
     limits: BTreeMap<String, usize>,
+    /// MiB the VMs may use together.
+    memory: u64,
+}
+
+struct Waiting<'d> {
+    tests: VecDeque<Selected<'d>>,
+    running: BTreeMap<String, usize>,
+    /// MiB reserved by the VMs running.
+    reserved: u64,
+    /// Said that a VM waits for memory (once per wait).
+    said: bool,
+}
+
+/// MiB a test's VM reserves (0 when it runs no VM).
+fn memory_of(sel: &Selected) -> u64 {
+    if sel.case.executor != crate::config::model::Executor::Qemu {
+        return 0;
+    }
+    let vm = match (sel.case.on.machine(), sel.case.on.image()) {
+        (Some(m), _) => m.vm.as_ref(),
+        (None, Some(i)) => i.vm.as_ref(),
+        (None, None) => return 0,
+    };
+    vm.and_then(|v| v.memory)
+        .map_or(platform::qemu::DEFAULT_MEMORY_MIB, |m| m.mib)
+}
+
+/// MiB available for VMs: the setting, else MemAvailable less 256 MiB.
+fn vm_memory(desired: &Desired) -> u64 {
+    if let Some(s) = desired.model.settings.as_ref().and_then(|s| s.vm_memory) {
+        return s.0 >> 20;
+    }
+    let available = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib >> 10);
+    available.saturating_sub(256)
 }
 
 impl<'d> Queue<'d> {
@@ -252,39 +298,71 @@ impl<'d> Queue<'d> {
             .filter_map(|(n, s)| s.parallel.map(|p| (n.clone(), p as usize)))
             .collect();
         Queue {
-            inner: Mutex::new((tests.into(), BTreeMap::new())),
+            inner: Mutex::new(Waiting {
+                tests: tests.into(),
+                running: BTreeMap::new(),
+                reserved: 0,
+                said: false,
+            }),
             freed: std::sync::Condvar::new(),
             limits,
+            memory: vm_memory(desired),
         }
     }
 
-    /// The next test a worker may start (waiting while only full suites are left), or None at the end.
-    fn next(&self) -> Option<Selected<'d>> {
+    /// The next test a worker may start (waiting while only full suites, or
+    /// VMs that do not fit, are left), or None at the end. A VM larger than
+    /// all the memory starts when nothing else runs.
+    fn next(&self, tx: &mpsc::Sender<Progress>) -> Option<Selected<'d>> {
         let mut g = self.inner.lock().unwrap();
         loop {
-            let (queue, running) = &mut *g;
-            if queue.is_empty() {
+            let w = &mut *g;
+            if w.tests.is_empty() {
                 return None;
             }
             let free = |suite: &str| {
                 self.limits
                     .get(suite)
-                    .is_none_or(|limit| running.get(suite).copied().unwrap_or(0) < *limit)
+                    .is_none_or(|limit| w.running.get(suite).copied().unwrap_or(0) < *limit)
             };
-            if let Some(i) = queue.iter().position(|s| free(&s.case.suite)) {
-                let sel = queue.remove(i).expect("found");
-                *running.entry(sel.case.suite.clone()).or_default() += 1;
+            let fits = |need: u64| w.reserved == 0 || w.reserved + need <= self.memory;
+            let mut blocked = None;
+            let mut pick = None;
+            for (i, s) in w.tests.iter().enumerate() {
+                if !free(&s.case.suite) {
+                    continue;
+                }
+                let need = memory_of(s);
+                if fits(need) {
+                    pick = Some((i, need));
+                    break;
+                }
+                blocked.get_or_insert((s.case.name.clone(), need));
+            }
+            if let Some((i, need)) = pick {
+                let sel = w.tests.remove(i).expect("found");
+                *w.running.entry(sel.case.suite.clone()).or_default() += 1;
+                w.reserved += need;
+                w.said = false;
                 return Some(sel);
+            }
+            if let (Some((name, need)), false) = (blocked, w.said) {
+                w.said = true;
+                let _ = tx.send(Progress::Note(format!(
+                    "{name} waits for memory: its VM needs {need} MiB, {} of {} MiB are in use by running VMs",
+                    w.reserved, self.memory
+                )));
             }
             g = self.freed.wait(g).unwrap();
         }
     }
 
-    fn done(&self, suite: &str) {
+    fn done(&self, sel: &Selected) {
         let mut g = self.inner.lock().unwrap();
-        if let Some(n) = g.1.get_mut(suite) {
+        if let Some(n) = g.running.get_mut(&sel.case.suite) {
             *n = n.saturating_sub(1);
         }
+        g.reserved = g.reserved.saturating_sub(memory_of(sel));
         self.freed.notify_all();
     }
 }
@@ -599,6 +677,8 @@ fn attempt(
         exit_status: None,
         accel: None,
         timeout_factor: None,
+        fresh: None,
+        fresh_note: None,
         phases: None,
     };
     if opts.cancel.load(Ordering::SeqCst) {
@@ -624,6 +704,8 @@ fn attempt(
     let attempt = Attempt {
         accel: ran.facts.accel.map(str::to_string),
         timeout_factor: ran.facts.timeout_factor,
+        fresh: ran.facts.fresh.map(str::to_string),
+        fresh_note: ran.facts.fresh_note.clone(),
         phases: Some(ran.phases.clone()),
         duration_ms: t0.elapsed().as_millis() as u64,
         ..attempt
@@ -683,6 +765,12 @@ fn run_on_instance(
         log_dir: out_dir.to_path_buf(),
         isolate_network: false,
         suite: Some(&case.suite),
+        fresh: desired
+            .model
+            .suite
+            .get(&case.suite)
+            .and_then(|s| s.fresh)
+            .unwrap_or_default(),
     };
     let mut phases = Phases::default();
     let mut instance = platform::provision(&provision, case.executor, target)

@@ -139,6 +139,10 @@ pub fn converge_then_test(
         }
         on(Progress::Apply(e));
     })?;
+    if !outcome.cancelled {
+        // booted snapshots of revisions retention removed go with them
+        crate::platform::qemu::booted::prune(&state.booted_dir());
+    }
     let result = if outcome.cancelled {
         ApplyResult::Interrupted
     } else if outcome.failed.is_empty() {

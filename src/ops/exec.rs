@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::model::{Executor, MachineKind};
+use crate::config::model::{Executor, Fresh, MachineKind};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 use crate::platform::{self, Provision, Step, Target};
@@ -70,6 +70,7 @@ pub fn exec(
         log_dir: state.vm_log_dir("exec"),
         isolate_network: req.no_network,
         suite: None,
+        fresh: Fresh::Boot,
     };
     let target = Target::machine(desired, &req.machine, req.toolchain.as_deref())?;
     let mut instance = platform::provision(&provision, executor, target)?;

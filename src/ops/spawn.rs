@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::config::model::{Executor, MachineKind};
+use crate::config::model::{Executor, Fresh, MachineKind};
 use crate::config::{self, Desired};
 use crate::error::{Error, Result};
 use crate::platform::{self, Provision, Target};
@@ -78,6 +78,7 @@ pub fn spawn(
         log_dir: log_dir.clone(),
         isolate_network: false,
         suite: None,
+        fresh: Fresh::Boot,
     };
     let mut instance = platform::provision(&provision, Executor::Qemu, target)?;
     let console_log = log_dir.join("console.txt");

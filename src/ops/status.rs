@@ -24,6 +24,22 @@ pub struct StatusReport {
     pub resources: Vec<ResourceStatus>,
     pub last_apply: Option<LastApply>,
     pub last_tests: Option<LastTests>,
+    /// Booted snapshots kept for `fresh = "restore"`.
+    pub booted: Vec<BootedSnapshot>,
+}
+
+/// A booted snapshot: a machine revision saved just booted.
+#[derive(Debug, Serialize)]
+pub struct BootedSnapshot {
+    pub machine: String,
+    pub revision: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub toolchain: Option<String>,
+    pub path: PathBuf,
+    /// Bytes on disk: the frozen overlay and the saved state.
+    pub bytes: u64,
+    pub created: String,
+    pub qemu: String,
 }
 
 /// The last test run, in short.
@@ -96,6 +112,18 @@ pub fn status(file: &Path, git: Option<&Remote>, opts: LoadOptions) -> Result<St
         resources: observe_all(&desired, &state)?,
         last_apply: state.last_apply(),
         last_tests: tests,
+        booted: crate::platform::qemu::booted::list(&state.booted_dir())
+            .into_iter()
+            .map(|(path, m, bytes)| BootedSnapshot {
+                machine: m.machine,
+                revision: m.revision,
+                toolchain: m.toolchain,
+                path,
+                bytes,
+                created: m.created,
+                qemu: m.qemu,
+            })
+            .collect(),
     })))
 }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use crate::process::{Flow, Interrupt, Outcome, Sink, Stream};
 
-use crate::config::model::{Executor, Image, Machine, MachineKind, Volume};
+use crate::config::model::{Executor, Fresh, Image, Machine, MachineKind, Volume};
 use crate::config::Desired;
 use crate::error::{Error, Result};
 use crate::state::StateDir;
@@ -78,6 +78,10 @@ pub struct Facts {
     pub boot: Option<Duration>,
     /// The working snapshot it runs on.
     pub snapshot: Option<PathBuf>,
+    /// How a VM was made fresh: `restore` (from a booted snapshot) or `boot`.
+    pub fresh: Option<&'static str>,
+    /// Said when a booted snapshot had to be made anew (it did not load).
+    pub fresh_note: Option<String>,
 }
 
 /// A machine (or image) made ready to run steps; torn down when dropped.
@@ -163,6 +167,9 @@ pub struct Provision<'a> {
     pub isolate_network: bool,
     /// The suite a test belongs to (the cloud executor launches in its cloud).
     pub suite: Option<&'a str>,
+    /// How a disk machine's VM is made fresh: restored from a booted
+    /// snapshot, or booted (always, outside test runs).
+    pub fresh: Fresh,
 }
 
 /// The clouds of one run: a connection per cloud and what reconcile made

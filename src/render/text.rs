@@ -356,6 +356,20 @@ pub fn status(p: &Printer, st: &crate::ops::status::StatusReport) {
         )),
         None => p.out("Last tests: never."),
     }
+    for b in &st.booted {
+        p.out(&format!(
+            "Booted snapshot: machine.{} revision {}{} — {:.1} MiB, saved {} ({}).",
+            escape(&b.machine),
+            b.revision,
+            b.toolchain
+                .as_ref()
+                .map(|t| format!(" toolchain {}", escape(t)))
+                .unwrap_or_default(),
+            b.bytes as f64 / (1 << 20) as f64,
+            b.created,
+            escape(&b.qemu)
+        ));
+    }
 }
 
 /// `status` when the applied commit's file does not load: the record alone.

@@ -146,6 +146,11 @@ impl StateDir {
     pub fn last_apply_path(&self) -> PathBuf {
         self.root.join(LAST_APPLY)
     }
+    /// Booted snapshots of disk machines (`fresh = "restore"`): a frozen
+    /// overlay and a saved VM state per machine revision and VM settings.
+    pub fn booted_dir(&self) -> PathBuf {
+        self.root.join("booted")
+    }
     /// Where a VM outside a test run (a bootstrap, `exec`, `spawn`) writes `qemu.log`.
     pub fn vm_log_dir(&self, what: &str) -> PathBuf {
         self.root.join("logs").join(what)

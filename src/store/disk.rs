@@ -161,6 +161,21 @@ pub fn create_overlay(dir: &Path, base: &Path, format: DiskFormat) -> io::Result
         (Some(entry), Some(file)) => Path::new("..").join(entry).join(file),
         _ => base.to_path_buf(),
     };
+    overlay_file(&overlay, base, &relative, format)?;
+    Ok(overlay)
+}
+
+/// Create (or replace) the overlay `overlay` backed by `base` named by its
+/// absolute path: for overlays outside the machine's directory (booted
+/// snapshots) and the overlays on top of them.
+pub fn create_overlay_on(overlay: &Path, base: &Path, format: DiskFormat) -> io::Result<()> {
+    let _ = std::fs::remove_file(overlay);
+    let base = std::path::absolute(base)?;
+    overlay_file(overlay, &base, &base, format)
+}
+
+fn overlay_file(overlay: &Path, base: &Path, named: &Path, format: DiskFormat) -> io::Result<()> {
+    let relative = named;
     let size = virtual_size(base, format)?;
     // -u with an explicit size: the base is not opened (and not probed) here
     let out = Command::new("qemu-img")
@@ -174,8 +189,8 @@ pub fn create_overlay(dir: &Path, base: &Path, format: DiskFormat) -> io::Result
             format.qemu_name(),
             "-b",
         ])
-        .arg(&relative)
-        .arg(&overlay)
+        .arg(relative)
+        .arg(overlay)
         .arg(size.to_string())
         .output()
         .map_err(|e| {
@@ -190,7 +205,7 @@ pub fn create_overlay(dir: &Path, base: &Path, format: DiskFormat) -> io::Result
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(overlay)
+    Ok(())
 }
 
 /// Make an overlay self-contained (its base's data copied in), so it no

@@ -518,5 +518,13 @@ impl Checker<'_> {
                 Some("set executor = \"cloud\", or drop `instance_type`".into()),
             );
         }
+        if suite.fresh.is_some() && suite.executor != Executor::Qemu {
+            self.value(
+                &["suite", sname, "fresh"],
+                format!("suite `{sname}` sets fresh but runs with the {executor} executor"),
+                "used only by executor = \"qemu\"",
+                Some("set executor = \"qemu\", or drop `fresh`".into()),
+            );
+        }
     }
 }

@@ -808,7 +808,7 @@ pub fn nonce() -> String {
     hex::encode(b)
 }
 
-fn getrandom(b: &mut [u8]) -> std::io::Result<()> {
+pub fn getrandom(b: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(b)
 }

@@ -8,7 +8,9 @@
 
 pub mod accel;
 pub mod agent;
+pub mod booted;
 pub mod driver;
+pub mod qmp;
 pub mod ssh;
 pub mod terminal;
 
@@ -29,7 +31,7 @@ use self::driver::{ConsoleConfig, Deadline, Driver};
 use self::ssh::{Keys, Ssh};
 use super::{Facts, Instance, Provision, Step, Target};
 use crate::config::model::{
-    Console, DiskBus, Firmware, MachineKind, Network, Transport, Vm, IPXE_SCRIPT,
+    Console, DiskBus, Firmware, Fresh, MachineKind, Network, Transport, Vm, IPXE_SCRIPT,
 };
 use crate::error::{Error, Result};
 use crate::process::{Exit, Flow, Interrupt, Outcome, Sink, Stream};
@@ -41,7 +43,7 @@ pub const DEFAULT_SHUTDOWN: &str = "poweroff";
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_TCG_FACTOR: f64 = 4.0;
-const DEFAULT_MEMORY_MIB: u64 = 512;
+pub const DEFAULT_MEMORY_MIB: u64 = 512;
 const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `amd64` → `x86_64`, `arm64` → `aarch64`: QEMU's (and the kernel's) names.
@@ -90,6 +92,13 @@ pub struct Launch {
     pub seed: Option<PathBuf>,
     /// The loopback port forwarded to the guest's sshd (`transport = "ssh"`).
     pub ssh_port: Option<u16>,
+    /// QEMU's monitor on this inherited fd (saving and restoring state).
+    pub qmp: Option<RawFd>,
+    /// Load the saved state in this file instead of booting.
+    pub incoming: Option<PathBuf>,
+    /// A virtio RNG fed from the host's /dev/urandom (VMs that are saved and
+    /// restored: fresh entropy for each restored machine).
+    pub rng: bool,
 }
 
 /// The UEFI firmware code and variable template for an architecture, when installed.
@@ -257,7 +266,35 @@ impl Launch {
             ]);
         }
         if let Some(fds) = &self.channel {
-            a.extend(agent::qemu_args(fds));
+            let c = agent::qemu_args(fds);
+            push(&c.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        if self.rng {
+            push(&[
+                "-object",
+                "rng-random,id=rc-rng,filename=/dev/urandom",
+                "-device",
+                "virtio-rng-pci,rng=rc-rng",
+            ]);
+            if arch == "x86_64" {
+                // a new generation id at every start, a restore included: the
+                // guest kernel reseeds its random generator at once when it
+                // changes (entropy written to /dev/urandom is only mixed in,
+                // so two restored machines would otherwise draw the same
+                // numbers until the next reseed)
+                push(&["-device", "vmgenid,guid=auto"]);
+            }
+        }
+        if let Some(fd) = self.qmp {
+            let q = qmp::qemu_args(fd);
+            push(&q.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        if let Some(state) = &self.incoming {
+            let cat = format!(
+                "exec:cat {}",
+                shell_words::quote(&state.display().to_string())
+            );
+            push(&["-incoming", &cat]);
         }
         a.extend(vm.qemu_args.iter().cloned());
         (program(arch), a)
@@ -338,6 +375,12 @@ pub struct QemuInstance {
     /// Deleted after QEMU is dead (see Drop).
     snapshot: Option<WorkingSnapshot>,
     boot: Option<Duration>,
+    /// `fresh = "restore"`: the booted snapshot to restore (taken at start).
+    restore: Option<Restorable>,
+    /// The monitor's socketpair between QEMU's start and the connection.
+    qmp: Option<qmp::QmpWiring>,
+    /// How this VM was made fresh, and a note when a saved state had to be made anew.
+    fresh: Option<(&'static str, Option<String>)>,
 }
 
 fn infra(e: impl std::fmt::Display) -> Error {
@@ -357,6 +400,9 @@ struct Booting {
     boot: Boot,
     label: String,
     scratch: PathBuf,
+    /// A disk machine's revision (or toolchain) image, its format, the
+    /// machine's revision and toolchain: what a booted snapshot is of.
+    base: Option<(PathBuf, DiskFormat, String, u32, Option<String>)>,
 }
 
 fn booting(p: &Provision, target: Target) -> Result<Booting> {
@@ -383,6 +429,7 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
     };
     check_runnable(&vm, &arch)?;
     let user_data = user_data_of(p, &target)?;
+    let mut base = None;
     let (snapshot, boot, label, scratch) = match target {
         Target::Machine {
             name,
@@ -395,6 +442,20 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
                 .disk
                 .clone()
                 .expect("a disk machine's snapshot has an overlay");
+            base = disk::Qcow2Header::read(&image)
+                .ok()
+                .and_then(|h| h.backing_file)
+                .and_then(|b| std::fs::canonicalize(w.path.join(b)).ok())
+                .and_then(|b| disk::DiskFormat::detect(&b).ok().map(|f| (b, f)))
+                .map(|(b, f)| {
+                    (
+                        b,
+                        f,
+                        name.to_string(),
+                        m.revision,
+                        toolchain.map(str::to_string),
+                    )
+                });
             let boot = Boot::Disk {
                 image,
                 format: DiskFormat::Qcow2,
@@ -444,7 +505,17 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
         boot,
         label,
         scratch,
+        base,
     })
+}
+
+/// The booted snapshot an instance restores from (making it first when
+/// there is none).
+struct Restorable {
+    store: booted::Store,
+    key: String,
+    meta: booted::Meta,
+    base_format: DiskFormat,
 }
 
 /// The user data a target's VMs get: the suite's, else the machine's
@@ -568,6 +639,7 @@ impl QemuInstance {
             boot,
             label,
             scratch,
+            base,
         } = booting(p, target)?;
         // beside the overlay (deleted with it), else with the logs: never in a staging volume
         let seed_dir = match &snapshot {
@@ -583,6 +655,34 @@ impl QemuInstance {
         };
         std::fs::create_dir_all(&p.log_dir).map_err(|e| Error::io(&p.log_dir, e))?;
         let (accel, factor, _) = decide(&vm, &arch).map_err(infra)?;
+        let restore = match (p.fresh, base) {
+            (Fresh::Restore, Some((image, format, machine, revision, toolchain))) => {
+                // what the saved state depends on, the agent it runs included
+                let settings = format!("{arch}\n{vm:?}\n{console:?}\n{}", agent::starter());
+                let inputs = booted::Inputs {
+                    base_image: &image,
+                    settings,
+                    user_data: user_data.as_ref().map(|(t, _)| t.as_str()),
+                    program: &program(&arch),
+                };
+                let key = booted::key(&inputs).map_err(|e| Error::io(&image, e))?;
+                Some(Restorable {
+                    store: booted::Store::new(&p.state.booted_dir(), &machine),
+                    key,
+                    meta: booted::Meta {
+                        machine,
+                        revision,
+                        toolchain,
+                        base_image: image,
+                        qemu: booted::qemu_version(&program(&arch)),
+                        created: crate::state::now_rfc3339(),
+                        boot_ms: 0,
+                    },
+                    base_format: format,
+                })
+            }
+            _ => None,
+        };
         let console = console_config(console.as_ref(), factor).map_err(infra)?;
         let uefi_vars = uefi_vars(&vm, &arch, &scratch)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -601,6 +701,9 @@ impl QemuInstance {
                 channel: None,
                 seed,
                 ssh_port: None,
+                qmp: None,
+                incoming: None,
+                rng: restore.is_some(),
             },
             console,
             factor,
@@ -612,6 +715,9 @@ impl QemuInstance {
             keys: None,
             snapshot,
             boot: None,
+            restore,
+            qmp: None,
+            fresh: Some(("boot", None)),
         })
     }
 
@@ -630,11 +736,25 @@ impl QemuInstance {
             let port = ssh::free_port().map_err(|e| {
                 Interrupt::Infra(format!("cannot find a free loopback port for ssh: {e}"))
             })?;
-            self.keys = Some(Keys::new(port)?);
+            // a restored guest already trusts the key it was saved with
+            match &mut self.keys {
+                Some(k) => k.port = port,
+                None => self.keys = Some(Keys::new(port)?),
+            }
             self.launch.ssh_port = Some(port);
         }
-        let inherit: Vec<RawFd> = wiring.as_ref().map(Wiring::guest_fds).unwrap_or_default();
+        let monitor =
+            if self.launch.rng {
+                Some(qmp::QmpWiring::new().map_err(|e| {
+                    Interrupt::Infra(format!("cannot make QEMU's monitor socket: {e}"))
+                })?)
+            } else {
+                None
+            };
+        let mut inherit: Vec<RawFd> = wiring.as_ref().map(Wiring::guest_fds).unwrap_or_default();
+        inherit.extend(monitor.as_ref().and_then(qmp::QmpWiring::guest_fd));
         self.launch.channel = wiring.as_ref().map(Wiring::guest_fds);
+        self.launch.qmp = monitor.as_ref().and_then(qmp::QmpWiring::guest_fd);
         let (program, args) = self.launch.command();
         let mut log = File::create(&self.log)
             .map_err(|e| Interrupt::Infra(format!("cannot write {}: {e}", self.log.display())))?;
@@ -688,7 +808,316 @@ impl QemuInstance {
             w.guest.clear();
             w
         });
+        self.qmp = monitor.map(|mut m| {
+            m.guest = None;
+            m
+        });
         Ok(())
+    }
+
+    /// Start QEMU, boot to the prompt (logged in) and bring the channel up.
+    fn boot_up(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+        self.spawn()?;
+        let console = self.console.clone();
+        let driver = self.driver.as_mut().expect("spawned");
+        self.rt.block_on(driver.boot(&console, sink))?;
+        self.start_link(sink)
+    }
+
+    /// A fresh machine from the booted snapshot of `r`, made first if there
+    /// is none; one that does not load is made anew, once, and said so.
+    fn start_restored(
+        &mut self,
+        r: Restorable,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<(), Interrupt> {
+        // the state that did not load, and why
+        let mut failed: Option<(Option<u64>, String)> = None;
+        loop {
+            let made = self.saved_or_made(&r, failed.as_ref().map(|f| f.0), sink)?;
+            let cancel = self.cancel.clone();
+            let _reading = r
+                .store
+                .lock(
+                    &r.key,
+                    true,
+                    || {},
+                    || cancel.load(std::sync::atomic::Ordering::SeqCst),
+                )
+                .map_err(|e| Interrupt::Infra(format!("cannot lock the booted snapshot: {e}")))?
+                .ok_or(Interrupt::Cancelled)?;
+            // another test may have made it anew in between: take what is there
+            let Some(saved) = r.store.find(&r.key) else {
+                continue;
+            };
+            match self.restore_from(&saved, sink) {
+                Ok(()) => {
+                    let note = failed.map(|(_, why)| format!("{why}; booted again and saved anew"));
+                    self.fresh = Some(("restore", note));
+                    return Ok(());
+                }
+                Err(Interrupt::Infra(why)) if !made && failed.is_none() => {
+                    self.link = None;
+                    self.stop_vm();
+                    // what QEMU said about it, before the next start rewrites its log
+                    let why = match self.with_log(Interrupt::Infra(why)) {
+                        Interrupt::Infra(w) => w,
+                        _ => unreachable!("with_log keeps the class"),
+                    };
+                    failed = Some((saved.state_id(), why));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Make sure `r` has a saved snapshot, made under its exclusive lock
+    /// when missing (or when it is still the state `failed` that did not
+    /// load); whether it was made now.
+    fn saved_or_made(
+        &mut self,
+        r: &Restorable,
+        failed: Option<Option<u64>>,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<bool, Interrupt> {
+        let cancel = self.cancel.clone();
+        let lock = r
+            .store
+            .lock(
+                &r.key,
+                false,
+                || {},
+                || cancel.load(std::sync::atomic::Ordering::SeqCst),
+            )
+            .map_err(|e| Interrupt::Infra(format!("cannot lock the booted snapshot: {e}")))?
+            .ok_or(Interrupt::Cancelled)?;
+        let found = r.store.find(&r.key);
+        if let (Some(f), Some(id)) = (&found, failed) {
+            if f.state_id() == id {
+                r.store.discard(&r.key);
+            }
+        }
+        let made = match r.store.find(&r.key) {
+            Some(_) => false,
+            None => {
+                self.save_booted(r, sink)?;
+                true
+            }
+        };
+        drop(lock);
+        Ok(made)
+    }
+
+    /// Boot on a new frozen overlay, log in, bring the channel up, pause and
+    /// save the VM; the snapshot appears whole or not at all.
+    fn save_booted(
+        &mut self,
+        r: &Restorable,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<booted::Saved, Interrupt> {
+        let t0 = Instant::now();
+        let fail = |what: &str, e: std::io::Error| {
+            Interrupt::Infra(format!("cannot make the booted snapshot ({what}): {e}"))
+        };
+        let tmp = r
+            .store
+            .begin(&r.key)
+            .map_err(|e| fail("its directory", e))?;
+        let keep = (
+            self.launch.boot.clone(),
+            self.launch.seed.clone(),
+            self.launch.uefi_vars.clone(),
+        );
+        let made = (|| {
+            let frozen = tmp.join("disk.qcow2");
+            disk::create_overlay_on(&frozen, &r.meta.base_image, r.base_format)
+                .map_err(|e| fail("its overlay", e))?;
+            self.launch.boot = Boot::Disk {
+                image: frozen,
+                format: DiskFormat::Qcow2,
+                throwaway: false,
+            };
+            for (from, name) in [
+                (&mut self.launch.seed, "seed.img"),
+                (&mut self.launch.uefi_vars, "vars.fd"),
+            ] {
+                if let Some(f) = from.as_mut() {
+                    let to = tmp.join(name);
+                    std::fs::copy(&*f, &to).map_err(|e| fail(name, e))?;
+                    *f = to;
+                }
+            }
+            self.boot_up(sink)?;
+            self.freeze(&tmp)
+        })();
+        (self.launch.boot, self.launch.seed, self.launch.uefi_vars) = keep;
+        if let Err(e) = made {
+            self.link = None;
+            self.stop_vm();
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let mut meta = r.meta.clone();
+        meta.boot_ms = t0.elapsed().as_millis() as u64;
+        r.store.commit(&tmp, &r.key, &meta).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            fail("committing it", e)
+        })
+    }
+
+    /// Pause the booted VM and save its state into `dir`; QEMU then exits.
+    fn freeze(&mut self, dir: &Path) -> std::result::Result<(), Interrupt> {
+        if let Some(Link::Ssh(s)) = &self.link {
+            // the key the guest now trusts goes with its state
+            s.save_keys(&dir.join("ssh"))
+                .map_err(|e| Interrupt::Infra(format!("cannot keep the ssh key: {e}")))?;
+        }
+        let monitor = self.qmp.take().expect("a saved VM has a monitor");
+        let state = dir.join("state");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120).mul_f64(self.factor);
+        let saved = self.rt.block_on(async {
+            let mut q = monitor.connect().await?;
+            q.save(&state, deadline).await?;
+            q.quit().await;
+            Ok::<(), String>(())
+        });
+        self.link = None;
+        self.stop_vm();
+        saved.map_err(|e| Interrupt::Infra(format!("cannot save the booted VM: {e}")))
+    }
+
+    /// A new overlay on the frozen one, QEMU loading the saved state, the
+    /// channel back, the clock set to now and fresh entropy.
+    fn restore_from(
+        &mut self,
+        saved: &booted::Saved,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<(), Interrupt> {
+        let overlay = self
+            .snapshot
+            .as_ref()
+            .and_then(|w| w.disk.clone())
+            .expect("a restored machine has a working snapshot");
+        let fail = |what: &str, e: std::io::Error| {
+            Interrupt::Infra(format!("cannot restore the booted snapshot ({what}): {e}"))
+        };
+        disk::create_overlay_on(&overlay, &saved.disk(), DiskFormat::Qcow2)
+            .map_err(|e| fail("the overlay", e))?;
+        self.launch.boot = Boot::Disk {
+            image: overlay.clone(),
+            format: DiskFormat::Qcow2,
+            throwaway: true,
+        };
+        self.launch.seed = saved.seed();
+        if let Some(v) = saved.vars() {
+            let to = overlay.with_file_name("uefi-vars.fd");
+            std::fs::copy(&v, &to).map_err(|e| fail("the UEFI variables", e))?;
+            self.launch.uefi_vars = Some(to);
+        }
+        let user = match saved.ssh() {
+            Some(dir) => {
+                let (keys, user) = Keys::saved(&dir).map_err(|e| fail("the ssh key", e))?;
+                self.keys = Some(keys);
+                Some(user)
+            }
+            None => None,
+        };
+        self.launch.incoming = Some(saved.state());
+        let spawned = self.spawn();
+        self.launch.incoming = None;
+        spawned?;
+        let monitor = self.qmp.take().expect("a restored VM has a monitor");
+        let deadline = tokio::time::Instant::now() + self.console.boot_timeout;
+        self.rt
+            .block_on(async {
+                let mut q = monitor.connect().await?;
+                q.wait_running(deadline).await
+            })
+            .map_err(|e| Interrupt::Infra(format!("the saved state did not load: {e}")))?;
+        self.relink(user, sink)?;
+        self.refresh(sink)
+    }
+
+    /// The channel of a restored guest: the agent answers on new sockets,
+    /// ssh connects anew with the saved key; the console needs nothing.
+    fn relink(
+        &mut self,
+        user: Option<String>,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<(), Interrupt> {
+        let driver = self.driver.as_mut().expect("spawned");
+        if let Some(keys) = self.keys.take() {
+            let deadline = Deadline::after(self.console.boot_timeout, "connecting over ssh");
+            let ssh = self.rt.block_on(Ssh::connect(
+                keys,
+                user.unwrap_or_else(|| "root".into()),
+                self.factor,
+                &deadline,
+                driver,
+                sink,
+            ))?;
+            self.link = Some(Link::Ssh(ssh));
+        } else if let Some(wiring) = self.wiring.take() {
+            let channel = {
+                let _rt = self.rt.enter();
+                wiring.into_channel(self.factor)
+            };
+            let mut channel = channel.map_err(|e| {
+                Interrupt::Infra(format!("cannot open the command channel's sockets: {e}"))
+            })?;
+            let wait = Duration::from_secs(30).mul_f64(self.factor);
+            let ran = self
+                .rt
+                .block_on(channel.run("true", wait, driver, &mut Quiet(sink)))
+                .map_err(|e| Interrupt::Infra(format!("the restored agent did not answer: {e}")))?;
+            if ran.status != 0 || ran.timed_out {
+                return Err(Interrupt::Infra(
+                    "the restored agent did not run `true`".into(),
+                ));
+            }
+            self.link = Some(Link::Agent(channel));
+        }
+        Ok(())
+    }
+
+    /// The guest's clock is that of the moment it was saved: set it to now;
+    /// and mix fresh bytes into its entropy pool (the virtio RNG gives more).
+    fn refresh(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut seed = [0u8; 64];
+        let _ = driver::getrandom(&mut seed);
+        let script = format!(
+            "date -u -s @{}.{:09} >/dev/null 2>&1 || date -u -s @{} >/dev/null 2>&1; \
+             printf %s {} | base64 -d >/dev/urandom 2>/dev/null; true",
+            now.as_secs(),
+            now.subsec_nanos(),
+            now.as_secs(),
+            agent::b64(seed)
+        );
+        let limit = Duration::from_secs(30).mul_f64(self.factor);
+        let driver = self.driver.as_mut().expect("spawned");
+        let mut quiet = Quiet(sink);
+        let r = match self.link.as_mut() {
+            Some(link) => self
+                .rt
+                .block_on(link.run(&script, limit, driver, &mut quiet))
+                .map(|_| ()),
+            None => {
+                let deadline = Deadline::after(limit, "setting the clock");
+                let prompt = self.console.prompt.clone();
+                self.rt
+                    .block_on(driver.run(&script, &prompt, &mut quiet, &deadline))
+                    .map(|_| ())
+            }
+        };
+        r.map_err(|e| match e {
+            Interrupt::Infra(why) => {
+                Interrupt::Infra(format!("cannot set the restored guest's clock: {why}"))
+            }
+            other => other,
+        })
     }
 
     /// Bring the command channel up, when the VM has one.
@@ -849,6 +1278,23 @@ impl QemuInstance {
     }
 }
 
+/// A sink for reconcile's own commands in the guest: their output is
+/// dropped, the console goes on as the test's.
+struct Quiet<'a>(&'a mut dyn Sink);
+
+impl Sink for Quiet<'_> {
+    fn step(&mut self, name: &str) {
+        self.0.step(name)
+    }
+
+    fn output(&mut self, stream: Stream, bytes: &[u8]) -> Flow {
+        match stream {
+            Stream::Stdout | Stream::Stderr => Flow::Continue,
+            _ => self.0.output(stream, bytes),
+        }
+    }
+}
+
 /// How commands reach a booted guest: the agent's virtio ports or ssh.
 enum Link {
     Agent(Channel),
@@ -958,11 +1404,10 @@ impl Instance for QemuInstance {
     fn start(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
         sink.step("boot");
         let t0 = Instant::now();
-        self.spawn()?;
-        let console = self.console.clone();
-        let driver = self.driver.as_mut().expect("spawned");
-        let r = self.rt.block_on(driver.boot(&console, sink));
-        let r = r.and_then(|()| self.start_link(sink));
+        let r = match self.restore.take() {
+            Some(r) => self.start_restored(r, sink),
+            None => self.boot_up(sink),
+        };
         if r.is_err() {
             if let Some(d) = self.driver.as_mut() {
                 d.flush_partial(sink);
@@ -1032,6 +1477,8 @@ impl Instance for QemuInstance {
             timeout_factor: (self.launch.accel == Accel::Tcg).then_some(self.factor),
             boot: self.boot,
             snapshot: self.snapshot.as_ref().map(|w| w.path.clone()),
+            fresh: self.fresh.as_ref().map(|(how, _)| *how),
+            fresh_note: self.fresh.as_ref().and_then(|(_, note)| note.clone()),
         }
     }
 
@@ -1073,6 +1520,9 @@ mod tests {
             channel: None,
             seed: None,
             ssh_port: None,
+            qmp: None,
+            incoming: None,
+            rng: false,
         }
         .command()
         .1
@@ -1167,6 +1617,9 @@ mod tests {
             channel: None,
             seed: None,
             ssh_port: Some(40022),
+            qmp: None,
+            incoming: None,
+            rng: false,
         };
         let (program, a) = l.command();
         let a = a.join(" ");

@@ -80,6 +80,22 @@ impl Keys {
         }
     }
 
+    /// The key a saved guest trusts, with its host keys and user (see
+    /// [`Ssh::save_keys`]), in a private directory of its own; the port is
+    /// set when QEMU starts.
+    pub fn saved(from: &Path) -> io::Result<(Keys, String)> {
+        let dir = std::env::temp_dir().join(format!("reconcile-ssh-{}", nonce()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let keys = Keys { dir, port: 0 };
+        for f in ["id", "id.pub", "known_hosts"] {
+            std::fs::copy(from.join(f), keys.dir.join(f))?;
+        }
+        let user = std::fs::read_to_string(from.join("user"))?
+            .trim()
+            .to_string();
+        Ok((keys, user))
+    }
+
     fn key(&self) -> PathBuf {
         self.dir.join("id")
     }
@@ -270,6 +286,16 @@ impl Ssh {
         let out = journal.stdout.take().expect("piped");
         ssh.journal = Some((journal, out));
         Ok(ssh)
+    }
+
+    /// Keep the key, the host keys and the user in `to` (a booted
+    /// snapshot: its restored guests trust this key).
+    pub fn save_keys(&self, to: &Path) -> io::Result<()> {
+        std::fs::DirBuilder::new().mode(0o700).create(to)?;
+        for f in ["id", "id.pub", "known_hosts"] {
+            std::fs::copy(self.keys.dir.join(f), to.join(f))?;
+        }
+        std::fs::write(to.join("user"), &self.user)
     }
 
     /// A session running `remote`, its stdin from `input` (else /dev/null).

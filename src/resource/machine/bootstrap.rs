@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::{bootstrap_digest, MachineResource, DEFAULT_BOOTSTRAP_TIMEOUT};
-use crate::config::model::{Executor, Machine, MachineKind};
+use crate::config::model::{Executor, Fresh, Machine, MachineKind};
 use crate::error::{Error, Result};
 use crate::platform::{Provision, Target};
 use crate::process::{Interrupt, Tail};
@@ -51,6 +51,7 @@ impl MachineResource {
             log_dir: cx.cx.state.vm_log_dir(&format!("{}.{tc}", self.address)),
             isolate_network: false,
             suite: None,
+            fresh: Fresh::Boot,
         };
         let failed = |what: String, tail: &Tail| Error::Resource {
             address: self.address.clone(),

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Fresh machines by restore (issue 21) vs by boot, TCG, one run:
+#   1. a fresh machine: phases.boot_ms of tests restored from the booted
+#      snapshot (made beforehand) vs of tests that boot, busybox guest
+#      (256 MiB) and the Debian 12 guest (1 GiB);
+#   2. a suite of T one-second tests on each guest, `-j 2`: wall time with
+#      fresh = "restore" (snapshot made beforehand) vs fresh = "boot" (a
+#      boot per test, as kola does on QEMU);
+#   3. the size on disk of a state file and of a frozen overlay.
+source "$(dirname "$0")/common.sh"
+bench_setup
+T=${TESTS:-6}
+D=$DATA/restore
+rm -rf "$D"; mkdir -p "$D/farm"
+"$ROOT/tests/fixtures/make-guest.sh" "$ROOT/target/guest" >/dev/null
+"$ROOT/tests/fixtures/make-debian.sh" "$ROOT/target/debian-guest"
+cp "$ROOT/target/guest/disk.img" "$D/farm/kit.img"
+ln "$ROOT/target/debian-guest/debian.qcow2" "$D/farm/debian.qcow2" 2>/dev/null || cp "$ROOT/target/debian-guest/debian.qcow2" "$D/farm/"
+{
+    printf 'version = 1\n[volume.default]\npath = "machines"\nbackend = "dir"\n'
+    printf '[machine.kit]\nrevision = 1\nkind = "disk"\nsource = { path = "kit.img" }\nvm = { accel = "tcg", memory = "256M" }\n'
+    printf "console = { ready = 'kit: up', prompt = 'kit# ' }\n"
+    printf '[machine.deb]\nrevision = 1\nkind = "disk"\nsource = { path = "debian.qcow2" }\nvm = { accel = "tcg", memory = "1G" }\n'
+    printf 'console = { login = { user = "root", password = "debpass" } }\n'
+    for m in kit deb; do
+        for f in restore boot; do
+            printf '[suite.%s-%s]\nmachines = ["%s"]\nexecutor = "qemu"\nfresh = "%s"\n' "$m" "$f" "$m" "$f"
+            for i in $(seq "$T"); do printf '[suite.%s-%s.test.t%s]\nrun = ["sleep", "1"]\n' "$m" "$f" "$i"; done
+        done
+    done
+} >"$D/farm/reconcile.toml"
+"$RECONCILE" -q apply --no-test -f "$D/farm/reconcile.toml" >/dev/null
+R=$D/farm/.reconcile/runs/latest
+boots() { for d in "$R"/"$1".t*; do python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['attempts'][0]['phases']['boot_ms'])" "$d/result.json"; done; }
+wall() { local t0 t1; t0=$(date +%s%N); "$RECONCILE" -q test -j 2 -f "$D/farm/reconcile.toml" --suite "$1" >/dev/null; t1=$(date +%s%N); echo $(((t1 - t0) / 1000000)); }
+declare -A W B
+for m in kit deb; do
+    # the booted snapshot, made once (not measured)
+    "$RECONCILE" -q test -j 1 -f "$D/farm/reconcile.toml" "$m-restore.t1" >/dev/null
+    for f in restore boot; do
+        W[$m-$f]=$(wall "$m-$f")
+        B[$m-$f]=$(med $(boots "$m-$f"))
+    done
+done
+size() { du -m --apparent-size "$1" | cut -f1; }
+alloc() { du -m "$1" | cut -f1; }
+kit_dir=$(ls -d "$D"/farm/.reconcile/booted/kit/*/ | head -1)
+deb_dir=$(ls -d "$D"/farm/.reconcile/booted/deb/*/ | head -1)
+cat <<MD
+| TCG, one run, -j 2, $T tests of \`sleep 1\` per suite | busybox guest (256 MiB) | Debian 12 guest (1 GiB) | target |
+|---|---|---|---|
+| a fresh machine by restore (median boot_ms) | ${B[kit-restore]} ms | ${B[deb-restore]} ms | ≤ 1,500 ms (512 MiB) |
+| a fresh machine by boot (median boot_ms) | ${B[kit-boot]} ms | ${B[deb-boot]} ms | — |
+| restore vs boot | $(ratio "${B[kit-boot]}" "${B[kit-restore]}")× faster | $(ratio "${B[deb-boot]}" "${B[deb-restore]}")× faster | ≥ 10× (Debian) |
+| the suite, fresh = "restore" (wall) | ${W[kit-restore]} ms | ${W[deb-restore]} ms | — |
+| the suite, fresh = "boot" (wall; a boot per test, kola's way) | ${W[kit-boot]} ms | ${W[deb-boot]} ms | — |
+| restore vs boot, wall | $(ratio "${W[kit-boot]}" "${W[kit-restore]}")× less | $(ratio "${W[deb-boot]}" "${W[deb-restore]}")× less | ≥ 8× (Debian, 20 tests) |
+| state file (apparent / allocated) | $(size "$kit_dir/state") / $(alloc "$kit_dir/state") MiB | $(size "$deb_dir/state") / $(alloc "$deb_dir/state") MiB | — |
+| frozen overlay (allocated) | $(alloc "$kit_dir/disk.qcow2") MiB | $(alloc "$deb_dir/disk.qcow2") MiB | — |
+MD
