@@ -204,7 +204,9 @@ fn retention_keeps_n_older_revisions_and_what_a_live_working_snapshot_needs() {
     };
     for rev in 2..=4 {
         declare(&farm, "btrfs", rev, 1, "");
-        farm.run(&["apply"]).expect(0);
+        // the snapshot's directory appears while exec still holds the state
+        // lock to finish its receipt: wait for it rather than race it
+        farm.run(&["apply", "--lock-timeout", "1m"]).expect(0);
     }
     // keep = 1: revision 3 stays for rollback, 2 goes, 1 stays because the live snapshot was made from it
     let names: Vec<String> = fs::read_dir(farm.path("machines/deb"))

@@ -132,6 +132,8 @@ expect = {{ stdout = ["hello"] }}
 [suite.one]
 machines = ["kit", "kitq"]
 executor = "qemu"
+# each test boots: what is typed on the console during a boot is checked below
+fresh = "boot"
 [suite.one.test.exit3]
 run = ["sh", "-c", "exit 3 # Kernel panic - not syncing: typed, never printed"]
 [suite.one.test.unsafe]
@@ -861,6 +863,8 @@ run = ["sh", "-c", "{FRESH}"]
             "{name}: the guest's clock {clock} is not between {before} and {after}"
         );
         random.push(lines[2].to_string());
+        // the boot is in every console.txt, restored or not
+        assert!(output(r, "console.txt").contains("kit: up"), "{name}");
         let how = if name.starts_with("r.") {
             "restore"
         } else {

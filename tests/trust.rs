@@ -1174,6 +1174,8 @@ console = {{ ready = 'kit: up', prompt = 'kit# ', shutdown = "exit" }}
 [suite.vm]
 machines = ["kit"]
 executor = "qemu"
+# the stand-in QEMU has no monitor to save or restore a VM with
+fresh = "boot"
 {tests}"#
     ));
     farm

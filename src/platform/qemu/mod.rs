@@ -658,7 +658,12 @@ impl QemuInstance {
         let restore = match (p.fresh, base) {
             (Fresh::Restore, Some((image, format, machine, revision, toolchain))) => {
                 // what the saved state depends on, the agent it runs included
-                let settings = format!("{arch}\n{vm:?}\n{console:?}\n{}", agent::starter());
+                // (a state saved under TCG does not load under KVM, nor the reverse)
+                let settings = format!(
+                    "{arch}\n{}\n{vm:?}\n{console:?}\n{}",
+                    accel.name(),
+                    agent::starter()
+                );
                 let inputs = booted::Inputs {
                     base_image: &image,
                     settings,
@@ -833,6 +838,7 @@ impl QemuInstance {
     ) -> std::result::Result<(), Interrupt> {
         // the state that did not load, and why
         let mut failed: Option<(Option<u64>, String)> = None;
+        let mut replayed = false;
         loop {
             let made = self.saved_or_made(&r, failed.as_ref().map(|f| f.0), sink)?;
             let cancel = self.cancel.clone();
@@ -850,6 +856,15 @@ impl QemuInstance {
             let Some(saved) = r.store.find(&r.key) else {
                 continue;
             };
+            if !made && !replayed {
+                replayed = true;
+                // the boot this state was saved after (the test that made it saw it live)
+                if let Ok(boot) = std::fs::read(saved.dir.join(BOOT_CONSOLE)) {
+                    if sink.output(Stream::Console, &boot) == Flow::Stop {
+                        return Err(Interrupt::Stopped);
+                    }
+                }
+            }
             match self.restore_from(&saved, sink) {
                 Ok(()) => {
                     let note = failed.map(|(_, why)| format!("{why}; booted again and saved anew"));
@@ -947,7 +962,21 @@ impl QemuInstance {
                     *f = to;
                 }
             }
-            self.boot_up(sink)?;
+            // the boot's console is kept beside the state: each restored
+            // test's console.txt starts with it, as if it had booted
+            let kept = tmp.join(BOOT_CONSOLE);
+            let mut log = File::create(&kept).map_err(|e| fail(BOOT_CONSOLE, e))?;
+            let mut tee = Tee {
+                inner: &mut *sink,
+                log: &mut log,
+            };
+            let booted = self.boot_up(&mut tee);
+            if booted.is_err() {
+                if let Some(d) = self.driver.as_mut() {
+                    d.flush_partial(&mut tee);
+                }
+            }
+            booted?;
             self.freeze(&tmp)
         })();
         (self.launch.boot, self.launch.seed, self.launch.uefi_vars) = keep;
@@ -976,10 +1005,14 @@ impl QemuInstance {
         let state = dir.join("state");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120).mul_f64(self.factor);
         let saved = self.rt.block_on(async {
-            let mut q = monitor.connect().await?;
-            q.save(&state, deadline).await?;
-            q.quit().await;
-            Ok::<(), String>(())
+            tokio::time::timeout_at(deadline, async {
+                let mut q = monitor.connect().await?;
+                q.save(&state, deadline).await?;
+                q.quit().await;
+                Ok::<(), String>(())
+            })
+            .await
+            .unwrap_or_else(|_| Err("QEMU's monitor did not answer in time".into()))
         });
         self.link = None;
         self.stop_vm();
@@ -1030,8 +1063,12 @@ impl QemuInstance {
         let deadline = tokio::time::Instant::now() + self.console.boot_timeout;
         self.rt
             .block_on(async {
-                let mut q = monitor.connect().await?;
-                q.wait_running(deadline).await
+                tokio::time::timeout_at(deadline, async {
+                    let mut q = monitor.connect().await?;
+                    q.wait_running(deadline).await
+                })
+                .await
+                .unwrap_or_else(|_| Err("QEMU's monitor did not answer in time".into()))
             })
             .map_err(|e| Interrupt::Infra(format!("the saved state did not load: {e}")))?;
         self.relink(user, sink)?;
@@ -1275,6 +1312,28 @@ impl QemuInstance {
             let _ = d.child.start_kill();
             let _ = self.rt.block_on(d.child.wait());
         }
+    }
+}
+
+/// The console of the boot a booted snapshot was saved after.
+const BOOT_CONSOLE: &str = "boot-console.txt";
+
+/// A sink that also keeps the console in a file.
+struct Tee<'a> {
+    inner: &'a mut dyn Sink,
+    log: &'a mut File,
+}
+
+impl Sink for Tee<'_> {
+    fn step(&mut self, name: &str) {
+        self.inner.step(name)
+    }
+
+    fn output(&mut self, stream: Stream, bytes: &[u8]) -> Flow {
+        if stream == Stream::Console {
+            let _ = self.log.write_all(bytes);
+        }
+        self.inner.output(stream, bytes)
     }
 }
 

@@ -360,7 +360,7 @@ impl Ssh {
                     &grace,
                 )
                 .await
-                .map_err(|_| timed_out(limit))?;
+                .map_err(|e| over(e, limit))?;
                 self.drive(
                     &mut s,
                     To::Sink(Stream::Stdout),
@@ -370,7 +370,7 @@ impl Ssh {
                     &grace,
                 )
                 .await
-                .map_err(|_| timed_out(limit))?
+                .map_err(|e| over(e, limit))?
             }
             Err(e) => return Err(e),
         };
@@ -527,6 +527,15 @@ impl Ssh {
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+}
+
+/// The grace after a time limit ran out too: the command's limit is what
+/// the result names (Ctrl-C and the rest pass as they are).
+fn over(e: Interrupt, limit: Duration) -> Interrupt {
+    match e {
+        Interrupt::TimedOut { .. } => timed_out(limit),
+        other => other,
     }
 }
 
