@@ -34,11 +34,13 @@ console = { login = { user = "root", password = "debpass" } }
 [suite.console]
 machines = ["console"]
 executor = "qemu"
+fresh = "boot"
 [suite.console.test.true]
 run = ["true"]
 [suite.agent]
 machines = ["agent"]
 executor = "qemu"
+fresh = "boot"
 [suite.agent.test.true]
 run = ["true"]
 TOML

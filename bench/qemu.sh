@@ -33,6 +33,7 @@ console = { ready = 'kit: up', prompt = 'kit# ' }
 [suite.vm]
 machines = ["kit"]
 executor = "qemu"
+fresh = "boot"
 [suite.vm.test.true]
 run = ["true"]
 EOF

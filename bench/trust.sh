@@ -45,6 +45,7 @@ console = { ready = 'kit: up', prompt = 'kit# ', shutdown = "exit" }
 [suite.vm]
 machines = ["kit"]
 executor = "qemu"
+fresh = "boot"
 [suite.vm.test.lines]
 run = ["perl", "-e", "$l = 'x' x 1048575; print \"$l\\n\" for 1..1024"]
 timeout = "20m"
