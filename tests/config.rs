@@ -79,6 +79,13 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("collect pattern that is not absolute", "version = 1\n[suite.s]\nexecutor = \"qemu\"\ncollect = [\"log/*.txt\"]\n".into(), "reconcile.toml:4:", "must be an absolute guest path"),
         ("user data given twice", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\nuser_data = \"x\"\nuser_data_file = \"u\"\n"), "reconcile.toml:9:", "not both"),
         ("aarch64 disk machine by BIOS", format!("{VOL}[machine.d]\nrevision = 1\nkind = \"disk\"\nsource = {{ path = \"d.img\" }}\narch = \"aarch64\"\n"), "reconcile.toml:8:8", "is aarch64, which has no BIOS"),
+        ("cluster outside the qemu executor", "version = 1\n[suite.s]\ncluster = 2\n".into(), "reconcile.toml:3:11", "asks for a cluster but runs with the host executor"),
+        ("cluster of none", "version = 1\n[suite.s]\nexecutor = \"qemu\"\ncluster = 0\n".into(), "reconcile.toml:4:11", "cluster must be between 1 and 16"),
+        ("on steps without a cluster", "version = 1\n[suite.s]\nexecutor = \"qemu\"\n[suite.s.test.t]\nrun = [\"true\"]\non.\"1\" = [\"true\"]\n".into(), "reconcile.toml:6:", "but suite `s` has no cluster"),
+        ("on a node the cluster lacks", "version = 1\n[suite.s]\nexecutor = \"qemu\"\ncluster = 2\n[suite.s.test.t]\nrun = [\"true\"]\non.\"2\" = [\"true\"]\n".into(), "reconcile.toml:7:", "suite `s` has 2 nodes (0 to 1)"),
+        ("on a node that is no index", "version = 1\n[suite.s]\nexecutor = \"qemu\"\ncluster = 2\n[suite.s.test.t]\nrun = [\"true\"]\non.first = [\"true\"]\n".into(), "reconcile.toml:7:", "a node is named by its index"),
+        ("a link fault on a node the cluster lacks", "version = 1\n[suite.s]\nexecutor = \"qemu\"\ncluster = 2\n[suite.s.test.t]\nrun = [\"true\"]\non.\"0\" = { link = \"down\", node = 5 }\n".into(), "reconcile.toml:7:", "link fault on node 5"),
+        ("a link that is neither up nor down", "version = 1\n[suite.s]\nexecutor = \"qemu\"\ncluster = 2\n[suite.s.test.t]\nrun = [\"true\"]\non.\"1\" = { link = \"sideways\" }\n".into(), "reconcile.toml:7:", "an `on` step is a command"),
         ("vm on a root filesystem", format!("{VOL}[machine.r]\nrevision = 1\nsource = {{ dir = \"r\" }}\nvm = {{ cpus = 2 }}\n"), "reconcile.toml:7:1", "`vm` applies to disk machines"),
     ]
 }

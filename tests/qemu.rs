@@ -997,3 +997,111 @@ run = ["sh", "-c", "date +%s%N"]
     assert!(!r.all().contains("waits for memory"), "{}", r.all());
     assert_nothing_left(&farm);
 }
+
+/// Node 1 serves a page naming itself and its test; node 0 fetches it.
+const SERVE: &str = "mkdir -p /www && echo served-by-$RECONCILE_NODE-for-$RECONCILE_TEST >/www/index.html && httpd -p 80 -h /www";
+
+#[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
+fn a_cluster_test_gets_nodes_on_a_private_network_of_its_own_with_cables_to_pull() {
+    let Some(guest) = Guest::get() else { return };
+    // `fetch` reads node 1's page six times over three seconds, while the
+    // other test's cluster, at the same addresses, serves its own page
+    // (busybox nc: the static busybox's wget crashes looking up the service)
+    let get =
+        "get() { printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $1 80 | grep served; }; ";
+    let fetch = format!("{get}{}", "echo node=$RECONCILE_NODE nodes=$RECONCILE_NODES; set -- $RECONCILE_NODES; \
+                 echo start=$(date +%s); for i in 1 2 3 4 5 6; do get $2; sleep 0.5; done; echo end=$(date +%s)");
+    let unreachable = format!(
+        "{get}{}",
+        "set -- $RECONCILE_NODES; if get $2; then echo reached; else echo unreachable; fi"
+    );
+    let farm = disk_farm(
+        &guest,
+        &format!(
+            r#"
+[suite.c]
+machines = ["kit"]
+executor = "qemu"
+cluster = 2
+[suite.c.test.reach]
+on."1" = ["sh", "-c", "{SERVE}"]
+run = ["sh", "-c", "{fetch}"]
+expect.stdout = ["node=0 nodes=10.0.77.1 10.0.77.2", "served-by-1-for-c.reach", "!for-c.other"]
+[suite.c.test.other]
+on."1" = ["sh", "-c", "{SERVE}"]
+run = ["sh", "-c", "{fetch}"]
+expect.stdout = ["served-by-1-for-c.other", "!for-c.reach"]
+[suite.c.test.cable]
+on."0" = {{ link = "down", node = 1 }}
+on."1" = ["sh", "-c", "{SERVE}"]
+run = ["sh", "-c", "{unreachable}"]
+expect.stdout = ["unreachable", "!served-by"]
+[suite.c.test.replugged]
+on."1" = [["sh", "-c", "{SERVE}"], {{ link = "down" }}, {{ link = "up" }}]
+run = ["sh", "-c", "{unreachable}"]
+expect.stdout = ["served-by-1-for-c.replugged"]
+[suite.c.test.broken]
+on."1" = ["sh", "-c", "echo node one says no; exit 7"]
+run = ["true"]
+"#
+        ),
+    );
+    // the two clusters at the same addresses first, at the same time
+    farm.run(&["test", "-j", "2", "c.reach", "c.other"])
+        .expect(0);
+    let t = tests_by_name(&report(&farm));
+    let span = |name: &str| {
+        let out = output(&t[name], "stdout.txt");
+        let at = |key: &str| -> u64 {
+            let line = out.lines().find_map(|l| l.strip_prefix(key));
+            line.unwrap_or_else(|| panic!("{name}: no {key} in {out}"))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        (at("start="), at("end="), out)
+    };
+    let (a0, a1, reach) = span("c.reach");
+    let (b0, b1, other) = span("c.other");
+    assert!(
+        a0 <= b1 && b0 <= a1,
+        "the two clusters did not run at the same time: {reach}\n{other}"
+    );
+    // each saw only its own node 1, all six times
+    assert_eq!(
+        reach.matches("served-by-1-for-c.reach").count(),
+        6,
+        "{reach}"
+    );
+    assert_eq!(
+        other.matches("served-by-1-for-c.other").count(),
+        6,
+        "{other}"
+    );
+    let r = farm.run(&["test", "-j", "2"]);
+    r.expect(4);
+    let t = tests_by_name(&report(&farm));
+    for name in ["c.reach", "c.other", "c.cable", "c.replugged"] {
+        let x = &t[name];
+        assert_eq!(x["result"], "PASS", "{name}: {x:#}\n{}", r.all());
+        assert_eq!(x["attempts"][0]["fresh"], "restore", "{x:#}");
+        // each node's console and QEMU log in the run folder, through the checks
+        assert!(output(x, "console.txt").contains("kit: up"), "{name}");
+        assert!(output(x, "node1/console.txt").contains("kit: up"), "{name}");
+        assert!(
+            output(x, "node1/qemu.log").contains("dgram,id=rc-cluster"),
+            "{name}"
+        );
+    }
+    let broken = &t["c.broken"];
+    assert_eq!(broken["result"], "FAIL", "{broken:#}");
+    assert_eq!(broken["class"], "test", "{broken:#}");
+    let why = broken["reason"].as_str().unwrap();
+    assert!(
+        why.contains("on node 1") && why.contains("exit status 7"),
+        "{why}"
+    );
+    assert!(output(broken, "node1/stdout.txt").contains("node one says no"));
+    assert_nothing_left(&farm);
+}

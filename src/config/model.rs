@@ -730,6 +730,11 @@ pub struct Suite {
     /// gets a new overlay and QEMU restored from that state, "just booted")
     /// or `boot` (a full boot per test).
     pub fresh: Option<Fresh>,
+    /// Give each test this many fresh machines of the suite's machine
+    /// (executor `qemu`, disk machines), on one private network only they
+    /// share: node `i` has a second NIC with address `10.0.77.(i+1)/24`.
+    /// `run` runs on node 0; a test's `on` runs steps on the others first.
+    pub cluster: Option<u32>,
     /// Tests of the suite.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub test: BTreeMap<String, Test>,
@@ -815,6 +820,67 @@ pub struct Test {
     /// Guest files copied into the run folder after the test, besides the suite's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collect: Vec<String>,
+    /// Steps on the nodes of the suite's `cluster` before `run` (which runs
+    /// on node 0): node index → a command (argv), a link fault (`{ link =
+    /// "down", node = 1 }`) or a list of them; in index order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub on: BTreeMap<String, OnSteps>,
+}
+
+/// What a test does on one node of its cluster before `run`: a command
+/// (`["cmd", "arg"]`), a link fault (`{ link = "down" }`, `{ link = "up",
+/// node = 1 }`), or a list of them (`[["cmd"], { link = "down" }]`), in order.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "an `on` step is a command ([\"cmd\", \"arg\"]), a link fault ({ link = \"down\" or \"up\", node = 1 }), or a list of them"
+)]
+pub enum OnSteps {
+    /// One command (argv).
+    Command(Vec<String>),
+    /// One link fault.
+    Link(LinkStep),
+    /// Several, in order.
+    Steps(Vec<OnStep>),
+}
+
+/// One step of an `on` list: a command or a link fault.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "an `on` step is a command ([\"cmd\", \"arg\"]) or a link fault ({ link = \"down\" or \"up\", node = 1 })"
+)]
+pub enum OnStep {
+    Command(Vec<String>),
+    Link(LinkStep),
+}
+
+impl OnSteps {
+    /// The steps, in order.
+    pub fn steps(&self) -> Vec<OnStep> {
+        match self {
+            OnSteps::Command(argv) => vec![OnStep::Command(argv.clone())],
+            OnSteps::Link(l) => vec![OnStep::Link(l.clone())],
+            OnSteps::Steps(s) => s.clone(),
+        }
+    }
+}
+
+/// Pull a node's cable, or plug it back in (QMP `set_link` on its cluster NIC).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkStep {
+    /// `down` pulls the cable (the guest sees its carrier go), `up` plugs it back in.
+    pub link: LinkState,
+    /// The node whose link changes. Default: the node the step is listed under.
+    pub node: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Up,
+    Down,
 }
 
 /// A file copied into a guest before a test.

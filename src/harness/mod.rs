@@ -3,6 +3,7 @@
 //! (`report`: JSON, JUnit, TAP 14).
 
 pub mod checks;
+mod cluster;
 pub mod matchers;
 pub mod report;
 pub mod run;

@@ -269,8 +269,11 @@ fn memory_of(sel: &Selected) -> u64 {
         (None, Some(i)) => i.vm.as_ref(),
         (None, None) => return 0,
     };
+    // a cluster's test starts all its nodes at once
+    let nodes = sel.case.cluster.map_or(1, u64::from);
     vm.and_then(|v| v.memory)
         .map_or(platform::qemu::DEFAULT_MEMORY_MIB, |m| m.mib)
+        * nodes
 }
 
 /// MiB available for VMs: the setting, else MemAvailable less 256 MiB.
@@ -337,7 +340,7 @@ impl<'d> Queue<'d> {
                     pick = Some((i, need));
                     break;
                 }
-                blocked.get_or_insert((s.case.name.clone(), need));
+                blocked.get_or_insert((s.case.name.clone(), need, s.case.cluster.unwrap_or(1)));
             }
             if let Some((i, need)) = pick {
                 let sel = w.tests.remove(i).expect("found");
@@ -346,10 +349,14 @@ impl<'d> Queue<'d> {
                 w.said = false;
                 return Some(sel);
             }
-            if let (Some((name, need)), false) = (blocked, w.said) {
+            if let (Some((name, need, nodes)), false) = (blocked, w.said) {
                 w.said = true;
+                let vms = match nodes {
+                    1 => "its VM needs".to_string(),
+                    n => format!("its {n} VMs need"),
+                };
                 let _ = tx.send(Progress::Note(format!(
-                    "{name} waits for memory: its VM needs {need} MiB, {} of {} MiB are in use by running VMs",
+                    "{name} waits for memory: {vms} {need} MiB, {} of {} MiB are in use by running VMs",
                     w.reserved, self.memory
                 )));
             }
@@ -515,22 +522,22 @@ impl Log {
 /// checks. What a console driver typed (its echo) goes to `typed.txt`, never
 /// to `console.txt` or the checks, so `reconcile checks console.txt` sees
 /// exactly what the harness checked, with the same line numbers.
-struct TestSink {
+pub(super) struct TestSink {
     stdout: Log,
     stderr: Log,
     console: Log,
     journal: Option<Log>,
     typed: Option<Log>,
     dir: PathBuf,
-    scanners: Scanners,
-    fatal: bool,
+    pub(super) scanners: Scanners,
+    pub(super) fatal: bool,
     limit: u64,
     /// The log that reached its cap, if one did.
-    overflow: Option<&'static str>,
+    pub(super) overflow: Option<&'static str>,
 }
 
 /// One scanner per scope a stream belongs to.
-struct Scanners {
+pub(super) struct Scanners {
     console: Scanner,
     output: Scanner,
     journal: Scanner,
@@ -546,7 +553,7 @@ impl Scanners {
     }
 
     /// The hits of every scope, one per check (the console's first).
-    fn finish(self) -> Vec<Hit> {
+    pub(super) fn finish(self) -> Vec<Hit> {
         fn from(hits: Vec<Hit>, log: &'static str) -> impl Iterator<Item = Hit> {
             hits.into_iter().map(move |mut h| {
                 h.log = Some(log.to_string());
@@ -589,7 +596,7 @@ impl TestSink {
 
 impl TestSink {
     /// Everything written so far on disk (matchers read the files; someone may tail them).
-    fn flush(&mut self) {
+    pub(super) fn flush(&mut self) {
         for log in [&mut self.stdout, &mut self.stderr, &mut self.console]
             .into_iter()
             .chain(self.journal.as_mut())
@@ -697,7 +704,12 @@ fn attempt(
             return infra(attempt, t0, why);
         }
     };
-    let ran = match run_on_instance(desired, case, sink, out_dir, state, opts, t0) {
+    let new_sink = |dir: &Path| TestSink::create(dir, checks, &case.spec.skip_checks, limit);
+    let outputs = Outputs {
+        dir: out_dir,
+        new_sink: &new_sink,
+    };
+    let ran = match run_on_instance(desired, case, sink, &outputs, state, opts, t0) {
         Ok(r) => r,
         Err(why) => return infra(attempt, t0, why),
     };
@@ -723,13 +735,20 @@ fn infra(mut a: Attempt, t0: Instant, reason: String) -> (Attempt, Vec<Hit>) {
 
 /// What running a test on its instance gave: how it ended, what the
 /// instance said about itself, the phases' times, and the checks' hits.
-struct Ran {
-    outcome: std::result::Result<Exit, Interrupt>,
-    facts: platform::Facts,
-    phases: Phases,
-    fatal: bool,
-    overflow: Option<&'static str>,
-    hits: Vec<Hit>,
+pub(super) struct Ran {
+    pub(super) outcome: std::result::Result<Exit, Interrupt>,
+    pub(super) facts: platform::Facts,
+    pub(super) phases: Phases,
+    pub(super) fatal: bool,
+    pub(super) overflow: Option<&'static str>,
+    pub(super) hits: Vec<Hit>,
+}
+
+/// Where a test's output goes: its folder, and how to make a sink for
+/// another folder (a cluster node's).
+struct Outputs<'a> {
+    dir: &'a Path,
+    new_sink: &'a dyn Fn(&Path) -> std::io::Result<TestSink>,
 }
 
 /// Provision the case's instance, start it, run the test, tear it down
@@ -738,11 +757,12 @@ fn run_on_instance(
     desired: &Desired,
     case: &super::select::TestCase<'_>,
     mut sink: TestSink,
-    out_dir: &Path,
+    outputs: &Outputs,
     state: &StateDir,
     opts: &Options,
     t0: Instant,
 ) -> std::result::Result<Ran, String> {
+    let out_dir = outputs.dir;
     let target = match case.on {
         On::Host => Target::Host,
         On::Machine {
@@ -758,6 +778,7 @@ fn run_on_instance(
         On::Image { name, image } => Target::Image { name, image },
     };
     let provision = Provision {
+        node: None,
         desired,
         state,
         clouds: Some(&opts.clouds),
@@ -772,16 +793,20 @@ fn run_on_instance(
             .and_then(|s| s.fresh)
             .unwrap_or_default(),
     };
-    let mut phases = Phases::default();
-    let mut instance = platform::provision(&provision, case.executor, target)
-        .map_err(|e| format!("cannot provision: {e}"))?;
-    phases.provision_ms = t0.elapsed().as_millis() as u64;
     let timeout = case
         .spec
         .timeout
         .unwrap_or(DEFAULT_TIMEOUT)
         .mul_f64(opts.timeout_multiplier);
     let step = step_of(desired, case, timeout, out_dir);
+    if case.cluster.is_some() {
+        let new_sink = outputs.new_sink;
+        return super::cluster::run(&provision, case, target, step, sink, new_sink, t0);
+    }
+    let mut phases = Phases::default();
+    let mut instance = platform::provision(&provision, case.executor, target)
+        .map_err(|e| format!("cannot provision: {e}"))?;
+    phases.provision_ms = t0.elapsed().as_millis() as u64;
     let t_start = Instant::now();
     let outcome = instance.start(&mut sink).and_then(|()| {
         phases.boot_ms = t_start.elapsed().as_millis() as u64;

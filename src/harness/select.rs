@@ -62,6 +62,8 @@ pub struct TestCase<'d> {
     pub on: On<'d>,
     pub toolchain: Option<String>,
     pub executor: Executor,
+    /// Nodes each attempt gets (`suite.cluster`); none: one machine, no cluster network.
+    pub cluster: Option<u32>,
     pub spec: Test,
 }
 
@@ -292,6 +294,7 @@ pub fn discover(desired: &Desired) -> Result<Vec<TestCase<'_>>> {
                     on: *on,
                     toolchain: suite.toolchain.clone(),
                     executor: suite.executor,
+                    cluster: suite.cluster,
                     spec: spec.clone(),
                 });
             }

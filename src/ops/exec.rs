@@ -63,6 +63,7 @@ pub fn exec(
     crate::store::working::cleanup_on_signals();
     let state = StateDir::create(&desired.state_dir)?;
     let provision = Provision {
+        node: None,
         desired,
         state: &state,
         clouds: None,

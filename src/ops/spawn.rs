@@ -71,6 +71,7 @@ pub fn spawn(
     let state = StateDir::create(&desired.state_dir)?;
     let log_dir = state.vm_log_dir(&format!("spawn-{}", req.target));
     let provision = Provision {
+        node: None,
         desired,
         state: &state,
         clouds: None,

@@ -18,6 +18,7 @@
 
 #[cfg(feature = "cloud")]
 pub mod cloud;
+pub mod cluster;
 pub mod host;
 pub mod namespace;
 pub mod qemu;
@@ -101,6 +102,12 @@ pub trait Instance {
             "only a VM has a console to attach to (executor = \"qemu\")".into(),
         ))
     }
+    /// Pull this node's cable (`up` false), or plug it back in.
+    fn set_link(&mut self, _up: bool) -> std::result::Result<(), Interrupt> {
+        Err(Interrupt::Infra(
+            "only a VM of a cluster has a link to pull (executor = \"qemu\", cluster = N)".into(),
+        ))
+    }
     fn facts(&self) -> Facts;
     /// Keep the working snapshot instead of deleting it; returns where it is.
     fn keep(self: Box<Self>) -> Result<Option<PathBuf>>;
@@ -170,6 +177,18 @@ pub struct Provision<'a> {
     /// How a disk machine's VM is made fresh: restored from a booted
     /// snapshot, or booted (always, outside test runs).
     pub fresh: Fresh,
+    /// The VM is node `index` of a test's cluster, its second NIC on this
+    /// port of the cluster's hub.
+    pub node: Option<Node>,
+}
+
+/// A VM's place in its cluster.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub index: usize,
+    /// The socket QEMU binds, and the hub's it sends frames to.
+    pub local: PathBuf,
+    pub remote: PathBuf,
 }
 
 /// The clouds of one run: a connection per cloud and what reconcile made

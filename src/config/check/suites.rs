@@ -126,6 +126,7 @@ pub(super) fn suites(c: &mut Checker, m: &DesiredFile) {
             io(c, &["suite", sname, "test", tname], &test_io, &channel);
         }
         tests(c, sname, suite);
+        cluster(c, m, sname, suite);
     }
 }
 
@@ -308,6 +309,131 @@ fn tests(c: &mut Checker, sname: &str, suite: &Suite) {
                 "too many",
                 None,
             );
+        }
+        on_steps(c, sname, tname, suite, t);
+    }
+}
+
+/// The most machines one test may ask for.
+pub const MAX_CLUSTER: u32 = 16;
+
+/// A suite's `cluster`: qemu, disk machines, at most [`MAX_CLUSTER`] nodes.
+fn cluster(c: &mut Checker, m: &DesiredFile, sname: &str, suite: &Suite) {
+    let Some(n) = suite.cluster else {
+        return;
+    };
+    let at = ["suite", sname, "cluster"];
+    if n == 0 || n > MAX_CLUSTER {
+        c.value(
+            &at,
+            format!("suite `{sname}`: cluster must be between 1 and {MAX_CLUSTER}"),
+            "out of range",
+            None,
+        );
+    }
+    if suite.executor != Executor::Qemu {
+        c.value(
+            &at,
+            format!(
+                "suite `{sname}` asks for a cluster but runs with the {} executor",
+                suite.executor.name()
+            ),
+            "clusters are VMs",
+            Some("set executor = \"qemu\", or drop `cluster`".into()),
+        );
+    }
+    if !suite.images.is_empty() {
+        c.value(
+            &at,
+            format!("suite `{sname}` boots netboot images; a cluster is made of disk machines"),
+            "not for images",
+            Some("list disk machines in `machines`, or drop `cluster`".into()),
+        );
+    }
+    for name in &suite.machines {
+        if m.machine
+            .get(name)
+            .is_some_and(|x| x.kind != MachineKind::Disk)
+        {
+            c.value(
+                &at,
+                format!("machine `{name}` of suite `{sname}` is a root filesystem; a cluster is made of disk machines (kind = \"disk\")"),
+                "not a disk machine",
+                None,
+            );
+        }
+    }
+}
+
+/// A test's `on` steps: node indices of its suite's cluster, commands that
+/// are not empty, link faults on nodes that exist.
+fn on_steps(
+    c: &mut Checker,
+    sname: &str,
+    tname: &str,
+    suite: &Suite,
+    t: &super::super::model::Test,
+) {
+    use super::super::model::OnStep;
+    let nodes = suite.cluster.unwrap_or(0);
+    for (key, steps) in &t.on {
+        let at = ["suite", sname, "test", tname, "on", key.as_str()];
+        let index = key
+            .parse::<u32>()
+            .ok()
+            .filter(|_| key == "0" || !key.starts_with('0'));
+        match index {
+            _ if suite.cluster.is_none() => {
+                c.key(
+                    &at,
+                    format!("test `{sname}.{tname}` runs steps `on` node {key}, but suite `{sname}` has no cluster"),
+                    "no cluster",
+                    Some(format!("set cluster = N on suite `{sname}` (executor = \"qemu\")")),
+                );
+                continue;
+            }
+            None => {
+                c.key(
+                    &at,
+                    format!("`on.{key}`: a node is named by its index (0, 1, …)"),
+                    "not a node index",
+                    None,
+                );
+                continue;
+            }
+            Some(i) if i >= nodes => {
+                c.key(
+                    &at,
+                    format!(
+                        "`on.{key}`: suite `{sname}` has {nodes} nodes (0 to {})",
+                        nodes.saturating_sub(1)
+                    ),
+                    "no such node",
+                    None,
+                );
+                continue;
+            }
+            Some(_) => {}
+        }
+        for step in steps.steps() {
+            match step {
+                OnStep::Command(argv) if argv.is_empty() => c.value(
+                    &at,
+                    format!("test `{sname}.{tname}` has an empty command on node {key}"),
+                    "empty command",
+                    None,
+                ),
+                OnStep::Link(l) if l.node.is_some_and(|n| n >= nodes) => c.value(
+                    &at,
+                    format!(
+                        "`on.{key}`: link fault on node {}, but suite `{sname}` has {nodes} nodes",
+                        l.node.unwrap_or_default()
+                    ),
+                    "no such node",
+                    None,
+                ),
+                _ => {}
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod accel;
 pub mod agent;
 pub mod booted;
 pub mod driver;
+pub mod hub;
 pub mod qmp;
 pub mod ssh;
 pub mod terminal;
@@ -99,6 +100,9 @@ pub struct Launch {
     /// A virtio RNG fed from the host's /dev/urandom (VMs that are saved and
     /// restored: fresh entropy for each restored machine).
     pub rng: bool,
+    /// A cluster NIC on a port of the cluster's hub: the socket QEMU binds
+    /// and the hub's.
+    pub cluster: Option<(PathBuf, PathBuf)>,
 }
 
 /// The UEFI firmware code and variable template for an architecture, when installed.
@@ -285,6 +289,10 @@ impl Launch {
                 push(&["-device", "vmgenid,guid=auto"]);
             }
         }
+        if let Some((local, remote)) = &self.cluster {
+            let c = hub::qemu_args(local, remote);
+            push(&c.iter().map(String::as_str).collect::<Vec<_>>());
+        }
         if let Some(fd) = self.qmp {
             let q = qmp::qemu_args(fd);
             push(&q.iter().map(String::as_str).collect::<Vec<_>>());
@@ -381,6 +389,10 @@ pub struct QemuInstance {
     qmp: Option<qmp::QmpWiring>,
     /// How this VM was made fresh, and a note when a saved state had to be made anew.
     fresh: Option<(&'static str, Option<String>)>,
+    /// Its index in its test's cluster.
+    node: Option<usize>,
+    /// QEMU's monitor, once connected (a restored VM's, a cluster node's).
+    monitor: Option<qmp::Qmp>,
 }
 
 fn infra(e: impl std::fmt::Display) -> Error {
@@ -659,10 +671,16 @@ impl QemuInstance {
             (Fresh::Restore, Some((image, format, machine, revision, toolchain))) => {
                 // what the saved state depends on, the agent it runs included
                 // (a state saved under TCG does not load under KVM, nor the reverse)
+                // (a cluster node is saved with its cluster NIC)
                 let settings = format!(
-                    "{arch}\n{}\n{vm:?}\n{console:?}\n{}",
+                    "{arch}\n{}\n{vm:?}\n{console:?}\n{}\n{}",
                     accel.name(),
-                    agent::starter()
+                    agent::starter(),
+                    if p.node.is_some() {
+                        hub::SAVED_MAC
+                    } else {
+                        "-"
+                    }
                 );
                 let inputs = booted::Inputs {
                     base_image: &image,
@@ -709,6 +727,7 @@ impl QemuInstance {
                 qmp: None,
                 incoming: None,
                 rng: restore.is_some(),
+                cluster: p.node.as_ref().map(|n| (n.local.clone(), n.remote.clone())),
             },
             console,
             factor,
@@ -723,6 +742,8 @@ impl QemuInstance {
             restore,
             qmp: None,
             fresh: Some(("boot", None)),
+            node: p.node.as_ref().map(|n| n.index),
+            monitor: None,
         })
     }
 
@@ -748,8 +769,9 @@ impl QemuInstance {
             }
             self.launch.ssh_port = Some(port);
         }
+        self.monitor = None;
         let monitor =
-            if self.launch.rng {
+            if self.launch.rng || self.launch.cluster.is_some() {
                 Some(qmp::QmpWiring::new().map_err(|e| {
                     Interrupt::Infra(format!("cannot make QEMU's monitor socket: {e}"))
                 })?)
@@ -1061,16 +1083,18 @@ impl QemuInstance {
         spawned?;
         let monitor = self.qmp.take().expect("a restored VM has a monitor");
         let deadline = tokio::time::Instant::now() + self.console.boot_timeout;
-        self.rt
+        let q = self
+            .rt
             .block_on(async {
                 tokio::time::timeout_at(deadline, async {
                     let mut q = monitor.connect().await?;
-                    q.wait_running(deadline).await
+                    q.wait_running(deadline).await.map(|()| q)
                 })
                 .await
                 .unwrap_or_else(|_| Err("QEMU's monitor did not answer in time".into()))
             })
             .map_err(|e| Interrupt::Infra(format!("the saved state did not load: {e}")))?;
+        self.monitor = Some(q);
         self.relink(user, sink)?;
         self.refresh(sink)
     }
@@ -1133,28 +1157,74 @@ impl QemuInstance {
             now.as_secs(),
             agent::b64(seed)
         );
+        self.run_own(&script, "setting the clock", sink)
+            .map(|_| ())
+            .map_err(|e| match e {
+                Interrupt::Infra(why) => {
+                    Interrupt::Infra(format!("cannot set the restored guest's clock: {why}"))
+                }
+                other => other,
+            })
+    }
+
+    /// One of reconcile's own commands in the guest, over the channel or
+    /// typed at the prompt: its exit status and what it printed (kept out of
+    /// the test's stdout).
+    fn run_own(
+        &mut self,
+        script: &str,
+        what: &str,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<(i32, String), Interrupt> {
         let limit = Duration::from_secs(30).mul_f64(self.factor);
         let driver = self.driver.as_mut().expect("spawned");
-        let mut quiet = Quiet(sink);
-        let r = match self.link.as_mut() {
-            Some(link) => self
-                .rt
-                .block_on(link.run(&script, limit, driver, &mut quiet))
-                .map(|_| ()),
+        let mut said = Captured {
+            inner: sink,
+            stdout: Vec::new(),
+        };
+        let status = match self.link.as_mut() {
+            Some(link) => {
+                let ran = self
+                    .rt
+                    .block_on(link.run(script, limit, driver, &mut said))?;
+                if ran.timed_out {
+                    return Err(Interrupt::Infra(format!("{what} did not finish in time")));
+                }
+                ran.status
+            }
             None => {
-                let deadline = Deadline::after(limit, "setting the clock");
+                let deadline = Deadline::after(limit, what);
                 let prompt = self.console.prompt.clone();
                 self.rt
-                    .block_on(driver.run(&script, &prompt, &mut quiet, &deadline))
-                    .map(|_| ())
+                    .block_on(driver.run(script, &prompt, &mut said, &deadline))?
             }
         };
-        r.map_err(|e| match e {
-            Interrupt::Infra(why) => {
-                Interrupt::Infra(format!("cannot set the restored guest's clock: {why}"))
-            }
-            other => other,
-        })
+        Ok((status, String::from_utf8_lossy(&said.stdout).into_owned()))
+    }
+
+    /// A cluster node's MAC and address on its cluster NIC.
+    fn join_cluster(
+        &mut self,
+        index: usize,
+        sink: &mut dyn Sink,
+    ) -> std::result::Result<(), Interrupt> {
+        let (status, said) = self.run_own(
+            &hub::join_script(index),
+            "joining the cluster network",
+            sink,
+        )?;
+        if status != 0 {
+            let why = said
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(it printed nothing)");
+            return Err(Interrupt::Infra(format!(
+                "node {index} cannot address its cluster NIC (exit status {status}): {}",
+                why.trim()
+            )));
+        }
+        Ok(())
     }
 
     /// Bring the command channel up, when the VM has one.
@@ -1463,10 +1533,13 @@ impl Instance for QemuInstance {
     fn start(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
         sink.step("boot");
         let t0 = Instant::now();
-        let r = match self.restore.take() {
+        let mut r = match self.restore.take() {
             Some(r) => self.start_restored(r, sink),
             None => self.boot_up(sink),
         };
+        if let (Ok(()), Some(index)) = (&r, self.node) {
+            r = self.join_cluster(index, sink);
+        }
         if r.is_err() {
             if let Some(d) = self.driver.as_mut() {
                 d.flush_partial(sink);
@@ -1530,6 +1603,45 @@ impl Instance for QemuInstance {
         Ok(())
     }
 
+    fn set_link(&mut self, up: bool) -> std::result::Result<(), Interrupt> {
+        if self.launch.cluster.is_none() || self.driver.is_none() {
+            return Err(Interrupt::Infra(
+                "only a running VM of a cluster has a link to pull".into(),
+            ));
+        }
+        let wiring = self.qmp.take();
+        let mut monitor = self.monitor.take();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30).mul_f64(self.factor);
+        let r = self.rt.block_on(async {
+            tokio::time::timeout_at(deadline, async {
+                let mut q = match (monitor.take(), wiring) {
+                    (Some(q), _) => q,
+                    (None, Some(w)) => w.connect().await?,
+                    (None, None) => return Err("QEMU has no monitor".to_string()),
+                };
+                let r = q
+                    .execute(
+                        "set_link",
+                        serde_json::json!({ "name": hub::NIC, "up": up }),
+                    )
+                    .await;
+                r.map(|_| q)
+            })
+            .await
+            .unwrap_or_else(|_| Err("QEMU's monitor did not answer in time".into()))
+        });
+        match r {
+            Ok(q) => {
+                self.monitor = Some(q);
+                Ok(())
+            }
+            Err(e) => Err(self.with_log(Interrupt::Infra(format!(
+                "cannot set the cluster link {}: {e}",
+                if up { "up" } else { "down" }
+            )))),
+        }
+    }
+
     fn facts(&self) -> Facts {
         Facts {
             accel: Some(self.launch.accel.name()),
@@ -1582,6 +1694,7 @@ mod tests {
             qmp: None,
             incoming: None,
             rng: false,
+            cluster: None,
         }
         .command()
         .1
@@ -1679,6 +1792,7 @@ mod tests {
             qmp: None,
             incoming: None,
             rng: false,
+            cluster: None,
         };
         let (program, a) = l.command();
         let a = a.join(" ");

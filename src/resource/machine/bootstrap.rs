@@ -43,6 +43,7 @@ impl MachineResource {
             MachineKind::Rootfs => Executor::Host,
         };
         let provision = Provision {
+            node: None,
             desired: cx.cx.desired,
             state: cx.cx.state,
             clouds: None,
