@@ -172,22 +172,38 @@ pub fn mac(i: usize) -> String {
     format!("52:54:00:c1:00:{:02x}", i)
 }
 
-/// The shell script that gives node `i` its MAC and address: the NIC is the
-/// one with [`SAVED_MAC`] (names differ between guests), first taken from
-/// the guest's own network manager (systemd-networkd would flush a foreign
-/// address from a link it matches; NetworkManager likewise). networkd is
-/// reloaded, or restarted where `networkctl` has no D-Bus to reach it.
-pub fn join_script(i: usize) -> String {
+/// Shell that sets `$n` to the cluster NIC: the one with [`SAVED_MAC`]
+/// (names differ between guests).
+fn find_nic() -> String {
     format!(
         "n=; for d in /sys/class/net/*; do [ \"$(cat $d/address 2>/dev/null)\" = {SAVED_MAC} ] && n=${{d##*/}}; done; \
-         [ -n \"$n\" ] || {{ echo 'reconcile: no cluster NIC (a virtio-net device with MAC {SAVED_MAC}) in the guest' >&2; exit 3; }}; \
-         command -v ip >/dev/null || {{ echo 'reconcile: the guest has no `ip` command (iproute2, or busybox) to address its cluster NIC' >&2; exit 3; }}; \
-         if command -v networkctl >/dev/null && [ -d /run/systemd/netif ]; then \
+         [ -n \"$n\" ] || {{ echo 'reconcile: no cluster NIC (a virtio-net device with MAC {SAVED_MAC}) in the guest' >&2; exit 3; }}; "
+    )
+}
+
+/// The shell script that takes the cluster NIC from the guest's own network
+/// manager, once after the boot (before a booted snapshot is saved):
+/// systemd-networkd would flush a foreign address from a link it matches,
+/// NetworkManager likewise. networkd is reloaded, or restarted where
+/// `networkctl` has no D-Bus to reach it.
+pub fn prepare_script() -> String {
+    format!(
+        "{}if command -v networkctl >/dev/null && [ -d /run/systemd/netif ]; then \
          mkdir -p /run/systemd/network && printf '[Match]\\nName=%s\\n[Link]\\nUnmanaged=yes\\n' \"$n\" >/run/systemd/network/00-reconcile-cluster.network && \
          {{ networkctl reload >/dev/null 2>&1 || systemctl try-restart systemd-networkd >/dev/null 2>&1; }}; fi; \
-         if command -v nmcli >/dev/null; then nmcli device set \"$n\" managed no >/dev/null 2>&1; fi; \
+         if command -v nmcli >/dev/null; then nmcli device set \"$n\" managed no >/dev/null 2>&1; fi; true",
+        find_nic()
+    )
+}
+
+/// The shell script that gives node `i` its MAC and address, after every
+/// start or restore.
+pub fn join_script(i: usize) -> String {
+    format!(
+        "{}command -v ip >/dev/null || {{ echo 'reconcile: the guest has no `ip` command (iproute2, or busybox) to address its cluster NIC' >&2; exit 3; }}; \
          ip link set dev \"$n\" down && ip link set dev \"$n\" address {mac} && ip addr flush dev \"$n\" && \
          ip addr add {addr}/24 dev \"$n\" && ip link set dev \"$n\" up",
+        find_nic(),
         mac = mac(i),
         addr = address(i),
     )
@@ -253,10 +269,13 @@ mod tests {
         assert!(s.contains("address 52:54:00:c1:00:02"), "{s}");
         assert!(s.contains("ip addr add 10.0.77.3/24"), "{s}");
         assert_eq!(address(0), "10.0.77.1");
-        let syntax = std::process::Command::new("sh")
-            .args(["-n", "-c", &s])
-            .output()
-            .unwrap();
-        assert!(syntax.status.success(), "{s}: {syntax:?}");
+        for script in [s, prepare_script()] {
+            let syntax = std::process::Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(syntax.status.success(), "{script}: {syntax:?}");
+        }
+        assert!(prepare_script().contains("Unmanaged=yes"));
     }
 }

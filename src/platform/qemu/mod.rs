@@ -677,9 +677,9 @@ impl QemuInstance {
                     accel.name(),
                     agent::starter(),
                     if p.node.is_some() {
-                        hub::SAVED_MAC
+                        hub::prepare_script()
                     } else {
-                        "-"
+                        "-".into()
                     }
                 );
                 let inputs = booted::Inputs {
@@ -853,6 +853,9 @@ impl QemuInstance {
 
     /// A fresh machine from the booted snapshot of `r`, made first if there
     /// is none; one that does not load is made anew, once, and said so.
+    /// Restores hold the snapshot's lock shared, so any number of them
+    /// (a cluster's nodes, `-j N`) load it at once; only making it is
+    /// exclusive.
     fn start_restored(
         &mut self,
         r: Restorable,
@@ -860,11 +863,12 @@ impl QemuInstance {
     ) -> std::result::Result<(), Interrupt> {
         // the state that did not load, and why
         let mut failed: Option<(Option<u64>, String)> = None;
+        // whether this instance made the state it restores (and saw its boot live)
+        let mut made = false;
         let mut replayed = false;
         loop {
-            let made = self.saved_or_made(&r, failed.as_ref().map(|f| f.0), sink)?;
             let cancel = self.cancel.clone();
-            let _reading = r
+            let reading = r
                 .store
                 .lock(
                     &r.key,
@@ -874,8 +878,14 @@ impl QemuInstance {
                 )
                 .map_err(|e| Interrupt::Infra(format!("cannot lock the booted snapshot: {e}")))?
                 .ok_or(Interrupt::Cancelled)?;
-            // another test may have made it anew in between: take what is there
-            let Some(saved) = r.store.find(&r.key) else {
+            // not the state that failed to load (another test may have made it anew)
+            let usable = r
+                .store
+                .find(&r.key)
+                .filter(|s| made || failed.as_ref().is_none_or(|f| f.0 != s.state_id()));
+            let Some(saved) = usable else {
+                drop(reading);
+                made = self.saved_or_made(&r, failed.as_ref().map(|f| f.0), sink)?;
                 continue;
             };
             if !made && !replayed {
@@ -889,7 +899,11 @@ impl QemuInstance {
             }
             match self.restore_from(&saved, sink) {
                 Ok(()) => {
-                    let note = failed.map(|(_, why)| format!("{why}; booted again and saved anew"));
+                    let note = failed.map(|(_, why)| match made {
+                        true => format!("{why}; booted again and saved anew"),
+                        // two tests found it broken at once: one made it anew
+                        false => format!("{why}; restored from the one another test made anew"),
+                    });
                     self.fresh = Some(("restore", note));
                     return Ok(());
                 }
@@ -992,7 +1006,9 @@ impl QemuInstance {
                 inner: &mut *sink,
                 log: &mut log,
             };
-            let booted = self.boot_up(&mut tee);
+            let booted = self
+                .boot_up(&mut tee)
+                .and_then(|()| self.prepare_cluster(&mut tee));
             if booted.is_err() {
                 if let Some(d) = self.driver.as_mut() {
                     d.flush_partial(&mut tee);
@@ -1200,6 +1216,24 @@ impl QemuInstance {
             }
         };
         Ok((status, String::from_utf8_lossy(&said.stdout).into_owned()))
+    }
+
+    /// A cluster node's NIC taken from the guest's network manager, once
+    /// after its boot (nothing outside a cluster).
+    fn prepare_cluster(&mut self, sink: &mut dyn Sink) -> std::result::Result<(), Interrupt> {
+        if self.node.is_none() {
+            return Ok(());
+        }
+        let (status, said) =
+            self.run_own(&hub::prepare_script(), "preparing the cluster NIC", sink)?;
+        if status != 0 {
+            let why = said.lines().rev().find(|l| !l.trim().is_empty());
+            return Err(Interrupt::Infra(format!(
+                "cannot prepare the cluster NIC (exit status {status}): {}",
+                why.unwrap_or("(it printed nothing)").trim()
+            )));
+        }
+        Ok(())
     }
 
     /// A cluster node's MAC and address on its cluster NIC.
@@ -1535,7 +1569,7 @@ impl Instance for QemuInstance {
         let t0 = Instant::now();
         let mut r = match self.restore.take() {
             Some(r) => self.start_restored(r, sink),
-            None => self.boot_up(sink),
+            None => self.boot_up(sink).and_then(|()| self.prepare_cluster(sink)),
         };
         if let (Ok(()), Some(index)) = (&r, self.node) {
             r = self.join_cluster(index, sink);
