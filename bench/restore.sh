@@ -77,7 +77,7 @@ cat <<MD
 | a fresh machine by boot (median boot_ms) | ${B[kit-boot]} ms | ${B[deb-boot]} ms | — |
 | restore vs boot | $(ratio "${B[kit-boot]}" "${B[kit-restore]}")× faster | $(ratio "${B[deb-boot]}" "${B[deb-restore]}")× faster | ≥ 10× (Debian) |
 | the suite, fresh = "restore" (wall) | ${W[kit-restore]} ms | ${W[deb-restore]} ms | — |
-| the suite, fresh = "boot" (wall; a boot per test, kola's way) | ${W[kit-boot]} ms | ${W[deb-boot]} ms | — |
+| the suite, fresh = "boot" (wall; reconcile booting per test) | ${W[kit-boot]} ms | ${W[deb-boot]} ms | — |
 | restore vs boot, wall | $(ratio "${W[kit-boot]}" "${W[kit-restore]}")× less | $(ratio "${W[deb-boot]}" "${W[deb-restore]}")× less | ≥ 8× (Debian, 20 tests) |
 | the suite, bare qemu-system booting once per test (kola's way, wall) | — | ${W[kola]} ms | — |
 | restore vs kola's way, wall | — | $(ratio "${W[kola]}" "${W[deb-restore]}")× less | — |

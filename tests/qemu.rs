@@ -1087,8 +1087,26 @@ run = ["true"]
         6,
         "{other}"
     );
+    // room for one cluster of two 256 MiB nodes at a time: a cluster
+    // reserves the memory of all its nodes
+    let desired = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
+    fs::write(
+        farm.path("reconcile.toml"),
+        desired.replacen(
+            "version = 1\n",
+            "version = 1\n[settings]\nvm_memory = \"600 MiB\"\n",
+            1,
+        ),
+    )
+    .unwrap();
     let r = farm.run(&["test", "-j", "2"]);
     r.expect(4);
+    assert!(
+        r.all()
+            .contains("waits for memory: its 2 VMs need 512 MiB, 512 of 600 MiB are in use"),
+        "{}",
+        r.all()
+    );
     let t = tests_by_name(&report(&farm));
     for name in ["c.reach", "c.other", "c.cable", "c.replugged"] {
         let x = &t[name];
