@@ -729,3 +729,61 @@ fn dir_test_headers_and_required_tags() {
         r.stderr
     );
 }
+
+/// The run directories under .reconcile/runs (not `latest`), oldest first.
+fn run_dirs(farm: &Farm) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(farm.path(".reconcile/runs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn old_runs_are_pruned_but_never_the_latest_nor_one_in_use() {
+    let farm = Farm::new();
+    let desired = |keep: u32| {
+        format!("version = 1\n[settings]\nkeep_runs = {keep}\n[suite.s.test.t]\nrun = [\"true\"]\n")
+    };
+    farm.desired(&desired(2));
+    let mut made = Vec::new();
+    for _ in 0..4 {
+        farm.run(&["test"]).expect(0);
+        let latest = fs::read_link(farm.path(".reconcile/runs/latest")).unwrap();
+        made.push(latest.file_name().unwrap().to_string_lossy().into_owned());
+        // run names have a one-second stamp: keep them apart
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert_eq!(run_dirs(&farm), made[2..].to_vec(), "the two newest stay");
+    // a run in use (its directory locked, as a running `reconcile test`
+    // holds it) outlives the limit
+    let older = farm.path(".reconcile/runs").join(&made[2]);
+    let mut holder = Command::new("flock")
+        .arg("-s")
+        .arg(&older)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock (util-linux)");
+    std::thread::sleep(Duration::from_millis(300));
+    farm.desired(&desired(1));
+    farm.run(&["test"]).expect(0);
+    let after = run_dirs(&farm);
+    let newest = fs::read_link(farm.path(".reconcile/runs/latest")).unwrap();
+    let newest = newest.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(after, vec![made[2].clone(), newest.clone()], "in use and latest stay");
+    assert!(!after.contains(&made[3]), "{after:?}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    // once it is no longer in use, it goes
+    std::thread::sleep(Duration::from_millis(1100));
+    farm.run(&["test"]).expect(0);
+    assert_eq!(run_dirs(&farm).len(), 1, "{:?}", run_dirs(&farm));
+    // validation
+    farm.desired(&desired(0));
+    let r = farm.run(&["validate"]);
+    r.expect(1);
+    assert!(r.all().contains("keep_runs must be between 1 and 100000"), "{}", r.all());
+}

@@ -76,6 +76,10 @@ pub struct Settings {
     /// Default: what /proc/meminfo says is available when the run starts,
     /// less 256 MiB.
     pub vm_memory: Option<Size>,
+    /// Test runs kept in the runs directory, newest first (default 20):
+    /// older ones are removed after each run. The run `latest` names and
+    /// runs still running are never removed.
+    pub keep_runs: Option<u32>,
 }
 
 /// A storage volume holding machines in the buildos layout.

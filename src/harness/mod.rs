@@ -7,4 +7,5 @@ mod cluster;
 pub mod matchers;
 pub mod report;
 pub mod run;
+pub mod runs;
 pub mod select;

@@ -148,6 +148,8 @@ pub fn run(
     let run_name = format!("{stamp}-{}", std::process::id());
     let run_dir = opts.runs_dir.join(&run_name);
     fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    // in use until this returns: pruning elsewhere passes it by
+    let _in_use = super::runs::hold(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
     on(Event::Started {
         run_dir: &run_dir,
         tests: selection.selected.len(),
@@ -235,6 +237,19 @@ pub fn run(
     fsops::Beneath::open(&opts.runs_dir)
         .and_then(|runs| fsops::switch_symlink(&runs, Path::new(&run_name), Path::new("latest")))
         .map_err(|e| Error::io(&latest, e))?;
+    let keep = desired
+        .model
+        .settings
+        .as_ref()
+        .and_then(|s| s.keep_runs)
+        .unwrap_or(super::runs::DEFAULT_KEEP_RUNS);
+    if let Err(e) = super::runs::prune(&opts.runs_dir, keep as usize) {
+        let why = format!(
+            "cannot prune old test runs in {}: {e} (they stay; remove them by hand)",
+            opts.runs_dir.display()
+        );
+        on(Event::Note(&why));
+    }
     Ok(report)
 }
 

@@ -76,6 +76,17 @@ fn file(c: &mut Checker, m: &DesiredFile) {
         }
     }
 
+    if let Some(k) = m.settings.as_ref().and_then(|s| s.keep_runs) {
+        if k == 0 || k > 100_000 {
+            c.value(
+                &["settings", "keep_runs"],
+                "keep_runs must be between 1 and 100000".into(),
+                "out of range",
+                Some("the latest run is always kept; say how many runs to keep in all".into()),
+            );
+        }
+    }
+
     if let Some(l) = m.settings.as_ref().and_then(|s| s.extract_limit) {
         if l.0 == 0 {
             c.value(
