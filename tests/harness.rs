@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -761,10 +762,12 @@ fn old_runs_are_pruned_but_never_the_latest_nor_one_in_use() {
     // a run in use (its directory locked, as a running `reconcile test`
     // holds it) outlives the limit
     let older = farm.path(".reconcile/runs").join(&made[2]);
+    // (-o: the lock is flock's own, gone when it is killed; its sleep does not inherit it)
     let mut holder = Command::new("flock")
-        .arg("-s")
+        .args(["-s", "-o"])
         .arg(&older)
         .args(["sleep", "60"])
+        .process_group(0)
         .spawn()
         .expect("flock (util-linux)");
     std::thread::sleep(Duration::from_millis(300));
@@ -773,9 +776,16 @@ fn old_runs_are_pruned_but_never_the_latest_nor_one_in_use() {
     let after = run_dirs(&farm);
     let newest = fs::read_link(farm.path(".reconcile/runs/latest")).unwrap();
     let newest = newest.file_name().unwrap().to_string_lossy().into_owned();
-    assert_eq!(after, vec![made[2].clone(), newest.clone()], "in use and latest stay");
+    assert_eq!(
+        after,
+        vec![made[2].clone(), newest.clone()],
+        "in use and latest stay"
+    );
     assert!(!after.contains(&made[3]), "{after:?}");
-    let _ = holder.kill();
+    // flock and its sleep, the whole group
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", holder.id())])
+        .status();
     let _ = holder.wait();
     // once it is no longer in use, it goes
     std::thread::sleep(Duration::from_millis(1100));
@@ -785,5 +795,9 @@ fn old_runs_are_pruned_but_never_the_latest_nor_one_in_use() {
     farm.desired(&desired(0));
     let r = farm.run(&["validate"]);
     r.expect(1);
-    assert!(r.all().contains("keep_runs must be between 1 and 100000"), "{}", r.all());
+    assert!(
+        r.all().contains("keep_runs must be between 1 and 100000"),
+        "{}",
+        r.all()
+    );
 }

@@ -93,9 +93,7 @@ mod tests {
     #[test]
     fn prune_keeps_the_newest_latest_and_runs_in_use() {
         let t = tempfile::tempdir().unwrap();
-        let names: Vec<String> = (1..=6)
-            .map(|i| format!("20261204T10000{i}Z-{i}"))
-            .collect();
+        let names: Vec<String> = (1..=6).map(|i| format!("20261204T10000{i}Z-{i}")).collect();
         for n in &names {
             std::fs::create_dir(t.path().join(n)).unwrap();
             std::fs::write(t.path().join(n).join("report.json"), "{}").unwrap();
