@@ -70,6 +70,16 @@ console = {{ ready = 'kit: up', prompt = 'kit# ', {login} }}
     )
 }
 
+/// The farm's file `desired` with `[settings] vm_memory = size`.
+fn with_vm_memory(farm: &Farm, desired: &str, size: &str) {
+    let settings = format!("version = 1\n[settings]\nvm_memory = \"{size}\"\n");
+    fs::write(
+        farm.path("reconcile.toml"),
+        desired.replacen("version = 1\n", &settings, 1),
+    )
+    .unwrap();
+}
+
 /// No QEMU of the farm is left running and no working snapshot is left behind.
 fn assert_nothing_left(farm: &Farm) {
     assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
@@ -973,15 +983,7 @@ run = ["sh", "-c", "date +%s%N"]
     );
     // room for one 256 MiB VM at a time
     let desired = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
-    fs::write(
-        farm.path("reconcile.toml"),
-        desired.replacen(
-            "version = 1\n",
-            "version = 1\n[settings]\nvm_memory = \"300 MiB\"\n",
-            1,
-        ),
-    )
-    .unwrap();
+    with_vm_memory(&farm, &desired, "300 MiB");
     let r = farm.run(&["test", "-j", "2"]);
     r.expect(0);
     assert!(
@@ -991,15 +993,7 @@ run = ["sh", "-c", "date +%s%N"]
         r.all()
     );
     // with room for both, nothing waits
-    fs::write(
-        farm.path("reconcile.toml"),
-        desired.replacen(
-            "version = 1\n",
-            "version = 1\n[settings]\nvm_memory = \"1 GiB\"\n",
-            1,
-        ),
-    )
-    .unwrap();
+    with_vm_memory(&farm, &desired, "1 GiB");
     let r = farm.run(&["test", "-j", "2"]);
     r.expect(0);
     assert!(!r.all().contains("waits for memory"), "{}", r.all());
@@ -1090,15 +1084,7 @@ run = ["true"]
     // room for one cluster of two 256 MiB nodes at a time: a cluster
     // reserves the memory of all its nodes
     let desired = fs::read_to_string(farm.path("reconcile.toml")).unwrap();
-    fs::write(
-        farm.path("reconcile.toml"),
-        desired.replacen(
-            "version = 1\n",
-            "version = 1\n[settings]\nvm_memory = \"600 MiB\"\n",
-            1,
-        ),
-    )
-    .unwrap();
+    with_vm_memory(&farm, &desired, "600 MiB");
     let r = farm.run(&["test", "-j", "2"]);
     r.expect(4);
     assert!(

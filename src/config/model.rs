@@ -840,10 +840,8 @@ pub struct Test {
     expecting = "an `on` step is a command ([\"cmd\", \"arg\"]), a link fault ({ link = \"down\" or \"up\", node = 1 }), or a list of them"
 )]
 pub enum OnSteps {
-    /// One command (argv).
-    Command(Vec<String>),
-    /// One link fault.
-    Link(LinkStep),
+    /// One step.
+    One(OnStep),
     /// Several, in order.
     Steps(Vec<OnStep>),
 }
@@ -863,8 +861,7 @@ impl OnSteps {
     /// The steps, in order.
     pub fn steps(&self) -> Vec<OnStep> {
         match self {
-            OnSteps::Command(argv) => vec![OnStep::Command(argv.clone())],
-            OnSteps::Link(l) => vec![OnStep::Link(l.clone())],
+            OnSteps::One(step) => vec![step.clone()],
             OnSteps::Steps(s) => s.clone(),
         }
     }

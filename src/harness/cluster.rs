@@ -18,7 +18,7 @@ use crate::platform::{Provision, Step, Target};
 use crate::process::{Exit, Interrupt, Outcome};
 
 /// Node `i`'s folder under the test's.
-pub fn node_dir(i: usize) -> String {
+fn node_dir(i: usize) -> String {
     format!("node{i}")
 }
 

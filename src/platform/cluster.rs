@@ -64,11 +64,11 @@ impl Cluster {
             let _ = n.orders.send(Order::Start);
         }
         let mut first = None;
-        for (i, n) in self.nodes.iter().enumerate() {
-            let r = match n.replies.recv() {
+        for i in 0..self.nodes.len() {
+            let r = match self.reply(i) {
                 Ok(Reply::Started(r)) => r,
-                Ok(_) => Err(Interrupt::Infra("the node answered out of turn".into())),
-                Err(_) => Err(Interrupt::Infra(format!("node {i} went away"))),
+                Ok(_) => Err(out_of_turn()),
+                Err(e) => Err(e),
             };
             if let (Err(e), None) = (r, &first) {
                 first = Some((i, e));
@@ -79,29 +79,37 @@ impl Cluster {
 
     /// Run `step` on node `i`.
     pub fn run(&mut self, i: usize, step: &Step) -> Outcome {
-        let n = &self.nodes[i];
-        n.orders
-            .send(Order::Run(Box::new(step.clone())))
-            .map_err(|_| Interrupt::Infra(format!("node {i} went away")))?;
-        match n.replies.recv() {
-            Ok(Reply::Ran(r)) => r,
-            Ok(_) => Err(Interrupt::Infra("the node answered out of turn".into())),
-            Err(_) => Err(Interrupt::Infra(format!("node {i} went away"))),
+        match self.ask(i, Order::Run(Box::new(step.clone())))? {
+            Reply::Ran(r) => r,
+            _ => Err(out_of_turn()),
         }
     }
 
     /// Pull node `i`'s cable (`up` false) or plug it back in.
     pub fn set_link(&mut self, i: usize, up: bool) -> std::result::Result<(), Interrupt> {
-        let n = &self.nodes[i];
-        n.orders
-            .send(Order::Link(up))
-            .map_err(|_| Interrupt::Infra(format!("node {i} went away")))?;
-        match n.replies.recv() {
-            Ok(Reply::Linked(r)) => r,
-            Ok(_) => Err(Interrupt::Infra("the node answered out of turn".into())),
-            Err(_) => Err(Interrupt::Infra(format!("node {i} went away"))),
+        match self.ask(i, Order::Link(up))? {
+            Reply::Linked(r) => r,
+            _ => Err(out_of_turn()),
         }
     }
+
+    /// Send node `i` an order and wait for its answer.
+    fn ask(&self, i: usize, order: Order) -> std::result::Result<Reply, Interrupt> {
+        self.nodes[i].orders.send(order).map_err(|_| gone(i))?;
+        self.reply(i)
+    }
+
+    fn reply(&self, i: usize) -> std::result::Result<Reply, Interrupt> {
+        self.nodes[i].replies.recv().map_err(|_| gone(i))
+    }
+}
+
+fn gone(i: usize) -> Interrupt {
+    Interrupt::Infra(format!("node {i} went away"))
+}
+
+fn out_of_turn() -> Interrupt {
+    Interrupt::Infra("the node answered out of turn".into())
 }
 
 /// Provision `outputs.len()` nodes of `target` on `executor` (each a VM

@@ -22,7 +22,6 @@ const FRAME_MAX: usize = 65536;
 /// One cluster's hub; dropping it stops it and removes its sockets.
 pub struct Hub {
     dir: PathBuf,
-    ports: usize,
     frames: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -98,15 +97,10 @@ impl Hub {
             })?;
         Ok(Hub {
             dir,
-            ports,
             frames,
             stop: Some(stop),
             thread: Some(thread),
         })
-    }
-
-    pub fn ports(&self) -> usize {
-        self.ports
     }
 
     /// Port `i`: the socket its VM binds (`local`) and the hub's socket it

@@ -1224,16 +1224,10 @@ impl QemuInstance {
         if self.node.is_none() {
             return Ok(());
         }
-        let (status, said) =
-            self.run_own(&hub::prepare_script(), "preparing the cluster NIC", sink)?;
-        if status != 0 {
-            let why = said.lines().rev().find(|l| !l.trim().is_empty());
-            return Err(Interrupt::Infra(format!(
-                "cannot prepare the cluster NIC (exit status {status}): {}",
-                why.unwrap_or("(it printed nothing)").trim()
-            )));
-        }
-        Ok(())
+        let script = hub::prepare_script();
+        self.run_own_ok(&script, "preparing the cluster NIC", sink, |why| {
+            format!("cannot prepare the cluster NIC {why}")
+        })
     }
 
     /// A cluster node's MAC and address on its cluster NIC.
@@ -1242,23 +1236,28 @@ impl QemuInstance {
         index: usize,
         sink: &mut dyn Sink,
     ) -> std::result::Result<(), Interrupt> {
-        let (status, said) = self.run_own(
-            &hub::join_script(index),
-            "joining the cluster network",
-            sink,
-        )?;
-        if status != 0 {
-            let why = said
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("(it printed nothing)");
-            return Err(Interrupt::Infra(format!(
-                "node {index} cannot address its cluster NIC (exit status {status}): {}",
-                why.trim()
-            )));
+        let script = hub::join_script(index);
+        self.run_own_ok(&script, "joining the cluster network", sink, |why| {
+            format!("node {index} cannot address its cluster NIC {why}")
+        })
+    }
+
+    /// [`run_own`](Self::run_own), a non-zero status an `infra` error:
+    /// `fail` completes `(exit status N): <the script's last line>`.
+    fn run_own_ok(
+        &mut self,
+        script: &str,
+        what: &str,
+        sink: &mut dyn Sink,
+        fail: impl FnOnce(String) -> String,
+    ) -> std::result::Result<(), Interrupt> {
+        match self.run_own(script, what, sink)? {
+            (0, _) => Ok(()),
+            (status, said) => Err(Interrupt::Infra(fail(format!(
+                "(exit status {status}): {}",
+                last_word(&said)
+            )))),
         }
-        Ok(())
     }
 
     /// Bring the command channel up, when the VM has one.
@@ -1287,16 +1286,10 @@ impl QemuInstance {
             self.rt
                 .block_on(driver.run(agent::starter(), &prompt, &mut said, &deadline))?;
         if status != 0 {
-            let said = String::from_utf8_lossy(&said.stdout);
-            let why = said
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("(it printed nothing)");
             return Err(Interrupt::Infra(format!(
                 "the command channel's agent did not start (exit status {status}): {} \
                  (set vm.transport = \"console\" to type commands on the serial console instead)",
-                why.trim()
+                last_word(&String::from_utf8_lossy(&said.stdout))
             )));
         }
         self.rt.block_on(channel.hello(driver, sink))?;
@@ -1320,15 +1313,10 @@ impl QemuInstance {
             .block_on(driver.run(&grant, &prompt, &mut said, &deadline))?;
         let said = String::from_utf8_lossy(&said.stdout).into_owned();
         if status != 0 && keys.trust(&said).is_err() {
-            let why = said
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("(it printed nothing)");
             return Err(Interrupt::Infra(format!(
                 "cannot authorise reconcile's ssh key in the guest (exit status {status}): {} \
                  (vm.transport = \"agent\" needs no sshd)",
-                why.trim()
+                last_word(&said)
             )));
         }
         let user = keys.trust(&said)?;
@@ -1417,6 +1405,15 @@ impl QemuInstance {
             let _ = self.rt.block_on(d.child.wait());
         }
     }
+}
+
+/// The last line a guest command printed, which usually says why it failed.
+fn last_word(said: &str) -> &str {
+    said.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("(it printed nothing)")
 }
 
 /// The console of the boot a booted snapshot was saved after.
