@@ -5,7 +5,9 @@
 //!
 //! - [`cli`] parses the command line, calls one entry point of [`ops`] and
 //!   hands its typed result to [`render`] (text, Markdown; JSON is the
-//!   result types serialised).
+//!   result types serialised). [`serve`] is `watch --listen`'s front door
+//!   (metrics, probes, status, a page): it reads what `ops` records and
+//!   renders with [`render`].
 //! - [`ops`] is the one floor where commands are put together: loading the
 //!   file (from disk or a verified git commit, [`fleet`]), planning
 //!   ([`plan`]), converging ([`apply`]), then running tests ([`harness`]).
@@ -43,6 +45,7 @@ pub mod process;
 pub mod render;
 pub mod resource;
 pub mod schema;
+pub mod serve;
 pub mod source;
 pub mod state;
 pub mod store;

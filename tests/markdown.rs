@@ -146,6 +146,7 @@ fn apply_markdown_matches_its_golden() {
         result: ApplyResult::Failed,
         changes: 6,
         failed: vec!["plugin.old".into()],
+        drift_kept: vec![],
         events: vec![
             Step::Recovered {
                 address: "plugin.kolet".into(),

@@ -4,9 +4,9 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,16 @@ struct Watch {
 
 impl Watch {
     fn start(farm: &Farm) -> Watch {
+        Self::start_with(farm, &[], &[])
+    }
+
+    /// With more arguments and environment.
+    fn start_with(farm: &Farm, args: &[&str], env: &[(&str, &str)]) -> Watch {
+        let mut all = vec!["watch", "--json", "--interval", "1h"];
+        all.extend_from_slice(args);
         let mut child = farm
-            .cmd(&["watch", "--json", "--interval", "1h"])
+            .cmd(&all)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -52,6 +60,20 @@ impl Watch {
         w
     }
 
+    /// The front door's address (`--listen`): said before the first converge.
+    fn url(&self, path: &str) -> String {
+        let listening = self
+            .seen
+            .iter()
+            .find(|e| e["event"] == "listening")
+            .unwrap_or_else(|| panic!("no `listening` event: {:#?}", self.seen));
+        format!(
+            "{}{}",
+            listening["url"].as_str().unwrap().trim_end_matches('/'),
+            path
+        )
+    }
+
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
@@ -73,6 +95,14 @@ impl Watch {
             }
         }
         panic!("no `{name}` event; events so far: {:#?}", self.seen);
+    }
+
+    /// An event seen already (the first converge's come before `started`), or the next one.
+    fn seen_or_wait(&mut self, name: &str) -> serde_json::Value {
+        match self.seen.iter().find(|e| e["event"] == name) {
+            Some(e) => e.clone(),
+            None => self.wait_for(name, |_| true),
+        }
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
@@ -327,5 +357,252 @@ fn watch_runs_the_test_plan_after_a_converge_when_asked() {
     let tested = w.wait_for("tested", |_| true);
     assert_eq!(tested["pass"], 1, "{tested}");
     assert_eq!(tested["fail"], 0, "{tested}");
+    assert!(w.stop().success());
+}
+
+// ---------- the front door (`--listen`) and systemd ----------
+
+struct Got {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+fn http(method: &str, url: &str, accept: Option<&str>) -> Got {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(PATIENCE))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = match method {
+        "GET" => {
+            let mut req = agent.get(url);
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            req.call()
+        }
+        _ => agent.post(url).send_empty(),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    Got {
+        status: r.status().as_u16(),
+        content_type: r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        body: r.body_mut().read_to_string().unwrap(),
+    }
+}
+
+fn get(url: &str) -> Got {
+    http("GET", url, None)
+}
+
+/// Poll `f` until it gives something (the loop records a converge just
+/// after it logs it); panics with the last miss after PATIENCE.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(miss) if Instant::now() > deadline => panic!("{what}: {miss}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// The value of one sample in a text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A plugin and, after each converge that changed something, one test that
+/// fails with a kernel panic on the second line of its stdout.
+fn watched_farm() -> Farm {
+    let farm = Farm::new();
+    farm.write("src/1/tool", "#!/bin/sh\necho 1\n");
+    farm.desired(&watched_conf(""));
+    farm
+}
+
+fn watched_conf(extra: &str) -> String {
+    format!(
+        "version = 1\n[watch]\ntest = true\n[plugin.tool]\nversion = \"1\"\nsource = {{ dir = \"src/1\" }}\n\
+         {extra}\
+         [suite.s.test.panics]\nrun = [\"/bin/sh\", \"-c\", \"echo booting; echo 'Kernel panic - not syncing: boom'\"]\n\
+         [run]\nsuites = [\"s\"]\n"
+    )
+}
+
+#[test]
+fn watch_listen_serves_metrics_probes_status_and_a_page() {
+    let farm = watched_farm();
+    let mut w = Watch::start_with(&farm, &["--listen", "127.0.0.1:0"], &[]);
+    let tested = w.seen_or_wait("tested");
+    assert_eq!(tested["fail"], 1, "{tested}");
+
+    // metrics: the text format for a client that does not ask for OpenMetrics
+    let m = get(&w.url("/metrics"));
+    assert_eq!(m.status, 200);
+    assert!(
+        m.content_type.starts_with("text/plain; version=0.0.4"),
+        "{}",
+        m.content_type
+    );
+    let t = &m.body;
+    assert_eq!(
+        sample(t, r#"reconcile_resources{kind="plugin",state="ready"}"#),
+        Some(1.0),
+        "{t}"
+    );
+    // the first converge, and one more once the new plugin tree is watched
+    let converges = sample(t, r#"reconcile_converge_total{result="success"}"#).unwrap();
+    assert!(converges >= 1.0, "{t}");
+    assert_eq!(
+        sample(t, r#"reconcile_converge_total{result="failure"}"#),
+        Some(0.0),
+        "{t}"
+    );
+    assert_eq!(
+        sample(t, r#"reconcile_tests_total{result="fail"}"#),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(
+        sample(
+            t,
+            r#"reconcile_converge_duration_seconds_count{result="success"}"#
+        ),
+        Some(converges),
+        "{t}"
+    );
+    assert!(
+        sample(t, "reconcile_last_success_timestamp_seconds").unwrap() > 1.7e9,
+        "{t}"
+    );
+    assert!(t.contains("reconcile_build_info{version=\""), "{t}");
+    // no per-resource labels
+    assert!(!t.contains("plugin.tool"), "{t}");
+    // promtool, Prometheus' own checker, accepts the exposition
+    if Path::new("/usr/bin/promtool").exists() {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(t.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        skip("promtool (Debian's prometheus package) to check the exposition");
+    }
+    // OpenMetrics for a scraper that asks for it
+    let om = http(
+        "GET",
+        &w.url("/metrics"),
+        Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+    );
+    assert!(
+        om.content_type.starts_with("application/openmetrics-text"),
+        "{}",
+        om.content_type
+    );
+    assert!(
+        om.body.contains("# TYPE reconcile_converge counter\n"),
+        "{}",
+        om.body
+    );
+    assert!(om.body.ends_with("# EOF\n"), "{}", om.body);
+
+    // probes and status
+    let h = get(&w.url("/healthz"));
+    assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
+    let r = get(&w.url("/readyz"));
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    let st = get(&w.url("/status"));
+    assert_eq!(st.status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&st.body).unwrap();
+    assert_eq!(doc["resources"][0]["address"], "plugin.tool", "{doc}");
+    assert_eq!(doc["resources"][0]["installed_version"], "1", "{doc}");
+    assert_eq!(doc["last_tests"]["summary"]["fail"], 1, "{doc}");
+
+    // the page: the failure links to the line of its log the check hit
+    let page = get(&w.url("/"));
+    assert_eq!(page.status, 200);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
+    let link = page
+        .body
+        .split("href=\"")
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap()])
+        .find(|h| h.starts_with("/runs/"))
+        .unwrap_or_else(|| panic!("no link to a run's log: {}", page.body))
+        .to_string();
+    // the host executor's console is the command's output
+    assert!(link.ends_with("/s.panics/console.txt#L2"), "{link}");
+    let log = get(&w.url(link.split('#').next().unwrap()));
+    assert_eq!(log.status, 200, "{}", log.body);
+    assert!(
+        log.body.contains("id=\"L2\"")
+            && log.body.contains("Kernel panic - not syncing: boom</pre>"),
+        "{}",
+        log.body
+    );
+
+    // what is not served
+    assert_eq!(http("POST", &w.url("/"), None).status, 405);
+    assert_eq!(get(&w.url("/nothing")).status, 404);
+    let out = get(&w.url("/runs/..%2F..%2Freconcile.toml"));
+    assert_ne!(out.status, 200, "{}", out.body);
+    assert!(!out.body.contains("[plugin.tool]"), "{}", out.body);
+
+    // drift repaired: counted by kind
+    fs::remove_file(farm.path("plugins/tool/tool")).unwrap();
+    w.wait_for("applied", |_| true);
+    eventually("a drift repair counted", || {
+        let t = get(&w.url("/metrics")).body;
+        match sample(&t, r#"reconcile_drift_repairs_total{kind="plugin"}"#) {
+            Some(1.0) => Ok(()),
+            _ => Err(t),
+        }
+    });
+
+    // a converge that fails: not ready, and why
+    fs::create_dir_all(farm.path("plugins/other")).unwrap();
+    fs::write(farm.path("plugins/other/by-hand"), "x").unwrap();
+    save_by_rename(
+        &farm,
+        &watched_conf("[plugin.other]\nversion = \"1\"\nsource = { dir = \"src/1\" }\n"),
+    );
+    w.wait_for("error", |_| true);
+    let r = eventually("not ready", || match get(&w.url("/readyz")) {
+        r if r.status == 503 => Ok(r),
+        r => Err(r.body),
+    });
+    assert!(r.body.contains("the last converge (config"), "{}", r.body);
+    assert!(r.body.contains("plugins/other"), "{}", r.body);
+    // alive all the same
+    assert_eq!(get(&w.url("/healthz")).status, 200);
+    let t = get(&w.url("/metrics")).body;
+    assert_eq!(
+        sample(&t, r#"reconcile_converge_total{result="failure"}"#),
+        Some(1.0),
+        "{t}"
+    );
     assert!(w.stop().success());
 }

@@ -56,6 +56,8 @@ pub struct Outcome {
     pub failed: Vec<String>,
     /// Addresses applied successfully.
     pub applied: Vec<String>,
+    /// Addresses that drifted and were left so (`drift = "warn"`).
+    pub drift_kept: Vec<String>,
     /// Stopped early by `Options::cancel` (every resource is still fully old or fully new).
     pub cancelled: bool,
 }
@@ -100,6 +102,11 @@ pub fn converge(
     let mut outcome = Outcome::default();
     for p in in_dependency_order(&planned) {
         if p.changes.is_empty() {
+            continue;
+        }
+        if p.drift_warn() {
+            // drift = "warn": reported in the plan, left as it is
+            outcome.drift_kept.push(p.resource.address().to_string());
             continue;
         }
         if opts

@@ -428,6 +428,15 @@ pub struct WatchArgs {
     /// How long a converge waits for another apply holding the lock before it reports an error.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
     pub lock_timeout: Duration,
+    /// Serve /metrics (Prometheus), /healthz, /readyz, /status and a page at / on this
+    /// address; a bare port listens on 127.0.0.1. Off by default.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = crate::serve::parse_listen)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The loop is unhealthy (/healthz 503, no systemd WATCHDOG=1) once it has
+    /// made no progress for this long: an idle loop wakes up regularly, a
+    /// converge reports each resource and test.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30m")]
+    pub stall: Duration,
 }
 
 #[derive(Debug, clap::Args)]

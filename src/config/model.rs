@@ -120,6 +120,26 @@ pub enum Prune {
     None,
 }
 
+/// What is done when a tree reconcile published was changed outside it
+/// (a file edited, added or deleted) while its desired state stayed the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMode {
+    /// Put it back as published (the next apply, or watch at once).
+    #[default]
+    Repair,
+    /// Report it (plan exits 2, watch logs it and counts it in its metrics
+    /// and status) and leave it as it is, like Flux's `driftDetection: warn`.
+    /// A change of the desired state is still applied.
+    Warn,
+}
+
+impl DriftMode {
+    pub fn is_repair(&self) -> bool {
+        *self == DriftMode::Repair
+    }
+}
+
 /// A machine kept as revisions, with per-toolchain snapshots.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -537,6 +557,9 @@ pub struct Image {
     pub vm: Option<Vm>,
     /// How its serial console is driven.
     pub console: Option<Console>,
+    /// Drift of the published tree: `repair` (default) or `warn`.
+    #[serde(default, skip_serializing_if = "DriftMode::is_repair")]
+    pub drift: DriftMode,
 }
 
 /// The iPXE script an image with `ipxe` carries; a PXE client boots it.
@@ -588,6 +611,9 @@ pub struct Plugin {
     pub source: Source,
     /// Name of the executable. Default: the plugin's name.
     pub bin: Option<String>,
+    /// Drift of the installed tree: `repair` (default) or `warn`.
+    #[serde(default, skip_serializing_if = "DriftMode::is_repair")]
+    pub drift: DriftMode,
 }
 
 impl Plugin {

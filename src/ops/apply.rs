@@ -61,6 +61,9 @@ pub struct ApplyReport {
     pub changes: usize,
     /// Addresses that failed.
     pub failed: Vec<String>,
+    /// Addresses that drifted and were left so (`drift = "warn"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift_kept: Vec<String>,
     pub events: Vec<Step>,
     pub took_ms: u128,
     /// The plan that was applied, when the caller asked to keep it (for
@@ -171,6 +174,7 @@ pub fn converge_then_test(
         result,
         changes: outcome.changes,
         failed: outcome.failed,
+        drift_kept: outcome.drift_kept,
         events,
         took_ms: started.elapsed().as_millis(),
         plan,

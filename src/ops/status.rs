@@ -95,6 +95,11 @@ pub fn status(file: &Path, git: Option<&Remote>, opts: LoadOptions) -> Result<St
         }
         None => config::load_with(file, opts)?,
     };
+    report(&desired, record).map(|r| Status::Report(Box::new(r)))
+}
+
+/// The status of a loaded desired state (`watch --listen` serves it at `/status`).
+pub fn report(desired: &Desired, record: Option<Record>) -> Result<StatusReport> {
     let state = StateDir::existing(&desired.state_dir);
     let tests = Report::load(&desired.state_dir.join("runs/latest/report.json"))
         .ok()
@@ -104,12 +109,12 @@ pub fn status(file: &Path, git: Option<&Remote>, opts: LoadOptions) -> Result<St
             summary: r.summary,
             incomplete: r.incomplete,
         });
-    Ok(Status::Report(Box::new(StatusReport {
+    Ok(StatusReport {
         format_version: 1,
         host: desired.host.clone(),
         file: desired.path.clone(),
         git: record,
-        resources: observe_all(&desired, &state)?,
+        resources: observe_all(desired, &state)?,
         last_apply: state.last_apply(),
         last_tests: tests,
         booted: crate::platform::qemu::booted::list(&state.booted_dir())
@@ -124,7 +129,7 @@ pub fn status(file: &Path, git: Option<&Remote>, opts: LoadOptions) -> Result<St
                 qemu: m.qemu,
             })
             .collect(),
-    })))
+    })
 }
 
 /// Observe every resource (read-only) and give each one's status, by address.

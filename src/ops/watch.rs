@@ -16,6 +16,8 @@ use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
 use super::apply::{converge_then_test, run_tests_after, Progress};
+use super::monitor::{self, Monitor};
+use super::systemd::Systemd;
 use crate::apply;
 use crate::config::{self, lockfile, Desired, Diagnostic};
 use crate::error::{Error, Result};
@@ -34,12 +36,18 @@ pub struct Options {
     pub git: Option<crate::fleet::git::Remote>,
     /// How `file` is taken (`--hostname`).
     pub load: config::LoadOptions,
+    /// What the loop records of itself (`--listen` serves it; systemd's watchdog asks it).
+    pub monitor: Arc<Monitor>,
 }
 
 /// What watch reports, in order. Rendering is the caller's.
 #[derive(serde::Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event<'a> {
+    /// `--listen`: the front door is open (before the first converge).
+    Listening {
+        url: String,
+    },
     Started {
         file: &'a Path,
         resources: usize,
@@ -85,6 +93,10 @@ pub enum Event<'a> {
         commit: &'a str,
         from: Option<&'a str>,
     },
+    /// Resources that drifted and whose `drift = "warn"` leaves them so: reported, not repaired.
+    DriftKept {
+        addresses: &'a [String],
+    },
     /// The `[run]` tests ran after a converge (`[watch] test = true`).
     Tested {
         run: &'a str,
@@ -117,6 +129,11 @@ enum Trigger {
 
 pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
     let (mut desired, pulled) = first_load(opts, on)?;
+    opts.monitor.desired(&desired);
+    if let Some(c) = &pulled {
+        opts.monitor.commit(c);
+    }
+    let systemd = Systemd::start(opts.monitor.clone());
     let (tx, rx) = mpsc::channel::<Trigger>();
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_thread(tx.clone(), stop.clone())?;
@@ -138,11 +155,18 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
         file: &desired.path,
         resources: managed.len(),
     });
+    systemd.ready();
 
     let mut next_resync = Instant::now() + opts.interval;
     loop {
-        let trigger = match rx.recv_timeout(next_resync.saturating_duration_since(Instant::now())) {
+        // an idle loop wakes up now and then to show it is alive
+        let wake = next_resync.min(Instant::now() + opts.monitor.beat_period());
+        let trigger = match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(t) => t,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < next_resync => {
+                opts.monitor.beat();
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 next_resync = Instant::now() + opts.interval;
                 if opts.git.is_some() {
@@ -152,12 +176,14 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
                 }
                 converge(&desired, None, "resync", opts, &stop, on);
                 managed = sync_watches(&mut debouncer, &mut watched, &desired, opts, on).1;
+                systemd.status();
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         };
         match trigger {
             Trigger::Stop(signal) => {
+                systemd.stopping();
                 on(Event::Stopped { signal });
                 return Ok(());
             }
@@ -179,9 +205,11 @@ pub fn run(opts: &Options, on: &mut dyn FnMut(Event)) -> Result<()> {
             }
         }
         if stop.load(Ordering::SeqCst) {
+            systemd.stopping();
             on(Event::Stopped { signal: "SIGTERM" });
             return Ok(());
         }
+        systemd.status();
         let (added, now) = sync_watches(&mut debouncer, &mut watched, &desired, opts, on);
         managed = now;
         if added {
@@ -377,6 +405,8 @@ fn fetch(
         }) => {
             let files = new.files.clone();
             *desired = *new;
+            opts.monitor.desired(desired);
+            opts.monitor.commit(&commit);
             on(Event::Commit {
                 commit: &commit,
                 from: from.as_deref(),
@@ -489,6 +519,7 @@ fn reload(
             };
             let same = new.digest == desired.digest;
             *desired = new;
+            opts.monitor.desired(desired);
             if !same {
                 on(Event::Changed { files: &files });
             }
@@ -541,8 +572,12 @@ fn converge(
         .as_ref()
         .filter(|w| w.test)
         .and_then(|_| run_tests_after(desired, stop.clone(), true));
+    let monitor = &opts.monitor;
+    monitor.converging();
     let mut planned: Vec<String> = Vec::new();
+    let mut plan: Option<crate::plan::Plan> = None;
     let mut applied: Vec<String> = Vec::new();
+    let mut failed: Vec<(String, String)> = Vec::new();
     let mut changes = 0;
     let mut said_applied = false;
     // the state dir of this converge, opened once for it and its tests
@@ -552,45 +587,61 @@ fn converge(
             on(Event::Error {
                 message: e.to_string(),
             });
+            monitor.converged(&monitor::Outcome {
+                trigger,
+                error: Some(e.to_string()),
+                took: started.elapsed(),
+                ..Default::default()
+            });
             return;
         }
     };
-    let result = converge_then_test(desired, &state, &aopts, tests, false, &mut |e| match e {
-        Progress::Apply(apply::Event::Planned(plan)) => {
-            planned = plan
-                .resources
-                .iter()
-                .filter(|r| !r.changes.is_empty())
-                .map(|r| r.address.clone())
-                .collect();
-            changes = plan.summary.changes;
-            if changes > 0 {
-                on(Event::Planned {
-                    addresses: &planned,
+    let result = converge_then_test(desired, &state, &aopts, tests, false, &mut |e| {
+        monitor.beat();
+        match e {
+            Progress::Apply(apply::Event::Planned(p)) => {
+                planned = p
+                    .resources
+                    .iter()
+                    .filter(|r| !r.changes.is_empty() && !r.drift_warn)
+                    .map(|r| r.address.clone())
+                    .collect();
+                changes = p.summary.changes;
+                plan = Some(p.clone());
+                if !planned.is_empty() {
+                    on(Event::Planned {
+                        addresses: &planned,
+                        changes,
+                        trigger,
+                    });
+                }
+            }
+            Progress::Apply(apply::Event::Failed { address, error }) => {
+                failed.push((address.to_string(), error.to_string()));
+                on(Event::Error {
+                    message: format!("{address}: {error}"),
+                })
+            }
+            Progress::Apply(apply::Event::Recovered(r)) => on(Event::Error {
+                message: format!("recovered {} ({})", r.address, r.outcome),
+            }),
+            Progress::Apply(apply::Event::Applied { address, .. }) => {
+                applied.push(address.to_string())
+            }
+            Progress::Apply(apply::Event::Applying { .. }) => {}
+            // the tests start once everything is applied: say so first
+            Progress::Test(_) if !said_applied => {
+                said_applied = true;
+                on(Event::Applied {
+                    addresses: &applied,
                     changes,
-                    trigger,
+                    took: started.elapsed(),
                 });
             }
+            Progress::Test(_) => {}
         }
-        Progress::Apply(apply::Event::Failed { address, error }) => on(Event::Error {
-            message: format!("{address}: {error}"),
-        }),
-        Progress::Apply(apply::Event::Recovered(r)) => on(Event::Error {
-            message: format!("recovered {} ({})", r.address, r.outcome),
-        }),
-        Progress::Apply(apply::Event::Applied { address, .. }) => applied.push(address.to_string()),
-        Progress::Apply(apply::Event::Applying { .. }) => {}
-        // the tests start once everything is applied: say so first
-        Progress::Test(_) if !said_applied => {
-            said_applied = true;
-            on(Event::Applied {
-                addresses: &applied,
-                changes,
-                took: started.elapsed(),
-            });
-        }
-        Progress::Test(_) => {}
     });
+    let mut error = None;
     match result {
         Ok(report) => {
             if !said_applied && !applied.is_empty() {
@@ -600,7 +651,14 @@ fn converge(
                     took: started.elapsed(),
                 });
             }
+            changes = report.changes;
             if let Some(r) = &report.tests {
+                monitor.tested(
+                    r.summary.pass,
+                    r.summary.fail,
+                    r.summary.warn,
+                    r.summary.skip,
+                );
                 on(Event::Tested {
                     run: &r.run,
                     pass: r.summary.pass,
@@ -610,10 +668,43 @@ fn converge(
                 });
             }
         }
-        Err(e) => on(Event::Error {
-            message: e.to_string(),
-        }),
+        Err(e) => {
+            error = Some(e.to_string());
+            on(Event::Error {
+                message: e.to_string(),
+            })
+        }
     }
+    let drifted: Vec<String> = plan
+        .iter()
+        .flat_map(|p| &p.resources)
+        .filter(|r| r.drift_warn)
+        .map(|r| r.address.clone())
+        .collect();
+    if !drifted.is_empty() {
+        on(Event::DriftKept {
+            addresses: &drifted,
+        });
+    }
+    // applied, and every change it made put back something changed outside reconcile
+    let repaired: Vec<String> = plan
+        .iter()
+        .flat_map(|p| &p.resources)
+        .filter(|r| applied.contains(&r.address) && r.changes.iter().all(|c| c.drift))
+        .map(|r| r.address.clone())
+        .collect();
+    monitor.converged(&monitor::Outcome {
+        plan: plan.as_ref(),
+        applied: &applied,
+        repaired: &repaired,
+        failed: &failed,
+        drifted: &drifted,
+        whole: only.is_none(),
+        changes,
+        error,
+        trigger,
+        took: started.elapsed(),
+    });
 }
 
 /// Paths watch must not react to: reconcile's own staging names, the state

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::model::DriftMode;
 use crate::error::{Error, Result};
 use crate::resource::{Action, Change, Context, Observed, Resource};
 
@@ -49,6 +50,9 @@ pub struct ResourcePlan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
     pub changes: Vec<Change>,
+    /// Its changes are all drift and its `drift = "warn"`: reported, not applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drift_warn: bool,
 }
 
 impl ResourcePlan {
@@ -175,6 +179,15 @@ pub struct Planned {
     pub changes: Vec<Change>,
 }
 
+impl Planned {
+    /// Drift only, and the resource only reports drift: nothing to apply.
+    pub fn drift_warn(&self) -> bool {
+        !self.changes.is_empty()
+            && self.changes.iter().all(|c| c.drift)
+            && self.resource.drift_mode() == DriftMode::Warn
+    }
+}
+
 /// Observe (in parallel) and diff every resource; resources not matched by
 /// `targets` (glob patterns over addresses) are left out.
 /// Observe and diff every resource, on as many threads as there are CPUs
@@ -298,6 +311,7 @@ pub fn make(
                 fingerprint: p.observed.fingerprint.clone(),
                 action,
                 changes: p.changes.clone(),
+                drift_warn: p.drift_warn(),
             })
             .collect(),
         summary,

@@ -106,11 +106,16 @@ fn resource_lines(r: &ResourcePlan) -> String {
         };
         let _ = writeln!(
             s,
-            "{} {} → {}: {replace}{}",
+            "{} {} → {}: {replace}{}{}",
             symbol(c.action),
             escape(&r.address),
             escape(&location),
-            escape(&c.reason)
+            escape(&c.reason),
+            if r.drift_warn {
+                super::text::DRIFT_KEPT
+            } else {
+                ""
+            }
         );
     }
     s
@@ -280,6 +285,13 @@ pub fn apply(r: &ApplyReport, full: &str) -> String {
         }
     };
     let mut out = format!("**Apply:** {headline}\n\n");
+    if !r.drift_kept.is_empty() {
+        let _ = writeln!(
+            out,
+            "**Drifted and left so** (`drift = \"warn\"`): {}\n",
+            inline(&r.drift_kept.join(", "))
+        );
+    }
     // what was done first: it is short, and it is what happened
     let mut done = String::new();
     for e in &r.events {

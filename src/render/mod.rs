@@ -5,6 +5,7 @@
 //! result and appends the Markdown to a CI step summary when there is one.
 
 pub mod markdown;
+pub mod page;
 pub mod step_summary;
 pub mod text;
 pub mod watch_log;

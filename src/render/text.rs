@@ -77,17 +77,21 @@ pub fn action(p: &Printer, a: Action) -> String {
     p.paint(style, a.symbol())
 }
 
+/// What a plan line of a `drift = "warn"` resource adds.
+pub const DRIFT_KEPT: &str = " (drift = \"warn\": reported, not repaired)";
+
 /// `+ plugin.kolet → plugins/kolet: not installed (version 1.2.0)`, one line per change, then the summary.
 pub fn plan(p: &Printer, plan: &Plan) {
     for r in &plan.resources {
         for c in &r.changes {
             p.item(&format!(
-                "{} {} {} {}: {}",
+                "{} {} {} {}: {}{}",
                 action(p, c.action),
                 p.paint(Style::Bold, &escape(&r.address)),
                 p.paint(Style::Dim, "→"),
                 escape(&crate::output::display_name(&r.path)),
-                escape(&c.reason)
+                escape(&c.reason),
+                if r.drift_warn { DRIFT_KEPT } else { "" }
             ));
         }
     }
@@ -267,6 +271,12 @@ pub fn apply_report(p: &Printer, report: &crate::ops::apply::ApplyReport) {
             escape(&report.failed.join(", "))
         )),
         _ => {}
+    }
+    if !report.drift_kept.is_empty() {
+        p.warn(&format!(
+            "drifted and left so (drift = \"warn\"): {}; `reconcile plan` shows what changed",
+            escape(&report.drift_kept.join(", "))
+        ));
     }
     if let Some(t) = &report.tests {
         test_summary(p, t);

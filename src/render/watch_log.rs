@@ -22,6 +22,12 @@ pub fn line(p: &Printer, e: &Event) {
         return;
     }
     let human = match e {
+        Event::Listening { url } => format!("serving {url} (metrics, healthz, readyz, status)"),
+        Event::DriftKept { addresses } => format!(
+            "{} {} drifted and stay so (drift = \"warn\"); `reconcile plan` shows how",
+            p.paint(Style::Error, "drift:"),
+            escape(&addresses.join(", "))
+        ),
         Event::Started { file, resources } => format!(
             "watching {} ({resources} resources)",
             escape(&file.display().to_string())

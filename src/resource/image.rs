@@ -14,7 +14,7 @@ use super::{
     Action, ApplyContext, Change, Context, KindStatus, Observed, Resource, ResourceStatus,
     TreeInstalled,
 };
-use crate::config::model::{ArchiveFormat, Image, Source};
+use crate::config::model::{ArchiveFormat, DriftMode, Image, Source};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::fsops::beneath::{self, Beneath};
@@ -367,7 +367,7 @@ impl Resource for ImageResource {
                     );
                 }
                 match publish::drift_reason(drift) {
-                    Some(reason) => change(Action::Update, reason),
+                    Some(reason) => Ok(vec![Change::new(Action::Update, reason).drift()]),
                     None => Ok(vec![]),
                 }
             }
@@ -380,6 +380,10 @@ impl Resource for ImageResource {
             (None, DirState::Installed { .. }) => self.remove(cx),
             (None, _) => Ok(()),
         }
+    }
+
+    fn drift_mode(&self) -> DriftMode {
+        self.desired.as_ref().map(|d| d.drift).unwrap_or_default()
     }
 
     fn watch_paths(&self) -> Vec<PathBuf> {

@@ -25,6 +25,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::model::DriftMode;
 use crate::config::Desired;
 use crate::error::Result;
 use crate::source::Fetcher;
@@ -62,6 +63,10 @@ pub struct Change {
     /// What it becomes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// It puts back what was changed outside reconcile (the desired state
+    /// did not change): drift, which `drift = "warn"` only reports.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drift: bool,
 }
 
 impl Change {
@@ -71,7 +76,14 @@ impl Change {
             reason,
             from: None,
             to: None,
+            drift: false,
         }
+    }
+
+    /// The same change, marked as repairing drift.
+    pub fn drift(mut self) -> Change {
+        self.drift = true;
+        self
     }
 
     /// The same change, saying what it moves from and to.
@@ -275,6 +287,10 @@ pub trait Resource: Send + Sync {
     /// when one of them fails, this one is not applied.
     fn depends_on(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// What is done about drift: repaired (the default) or only reported.
+    fn drift_mode(&self) -> DriftMode {
+        DriftMode::Repair
     }
 }
 

@@ -12,7 +12,7 @@ use super::{
     Action, ApplyContext, Change, Context, KindStatus, Observed, PluginInstalled, Resource,
     ResourceStatus, TreeInstalled,
 };
-use crate::config::model::Plugin;
+use crate::config::model::{DriftMode, Plugin};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::fsops::beneath::{self, Beneath};
@@ -294,7 +294,7 @@ impl Resource for PluginResource {
                     );
                 }
                 if let Some(reason) = publish::drift_reason(drift) {
-                    return change(Action::Update, reason);
+                    return Ok(vec![Change::new(Action::Update, reason).drift()]);
                 }
                 Ok(vec![])
             }
@@ -307,6 +307,10 @@ impl Resource for PluginResource {
             (None, DirState::Installed { .. }) => self.remove(cx),
             (None, _) => Ok(()),
         }
+    }
+
+    fn drift_mode(&self) -> DriftMode {
+        self.desired.as_ref().map(|d| d.drift).unwrap_or_default()
     }
 
     fn watch_paths(&self) -> Vec<PathBuf> {
