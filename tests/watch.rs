@@ -6,6 +6,7 @@ mod common;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -604,5 +605,220 @@ fn watch_listen_serves_metrics_probes_status_and_a_page() {
         Some(1.0),
         "{t}"
     );
+    assert!(w.stop().success());
+}
+
+/// A notify socket as systemd's: every datagram watch sends, as text.
+fn notify_socket(dir: &Path) -> (std::path::PathBuf, mpsc::Receiver<String>) {
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    (path, rx)
+}
+
+/// The next datagram that `pred` accepts (panics after PATIENCE with what came).
+fn next_message(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    while let Ok(m) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        seen.push(m.clone());
+        if pred(&m) {
+            return m;
+        }
+    }
+    panic!("no such notification; so far: {seen:#?}");
+}
+
+#[test]
+fn systemd_hears_ready_and_status_and_the_watchdog_goes_quiet_while_the_loop_stalls() {
+    let farm = Farm::new();
+    plugin(&farm, "1");
+    let (socket, rx) = notify_socket(farm.path("").as_path());
+    let socket = socket.to_str().unwrap().to_string();
+    // WatchdogSec=400ms: a ping every 200 ms while healthy
+    let w = Watch::start_with(
+        &farm,
+        &["--listen", "127.0.0.1:0", "--stall", "1s", "--lock-timeout", "4s"],
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut seen = Vec::new();
+    let ready = next_message(&rx, &mut seen, |m| m.contains("READY=1"));
+    assert!(ready.contains("STATUS=converged at "), "{ready}");
+    assert!(ready.contains("1 resources, 0 drifted, 0 failed"), "{ready}");
+    next_message(&rx, &mut seen, |m| m == "WATCHDOG=1\n");
+    next_message(&rx, &mut seen, |m| m == "WATCHDOG=1\n");
+
+    // another apply holds the lock: the next converge waits for it, reporting nothing
+    struct Group(Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            // flock and its sleep, the whole group
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0.id())])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Group(
+        Command::new("flock")
+            .arg("-o")
+            .arg(farm.path(".reconcile/lock"))
+            .args(["sleep", "60"])
+            .process_group(0)
+            .spawn()
+            .expect("flock (util-linux)"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    kill(w.pid(), Signal::SIGHUP).unwrap();
+    let unhealthy = next_message(&rx, &mut seen, |m| m.contains("unhealthy"));
+    assert!(
+        unhealthy.contains("STATUS=unhealthy: a converge has reported nothing for"),
+        "{unhealthy}"
+    );
+    let h = get(&w.url("/healthz"));
+    // (the converge may have given up on the lock by now: then it is alive again)
+    if h.status == 503 {
+        assert!(h.body.contains("--stall"), "{}", h.body);
+    }
+    // no ping while it is stalled (about 3 s: 15 pings if it went on; one
+    // may slip in between the converge giving up and its STATUS= line)
+    let mark = seen.len();
+    let failed = next_message(&rx, &mut seen, |m| m.contains("STATUS=converge failed at "));
+    assert!(failed.contains("0 failed"), "{failed}");
+    let pings = seen[mark..].iter().filter(|m| *m == "WATCHDOG=1\n").count();
+    assert!(pings <= 1, "{pings} pings while stalled: {seen:#?}");
+    // alive again: the pings resume
+    next_message(&rx, &mut seen, |m| m == "WATCHDOG=1\n");
+    let r = get(&w.url("/readyz"));
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("another reconcile is applying"), "{}", r.body);
+    drop(holder);
+
+    // SIGTERM: systemd hears that it is stopping
+    assert!(w.stop().success());
+    next_message(&rx, &mut seen, |m| m.contains("STOPPING=1"));
+}
+
+/// A free port on 127.0.0.1 (bound and let go: another process may take it first, rarely).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn prometheus_scrapes_watch_and_chromium_shows_its_resources() {
+    let have_prometheus = Path::new("/usr/bin/prometheus").exists();
+    let have_chromium = Path::new("/usr/bin/chromium").exists();
+    if !have_prometheus {
+        skip("prometheus (Debian's prometheus package) to scrape watch --listen");
+    }
+    if !have_chromium {
+        skip("chromium (Debian's chromium package) to load watch's page");
+    }
+    if !have_prometheus && !have_chromium {
+        return;
+    }
+    let farm = watched_farm();
+    let w = Watch::start_with(&farm, &["--listen", "127.0.0.1:0"], &[]);
+    let target = w.url("").trim_start_matches("http://").to_string();
+
+    if have_prometheus {
+        let port = free_port();
+        farm.write(
+            "prometheus.yml",
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: reconcile\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        );
+        struct Kill(Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _prometheus = Kill(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", farm.path("prometheus.yml").display()))
+                .arg(format!("--storage.tsdb.path={}", farm.path("tsdb").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg("--log.level=warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
+        let query = |q: &str| -> Result<Vec<serde_json::Value>, String> {
+            let url = format!("http://127.0.0.1:{port}/api/v1/query?query={q}");
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into();
+            let body = agent
+                .get(&url)
+                .call()
+                .map_err(|e| e.to_string())?
+                .body_mut()
+                .read_to_string()
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            match v["data"]["result"].as_array() {
+                Some(r) if !r.is_empty() => Ok(r.clone()),
+                _ => Err(body),
+            }
+        };
+        let up = eventually("Prometheus scraped watch", || query("up"));
+        assert_eq!(up[0]["metric"]["job"], "reconcile", "{up:?}");
+        assert_eq!(up[0]["value"][1], "1", "the scrape failed: {up:?}");
+        let resources = eventually("reconcile_resources in Prometheus", || {
+            query("reconcile_resources")
+        });
+        assert_eq!(resources.len(), 1, "{resources:?}");
+        assert_eq!(resources[0]["metric"]["kind"], "plugin", "{resources:?}");
+        assert_eq!(resources[0]["metric"]["state"], "ready", "{resources:?}");
+        assert_eq!(resources[0]["value"][1], "1", "{resources:?}");
+        let tests = eventually("reconcile_tests_total in Prometheus", || {
+            query("reconcile_tests_total%7Bresult%3D%22fail%22%7D")
+        });
+        assert_eq!(tests[0]["value"][1], "1", "{tests:?}");
+    }
+
+    if have_chromium {
+        let shot = farm.path("page.png");
+        let chromium = |extra: &[&str]| {
+            Command::new("chromium")
+                .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,700"])
+                .arg(format!("--user-data-dir={}", farm.path("chromium").display()))
+                .args(extra)
+                .arg(w.url("/"))
+                .output()
+                .unwrap()
+        };
+        let out = chromium(&["--dump-dom"]);
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{dom}{}", String::from_utf8_lossy(&out.stderr));
+        let table = &dom[dom.find("<table id=\"resources\">").unwrap_or_else(|| panic!("no resources table: {dom}"))..];
+        let table = &table[..table.find("</table>").unwrap()];
+        assert!(
+            table.contains("<td><code>plugin.tool</code></td><td>plugin</td><td class=\"ready\">ready</td>"),
+            "{table}"
+        );
+        assert!(dom.contains("<p id=\"by-state\">1 ready</p>"), "{dom}");
+        assert!(dom.contains("1 failed"), "the last test run: {dom}");
+        let out = chromium(&[&format!("--screenshot={}", shot.display())]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let png = fs::read(&shot).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000, "not a screenshot");
+    }
     assert!(w.stop().success());
 }
