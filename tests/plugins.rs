@@ -245,6 +245,81 @@ fn drift_is_shown_and_repaired() {
 }
 
 #[test]
+fn drift_warn_reports_drift_and_leaves_it_but_a_new_version_still_applies() {
+    let s = setup();
+    let declare = |version: &str, sha: &str, drift: &str| {
+        s.farm.desired(&format!(
+            "version = 1\n[plugin.kolet]\nversion = \"{version}\"\nsource = {{ url = \"{}\", sha256 = \"{sha}\" }}\n{drift}",
+            s.http.url(&format!("kolet_{version}_linux_amd64.tar.gz"))
+        ));
+    };
+    declare("1.0.0", &s.v1, "drift = \"warn\"\n");
+    s.farm.run(&["apply"]).expect(0);
+    let bin = s.farm.path("plugins/kolet/kolet");
+    fs::write(&bin, "#!/bin/sh\necho by hand\n").unwrap();
+
+    // the plan shows it, marked, and exits 2
+    let plan = s.farm.run(&["plan"]);
+    plan.expect(2);
+    assert!(
+        plan.stdout
+            .contains("file kolet modified (size 23 ≠ installed 27) (drift = \"warn\": reported, not repaired)"),
+        "{}",
+        plan.stdout
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&s.farm.run(&["plan", "--json"]).stdout).unwrap();
+    assert_eq!(json["resources"][0]["drift_warn"], true, "{json}");
+    assert_eq!(json["resources"][0]["changes"][0]["drift"], true, "{json}");
+
+    // apply leaves it, says so, and succeeds
+    let apply = s.farm.run(&["apply"]);
+    apply.expect(0);
+    assert!(
+        apply
+            .stderr
+            .contains("drifted and left so (drift = \"warn\"): plugin.kolet"),
+        "{}",
+        apply.all()
+    );
+    assert_eq!(s.bin(), "#!/bin/sh\necho by hand\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&s.farm.run(&["apply", "--json"]).stdout).unwrap();
+    assert_eq!(json["drift_kept"][0], "plugin.kolet", "{json}");
+    assert_eq!(s.bin(), "#!/bin/sh\necho by hand\n");
+
+    // a change of the desired state is applied (and replaces the edited tree)
+    declare("2.0.0", &s.v2, "drift = \"warn\"\n");
+    let plan = s.farm.run(&["plan", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert!(json["resources"][0].get("drift_warn").is_none(), "{json}");
+    s.farm.run(&["apply"]).expect(0);
+    assert_eq!(s.bin(), "#!/bin/sh\necho kolet 2.0.0\n");
+    s.farm.run(&["plan"]).expect(0);
+
+    // drift = "repair" (the default) marks the change as drift and repairs it
+    declare("2.0.0", &s.v2, "");
+    fs::write(&bin, "#!/bin/sh\necho by hand\n").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&s.farm.run(&["plan", "--json"]).stdout).unwrap();
+    assert_eq!(json["resources"][0]["changes"][0]["drift"], true, "{json}");
+    assert!(json["resources"][0].get("drift_warn").is_none(), "{json}");
+    s.farm.run(&["apply"]).expect(0);
+    assert_eq!(s.bin(), "#!/bin/sh\necho kolet 2.0.0\n");
+
+    // anything else is refused, with the choices
+    declare("2.0.0", &s.v2, "drift = \"ignore\"\n");
+    let r = s.farm.run(&["validate"]);
+    r.expect(1);
+    assert!(
+        r.all()
+            .contains("unknown variant `ignore`, expected `repair` or `warn`"),
+        "{}",
+        r.all()
+    );
+}
+
+#[test]
 fn tampering_that_keeps_size_and_mtime_is_caught() {
     let s = setup();
     s.declare("1.0.0", &s.v1);

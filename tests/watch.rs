@@ -5,8 +5,8 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -616,7 +616,10 @@ fn notify_socket(dir: &Path) -> (std::path::PathBuf, mpsc::Receiver<String>) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 4096];
         while let Ok(n) = sock.recv(&mut buf) {
-            if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+            if tx
+                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                .is_err()
+            {
                 break;
             }
         }
@@ -625,7 +628,11 @@ fn notify_socket(dir: &Path) -> (std::path::PathBuf, mpsc::Receiver<String>) {
 }
 
 /// The next datagram that `pred` accepts (panics after PATIENCE with what came).
-fn next_message(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, pred: impl Fn(&str) -> bool) -> String {
+fn next_message(
+    rx: &mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    pred: impl Fn(&str) -> bool,
+) -> String {
     let deadline = Instant::now() + PATIENCE;
     while let Ok(m) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         seen.push(m.clone());
@@ -645,13 +652,23 @@ fn systemd_hears_ready_and_status_and_the_watchdog_goes_quiet_while_the_loop_sta
     // WatchdogSec=400ms: a ping every 200 ms while healthy
     let w = Watch::start_with(
         &farm,
-        &["--listen", "127.0.0.1:0", "--stall", "1s", "--lock-timeout", "4s"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--stall",
+            "1s",
+            "--lock-timeout",
+            "4s",
+        ],
         &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
     );
     let mut seen = Vec::new();
     let ready = next_message(&rx, &mut seen, |m| m.contains("READY=1"));
     assert!(ready.contains("STATUS=converged at "), "{ready}");
-    assert!(ready.contains("1 resources, 0 drifted, 0 failed"), "{ready}");
+    assert!(
+        ready.contains("1 resources, 0 drifted, 0 failed"),
+        "{ready}"
+    );
     next_message(&rx, &mut seen, |m| m == "WATCHDOG=1\n");
     next_message(&rx, &mut seen, |m| m == "WATCHDOG=1\n");
 
@@ -698,7 +715,11 @@ fn systemd_hears_ready_and_status_and_the_watchdog_goes_quiet_while_the_loop_sta
     next_message(&rx, &mut seen, |m| m == "WATCHDOG=1\n");
     let r = get(&w.url("/readyz"));
     assert_eq!(r.status, 503, "{}", r.body);
-    assert!(r.body.contains("another reconcile is applying"), "{}", r.body);
+    assert!(
+        r.body.contains("another reconcile is applying"),
+        "{}",
+        r.body
+    );
     drop(holder);
 
     // SIGTERM: systemd hears that it is stopping
@@ -749,8 +770,14 @@ fn prometheus_scrapes_watch_and_chromium_shows_its_resources() {
         }
         let _prometheus = Kill(
             Command::new("prometheus")
-                .arg(format!("--config.file={}", farm.path("prometheus.yml").display()))
-                .arg(format!("--storage.tsdb.path={}", farm.path("tsdb").display()))
+                .arg(format!(
+                    "--config.file={}",
+                    farm.path("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    farm.path("tsdb").display()
+                ))
                 .arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .arg("--log.level=warn")
                 .stdout(Stdio::null())
@@ -797,8 +824,16 @@ fn prometheus_scrapes_watch_and_chromium_shows_its_resources() {
         let shot = farm.path("page.png");
         let chromium = |extra: &[&str]| {
             Command::new("chromium")
-                .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,700"])
-                .arg(format!("--user-data-dir={}", farm.path("chromium").display()))
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--window-size=1000,700",
+                ])
+                .arg(format!(
+                    "--user-data-dir={}",
+                    farm.path("chromium").display()
+                ))
                 .args(extra)
                 .arg(w.url("/"))
                 .output()
@@ -806,19 +841,82 @@ fn prometheus_scrapes_watch_and_chromium_shows_its_resources() {
         };
         let out = chromium(&["--dump-dom"]);
         let dom = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{dom}{}", String::from_utf8_lossy(&out.stderr));
-        let table = &dom[dom.find("<table id=\"resources\">").unwrap_or_else(|| panic!("no resources table: {dom}"))..];
+        assert!(
+            out.status.success(),
+            "{dom}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let table = &dom[dom
+            .find("<table id=\"resources\">")
+            .unwrap_or_else(|| panic!("no resources table: {dom}"))..];
         let table = &table[..table.find("</table>").unwrap()];
         assert!(
-            table.contains("<td><code>plugin.tool</code></td><td>plugin</td><td class=\"ready\">ready</td>"),
+            table.contains(
+                "<td><code>plugin.tool</code></td><td>plugin</td><td class=\"ready\">ready</td>"
+            ),
             "{table}"
         );
         assert!(dom.contains("<p id=\"by-state\">1 ready</p>"), "{dom}");
         assert!(dom.contains("1 failed"), "the last test run: {dom}");
         let out = chromium(&[&format!("--screenshot={}", shot.display())]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let png = fs::read(&shot).unwrap();
-        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000, "not a screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1000,
+            "not a screenshot"
+        );
     }
     assert!(w.stop().success());
+}
+
+#[test]
+fn drift_warn_is_logged_counted_and_left_as_it_is() {
+    let farm = Farm::new();
+    farm.write("src/1/tool", "#!/bin/sh\necho 1\n");
+    farm.desired("version = 1\n[plugin.tool]\nversion = \"1\"\nsource = { dir = \"src/1\" }\ndrift = \"warn\"\n");
+    let mut w = Watch::start_with(&farm, &["--listen", "127.0.0.1:0"], &[]);
+    fs::write(farm.path("plugins/tool/tool"), "#!/bin/sh\necho by hand\n").unwrap();
+    let kept = w.wait_for("drift-kept", |_| true);
+    assert_eq!(kept["addresses"][0], "plugin.tool", "{kept}");
+    let t = eventually("the drifted resource counted", || {
+        let t = get(&w.url("/metrics")).body;
+        match sample(&t, r#"reconcile_resources{kind="plugin",state="drifted"}"#) {
+            Some(1.0) => Ok(t),
+            _ => Err(t),
+        }
+    });
+    assert_eq!(
+        sample(&t, r#"reconcile_resources{kind="plugin",state="ready"}"#),
+        None,
+        "{t}"
+    );
+    assert_eq!(
+        sample(&t, r#"reconcile_drift_repairs_total{kind="plugin"}"#),
+        Some(0.0),
+        "{t}"
+    );
+    // drift left on purpose is not a failure
+    assert_eq!(get(&w.url("/readyz")).status, 200);
+    let page = get(&w.url("/")).body;
+    assert!(
+        page.contains("<td class=\"drifted\">drifted</td><td>file tool modified"),
+        "{page}"
+    );
+    assert_eq!(tool(&farm), "#!/bin/sh\necho by hand\n");
+    let at = w
+        .seen
+        .iter()
+        .position(|e| e["event"] == "drift-kept")
+        .unwrap();
+    assert!(
+        !w.seen[at..].iter().any(|e| e["event"] == "applied"),
+        "{:#?}",
+        w.seen
+    );
+    assert!(w.stop().success());
+    assert_eq!(tool(&farm), "#!/bin/sh\necho by hand\n");
 }

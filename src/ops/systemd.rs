@@ -85,7 +85,13 @@ impl Drop for Systemd {
 /// timeout extension, after it `WATCHDOG=1` (when systemd asked for one).
 /// Once the loop is unhealthy: one `STATUS=` line saying why, and silence
 /// until it is healthy again.
-fn ping(monitor: &Monitor, every: Duration, watchdog: bool, stop: &(Mutex<bool>, Condvar), flags: &Flags) {
+fn ping(
+    monitor: &Monitor,
+    every: Duration,
+    watchdog: bool,
+    stop: &(Mutex<bool>, Condvar),
+    flags: &Flags,
+) {
     let mut stopped = stop.0.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         match monitor.healthy() {
