@@ -17,7 +17,7 @@ fn main() {
     let mut ms = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let w = WorkingSnapshot::create(&state, volume, machine, m.kind, toolchain).unwrap();
+        let w = WorkingSnapshot::create(&state, volume, machine, m.kind, toolchain, None).unwrap();
         w.delete().unwrap();
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }

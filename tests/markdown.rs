@@ -147,6 +147,7 @@ fn apply_markdown_matches_its_golden() {
         changes: 6,
         failed: vec!["plugin.old".into()],
         drift_kept: vec![],
+        gates: vec![],
         events: vec![
             Step::Recovered {
                 address: "plugin.kolet".into(),

@@ -28,6 +28,8 @@ pub struct Options {
     pub require_targets: bool,
     /// The run's clouds (the tests after the converge use the same).
     pub clouds: std::sync::Arc<crate::resource::Clouds>,
+    /// Test candidates whose gate failed again, though they did not change (`--retest`).
+    pub retest: bool,
 }
 
 /// What happens during an apply, in order.
@@ -58,6 +60,8 @@ pub struct Outcome {
     pub applied: Vec<String>,
     /// Addresses that drifted and were left so (`drift = "warn"`).
     pub drift_kept: Vec<String>,
+    /// Candidates built and held behind their promotion gates.
+    pub held: Vec<crate::resource::Candidate>,
     /// Stopped early by `Options::cancel` (every resource is still fully old or fully new).
     pub cancelled: bool,
 }
@@ -145,9 +149,11 @@ pub fn converge(
             journal: &mut journal,
             roots: &mut roots,
             said: Vec::new(),
+            held: Vec::new(),
         };
         match p.resource.apply(&p.observed, &mut acx) {
             Ok(()) => {
+                outcome.held.append(&mut acx.held);
                 outcome.changes += p.changes.len();
                 outcome.applied.push(address.to_string());
                 on(Event::Applied {
@@ -185,6 +191,57 @@ pub fn converge(
         },
     })?;
     Ok(outcome)
+}
+
+/// Switch a candidate that passed its gate in (the machine's link moves to
+/// it), under the apply lock; its record goes with it.
+pub fn promote(
+    desired: &Desired,
+    state: &StateDir,
+    candidate: &crate::resource::Candidate,
+    opts: &Options,
+) -> Result<()> {
+    let _lock = lock::acquire(state, &opts.command, opts.lock_timeout)?;
+    let recoveries = resource::recoveries(desired, state);
+    let (mut journal, _) = Journal::open_and_recover(state, &recoveries.kinds())?;
+    let index = StatIndex::load(&state.stat_index_path());
+    let cx = Context::new(desired, state, &index, false, false);
+    let address = format!("machine.{}", candidate.machine);
+    let resource = resource::all(&cx)?
+        .into_iter()
+        .find(|r| r.address() == address)
+        .ok_or_else(|| Error::Resource {
+            address: address.clone(),
+            reason: "is not declared any more; nothing to promote".into(),
+        })?;
+    let mut roots = cx.roots.clone();
+    let mut acx = ApplyContext {
+        cx: &cx,
+        journal: &mut journal,
+        roots: &mut roots,
+        said: Vec::new(),
+        held: Vec::new(),
+    };
+    resource.promote(candidate, &mut acx)?;
+    journal.clear()?;
+    let mut records = state.candidates();
+    if records.remove(&address).is_some() {
+        state.save_candidates(&records)?;
+    }
+    Ok(())
+}
+
+/// Record how a candidate's gate went, under the apply lock.
+pub fn record_candidate(
+    state: &StateDir,
+    address: &str,
+    tested: crate::state::candidates::Tested,
+    opts: &Options,
+) -> Result<()> {
+    let _lock = lock::acquire(state, &opts.command, opts.lock_timeout)?;
+    let mut records = state.candidates();
+    records.insert(address.to_string(), tested);
+    state.save_candidates(&records)
 }
 
 /// What a dry run observed, handed back so that a one-shot command can leave

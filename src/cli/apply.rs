@@ -22,12 +22,14 @@ pub fn run(cli: &Cli, a: &ApplyArgs, p: &Printer) -> Result<i32> {
         progress: p.progress(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         no_test: a.no_test,
+        retest: a.retest,
         locked: a.converge.locked,
         keep_plan: p.markdown || render::step_summary::target().is_some(),
     };
     let report = apply::apply(&loaded, &req, &mut |e| match e {
         Progress::Apply(e) => text::apply_event(p, &e),
         Progress::Test(e) => text::test_event(p, &e),
+        Progress::Gate(e) => text::gate_event(p, &e),
     })?;
     let full = match &a.plan {
         Some(plan) => format!("the saved plan `{}`", plan.display()),

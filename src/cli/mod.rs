@@ -319,6 +319,9 @@ pub struct ApplyArgs {
     /// Do not run the [run] test plan after converging.
     #[arg(long)]
     pub no_test: bool,
+    /// Test again a candidate whose promotion gate failed, though it did not change.
+    #[arg(long)]
+    pub retest: bool,
     /// Wait this long for another apply to finish (e.g. 30s, 5m); exit 3 after it.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub lock_timeout: Option<Duration>,

@@ -183,6 +183,19 @@ pub struct Machine {
     pub user_data: Option<String>,
     /// The same, read from a file (relative to the file that declares it).
     pub user_data_file: Option<String>,
+    /// Test a new revision before it becomes current: it is built beside the
+    /// current one as a candidate, the suites named run on it, and the link
+    /// switches only when every test passed.
+    pub promote: Option<Promote>,
+}
+
+/// A promotion gate: what a candidate must pass before it is switched in.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Promote {
+    /// Suites run on the candidate (their tests on this machine, at the
+    /// candidate revision, whatever the current link says).
+    pub after: Vec<String>,
 }
 
 fn default_volume() -> String {

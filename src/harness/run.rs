@@ -35,6 +35,9 @@ pub struct Options {
     pub cancel: Arc<AtomicBool>,
     /// The run's clouds (shared with the apply before it, when there is one).
     pub clouds: Arc<platform::Clouds>,
+    /// Machines tested at this revision instead of their current one: the
+    /// candidates of a promotion gate.
+    pub revisions: std::collections::BTreeMap<String, u32>,
 }
 
 impl Options {
@@ -48,6 +51,7 @@ impl Options {
             runs_dir: desired.state_dir.join("runs"),
             cancel,
             clouds: Default::default(),
+            revisions: Default::default(),
         }
     }
 }
@@ -789,6 +793,7 @@ fn run_on_instance(
             machine,
             volume,
             toolchain: case.toolchain.as_deref(),
+            revision: opts.revisions.get(name).copied(),
         },
         On::Image { name, image } => Target::Image { name, image },
     };

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 pub use crate::apply::Event;
 
+use super::promote::{run_gates, Gate, GateEvent, GateResult};
 use super::Loaded;
 use crate::apply::{converge, Options};
 use crate::config::Desired;
@@ -64,6 +65,9 @@ pub struct ApplyReport {
     /// Addresses that drifted and were left so (`drift = "warn"`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift_kept: Vec<String>,
+    /// Candidates behind promotion gates: tested and switched in, or kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
     pub events: Vec<Step>,
     pub took_ms: u128,
     /// The plan that was applied, when the caller asked to keep it (for
@@ -75,8 +79,16 @@ pub struct ApplyReport {
 }
 
 impl ApplyReport {
-    /// The exit code: 0 converged (and tests passed), 1 failed or interrupted, 4 a test failed.
+    /// The exit code: 0 converged (and tests passed), 1 failed or
+    /// interrupted, 4 a test or a candidate's gate failed.
     pub fn code(&self) -> i32 {
+        let gate = |r: GateResult| self.gates.iter().any(|g| g.result == r);
+        if gate(GateResult::Interrupted) {
+            return exit::ERROR;
+        }
+        if self.result == ApplyResult::Converged && gate(GateResult::Failed) {
+            return exit::TESTS_FAILED;
+        }
         match (&self.result, &self.tests) {
             (ApplyResult::Converged, Some(t)) if t.incomplete => exit::ERROR,
             (ApplyResult::Converged, Some(t)) if t.failed() => exit::TESTS_FAILED,
@@ -90,6 +102,8 @@ impl ApplyReport {
 pub enum Progress<'a> {
     Apply(Event<'a>),
     Test(TestEvent<'a>),
+    /// A candidate behind its promotion gate.
+    Gate(GateEvent<'a>),
 }
 
 /// The tests to run after converging, and when.
@@ -142,6 +156,39 @@ pub fn converge_then_test(
         }
         on(Progress::Apply(e));
     })?;
+    let mut outcome = outcome;
+    let mut gates = Vec::new();
+    if !outcome.cancelled && !outcome.held.is_empty() {
+        gates = run_gates(desired, state, &outcome.held, opts, on)?;
+        let promoted: Vec<glob::Pattern> = gates
+            .iter()
+            .filter(|g| g.result == GateResult::Promoted)
+            .filter_map(|g| glob::Pattern::new(&glob::Pattern::escape(&g.address)).ok())
+            .collect();
+        if !promoted.is_empty() {
+            // now current: its toolchains are bootstrapped on it, retention runs
+            let again = Options {
+                targets: promoted,
+                require_targets: false,
+                saved_plan: None,
+                ..opts.clone()
+            };
+            let more = converge(desired, state, &again, &mut |e| {
+                if let Event::Failed { address, error } = &e {
+                    events.push(Step::Failed {
+                        address: address.to_string(),
+                        error: error.to_string(),
+                        help: error.help(),
+                    });
+                }
+                on(Progress::Apply(e));
+            })?;
+            outcome.changes += more.changes;
+            outcome.failed.extend(more.failed);
+            outcome.applied.extend(more.applied);
+            outcome.cancelled |= more.cancelled;
+        }
+    }
     if !outcome.cancelled {
         // booted snapshots of revisions retention removed go with them
         crate::platform::qemu::booted::prune(&state.booted_dir());
@@ -175,6 +222,7 @@ pub fn converge_then_test(
         changes: outcome.changes,
         failed: outcome.failed,
         drift_kept: outcome.drift_kept,
+        gates,
         events,
         took_ms: started.elapsed().as_millis(),
         plan,
@@ -213,6 +261,8 @@ pub struct Request {
     pub locked: bool,
     /// Keep the plan in the report (a Markdown renderer reads it).
     pub keep_plan: bool,
+    /// Test candidates whose gate failed again (`--retest`).
+    pub retest: bool,
 }
 
 /// `reconcile apply`: converge the loaded desired state, then run its
@@ -234,6 +284,7 @@ pub fn apply(loaded: &Loaded, req: &Request, on: &mut dyn FnMut(Progress)) -> Re
         command: req.command.clone(),
         cancel: Some(cancel.clone()),
         clouds: Default::default(),
+        retest: req.retest,
     };
     let tests = (!req.no_test)
         .then(|| run_tests_after(desired, cancel, false))

@@ -10,6 +10,7 @@ pub mod export;
 pub mod lock;
 pub mod monitor;
 pub mod plan;
+pub mod promote;
 pub mod spawn;
 pub mod status;
 pub mod systemd;

@@ -70,6 +70,12 @@ struct Metrics {
     last_success: Gauge<f64, AtomicU64>,
     tests: Family<ResultLabel, Counter>,
     git: Family<CommitLabel, Gauge>,
+    candidates: Family<StateLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
 }
 
 /// Largest log the page shows.
@@ -137,6 +143,8 @@ pub struct Outcome<'a> {
     pub failed: &'a [(String, String)],
     /// Addresses left drifted by `drift = "warn"`.
     pub drifted: &'a [String],
+    /// The candidates' gates that ran.
+    pub gates: &'a [super::promote::Gate],
     /// Whether the plan covered every resource (not a drift converge of a few).
     pub whole: bool,
     pub changes: usize,
@@ -151,6 +159,8 @@ struct Inner {
     resources: BTreeMap<String, ResourceState>,
     desired: Option<Arc<Desired>>,
     commit: Option<String>,
+    /// Candidates held, by address: `not-tested` or `failed`.
+    candidates: BTreeMap<String, &'static str>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -196,6 +206,7 @@ impl Monitor {
             last_success: Gauge::default(),
             tests: Family::default(),
             git: Family::default(),
+            candidates: Family::default(),
         };
         registry.register(
             "reconcile_converge_duration_seconds",
@@ -228,6 +239,14 @@ impl Monitor {
             metrics.tests.clone(),
         );
         registry.register(
+            "reconcile_candidates",
+            "Candidates held behind promotion gates, by state",
+            metrics.candidates.clone(),
+        );
+        for state in ["not-tested", "failed"] {
+            let _ = metrics.candidates.get_or_create(&StateLabel { state });
+        }
+        registry.register(
             "reconcile_git_info",
             "The commit in force (git mode)",
             metrics.git.clone(),
@@ -258,6 +277,7 @@ impl Monitor {
                 resources: BTreeMap::new(),
                 desired: None,
                 commit: None,
+                candidates: BTreeMap::new(),
             }),
             stall,
             git,
@@ -376,6 +396,21 @@ impl Monitor {
                     })
                     .inc();
             }
+        }
+        for g in o.gates {
+            use super::promote::GateResult;
+            match g.result {
+                GateResult::Promoted => i.candidates.remove(&g.address),
+                GateResult::Failed => i.candidates.insert(g.address.clone(), "failed"),
+                GateResult::Interrupted => i.candidates.insert(g.address.clone(), "not-tested"),
+            };
+        }
+        for state in ["not-tested", "failed"] {
+            let n = i.candidates.values().filter(|s| **s == state).count();
+            self.metrics
+                .candidates
+                .get_or_create(&StateLabel { state })
+                .set(n as i64);
         }
         i.last = Some(Converged {
             finished,
@@ -631,6 +666,7 @@ mod tests {
             repaired: &[],
             failed: &failed,
             drifted: &[],
+            gates: &[],
             whole: true,
             changes: 1,
             error: None,

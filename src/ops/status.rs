@@ -26,6 +26,23 @@ pub struct StatusReport {
     pub last_tests: Option<LastTests>,
     /// Booted snapshots kept for `fresh = "restore"`.
     pub booted: Vec<BootedSnapshot>,
+    /// Revisions built behind promotion gates and not current yet.
+    pub candidates: Vec<CandidateStatus>,
+}
+
+/// A candidate: a machine's declared revision, built (or to be built) and
+/// not switched in yet, and how its gate went.
+#[derive(Debug, Serialize)]
+pub struct CandidateStatus {
+    pub address: String,
+    pub revision: u32,
+    /// `not-tested`, `failed`, or `passed` (switched in by the next apply).
+    pub state: &'static str,
+    pub after: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
 }
 
 /// A booted snapshot: a machine revision saved just booted.
@@ -109,12 +126,14 @@ pub fn report(desired: &Desired, record: Option<Record>) -> Result<StatusReport>
             summary: r.summary,
             incomplete: r.incomplete,
         });
+    let resources = observe_all(desired, &state)?;
+    let candidates = candidates(desired, &state, &resources);
     Ok(StatusReport {
         format_version: 1,
         host: desired.host.clone(),
         file: desired.path.clone(),
         git: record,
-        resources: observe_all(desired, &state)?,
+        resources,
         last_apply: state.last_apply(),
         last_tests: tests,
         booted: crate::platform::qemu::booted::list(&state.booted_dir())
@@ -129,7 +148,46 @@ pub fn report(desired: &Desired, record: Option<Record>) -> Result<StatusReport>
                 qemu: m.qemu,
             })
             .collect(),
+        candidates,
     })
+}
+
+/// Machines with a gate whose declared revision is not the current one.
+fn candidates(
+    desired: &Desired,
+    state: &StateDir,
+    resources: &[ResourceStatus],
+) -> Vec<CandidateStatus> {
+    let records = state.candidates();
+    let mut out = Vec::new();
+    for (name, m) in &desired.model.machine {
+        let Some(p) = &m.promote else { continue };
+        let address = format!("machine.{name}");
+        let current = resources
+            .iter()
+            .find(|r| r.address == address)
+            .and_then(|r| match &r.kind {
+                crate::resource::KindStatus::Machine { current, .. } => current.clone(),
+                _ => None,
+            });
+        if current.as_deref() == Some(format!("{name}-{}", m.revision).as_str()) {
+            continue;
+        }
+        let record = records.get(&address).filter(|t| t.revision == m.revision);
+        out.push(CandidateStatus {
+            address,
+            revision: m.revision,
+            state: match record.map(|t| t.verdict) {
+                None => "not-tested",
+                Some(crate::state::candidates::Verdict::Failed) => "failed",
+                Some(crate::state::candidates::Verdict::Passed) => "passed",
+            },
+            after: p.after.clone(),
+            run: record.map(|t| t.run.clone()),
+            failed: record.map(|t| t.failed.clone()).unwrap_or_default(),
+        });
+    }
+    out
 }
 
 /// Observe every resource (read-only) and give each one's status, by address.

@@ -97,6 +97,11 @@ pub enum Event<'a> {
     DriftKept {
         addresses: &'a [String],
     },
+    /// A candidate's promotion gate: promoted, or kept beside the current revision.
+    Gate {
+        #[serde(flatten)]
+        gate: &'a super::promote::Gate,
+    },
     /// The `[run]` tests ran after a converge (`[watch] test = true`).
     Tested {
         run: &'a str,
@@ -578,6 +583,7 @@ fn converge(
     let mut plan: Option<crate::plan::Plan> = None;
     let mut applied: Vec<String> = Vec::new();
     let mut failed: Vec<(String, String)> = Vec::new();
+    let mut gates: Vec<super::promote::Gate> = Vec::new();
     let mut changes = 0;
     let mut said_applied = false;
     // the state dir of this converge, opened once for it and its tests
@@ -639,6 +645,11 @@ fn converge(
                 });
             }
             Progress::Test(_) => {}
+            Progress::Gate(super::promote::GateEvent::Done(gate)) => {
+                gates.push(gate.clone());
+                on(Event::Gate { gate })
+            }
+            Progress::Gate(_) => {}
         }
     });
     let mut error = None;
@@ -699,6 +710,7 @@ fn converge(
         repaired: &repaired,
         failed: &failed,
         drifted: &drifted,
+        gates: &gates,
         whole: only.is_none(),
         changes,
         error,

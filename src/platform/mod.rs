@@ -125,6 +125,8 @@ pub enum Target<'a> {
         machine: &'a Machine,
         volume: &'a Volume,
         toolchain: Option<&'a str>,
+        /// A revision other than the current one: a candidate under test.
+        revision: Option<u32>,
     },
     /// A netboot image, booted diskless over PXE from its published TFTP tree.
     Image { name: &'a str, image: &'a Image },
@@ -149,6 +151,7 @@ impl<'a> Target<'a> {
             machine,
             volume,
             toolchain,
+            revision: None,
         })
     }
 
@@ -203,8 +206,12 @@ pub struct Clouds;
 
 /// The one factory: an instance of `target` on `executor`.
 pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Box<dyn Instance>> {
-    let working = |name: &str, m: &Machine, volume: &Volume, toolchain: Option<&str>| {
-        WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain)
+    let working = |name: &str,
+                   m: &Machine,
+                   volume: &Volume,
+                   toolchain: Option<&str>,
+                   revision: Option<u32>| {
+        WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain, revision)
     };
     let needs = |what: &str, why: &str| {
         Err(Error::Usage(format!(
@@ -220,6 +227,7 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
                 machine,
                 volume,
                 toolchain: None,
+                revision: None,
             },
         ) => Ok(Box::new(cloud::CloudInstance::provision(
             p, p.suite, name, machine, volume,
@@ -251,9 +259,10 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
                 machine,
                 volume,
                 toolchain,
+                revision,
             },
         ) => {
-            let w = working(name, machine, volume, toolchain)?;
+            let w = working(name, machine, volume, toolchain, revision)?;
             if executor == Executor::Host {
                 return Ok(Box::new(host::HostInstance::new(p, Some(w.into()))));
             }

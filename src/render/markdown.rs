@@ -285,6 +285,23 @@ pub fn apply(r: &ApplyReport, full: &str) -> String {
         }
     };
     let mut out = format!("**Apply:** {headline}\n\n");
+    for g in &r.gates {
+        use crate::ops::promote::GateResult;
+        let _ = match g.result {
+            GateResult::Promoted => writeln!(
+                out,
+                "**Promoted:** {} revision {} after {}\n",
+                inline(&g.address),
+                g.revision,
+                inline(&g.after.join(", "))
+            ),
+            _ => writeln!(
+                out,
+                "**Not promoted:** {}\n",
+                inline(&super::text::gate_failure(g))
+            ),
+        };
+    }
     if !r.drift_kept.is_empty() {
         let _ = writeln!(
             out,

@@ -255,6 +255,52 @@ pub fn apply_event(p: &Printer, e: &crate::ops::apply::Event) {
     }
 }
 
+/// A candidate behind its promotion gate: tested, then switched in or kept (stderr).
+pub fn gate_event(p: &Printer, e: &crate::ops::promote::GateEvent) {
+    use crate::ops::promote::{GateEvent, GateResult};
+    match e {
+        GateEvent::Testing { candidate: c } => p.info(&format!(
+            "testing candidate revision {} of machine.{} (promoted after {})",
+            c.revision,
+            escape(&c.machine),
+            escape(&c.after.join(", "))
+        )),
+        GateEvent::Done(g) => match g.result {
+            GateResult::Promoted => p.info(&format!(
+                "{} {}: revision {} is current",
+                p.paint(Style::Create, "promoted"),
+                escape(&g.address),
+                g.revision
+            )),
+            GateResult::Failed => eprintln!("{} {}", p.paint(Style::Error, "not promoted:"), gate_failure(g)),
+            GateResult::Interrupted => p.warn(&format!(
+                "{}: interrupted while testing candidate revision {}; the old revision stays current",
+                escape(&g.address),
+                g.revision
+            )),
+        },
+    }
+}
+
+/// `machine.kit: candidate revision 3 failed smoke.boot (run …); revision 2 stays current…`
+pub fn gate_failure(g: &crate::ops::promote::Gate) -> String {
+    format!(
+        "{}: candidate revision {} failed {}{}; the current revision stays, the candidate is kept for inspection{}",
+        escape(&g.address),
+        g.revision,
+        escape(&g.failed.join(", ")),
+        g.run
+            .as_deref()
+            .map(|r| format!(" (run {})", escape(r)))
+            .unwrap_or_default(),
+        if g.tested {
+            ""
+        } else {
+            "; it did not change since, so it was not tested again (apply --retest)"
+        }
+    )
+}
+
 /// The end of an apply in text: what converged or failed, then the tests.
 pub fn apply_report(p: &Printer, report: &crate::ops::apply::ApplyReport) {
     use crate::ops::apply::ApplyResult;
@@ -271,6 +317,13 @@ pub fn apply_report(p: &Printer, report: &crate::ops::apply::ApplyReport) {
             escape(&report.failed.join(", "))
         )),
         _ => {}
+    }
+    for g in report
+        .gates
+        .iter()
+        .filter(|g| g.result != crate::ops::promote::GateResult::Promoted)
+    {
+        p.out(&format!("Not promoted: {}", gate_failure(g)));
     }
     if !report.drift_kept.is_empty() {
         p.warn(&format!(
@@ -378,6 +431,24 @@ pub fn status(p: &Printer, st: &crate::ops::status::StatusReport) {
             b.bytes as f64 / (1 << 20) as f64,
             b.created,
             escape(&b.qemu)
+        ));
+    }
+    for c in &st.candidates {
+        p.out(&format!(
+            "Candidate: {} revision {} — {} (promoted after {}){}{}.",
+            escape(&c.address),
+            c.revision,
+            c.state,
+            escape(&c.after.join(", ")),
+            c.run
+                .as_deref()
+                .map(|r| format!(", run {}", escape(r)))
+                .unwrap_or_default(),
+            if c.failed.is_empty() {
+                String::new()
+            } else {
+                format!(", failed {}", escape(&c.failed.join(", ")))
+            }
         ));
     }
 }

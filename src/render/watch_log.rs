@@ -22,6 +22,19 @@ pub fn line(p: &Printer, e: &Event) {
         return;
     }
     let human = match e {
+        Event::Gate { gate } => match gate.result {
+            crate::ops::promote::GateResult::Promoted => format!(
+                "{} {}: revision {} is current",
+                p.paint(Style::Create, "promoted"),
+                escape(&gate.address),
+                gate.revision
+            ),
+            _ => format!(
+                "{} {}",
+                p.paint(Style::Error, "not promoted:"),
+                super::text::gate_failure(gate)
+            ),
+        },
         Event::Listening { url } => format!("serving {url} (metrics, healthz, readyz, status)"),
         Event::DriftKept { addresses } => format!(
             "{} {} drifted and stay so (drift = \"warn\"); `reconcile plan` shows how",

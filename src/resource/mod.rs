@@ -67,6 +67,38 @@ pub struct Change {
     /// did not change): drift, which `drift = "warn"` only reports.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drift: bool,
+    /// A candidate of a promotion gate: the switch waits for its suites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<Candidate>,
+}
+
+/// A candidate waiting behind a promotion gate, and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The machine it is a revision of.
+    pub machine: String,
+    pub revision: u32,
+    pub state: CandidateState,
+    /// The suites it must pass.
+    pub after: Vec<String>,
+    /// What it is tested as (see `state::candidates::Tested::inputs`).
+    pub inputs: String,
+    /// The run of the last test, and what failed in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CandidateState {
+    /// Built (or to be built), its suites not run on it yet (or its inputs changed since).
+    NotTested,
+    /// Its suites failed on it, as it is now: not tested again unless `--retest`.
+    Failed,
+    /// Its suites passed: the switch is what is left (after a crash, say).
+    Passed,
 }
 
 impl Change {
@@ -77,7 +109,14 @@ impl Change {
             from: None,
             to: None,
             drift: false,
+            candidate: None,
         }
+    }
+
+    /// The same change, holding a candidate behind its gate.
+    pub fn held(mut self, c: Candidate) -> Change {
+        self.candidate = Some(c);
+        self
     }
 
     /// The same change, marked as repairing drift.
@@ -172,6 +211,9 @@ pub struct ApplyContext<'a, 'b> {
     /// What the resource has to say about what it did (one line each), shown
     /// with its `done` line: an upload's blocks and throughput.
     pub said: Vec<String>,
+    /// Candidates built and held behind their promotion gates: the caller
+    /// tests them, then switches them in with [`Resource::promote`].
+    pub held: Vec<Candidate>,
 }
 
 /// What `status` shows of one resource (and `status --json` prints).
@@ -291,6 +333,13 @@ pub trait Resource: Send + Sync {
     /// What is done about drift: repaired (the default) or only reported.
     fn drift_mode(&self) -> DriftMode {
         DriftMode::Repair
+    }
+    /// Switch a candidate that passed its gate in: one atomic, journaled step.
+    fn promote(&self, candidate: &Candidate, _cx: &mut ApplyContext) -> Result<()> {
+        Err(crate::error::Error::Resource {
+            address: self.address().to_string(),
+            reason: format!("has no promotion gate (revision {})", candidate.revision),
+        })
     }
 }
 

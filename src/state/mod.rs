@@ -7,6 +7,7 @@
 //! without the sticky bit; its files are opened beneath it without following
 //! a symlink.
 
+pub mod candidates;
 pub mod journal;
 pub mod lock;
 

@@ -114,7 +114,8 @@ pub struct WorkingSnapshot {
 }
 
 impl WorkingSnapshot {
-    /// A fresh writable snapshot of `<m>-<toolchain>`, or of the current revision.
+    /// A fresh writable snapshot of `<m>-<toolchain>`, of revision `revision`
+    /// (a candidate under test), or of the current revision.
     /// Made under the apply lock of `state` (waiting up to 10 minutes): apply
     /// deletes stale snapshots and old revisions under it, so it never sees one half made.
     pub fn create(
@@ -123,6 +124,7 @@ impl WorkingSnapshot {
         machine: &str,
         kind: MachineKind,
         toolchain: Option<&str>,
+        revision: Option<u32>,
     ) -> Result<WorkingSnapshot> {
         let _lock = lock::acquire(
             state,
@@ -133,9 +135,11 @@ impl WorkingSnapshot {
         let layout = MachineDir::new(volume, machine);
         let be = layout.backend()?;
         let dir = layout.open()?;
-        let base = match toolchain {
-            Some(tc) => layout.tc_name(tc),
-            None => dir
+        let base = match (toolchain, revision) {
+            (Some(tc), _) => layout.tc_name(tc),
+            // a candidate, tested before it becomes current
+            (None, Some(rev)) => layout.rev_name(rev),
+            (None, None) => dir
                 .read_link(Path::new(machine))
                 .map_err(|_| Error::Resource {
                     address: format!("machine.{machine}"),

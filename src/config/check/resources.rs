@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::super::lockfile::Lockfile;
-use super::super::model::{DesiredFile, Firmware, MachineKind};
+use super::super::model::{DesiredFile, Executor, Firmware, MachineKind, Promote};
 use super::{did_you_mean, names, sts_endpoint, valid_name, Checker};
 
 /// Each machine: its volume, revision, clouds, source, the tables that suit its kind, its toolchains.
@@ -93,6 +93,57 @@ pub(super) fn machines(c: &mut Checker, m: &DesiredFile, lock: &Lockfile) {
                 );
             }
             c.duration(&["machine", name, "toolchain", tc, "timeout"], t.timeout);
+        }
+        if let Some(p) = &mach.promote {
+            promote(c, m, name, p);
+        }
+    }
+}
+
+/// A machine's promotion gate: suites that exist and test this machine
+/// itself (its revision, not a toolchain snapshot or a cloud image of it).
+fn promote(c: &mut Checker, m: &DesiredFile, name: &str, p: &Promote) {
+    if p.after.is_empty() {
+        c.value(
+            &["machine", name, "promote", "after"],
+            "a promotion gate names at least one suite".into(),
+            "empty",
+            Some("name the suites a new revision must pass, or drop `promote`".into()),
+        );
+    }
+    for (i, s) in p.after.iter().enumerate() {
+        let at = ["machine", name, "promote", "after", &i.to_string()];
+        let Some(suite) = m.suite.get(s) else {
+            c.value(
+                &at,
+                format!("machine `{name}` is promoted after undeclared suite `{s}`"),
+                "no such suite",
+                Some(did_you_mean(s, names(&m.suite), "suite")),
+            );
+            continue;
+        };
+        let why = if !suite.machines.iter().any(|x| x == name) {
+            Some(format!("suite `{s}` does not run on machine `{name}`"))
+        } else if suite.toolchain.is_some() {
+            Some(format!(
+                "suite `{s}` runs on a toolchain snapshot; a candidate is tested as the revision itself (toolchains are bootstrapped on it once it is current)"
+            ))
+        } else if suite.executor == Executor::Cloud {
+            Some(format!(
+                "suite `{s}` runs in the cloud, on a published image, not on the candidate revision"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            c.value(
+                &at,
+                why,
+                "cannot gate this machine",
+                Some(format!(
+                    "a gate suite lists `{name}` in `machines`, with no toolchain, on the host, namespace or qemu executor"
+                )),
+            );
         }
     }
 }

@@ -448,8 +448,9 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
             machine: m,
             volume,
             toolchain,
+            revision,
         } => {
-            let w = WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain)?;
+            let w = WorkingSnapshot::create(p.state, volume, name, m.kind, toolchain, revision)?;
             let image = w
                 .disk
                 .clone()
@@ -464,7 +465,7 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
                         b,
                         f,
                         name.to_string(),
-                        m.revision,
+                        revision.unwrap_or(m.revision),
                         toolchain.map(str::to_string),
                     )
                 });

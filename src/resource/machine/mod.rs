@@ -12,11 +12,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::{
-    ApplyContext, Change, Context, EntryStatus, KindStatus, Observed, Resource, ResourceStatus,
+    ApplyContext, Candidate, Change, Context, EntryStatus, KindStatus, Observed, Resource,
+    ResourceStatus,
 };
 use crate::backend::VolumeBackend;
 use crate::config::model::{Machine, Prune, Volume};
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::fsops::beneath::{self, Beneath};
 use crate::fsops::{self, digest::sha256_bytes};
 use crate::state::now_rfc3339;
@@ -35,6 +37,9 @@ enum Step {
     /// Build (or rebuild, when its source changed) the current revision.
     BuildRevision,
     SwitchLink,
+    /// A candidate held behind its promotion gate: the caller tests it, then
+    /// switches the link with `promote`.
+    Promote,
     Bootstrap {
         toolchain: String,
     },
@@ -253,7 +258,7 @@ impl Resource for MachineResource {
         let dir = self.layout.open()?;
         self.tidy(&dir, st);
         cx.roots.add(KIND, Path::new(&self.volume().path));
-        for (step, _) in self.steps(st, cx.cx)? {
+        for (step, change) in self.steps(st, cx.cx)? {
             match (&step, &self.desired) {
                 (Step::BuildRevision, Some(m)) => self.build_revision(m, cx)?,
                 (Step::SwitchLink, Some(m)) => {
@@ -263,6 +268,11 @@ impl Resource for MachineResource {
                 }
                 (Step::Bootstrap { toolchain }, Some(m)) => self.bootstrap(m, toolchain, cx)?,
                 (Step::Delete { name }, _) => self.delete(name, cx)?,
+                (Step::Promote, Some(_)) => {
+                    if let Some(c) = change.candidate.clone() {
+                        cx.held.push(c);
+                    }
+                }
                 _ => {}
             }
         }
@@ -282,6 +292,36 @@ impl Resource for MachineResource {
 
     fn watch_paths(&self) -> Vec<PathBuf> {
         vec![self.dir()]
+    }
+
+    /// The link moves to the candidate: one rename of a symlink, so a kill
+    /// at any moment leaves the old revision current or the new one, never
+    /// neither (fault points `switch` and `switched` on either side).
+    fn promote(&self, c: &Candidate, _cx: &mut ApplyContext) -> Result<()> {
+        let gone = |reason: String| Error::Resource {
+            address: self.address.clone(),
+            reason,
+        };
+        match &self.desired {
+            Some(m) if m.revision == c.revision => {}
+            Some(m) => {
+                return Err(gone(format!(
+                    "candidate revision {} is not the declared revision {} any more",
+                    c.revision, m.revision
+                )))
+            }
+            None => return Err(gone("is not declared any more".into())),
+        }
+        let dir = self.layout.open()?;
+        let rev = self.rev_name(c.revision);
+        if dir.try_stat(Path::new(&rev)).ok().flatten().is_none() {
+            return Err(gone(format!("candidate revision {} is gone", c.revision)));
+        }
+        fault::point(&self.address, "switch");
+        fsops::switch_symlink(&dir, Path::new(&rev), Path::new(self.name()))
+            .map_err(|e| Error::io(self.layout.link(), e))?;
+        fault::point(&self.address, "switched");
+        Ok(())
     }
 
     fn status(&self, observed: &Observed) -> ResourceStatus {

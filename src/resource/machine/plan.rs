@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{bootstrap_digest, MachineResource, Step};
 use crate::config::model::{Machine, Prune};
 use crate::error::{Error, Result};
-use crate::resource::{Action, Change, Context};
+use crate::resource::{Action, Candidate, CandidateState, Change, Context};
 use crate::source::Location;
+use crate::state::candidates::Verdict;
 use crate::store::working::live_bases;
 use crate::store::{disk, revision_of, Entry, EntryKind, MachineState};
 
@@ -23,7 +24,7 @@ impl MachineResource {
         ) {
             for (_, c) in out
                 .iter_mut()
-                .filter(|(s, _)| matches!(s, Step::SwitchLink))
+                .filter(|(s, _)| matches!(s, Step::SwitchLink | Step::Promote))
             {
                 c.from = Some(old.to_string());
                 c.to = Some(m.revision.to_string());
@@ -44,10 +45,17 @@ impl MachineResource {
         };
         let want_src = cx.fetcher.expected_digest(&m.source)?;
         let mut out = Steps::default();
-        let rebuilt = self.revision_steps(m, st, &want_src, &mut out);
-        let rebuilding = self.toolchain_steps(m, st, &want_src, rebuilt, &mut out)?;
+        let rebuilt = self.revision_steps(m, st, &want_src, cx, &mut out);
+        // a candidate held behind its gate: toolchains stay on the current
+        // revision and are bootstrapped on the candidate once it is switched in
+        let held = out.0.iter().any(|(s, _)| *s == Step::Promote);
+        let rebuilding = if held {
+            BTreeSet::new()
+        } else {
+            self.toolchain_steps(m, st, &want_src, rebuilt, &mut out)?
+        };
         if self.volume().prune != Prune::None {
-            self.deletion_steps(m, st, &live, &rebuilding, &mut out);
+            self.deletion_steps(m, st, &live, &rebuilding, held, &mut out);
         }
         Ok(out.0)
     }
@@ -86,6 +94,7 @@ impl MachineResource {
         m: &Machine,
         st: &MachineState,
         want_src: &str,
+        cx: &Context,
         out: &mut Steps,
     ) -> bool {
         let cur = self.rev_name(m.revision);
@@ -122,6 +131,14 @@ impl MachineResource {
             Some(_) => {}
         }
         if st.link.as_deref() != Some(cur.as_str()) {
+            if let Some(p) = &m.promote {
+                let c = self.candidate(m, &p.after, want_src, rebuilt, cx);
+                out.0.push((
+                    Step::Promote,
+                    Change::new(Action::Update, candidate_reason(&c)).held(c),
+                ));
+                return rebuilt;
+            }
             let reason = match st.link.as_deref().and_then(|l| l.rsplit('-').next()) {
                 Some(old) => format!("current revision {old} → {}", m.revision),
                 None => format!("link {} → {cur} missing", self.name()),
@@ -129,6 +146,44 @@ impl MachineResource {
             out.push(Step::SwitchLink, Action::Update, reason);
         }
         rebuilt
+    }
+
+    /// The candidate revision `m.revision` and how far it got: its last
+    /// test counts only for the same inputs (a rebuilt revision is new).
+    fn candidate(
+        &self,
+        m: &Machine,
+        after: &[String],
+        want_src: &str,
+        rebuilt: bool,
+        cx: &Context,
+    ) -> Candidate {
+        let mut text = format!("{}\n{want_src}\n", m.revision);
+        for s in after {
+            let suite = cx.desired.model.suite.get(s);
+            let dir_tests = cx.desired.dir_tests.get(s);
+            text.push_str(&serde_json::to_string(&(s, suite, dir_tests)).unwrap_or_default());
+            text.push('\n');
+        }
+        let inputs = crate::fsops::digest::sha256_bytes(text.as_bytes());
+        let last = cx
+            .state
+            .candidates()
+            .remove(&self.address)
+            .filter(|t| !rebuilt && t.revision == m.revision && t.inputs == inputs);
+        Candidate {
+            machine: self.name().to_string(),
+            revision: m.revision,
+            state: match last.as_ref().map(|t| t.verdict) {
+                None => CandidateState::NotTested,
+                Some(Verdict::Failed) => CandidateState::Failed,
+                Some(Verdict::Passed) => CandidateState::Passed,
+            },
+            after: after.to_vec(),
+            inputs,
+            run: last.as_ref().map(|t| t.run.clone()),
+            failed: last.map(|t| t.failed).unwrap_or_default(),
+        }
     }
 
     /// Each declared toolchain bootstrapped on the current revision with its
@@ -191,6 +246,7 @@ impl MachineResource {
         st: &MachineState,
         live: &BTreeMap<String, String>,
         rebuilding: &BTreeSet<String>,
+        held: bool,
         out: &mut Steps,
     ) {
         let cur = self.rev_name(m.revision);
@@ -204,7 +260,15 @@ impl MachineResource {
         let backing = self.backing(st, live, &staying);
         let mut older: Vec<(u32, &Entry)> = Vec::new();
         for e in st.entries.values() {
-            if e.name == cur || live.contains_key(&e.name) || backing.contains(&e.name) {
+            // the declared revision stays; while it is a candidate held
+            // behind its gate, the current one stays too and `keep` counts
+            // the older ones (a candidate never pushes out the current
+            // revision's rollback)
+            if e.name == cur
+                || (held && st.link.as_deref() == Some(e.name.as_str()))
+                || live.contains_key(&e.name)
+                || backing.contains(&e.name)
+            {
                 continue;
             }
             let r = e.receipt.as_ref();
@@ -283,6 +347,28 @@ impl MachineResource {
 }
 
 /// Revisions that live working snapshots were made from.
+/// `candidate revision 3: not tested (promoted after smoke)`, `… failed
+/// smoke.boot at <run>`, `… passed smoke at <run>, switching`.
+pub(super) fn candidate_reason(c: &Candidate) -> String {
+    let after = c.after.join(", ");
+    let run = c.run.as_deref().unwrap_or("?");
+    match c.state {
+        CandidateState::NotTested => format!(
+            "candidate revision {}: not tested (promoted after {after})",
+            c.revision
+        ),
+        CandidateState::Failed => format!(
+            "candidate revision {}: failed {} at {run}; not tested again until it changes (apply --retest)",
+            c.revision,
+            c.failed.join(", ")
+        ),
+        CandidateState::Passed => format!(
+            "candidate revision {}: passed {after} at {run}, switching",
+            c.revision
+        ),
+    }
+}
+
 /// A machine's steps as they are planned, each with its change.
 #[derive(Default)]
 pub(super) struct Steps(Vec<(Step, Change)>);

@@ -1,0 +1,165 @@
+//! Promotion gates: the candidates an apply built and held behind
+//! `promote = { after = [...] }` are tested on fresh snapshots of
+//! themselves (their suites' tests on this machine, at the candidate
+//! revision), then switched in when every test passed — or kept for
+//! inspection, named with the tests that failed (apply exits 4).
+
+use serde::Serialize;
+
+use super::apply::Progress;
+use crate::apply::{self, Options};
+use crate::config::Desired;
+use crate::error::Result;
+use crate::harness::run;
+use crate::harness::select::{self, Filters};
+use crate::resource::{Candidate, CandidateState};
+use crate::state::candidates::{Tested, Verdict};
+use crate::state::{now_rfc3339, StateDir};
+
+/// How one candidate's gate went.
+#[derive(Debug, Clone, Serialize)]
+pub struct Gate {
+    pub address: String,
+    pub revision: u32,
+    pub result: GateResult,
+    /// The suites it had to pass.
+    pub after: Vec<String>,
+    /// The run its tests ran in (`runs/<run>/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// `suite.test` of each test that did not pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    /// Tested by this apply (false: a failure recorded before, for the same candidate).
+    pub tested: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateResult {
+    /// Passed and switched in: the candidate is current.
+    Promoted,
+    /// Failed: the old revision stays current, the candidate stays beside it.
+    Failed,
+    /// Stopped by a signal before its tests finished: nothing switched, nothing recorded.
+    Interrupted,
+}
+
+/// What a gate reports as it goes.
+pub enum GateEvent<'a> {
+    Testing { candidate: &'a Candidate },
+    Done(&'a Gate),
+}
+
+/// Test each held candidate (or take its recorded verdict), then switch in
+/// those that passed.
+pub fn run_gates(
+    desired: &Desired,
+    state: &StateDir,
+    held: &[Candidate],
+    opts: &Options,
+    on: &mut dyn FnMut(Progress),
+) -> Result<Vec<Gate>> {
+    let mut gates = Vec::new();
+    for c in held {
+        let address = format!("machine.{}", c.machine);
+        let mut gate = Gate {
+            address: address.clone(),
+            revision: c.revision,
+            result: GateResult::Failed,
+            after: c.after.clone(),
+            run: c.run.clone(),
+            failed: c.failed.clone(),
+            tested: false,
+        };
+        let passed = match c.state {
+            CandidateState::Passed => true,
+            CandidateState::Failed if !opts.retest => false,
+            _ => {
+                on(Progress::Gate(GateEvent::Testing { candidate: c }));
+                gate.tested = true;
+                match test(desired, state, c, opts, on)? {
+                    None => {
+                        gate.result = GateResult::Interrupted;
+                        on(Progress::Gate(GateEvent::Done(&gate)));
+                        gates.push(gate);
+                        break;
+                    }
+                    Some((run, failed)) => {
+                        let verdict = if failed.is_empty() {
+                            Verdict::Passed
+                        } else {
+                            Verdict::Failed
+                        };
+                        gate.run = Some(run.clone());
+                        gate.failed = failed.clone();
+                        apply::record_candidate(
+                            state,
+                            &address,
+                            Tested {
+                                revision: c.revision,
+                                inputs: c.inputs.clone(),
+                                verdict,
+                                run,
+                                failed,
+                                at: now_rfc3339(),
+                            },
+                            opts,
+                        )?;
+                        verdict == Verdict::Passed
+                    }
+                }
+            }
+        };
+        if passed {
+            crate::fault::point(&address, "promote");
+            apply::promote(desired, state, c, opts)?;
+            gate.result = GateResult::Promoted;
+            gate.failed.clear();
+        }
+        on(Progress::Gate(GateEvent::Done(&gate)));
+        gates.push(gate);
+    }
+    Ok(gates)
+}
+
+/// Run the candidate's suites on it: the run and the tests that did not
+/// pass (a gate with no test that passed fails: it proved nothing); None
+/// when a signal stopped the run.
+fn test(
+    desired: &Desired,
+    state: &StateDir,
+    c: &Candidate,
+    opts: &Options,
+    on: &mut dyn FnMut(Progress),
+) -> Result<Option<(String, Vec<String>)>> {
+    let filters = Filters {
+        suites: c.after.clone(),
+        ..Default::default()
+    };
+    let mut sel = select::select(desired, &filters)?;
+    sel.selected
+        .retain(|s| s.case.on.machine_name() == Some(c.machine.as_str()));
+    let cancel = opts.cancel.clone().unwrap_or_default();
+    let mut ropts = run::Options::standard(desired, cancel.clone());
+    ropts.clouds = opts.clouds.clone();
+    ropts.revisions.insert(c.machine.clone(), c.revision);
+    let report = run::run(desired, state, sel, &ropts, &mut |e| on(Progress::Test(e)))?;
+    if report.incomplete && cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let mut failed: Vec<String> = report
+        .tests
+        .iter()
+        .filter(|t| t.result == crate::harness::report::Verdict::Fail)
+        .map(|t| t.name.clone())
+        .collect();
+    if failed.is_empty() && report.summary.pass == 0 {
+        failed.push(format!(
+            "no test of {} passed on machine {} (none ran)",
+            c.after.join(", "),
+            c.machine
+        ));
+    }
+    Ok(Some((report.run, failed)))
+}
