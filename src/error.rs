@@ -35,7 +35,7 @@ pub mod exit {
                 (OK, "converged (and the [run] tests passed)"),
                 (ERROR, "error: a resource failed (the others converged), interrupted, the saved plan is stale, or (with --git) the fetched commit was not taken"),
                 (LOCKED, "another apply held the lock past --lock-timeout"),
-                (TESTS_FAILED, "converged, but a test of the [run] plan failed"),
+                (TESTS_FAILED, "converged, but a test of the [run] plan failed, or a candidate's promotion gate did (the old revision stays current)"),
             ],
         ),
         ("watch", &[(OK, "stopped by SIGTERM or SIGINT"), (ERROR, "fatal error (an invalid file at start)")]),

@@ -32,6 +32,10 @@ pub struct Gate {
     pub failed: Vec<String>,
     /// Tested by this apply (false: a failure recorded before, for the same candidate).
     pub tested: bool,
+    /// How long the switch took, from taking the lock to dropping the
+    /// candidate's record (milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,6 +75,7 @@ pub fn run_gates(
             run: c.run.clone(),
             failed: c.failed.clone(),
             tested: false,
+            switch_ms: None,
         };
         let passed = match c.state {
             CandidateState::Passed => true,
@@ -113,7 +118,9 @@ pub fn run_gates(
         };
         if passed {
             crate::fault::point(&address, "promote");
+            let t = std::time::Instant::now();
             apply::promote(desired, state, c, opts)?;
+            gate.switch_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
             gate.result = GateResult::Promoted;
             gate.failed.clear();
         }
