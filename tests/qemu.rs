@@ -1117,3 +1117,129 @@ run = ["true"]
     assert!(output(broken, "node1/stdout.txt").contains("node one says no"));
     assert_nothing_left(&farm);
 }
+
+#[test]
+#[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
+fn an_image_candidate_is_pxe_booted_beside_the_tree_and_exchanged_in_only_when_its_suite_passes() {
+    let Some(guest) = Guest::get() else { return };
+    let farm = Farm::new();
+    let kernel = guest.copy_to(&farm, "vmlinuz", "netboot/vmlinuz");
+    let initrd_a = guest.copy_to(&farm, "initrd.img", "netboot/initrd-a.img");
+    let initrd_b = guest.copy_to(&farm, "initrd-b.img", "netboot/initrd-b.img");
+    // the gate passes on release A only
+    let desired_with = |initrd: &str, sha: &str, extra: &str| {
+        farm.desired(&format!(
+            r#"version = 1
+[image.kit-netboot]
+root = "tftp"
+arch = "amd64"
+release = "kit"
+purpose = "test"
+files.vmlinuz = {{ path = "netboot/vmlinuz", sha256 = "{kernel}" }}
+files."initrd.img" = {{ path = "netboot/{initrd}", sha256 = "{sha}" }}
+ipxe = {{ kernel = "vmlinuz", initrd = "initrd.img", cmdline = "console=ttyS0{extra}" }}
+vm = {{ accel = "tcg", memory = "256M" }}
+console = {{ ready = 'kit: up', prompt = 'kit# ' }}
+promote = {{ after = ["pxe"] }}
+
+[suite.pxe]
+images = ["kit-netboot"]
+executor = "qemu"
+[suite.pxe.test.release]
+run = ["sh", "-c", "cat /etc/release; grep -qx A /etc/release"]
+"#
+        ));
+    };
+    let desired = |initrd: &str, sha: &str| desired_with(initrd, sha, "");
+    let published = farm.path("tftp/amd64/generic/kit/test");
+    let candidate = farm.path("tftp/amd64/generic/kit/.test.reconcile-candidate");
+    desired("initrd-a.img", &initrd_a);
+    let a = farm.run(&["apply", "--json"]);
+    a.expect(0);
+    let r: serde_json::Value = serde_json::from_str(&a.stdout).unwrap();
+    assert_eq!(r["gates"][0]["result"], "promoted", "{r}");
+    assert_eq!(sha_file(&published.join("initrd.img")), initrd_a);
+    assert!(!candidate.exists(), "the candidate became the tree");
+    // the gate booted the candidate from beside the tree
+    let run = r["gates"][0]["run"].as_str().unwrap();
+    let console = fs::read_to_string(
+        farm.path(".reconcile/runs")
+            .join(run)
+            .join("pxe.release/console.txt"),
+    )
+    .unwrap();
+    assert!(
+        console.contains("amd64/generic/kit/.test.reconcile-candidate/boot.ipxe"),
+        "{console}"
+    );
+    farm.run(&["plan"]).expect(0);
+
+    // new content that fails: PXE clients keep getting A, B waits beside it
+    desired("initrd-b.img", &initrd_b);
+    let plan = farm.run(&["plan"]);
+    plan.expect(2);
+    assert!(
+        plan.stdout.contains("published beside the tree"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains(": not tested (promoted after pxe)"),
+        "{}",
+        plan.stdout
+    );
+    let a = farm.run(&["apply"]);
+    a.expect(4);
+    assert!(
+        a.stdout
+            .contains("Not promoted: image.kit-netboot: candidate content ")
+            && a.stdout.contains("failed pxe.release"),
+        "{}",
+        a.all()
+    );
+    assert_eq!(sha_file(&published.join("initrd.img")), initrd_a);
+    assert_eq!(sha_file(&candidate.join("initrd.img")), initrd_b);
+    let plan = farm.run(&["plan"]);
+    assert!(
+        plan.stdout.contains("failed pxe.release at "),
+        "{}",
+        plan.stdout
+    );
+    // not tested again: no VM boots
+    let a = farm.run(&["apply"]);
+    a.expect(4);
+    assert!(a.stdout.contains("not tested again"), "{}", a.stdout);
+
+    // a kill around the exchange: the old tree or the new one, never neither
+    let script = || fs::read_to_string(published.join("boot.ipxe")).unwrap_or_default();
+    for (step, x, after) in [
+        ("switch", " x=1", "console=ttyS0\n"),
+        ("switched", " x=2", "x=2"),
+    ] {
+        let before = script();
+        desired_with("initrd-a.img", &initrd_a, x);
+        let killed = farm.run_env(
+            &["apply"],
+            &[("RECONCILE_FAULT", &format!("image.kit-netboot:{step}"))],
+        );
+        assert_eq!(killed.signal, Some(9), "{step}: {}", killed.all());
+        assert!(script().contains(after), "{step}: {}", script());
+        assert!(step == "switched" || script() == before, "{step}");
+        // the next apply finishes without testing again (the gate passed)
+        let a = farm.run(&["apply"]);
+        a.expect(0);
+        assert!(
+            !a.stderr.contains("testing candidate"),
+            "{step}: {}",
+            a.all()
+        );
+        assert!(script().contains(x.trim()), "{step}: {}", script());
+        farm.run(&["plan"]).expect(0);
+        assert!(
+            farm.leftovers("tftp/amd64/generic/kit").is_empty(),
+            "{step}: {:?}",
+            farm.leftovers("tftp/amd64/generic/kit")
+        );
+    }
+    assert_eq!(no_qemu_left(farm.dir.path()), Vec::<String>::new());
+}

@@ -206,7 +206,7 @@ pub fn promote(
     let (mut journal, _) = Journal::open_and_recover(state, &recoveries.kinds())?;
     let index = StatIndex::load(&state.stat_index_path());
     let cx = Context::new(desired, state, &index, false, false);
-    let address = format!("machine.{}", candidate.machine);
+    let address = candidate.address.clone();
     let resource = resource::all(&cx)?
         .into_iter()
         .find(|r| r.address() == address)

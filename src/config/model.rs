@@ -573,6 +573,11 @@ pub struct Image {
     /// Drift of the published tree: `repair` (default) or `warn`.
     #[serde(default, skip_serializing_if = "DriftMode::is_repair")]
     pub drift: DriftMode,
+    /// Test new content before PXE clients get it: it is published beside
+    /// the tree as a candidate (a name no TFTP client asks for), the suites
+    /// named boot it from there, and it is exchanged in only when every
+    /// test passed.
+    pub promote: Option<Promote>,
 }
 
 /// The iPXE script an image with `ipxe` carries; a PXE client boots it.

@@ -38,6 +38,9 @@ pub struct Options {
     /// Machines tested at this revision instead of their current one: the
     /// candidates of a promotion gate.
     pub revisions: std::collections::BTreeMap<String, u32>,
+    /// Images booted from this tree instead of their published one: the
+    /// candidates of a promotion gate.
+    pub image_trees: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Options {
@@ -52,6 +55,7 @@ impl Options {
             cancel,
             clouds: Default::default(),
             revisions: Default::default(),
+            image_trees: Default::default(),
         }
     }
 }
@@ -795,7 +799,11 @@ fn run_on_instance(
             toolchain: case.toolchain.as_deref(),
             revision: opts.revisions.get(name).copied(),
         },
-        On::Image { name, image } => Target::Image { name, image },
+        On::Image { name, image } => Target::Image {
+            name,
+            image,
+            tree: opts.image_trees.get(name).map(PathBuf::as_path),
+        },
     };
     let provision = Provision {
         node: None,

@@ -20,7 +20,8 @@ use crate::state::{now_rfc3339, StateDir};
 #[derive(Debug, Clone, Serialize)]
 pub struct Gate {
     pub address: String,
-    pub revision: u32,
+    /// `revision 3`, `content 1a2b3c4d…`.
+    pub candidate: String,
     pub result: GateResult,
     /// The suites it had to pass.
     pub after: Vec<String>,
@@ -66,10 +67,10 @@ pub fn run_gates(
 ) -> Result<Vec<Gate>> {
     let mut gates = Vec::new();
     for c in held {
-        let address = format!("machine.{}", c.machine);
+        let address = c.address.clone();
         let mut gate = Gate {
             address: address.clone(),
-            revision: c.revision,
+            candidate: c.what.clone(),
             result: GateResult::Failed,
             after: c.after.clone(),
             run: c.run.clone(),
@@ -145,12 +146,25 @@ fn test(
         ..Default::default()
     };
     let mut sel = select::select(desired, &filters)?;
-    sel.selected
-        .retain(|s| s.case.on.machine_name() == Some(c.machine.as_str()));
+    let image = c.address.starts_with("image.");
+    sel.selected.retain(|s| {
+        let on = if image {
+            s.case.on.image_name()
+        } else {
+            s.case.on.machine_name()
+        };
+        on == Some(c.name.as_str())
+    });
     let cancel = opts.cancel.clone().unwrap_or_default();
     let mut ropts = run::Options::standard(desired, cancel.clone());
     ropts.clouds = opts.clouds.clone();
-    ropts.revisions.insert(c.machine.clone(), c.revision);
+    if image {
+        ropts
+            .image_trees
+            .insert(c.name.clone(), candidate_tree(desired, &c.name));
+    } else {
+        ropts.revisions.insert(c.name.clone(), c.revision);
+    }
     let report = run::run(desired, state, sel, &ropts, &mut |e| on(Progress::Test(e)))?;
     if report.incomplete && cancel.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(None);
@@ -163,10 +177,17 @@ fn test(
         .collect();
     if failed.is_empty() && report.summary.pass == 0 {
         failed.push(format!(
-            "no test of {} passed on machine {} (none ran)",
+            "no test of {} passed on {} (none ran)",
             c.after.join(", "),
-            c.machine
+            c.address
         ));
     }
     Ok(Some((report.run, failed)))
+}
+
+/// Where an image's candidate is published: beside its tree, under a name
+/// no TFTP client asks for.
+pub fn candidate_tree(desired: &Desired, image: &str) -> std::path::PathBuf {
+    let img = &desired.model.image[image];
+    crate::resource::image::candidate_path(&img.target())
 }

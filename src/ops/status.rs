@@ -35,6 +35,7 @@ pub struct StatusReport {
 #[derive(Debug, Serialize)]
 pub struct CandidateStatus {
     pub address: String,
+    /// A machine's candidate revision (0 for an image's candidate tree).
     pub revision: u32,
     /// `not-tested`, `failed`, or `passed` (switched in by the next apply).
     pub state: &'static str,
@@ -177,6 +178,27 @@ fn candidates(
         out.push(CandidateStatus {
             address,
             revision: m.revision,
+            state: match record.map(|t| t.verdict) {
+                None => "not-tested",
+                Some(crate::state::candidates::Verdict::Failed) => "failed",
+                Some(crate::state::candidates::Verdict::Passed) => "passed",
+            },
+            after: p.after.clone(),
+            run: record.map(|t| t.run.clone()),
+            failed: record.map(|t| t.failed.clone()).unwrap_or_default(),
+        });
+    }
+    // images: a candidate tree waits beside the published one
+    for (name, img) in &desired.model.image {
+        let Some(p) = &img.promote else { continue };
+        if !crate::resource::image::candidate_path(&img.target()).is_dir() {
+            continue;
+        }
+        let address = format!("image.{name}");
+        let record = records.get(&address);
+        out.push(CandidateStatus {
+            address,
+            revision: 0,
             state: match record.map(|t| t.verdict) {
                 None => "not-tested",
                 Some(crate::state::candidates::Verdict::Failed) => "failed",

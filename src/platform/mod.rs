@@ -128,8 +128,13 @@ pub enum Target<'a> {
         /// A revision other than the current one: a candidate under test.
         revision: Option<u32>,
     },
-    /// A netboot image, booted diskless over PXE from its published TFTP tree.
-    Image { name: &'a str, image: &'a Image },
+    /// A netboot image, booted diskless over PXE from its published TFTP
+    /// tree (or from `tree`, a candidate beside it, under the same root).
+    Image {
+        name: &'a str,
+        image: &'a Image,
+        tree: Option<&'a Path>,
+    },
     /// A volume being built (a toolchain bootstrap), used in place and kept.
     Staging {
         name: &'a str,
@@ -158,7 +163,11 @@ impl<'a> Target<'a> {
     /// Netboot image `name` of `desired`.
     pub fn image(desired: &'a Desired, name: &'a str) -> Result<Target<'a>> {
         let (_, image) = desired.image(name)?;
-        Ok(Target::Image { name, image })
+        Ok(Target::Image {
+            name,
+            image,
+            tree: None,
+        })
     }
 }
 

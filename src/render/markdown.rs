@@ -290,9 +290,9 @@ pub fn apply(r: &ApplyReport, full: &str) -> String {
         let _ = match g.result {
             GateResult::Promoted => writeln!(
                 out,
-                "**Promoted:** {} revision {} after {}\n",
+                "**Promoted:** {} {} after {}\n",
                 inline(&g.address),
-                g.revision,
+                inline(&g.candidate),
                 inline(&g.after.join(", "))
             ),
             _ => writeln!(

@@ -260,23 +260,27 @@ pub fn gate_event(p: &Printer, e: &crate::ops::promote::GateEvent) {
     use crate::ops::promote::{GateEvent, GateResult};
     match e {
         GateEvent::Testing { candidate: c } => p.info(&format!(
-            "testing candidate revision {} of machine.{} (promoted after {})",
-            c.revision,
-            escape(&c.machine),
+            "testing candidate {} of {} (promoted after {})",
+            escape(&c.what),
+            escape(&c.address),
             escape(&c.after.join(", "))
         )),
         GateEvent::Done(g) => match g.result {
             GateResult::Promoted => p.info(&format!(
-                "{} {}: revision {} is current",
+                "{} {}: {} is current",
                 p.paint(Style::Create, "promoted"),
                 escape(&g.address),
-                g.revision
+                escape(&g.candidate)
             )),
-            GateResult::Failed => eprintln!("{} {}", p.paint(Style::Error, "not promoted:"), gate_failure(g)),
+            GateResult::Failed => eprintln!(
+                "{} {}",
+                p.paint(Style::Error, "not promoted:"),
+                gate_failure(g)
+            ),
             GateResult::Interrupted => p.warn(&format!(
-                "{}: interrupted while testing candidate revision {}; the old revision stays current",
+                "{}: interrupted while testing candidate {}; what was current stays so",
                 escape(&g.address),
-                g.revision
+                escape(&g.candidate)
             )),
         },
     }
@@ -285,9 +289,9 @@ pub fn gate_event(p: &Printer, e: &crate::ops::promote::GateEvent) {
 /// `machine.kit: candidate revision 3 failed smoke.boot (run …); revision 2 stays current…`
 pub fn gate_failure(g: &crate::ops::promote::Gate) -> String {
     format!(
-        "{}: candidate revision {} failed {}{}; the current revision stays, the candidate is kept for inspection{}",
+        "{}: candidate {} failed {}{}; what is current stays so, the candidate is kept for inspection{}",
         escape(&g.address),
-        g.revision,
+        escape(&g.candidate),
         escape(&g.failed.join(", ")),
         g.run
             .as_deref()
@@ -435,9 +439,13 @@ pub fn status(p: &Printer, st: &crate::ops::status::StatusReport) {
     }
     for c in &st.candidates {
         p.out(&format!(
-            "Candidate: {} revision {} — {} (promoted after {}){}{}.",
+            "Candidate: {}{} — {} (promoted after {}){}{}.",
             escape(&c.address),
-            c.revision,
+            if c.revision > 0 {
+                format!(" revision {}", c.revision)
+            } else {
+                String::new()
+            },
             c.state,
             escape(&c.after.join(", ")),
             c.run

@@ -24,10 +24,10 @@ pub fn line(p: &Printer, e: &Event) {
     let human = match e {
         Event::Gate { gate } => match gate.result {
             crate::ops::promote::GateResult::Promoted => format!(
-                "{} {}: revision {} is current",
+                "{} {}: {} is current",
                 p.paint(Style::Create, "promoted"),
                 escape(&gate.address),
-                gate.revision
+                escape(&gate.candidate)
             ),
             _ => format!(
                 "{} {}",

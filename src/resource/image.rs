@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use super::publish::{self, DirState};
 use super::receipt::{self, record_tree, Receipt, ReceiptSource};
 use super::{
-    Action, ApplyContext, Change, Context, KindStatus, Observed, Resource, ResourceStatus,
-    TreeInstalled,
+    Action, ApplyContext, Candidate, Change, Context, KindStatus, Observed, Resource,
+    ResourceStatus, TreeInstalled,
 };
 use crate::config::model::{ArchiveFormat, DriftMode, Image, Source};
 use crate::error::{Error, Result};
@@ -114,6 +114,14 @@ fn dirs_at_depth(cx: &Context, root: &Path, depth: usize) -> Vec<PathBuf> {
     out
 }
 
+/// `.<purpose>.reconcile-candidate` beside the tree at `target`: where a
+/// candidate waits behind its promotion gate. Staging-named, so pruning,
+/// watch and orphan detection pass it by.
+pub fn candidate_path(target: &Path) -> PathBuf {
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    target.with_file_name(format!(".{name}{}candidate", crate::fsops::STAGING_MARK))
+}
+
 /// What the image should contain, as digests: per declared file (or the archive), and the iPXE script.
 struct Wanted {
     /// `file:<name>`, `archive` and `ipxe` → sha256
@@ -168,14 +176,54 @@ impl ImageResource {
         })
     }
 
-    fn install(&self, img: &Image, cx: &mut ApplyContext) -> Result<()> {
+    /// Publish the image at `rel` beneath its root: its tree, or its candidate beside it.
+    fn install(&self, img: &Image, rel: &Path, cx: &mut ApplyContext) -> Result<()> {
         let mut said = Vec::new();
-        let r = source::fresh_on_corrupt_cache(&mut said, || self.install_once(img, cx));
+        let r = source::fresh_on_corrupt_cache(&mut said, || self.install_once(img, rel, cx));
         cx.said.extend(said);
         r
     }
 
-    fn install_once(&self, img: &Image, cx: &mut ApplyContext) -> Result<()> {
+    /// With a promotion gate and content other than what is published (or
+    /// nothing published yet): the candidate, and whether its tree beside
+    /// the published one must be (re)published first.
+    fn gate(
+        &self,
+        img: &Image,
+        state: &DirState,
+        cx: &Context,
+    ) -> Result<Option<(Candidate, bool)>> {
+        let Some(p) = &img.promote else {
+            return Ok(None);
+        };
+        let wanted = self.wanted(img, cx)?;
+        let differs = match state {
+            DirState::Installed { receipt, .. } => receipt.source.sha256 != wanted.combined,
+            _ => true,
+        };
+        if !differs {
+            return Ok(None);
+        }
+        let staged = Receipt::read(&self.root.join(self.candidate_rel()))
+            .is_some_and(|(r, _)| r.kind == KIND && r.source.sha256 == wanted.combined);
+        let c = Candidate::new(
+            cx,
+            &self.address,
+            &self.name,
+            format!("content {}…", receipt::short(&wanted.combined)),
+            0,
+            &wanted.combined,
+            &p.after,
+        );
+        Ok(Some((c, !staged)))
+    }
+
+    /// Where the candidate waits: beside the tree, under a name no TFTP client asks for.
+    fn candidate_rel(&self) -> PathBuf {
+        candidate_path(&self.rel())
+    }
+
+    fn install_once(&self, img: &Image, rel: &Path, cx: &mut ApplyContext) -> Result<()> {
         // downloads are verified on their way into the cache; every file again while it is staged
         let mut files = Vec::new();
         for (name, s) in &img.files {
@@ -188,56 +236,49 @@ impl ImageResource {
         let root = self.open_root(cx.roots)?;
         cx.roots.add(KIND, &self.root);
         let limit = cx.cx.desired.extract_limit;
-        publish::replace_dir(
-            cx.journal,
-            &self.address,
-            &root,
-            &self.rel(),
-            |staging, txn| {
-                let mut written = Written::new();
-                let mut actual: BTreeMap<String, String> = BTreeMap::new();
-                for (i, (name, artifact)) in files.iter().enumerate() {
-                    let staged =
-                        source::unpack(artifact, staging, name, 0, limit, Default::default())?;
-                    staging
-                        .set_mode(Path::new(name), 0o644)
-                        .map_err(|e| Error::io(staging.shown(Path::new(name)), e))?;
-                    actual.insert(format!("file:{name}"), staged.sha256);
-                    written.extend(staged.written);
-                    if i == 0 {
-                        fault::point(&self.address, "stage-partial");
-                    }
-                }
-                if let (Some(a), Some(s)) = (&archive, &img.source) {
-                    let strip = s.strip_components.unwrap_or(0);
-                    let staged =
-                        source::unpack(a, staging, "image", strip, limit, Default::default())?;
-                    actual.insert("archive".into(), format!("{}/strip={strip}", staged.sha256));
-                    written.extend(staged.written);
+        publish::replace_dir(cx.journal, &self.address, &root, rel, |staging, txn| {
+            let mut written = Written::new();
+            let mut actual: BTreeMap<String, String> = BTreeMap::new();
+            for (i, (name, artifact)) in files.iter().enumerate() {
+                let staged = source::unpack(artifact, staging, name, 0, limit, Default::default())?;
+                staging
+                    .set_mode(Path::new(name), 0o644)
+                    .map_err(|e| Error::io(staging.shown(Path::new(name)), e))?;
+                actual.insert(format!("file:{name}"), staged.sha256);
+                written.extend(staged.written);
+                if i == 0 {
                     fault::point(&self.address, "stage-partial");
                 }
-                if let Some(script) = render_ipxe(img) {
-                    let ipxe = img.ipxe.as_ref().expect("rendered");
-                    for f in [Some(&ipxe.kernel), ipxe.initrd.as_ref()]
-                        .into_iter()
+            }
+            if let (Some(a), Some(s)) = (&archive, &img.source) {
+                let strip = s.strip_components.unwrap_or(0);
+                let staged = source::unpack(a, staging, "image", strip, limit, Default::default())?;
+                actual.insert("archive".into(), format!("{}/strip={strip}", staged.sha256));
+                written.extend(staged.written);
+                fault::point(&self.address, "stage-partial");
+            }
+            if let Some(script) = render_ipxe(img) {
+                let ipxe = img.ipxe.as_ref().expect("rendered");
+                for f in [Some(&ipxe.kernel), ipxe.initrd.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let kind = staging
+                        .try_stat(Path::new(f))
+                        .ok()
                         .flatten()
-                    {
-                        let kind = staging
-                            .try_stat(Path::new(f))
-                            .ok()
-                            .flatten()
-                            .map(|s| s.kind);
-                        if kind != Some(beneath::Kind::File) {
-                            return Err(Error::Resource {
+                        .map(|s| s.kind);
+                    if kind != Some(beneath::Kind::File) {
+                        return Err(Error::Resource {
                             address: self.address.clone(),
                             reason: format!(
                                 "the iPXE script boots `{f}`, which the image does not contain as a file"
                             ),
                         });
-                        }
                     }
-                    let p = Path::new(IPXE_SCRIPT);
-                    let mut out = staging.create_file(p, 0o644).map_err(|e| Error::Resource {
+                }
+                let p = Path::new(IPXE_SCRIPT);
+                let mut out = staging.create_file(p, 0o644).map_err(|e| Error::Resource {
                     address: self.address.clone(),
                     reason: if e.kind() == std::io::ErrorKind::AlreadyExists {
                         format!("the image source carries {IPXE_SCRIPT}, which reconcile writes from `ipxe`")
@@ -245,40 +286,39 @@ impl ImageResource {
                         e.to_string()
                     },
                 })?;
-                    out.write_all(script.as_bytes())
-                        .map_err(|e| Error::io(staging.shown(p), e))?;
-                    let sha = sha256_bytes(script.as_bytes());
-                    actual.insert("ipxe".into(), sha.clone());
-                    written.insert(PathBuf::from(IPXE_SCRIPT), sha);
-                }
-                // what was read while staging, not what was declared
-                let combined = combined(&actual);
-                let mut facts: BTreeMap<String, String> = actual;
-                facts.insert("target".into(), self.target.display().to_string());
-                let location = match &img.source {
-                    Some(s) => Location::of(s).describe(),
-                    None => format!(
-                        "files: {}",
-                        img.files.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                };
-                Receipt {
-                    kind: KIND.into(),
-                    name: self.name.clone(),
-                    version: Some(img.release.clone()),
-                    source: ReceiptSource {
-                        location,
-                        sha256: combined,
-                    },
-                    txn: txn.to_string(),
-                    installed_at: now_rfc3339(),
-                    reconcile_version: env!("CARGO_PKG_VERSION").into(),
-                    facts,
-                    files: record_tree(staging, &written)?,
-                }
-                .write(staging)
-            },
-        )
+                out.write_all(script.as_bytes())
+                    .map_err(|e| Error::io(staging.shown(p), e))?;
+                let sha = sha256_bytes(script.as_bytes());
+                actual.insert("ipxe".into(), sha.clone());
+                written.insert(PathBuf::from(IPXE_SCRIPT), sha);
+            }
+            // what was read while staging, not what was declared
+            let combined = combined(&actual);
+            let mut facts: BTreeMap<String, String> = actual;
+            facts.insert("target".into(), self.target.display().to_string());
+            let location = match &img.source {
+                Some(s) => Location::of(s).describe(),
+                None => format!(
+                    "files: {}",
+                    img.files.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            Receipt {
+                kind: KIND.into(),
+                name: self.name.clone(),
+                version: Some(img.release.clone()),
+                source: ReceiptSource {
+                    location,
+                    sha256: combined,
+                },
+                txn: txn.to_string(),
+                installed_at: now_rfc3339(),
+                reconcile_version: env!("CARGO_PKG_VERSION").into(),
+                facts,
+                files: record_tree(staging, &written)?,
+            }
+            .write(staging)
+        })
     }
 
     /// The target relative to the TFTP root.
@@ -350,6 +390,32 @@ impl Resource for ImageResource {
         };
         let change = |action, reason: String| Ok(vec![Change::new(action, reason)]);
         match state {
+            _ if !matches!(state, DirState::Foreign) && img.promote.is_some() => {
+                match self.gate(img, state, cx)? {
+                    Some((c, publish)) => {
+                        let mut out = Vec::new();
+                        if publish {
+                            out.push(Change::new(
+                                Action::Create,
+                                format!(
+                                    "candidate {}: published beside the tree, as {}",
+                                    c.what,
+                                    self.candidate_rel().display()
+                                ),
+                            ));
+                        }
+                        out.push(Change::new(Action::Update, c.reason()).held(c));
+                        Ok(out)
+                    }
+                    None => match state {
+                        DirState::Installed { drift, .. } => match publish::drift_reason(drift) {
+                            Some(reason) => Ok(vec![Change::new(Action::Update, reason).drift()]),
+                            None => Ok(vec![]),
+                        },
+                        _ => Ok(vec![]),
+                    },
+                }
+            }
             DirState::Absent => {
                 let n = img.files.len() + usize::from(img.source.is_some());
                 change(Action::Create, format!("not published ({n} source(s))"))
@@ -376,10 +442,50 @@ impl Resource for ImageResource {
 
     fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()> {
         match (&self.desired, publish::state(observed)) {
-            (Some(img), _) => self.install(img, cx),
+            (Some(img), state) => match self.gate(img, state, cx.cx)? {
+                Some((c, publish)) => {
+                    if publish {
+                        self.install(img, &self.candidate_rel(), cx)?;
+                    }
+                    cx.held.push(c);
+                    Ok(())
+                }
+                None => self.install(img, &self.rel(), cx),
+            },
             (None, DirState::Installed { .. }) => self.remove(cx),
             (None, _) => Ok(()),
         }
+    }
+
+    /// The candidate is exchanged in (RENAME_EXCHANGE, journaled): PXE
+    /// clients see the old tree or the new one, never neither.
+    fn promote(&self, c: &Candidate, cx: &mut ApplyContext) -> Result<()> {
+        let Some(img) = &self.desired else {
+            return Err(Error::Resource {
+                address: self.address.clone(),
+                reason: "is not declared any more".into(),
+            });
+        };
+        match self.gate(img, &DirState::Absent, cx.cx)? {
+            Some((now, false)) if now.inputs == c.inputs => {}
+            _ => {
+                return Err(Error::Resource {
+                    address: self.address.clone(),
+                    reason: format!(
+                        "candidate {} is not the one beside the tree any more",
+                        c.what
+                    ),
+                })
+            }
+        }
+        let root = self.open_root(cx.roots)?;
+        publish::switch_in(
+            cx.journal,
+            &self.address,
+            &root,
+            &self.rel(),
+            &self.candidate_rel(),
+        )
     }
 
     fn drift_mode(&self) -> DriftMode {

@@ -75,8 +75,13 @@ pub struct Change {
 /// A candidate waiting behind a promotion gate, and how far it got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
-    /// The machine it is a revision of.
-    pub machine: String,
+    /// The resource it is a candidate of (`machine.deb`, `image.bookworm`).
+    pub address: String,
+    /// The machine or image name.
+    pub name: String,
+    /// What is tested and switched in: `revision 3`, `content 1a2b3c4d…`.
+    pub what: String,
+    /// A machine's candidate revision (0 for an image).
     pub revision: u32,
     pub state: CandidateState,
     /// The suites it must pass.
@@ -88,6 +93,72 @@ pub struct Candidate {
     pub run: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<String>,
+}
+
+impl Candidate {
+    /// The candidate of `address` built as `identity` (a revision and its
+    /// source, an image's content), gated by `after`, with how its last test
+    /// went when that test was of the same inputs (the identity and the
+    /// suites as they are declared now).
+    pub fn new(
+        cx: &Context,
+        address: &str,
+        name: &str,
+        what: String,
+        revision: u32,
+        identity: &str,
+        after: &[String],
+    ) -> Candidate {
+        let mut text = format!("{identity}\n");
+        for s in after {
+            let suite = cx.desired.model.suite.get(s);
+            let dir_tests = cx.desired.dir_tests.get(s);
+            text.push_str(&serde_json::to_string(&(s, suite, dir_tests)).unwrap_or_default());
+            text.push('\n');
+        }
+        let inputs = crate::fsops::digest::sha256_bytes(text.as_bytes());
+        let last = cx
+            .state
+            .candidates()
+            .remove(address)
+            .filter(|t| t.inputs == inputs);
+        use crate::state::candidates::Verdict;
+        Candidate {
+            address: address.to_string(),
+            name: name.to_string(),
+            what,
+            revision,
+            state: match last.as_ref().map(|t| t.verdict) {
+                None => CandidateState::NotTested,
+                Some(Verdict::Failed) => CandidateState::Failed,
+                Some(Verdict::Passed) => CandidateState::Passed,
+            },
+            after: after.to_vec(),
+            inputs,
+            run: last.as_ref().map(|t| t.run.clone()),
+            failed: last.map(|t| t.failed).unwrap_or_default(),
+        }
+    }
+
+    /// `candidate revision 3: not tested (promoted after smoke)`, `… failed
+    /// smoke.boot at <run>`, `… passed smoke at <run>, switching`.
+    pub fn reason(&self) -> String {
+        let after = self.after.join(", ");
+        let run = self.run.as_deref().unwrap_or("?");
+        let what = &self.what;
+        match self.state {
+            CandidateState::NotTested => {
+                format!("candidate {what}: not tested (promoted after {after})")
+            }
+            CandidateState::Failed => format!(
+                "candidate {what}: failed {} at {run}; not tested again until it changes (apply --retest)",
+                self.failed.join(", ")
+            ),
+            CandidateState::Passed => {
+                format!("candidate {what}: passed {after} at {run}, switching")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

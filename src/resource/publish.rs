@@ -191,6 +191,61 @@ pub fn replace_dir(
     journal.done(txn)
 }
 
+/// Exchange the candidate directory `candidate` (beside `rel`, published
+/// there earlier by `replace_dir`) in as `rel`, journaled like any publish:
+/// the candidate is first renamed to this transaction's staging name and
+/// its receipt made to carry the transaction (so recovery tells a done
+/// exchange from one that never happened), then one RENAME_EXCHANGE, then
+/// the old tree goes. A kill before the exchange leaves the old tree (and
+/// recovery removes the staged candidate); after it, the new one.
+pub fn switch_in(
+    journal: &mut Journal,
+    address: &str,
+    root: &Beneath,
+    rel: &Path,
+    candidate: &Path,
+) -> Result<()> {
+    let target = root.shown(rel);
+    let (parent, name) = parent_of(root, rel)?;
+    let cand = candidate
+        .file_name()
+        .map(Path::new)
+        .ok_or_else(|| Error::io(root.shown(candidate), std::io::Error::other("no name")))?;
+    let txn = begin_fs(journal, address, |id| Op::Publish {
+        target: target.clone(),
+        staging: fsops::staging_path(&target, id),
+        retired: fsops::retired_path(&target, id),
+    })?;
+    let staging = fsops::staging_name(name, &txn.id);
+    let retired = fsops::retired_name(name, &txn.id);
+    journal.step(&txn, "stage")?;
+    let io = |p: &Path, e: std::io::Error| Error::io(parent.shown(p), e);
+    parent.rename(cand, &staging).map_err(|e| io(cand, e))?;
+    let staged = parent.open_dir(&staging).map_err(|e| io(&staging, e))?;
+    let (mut receipt, _) = Receipt::read_in(&staged).ok_or_else(|| Error::Resource {
+        address: address.to_string(),
+        reason: format!(
+            "the candidate at {} has no receipt",
+            parent.shown(cand).display()
+        ),
+    })?;
+    receipt.txn = txn.id.clone();
+    let bytes = serde_json::to_vec_pretty(&receipt).expect("receipt serialises");
+    let name_of = Path::new(super::receipt::RECEIPT_NAME);
+    staged
+        .write_atomic(name_of, &bytes, 0o644)
+        .map_err(|e| Error::io(staged.shown(name_of), e))?;
+    journal.step(&txn, "exchange")?;
+    crate::fault::point(address, "switch");
+    let previous = fsops::publish(&parent, &staging, name, &retired).map_err(|e| io(name, e))?;
+    crate::fault::point(address, "switched");
+    journal.step(&txn, "cleanup")?;
+    if let Previous::At(old) = previous {
+        remove_in(&parent, &old).map_err(|e| io(&old, e))?;
+    }
+    journal.done(txn)
+}
+
 /// Delete the directory (or btrfs subvolume) `rel` beneath `root`: renamed
 /// aside in one step (journaled), then removed — never through a symlink.
 pub fn remove_dir(journal: &mut Journal, address: &str, root: &Beneath, rel: &Path) -> Result<()> {

@@ -100,6 +100,38 @@ pub(super) fn machines(c: &mut Checker, m: &DesiredFile, lock: &Lockfile) {
     }
 }
 
+/// A netboot image's promotion gate: suites that exist and boot it.
+fn promote_image(c: &mut Checker, m: &DesiredFile, name: &str, p: &Promote) {
+    if p.after.is_empty() {
+        c.value(
+            &["image", name, "promote", "after"],
+            "a promotion gate names at least one suite".into(),
+            "empty",
+            Some("name the suites new content must pass, or drop `promote`".into()),
+        );
+    }
+    for (i, s) in p.after.iter().enumerate() {
+        let at = ["image", name, "promote", "after", &i.to_string()];
+        match m.suite.get(s) {
+            None => c.value(
+                &at,
+                format!("image `{name}` is promoted after undeclared suite `{s}`"),
+                "no such suite",
+                Some(did_you_mean(s, names(&m.suite), "suite")),
+            ),
+            Some(suite) if !suite.images.iter().any(|x| x == name) => c.value(
+                &at,
+                format!("suite `{s}` does not boot image `{name}`"),
+                "cannot gate this image",
+                Some(format!(
+                    "a gate suite lists `{name}` in `images` (executor = \"qemu\")"
+                )),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
 /// A machine's promotion gate: suites that exist and test this machine
 /// itself (its revision, not a toolchain snapshot or a cloud image of it).
 fn promote(c: &mut Checker, m: &DesiredFile, name: &str, p: &Promote) {
@@ -152,6 +184,9 @@ fn promote(c: &mut Checker, m: &DesiredFile, name: &str, p: &Promote) {
 pub(super) fn images(c: &mut Checker, m: &DesiredFile, lock: &Lockfile) {
     let mut targets: BTreeMap<(String, String, String, String, String), &str> = BTreeMap::new();
     for (name, img) in &m.image {
+        if let Some(p) = &img.promote {
+            promote_image(c, m, name, p);
+        }
         for (f, v) in [
             ("arch", &img.arch),
             ("subarch", &img.subarch),

@@ -487,8 +487,14 @@ fn booting(p: &Provision, target: Target) -> Result<Booting> {
             let label = format!("reconcile-{name}-bootstrap");
             (None, boot, label, root.to_path_buf())
         }
-        Target::Image { name, image: img } => {
-            let script = img.target().join(IPXE_SCRIPT);
+        Target::Image {
+            name,
+            image: img,
+            tree,
+        } => {
+            let script = tree
+                .map_or_else(|| img.target(), Path::to_path_buf)
+                .join(IPXE_SCRIPT);
             if !script.is_file() {
                 return Err(infra(format!(
                     "image `{name}` has no {IPXE_SCRIPT} at {}: declare `ipxe` on it and run `reconcile apply`",

@@ -7,9 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{bootstrap_digest, MachineResource, Step};
 use crate::config::model::{Machine, Prune};
 use crate::error::{Error, Result};
-use crate::resource::{Action, Candidate, CandidateState, Change, Context};
+use crate::resource::{Action, Candidate, Change, Context};
 use crate::source::Location;
-use crate::state::candidates::Verdict;
 use crate::store::working::live_bases;
 use crate::store::{disk, revision_of, Entry, EntryKind, MachineState};
 
@@ -132,10 +131,18 @@ impl MachineResource {
         }
         if st.link.as_deref() != Some(cur.as_str()) {
             if let Some(p) = &m.promote {
-                let c = self.candidate(m, &p.after, want_src, rebuilt, cx);
+                let c = Candidate::new(
+                    cx,
+                    &self.address,
+                    self.name(),
+                    format!("revision {}", m.revision),
+                    m.revision,
+                    &format!("{}\n{want_src}", m.revision),
+                    &p.after,
+                );
                 out.0.push((
                     Step::Promote,
-                    Change::new(Action::Update, candidate_reason(&c)).held(c),
+                    Change::new(Action::Update, c.reason()).held(c),
                 ));
                 return rebuilt;
             }
@@ -146,44 +153,6 @@ impl MachineResource {
             out.push(Step::SwitchLink, Action::Update, reason);
         }
         rebuilt
-    }
-
-    /// The candidate revision `m.revision` and how far it got: its last
-    /// test counts only for the same inputs (a rebuilt revision is new).
-    fn candidate(
-        &self,
-        m: &Machine,
-        after: &[String],
-        want_src: &str,
-        rebuilt: bool,
-        cx: &Context,
-    ) -> Candidate {
-        let mut text = format!("{}\n{want_src}\n", m.revision);
-        for s in after {
-            let suite = cx.desired.model.suite.get(s);
-            let dir_tests = cx.desired.dir_tests.get(s);
-            text.push_str(&serde_json::to_string(&(s, suite, dir_tests)).unwrap_or_default());
-            text.push('\n');
-        }
-        let inputs = crate::fsops::digest::sha256_bytes(text.as_bytes());
-        let last = cx
-            .state
-            .candidates()
-            .remove(&self.address)
-            .filter(|t| !rebuilt && t.revision == m.revision && t.inputs == inputs);
-        Candidate {
-            machine: self.name().to_string(),
-            revision: m.revision,
-            state: match last.as_ref().map(|t| t.verdict) {
-                None => CandidateState::NotTested,
-                Some(Verdict::Failed) => CandidateState::Failed,
-                Some(Verdict::Passed) => CandidateState::Passed,
-            },
-            after: after.to_vec(),
-            inputs,
-            run: last.as_ref().map(|t| t.run.clone()),
-            failed: last.map(|t| t.failed).unwrap_or_default(),
-        }
     }
 
     /// Each declared toolchain bootstrapped on the current revision with its
@@ -347,28 +316,6 @@ impl MachineResource {
 }
 
 /// Revisions that live working snapshots were made from.
-/// `candidate revision 3: not tested (promoted after smoke)`, `… failed
-/// smoke.boot at <run>`, `… passed smoke at <run>, switching`.
-pub(super) fn candidate_reason(c: &Candidate) -> String {
-    let after = c.after.join(", ");
-    let run = c.run.as_deref().unwrap_or("?");
-    match c.state {
-        CandidateState::NotTested => format!(
-            "candidate revision {}: not tested (promoted after {after})",
-            c.revision
-        ),
-        CandidateState::Failed => format!(
-            "candidate revision {}: failed {} at {run}; not tested again until it changes (apply --retest)",
-            c.revision,
-            c.failed.join(", ")
-        ),
-        CandidateState::Passed => format!(
-            "candidate revision {}: passed {after} at {run}, switching",
-            c.revision
-        ),
-    }
-}
-
 /// A machine's steps as they are planned, each with its change.
 #[derive(Default)]
 pub(super) struct Steps(Vec<(Step, Change)>);
