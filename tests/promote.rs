@@ -249,3 +249,63 @@ fn a_kill_around_the_switch_leaves_the_old_revision_current_or_the_new_one() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs busybox-static for a test root filesystem"]
+fn a_kill_while_the_candidate_is_tested_leaves_the_old_revision_current_and_the_next_apply_tests_again(
+) {
+    let farm = Farm::new();
+    for (name, marker) in [("1", "r1"), ("2", "r2")] {
+        if rootfs_tar(&farm, &format!("rootfs-{name}.tar.gz"), marker).is_none() {
+            return;
+        }
+    }
+    declare(&farm, 1, "1", 1);
+    farm.run(&["apply"]).expect(0);
+    // the gate's test waits for a file: the apply is killed while it waits
+    let gate = |rev: u32| {
+        farm.desired(&format!(
+            "version = 1\n[volume.default]\npath = \"machines\"\nbackend = \"dir\"\n\
+             [machine.deb]\nrevision = {rev}\nsource = {{ path = \"rootfs-{rev}.tar.gz\" }}\nkeep = 1\n\
+             promote = {{ after = [\"smoke\"] }}\n\
+             [suite.smoke]\nmachines = [\"deb\"]\nexecutor = \"host\"\n\
+             [suite.smoke.test.waits]\nrun = [\"/bin/sh\", \"-c\", \"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done\"]\n",
+            started = farm.path("started").display(),
+            go = farm.path("go").display(),
+        ))
+    };
+    gate(2);
+    let mut child = farm
+        .cmd(&["apply"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !farm.path("started").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gate's test never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(current(&farm), "deb-1", "the old revision stays current");
+    assert!(
+        farm.path("machines/deb/deb-2").exists(),
+        "the candidate stays"
+    );
+    let st = json(&farm.run(&["status", "--json"]));
+    assert_eq!(st["candidates"][0]["state"], "not-tested", "{st}");
+    // the next apply tests it again, and it passes
+    fs::write(farm.path("go"), "").unwrap();
+    let a = farm.run(&["apply"]);
+    a.expect(0);
+    assert!(
+        a.stderr.contains("testing candidate revision 2"),
+        "{}",
+        a.all()
+    );
+    assert_eq!(current(&farm), "deb-2");
+}

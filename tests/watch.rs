@@ -920,3 +920,47 @@ fn drift_warn_is_logged_counted_and_left_as_it_is() {
     assert!(w.stop().success());
     assert_eq!(tool(&farm), "#!/bin/sh\necho by hand\n");
 }
+
+#[test]
+#[ignore = "needs busybox-static for a test root filesystem"]
+fn watch_logs_a_failed_gate_and_counts_the_candidate() {
+    let farm = Farm::new();
+    for (name, marker) in [("1", "r1"), ("2", "bad")] {
+        if rootfs_tar(&farm, &format!("rootfs-{name}.tar.gz"), marker).is_none() {
+            return;
+        }
+    }
+    let conf = |rev: u32| {
+        format!(
+            "version = 1\n[volume.default]\npath = \"machines\"\nbackend = \"dir\"\n\
+             [machine.deb]\nrevision = {rev}\nsource = {{ path = \"rootfs-{rev}.tar.gz\" }}\npromote = {{ after = [\"smoke\"] }}\n\
+             [suite.smoke]\nmachines = [\"deb\"]\nexecutor = \"host\"\n\
+             [suite.smoke.test.os]\nrun = [\"/bin/sh\", \"-c\", \"grep -q 'VERSION_ID=\\\"r1\\\"' etc/os-release\"]\n"
+        )
+    };
+    farm.desired(&conf(1));
+    let mut w = Watch::start_with(&farm, &["--listen", "127.0.0.1:0"], &[]);
+    let promoted = w.seen_or_wait("gate");
+    assert_eq!(promoted["result"], "promoted", "{promoted}");
+    save_by_rename(&farm, &conf(2));
+    let failed = w.wait_for("gate", |e| e["result"] == "failed");
+    assert_eq!(failed["address"], "machine.deb", "{failed}");
+    assert_eq!(failed["failed"][0], "smoke.os", "{failed}");
+    let t = eventually("the failed candidate counted", || {
+        let t = get(&w.url("/metrics")).body;
+        match sample(&t, r#"reconcile_candidates{state="failed"}"#) {
+            Some(1.0) => Ok(t),
+            _ => Err(t),
+        }
+    });
+    assert_eq!(
+        sample(&t, r#"reconcile_candidates{state="not-tested"}"#),
+        Some(0.0),
+        "{t}"
+    );
+    assert_eq!(
+        fs::read_link(farm.path("machines/deb/deb")).unwrap(),
+        Path::new("deb-1")
+    );
+    assert!(w.stop().success());
+}
