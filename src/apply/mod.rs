@@ -154,13 +154,17 @@ pub fn converge(
         match p.resource.apply(&p.observed, &mut acx) {
             Ok(()) => {
                 outcome.held.append(&mut acx.held);
-                outcome.changes += p.changes.len();
-                outcome.applied.push(address.to_string());
-                on(Event::Applied {
-                    address,
-                    took: t.elapsed(),
-                    said: &acx.said,
-                });
+                // a candidate held behind its gate is not applied yet: the gate says what became of it
+                let made = p.changes.iter().filter(|c| c.candidate.is_none()).count();
+                if made > 0 {
+                    outcome.changes += made;
+                    outcome.applied.push(address.to_string());
+                    on(Event::Applied {
+                        address,
+                        took: t.elapsed(),
+                        said: &acx.said,
+                    });
+                }
             }
             Err(error) => {
                 on(Event::Failed {

@@ -165,6 +165,14 @@ pub fn converge_then_test(
             .filter(|g| g.result == GateResult::Promoted)
             .filter_map(|g| glob::Pattern::new(&glob::Pattern::escape(&g.address)).ok())
             .collect();
+        // each switch is a change applied
+        outcome.changes += promoted.len();
+        outcome.applied.extend(
+            gates
+                .iter()
+                .filter(|g| g.result == GateResult::Promoted)
+                .map(|g| g.address.clone()),
+        );
         if !promoted.is_empty() {
             // now current: its toolchains are bootstrapped on it, retention runs
             let again = Options {
