@@ -1050,3 +1050,172 @@ clouds = ["dev"]
     apply(&farm).expect(0);
     plan(&farm).expect(0);
 }
+
+#[test]
+#[ignore = "needs moto (target/venv)"]
+fn a_cloud_image_is_a_candidate_until_its_gate_passes_and_only_then_becomes_the_one_launched() {
+    let farm = Farm::new();
+    let Some(moto) = Moto::start(farm.dir.path()) else {
+        return;
+    };
+    let proxy = Proxy::start(&moto.url);
+    proxy.guest.store(true, std::sync::atomic::Ordering::SeqCst);
+    disk(&farm, "disk-1.img", 8 << 20, &[(0, 4096)], 1);
+    disk(&farm, "disk-2.img", 8 << 20, &[(0, 4096)], 2);
+    // the gate passes while the file `ok` exists on the host (the proxy runs
+    // the instance's user data here, in place of a guest)
+    let ok = farm.path("ok");
+    let declare = |rev: u32| {
+        farm.desired(&farm_toml(
+            &proxy.url,
+            &format!("revision = {rev}\nkeep = 1\nsource = {{ path = \"disk-{rev}.img\" }}\nconsole = {{ boot_timeout = \"60s\" }}"),
+            &format!(
+                "[suite.cs]\nmachines = [\"kit\"]\nexecutor = \"cloud\"\ncloud = \"dev\"\ninstance_type = \"t3.nano\"\n\
+                 [suite.cs.test.ok]\nrun = [\"/bin/sh\", \"-c\", \"test -e {}\"]\n",
+                ok.display()
+            ),
+        ));
+        // the gate belongs to the cloud table
+        let text = fs::read_to_string(farm.path("reconcile.toml"))
+            .unwrap()
+            .replace("endpoint = ", "promote = { after = [\"cs\"] }\nendpoint = ");
+        fs::write(farm.path("reconcile.toml"), text).unwrap();
+    };
+    let state_of = |rev: u32| -> serde_json::Value {
+        moto.boto(&format!(
+            "print(json.dumps([i['tags'].get('reconcile:state') for i in ours() if i['tags'].get('reconcile:revision') == '{rev}']))"
+        ))
+    };
+    fs::write(&ok, "").unwrap();
+    declare(1);
+    let a = apply(&farm);
+    a.expect(0);
+    assert!(
+        a.stderr
+            .contains("testing candidate image of revision 1 of cloud.dev.machine.kit@1"),
+        "{}",
+        a.all()
+    );
+    assert_eq!(state_of(1), serde_json::json!(["current"]));
+
+    // revision 2 fails its gate: registered, tagged a candidate, not launched
+    fs::remove_file(&ok).unwrap();
+    declare(2);
+    let p = plan(&farm);
+    p.expect(2);
+    assert!(
+        p.stdout
+            .contains("candidate image of revision 2: not tested (promoted after cs)"),
+        "{}",
+        p.stdout
+    );
+    let a = apply(&farm);
+    a.expect(4);
+    assert!(
+        a.stdout.contains(
+            "Not promoted: cloud.dev.machine.kit@2: candidate image of revision 2 failed cs.ok"
+        ),
+        "{}",
+        a.all()
+    );
+    assert_eq!(state_of(2), serde_json::json!(["candidate"]));
+    assert_eq!(state_of(1), serde_json::json!(["current"]));
+    // the tests outside the gate launch what is current: revision 1's image
+    let current_image = moto.boto("print(json.dumps([i['id'] for i in ours() if i['tags'].get('reconcile:state') == 'current'][0]))");
+    fs::write(&ok, "").unwrap();
+    farm.run_env(&["test"], CLOUD_ENV).expect(0);
+    let launched: Vec<serde_json::Value> = instances(&moto)
+        .into_iter()
+        .map(|i| i["image"].clone())
+        .collect();
+    assert_eq!(launched.last(), Some(&current_image), "{launched:?}");
+
+    // retested, it passes: tagged current, the one before previous
+    farm.run_env(&["apply", "--retest"], CLOUD_ENV).expect(0);
+    assert_eq!(state_of(2), serde_json::json!(["current"]));
+    assert_eq!(state_of(1), serde_json::json!(["previous"]));
+    plan(&farm).expect(0);
+
+    // killed between tagging the new image current and the old one previous:
+    // two are current, the newest is launched, the next apply finishes
+    disk(&farm, "disk-3.img", 8 << 20, &[(0, 4096)], 3);
+    declare(3);
+    let killed = farm.run_env(
+        &["apply"],
+        &[
+            CLOUD_ENV,
+            &[("RECONCILE_FAULT", "cloud.dev.machine.kit@3:switched")],
+        ]
+        .concat(),
+    );
+    assert_eq!(killed.signal, Some(9), "{}", killed.all());
+    assert_eq!(state_of(3), serde_json::json!(["current"]));
+    assert_eq!(state_of(2), serde_json::json!(["current"]));
+    let newest = moto.boto("print(json.dumps([i['id'] for i in ours() if i['tags'].get('reconcile:revision') == '3'][0]))");
+    farm.run_env(&["test"], CLOUD_ENV).expect(0);
+    let launched: Vec<serde_json::Value> = instances(&moto)
+        .into_iter()
+        .map(|i| i["image"].clone())
+        .collect();
+    assert_eq!(launched.last(), Some(&newest), "{launched:?}");
+    apply(&farm).expect(0);
+    assert_eq!(state_of(2), serde_json::json!(["previous"]));
+    assert_eq!(state_of(3), serde_json::json!(["current"]));
+    plan(&farm).expect(0);
+
+    // killed before the new image is tagged current: the old one stays
+    // current; the next apply switches without testing again
+    disk(&farm, "disk-4.img", 8 << 20, &[(0, 4096)], 4);
+    declare(4);
+    let killed = farm.run_env(
+        &["apply"],
+        &[
+            CLOUD_ENV,
+            &[("RECONCILE_FAULT", "cloud.dev.machine.kit@4:switch")],
+        ]
+        .concat(),
+    );
+    assert_eq!(killed.signal, Some(9), "{}", killed.all());
+    assert_eq!(state_of(4), serde_json::json!(["candidate"]));
+    assert_eq!(state_of(3), serde_json::json!(["current"]));
+    let a = apply(&farm);
+    a.expect(0);
+    assert!(!a.stderr.contains("testing candidate"), "{}", a.all());
+    assert_eq!(state_of(4), serde_json::json!(["current"]));
+    assert_eq!(state_of(3), serde_json::json!(["previous"]));
+
+    // keep = 0 and a candidate that fails: the current image is not retired
+    // (nothing would be launched), only what is previous
+    fs::remove_file(&ok).unwrap();
+    let text = |rev: u32| {
+        declare(rev);
+        let t = fs::read_to_string(farm.path("reconcile.toml"))
+            .unwrap()
+            .replace("keep = 1", "keep = 0");
+        fs::write(farm.path("reconcile.toml"), t).unwrap();
+    };
+    disk(&farm, "disk-5.img", 8 << 20, &[(0, 4096)], 5);
+    text(5);
+    apply(&farm).expect(4);
+    assert_eq!(state_of(5), serde_json::json!(["candidate"]));
+    assert_eq!(state_of(4), serde_json::json!(["current"]));
+    assert_eq!(
+        state_of(3),
+        serde_json::json!([]),
+        "previous goes with keep = 0"
+    );
+
+    // validation: a gate suite that does not launch in this cloud
+    let text = fs::read_to_string(farm.path("reconcile.toml"))
+        .unwrap()
+        .replace("executor = \"cloud\"", "executor = \"host\"");
+    fs::write(farm.path("reconcile.toml"), text).unwrap();
+    let v = farm.run(&["validate"]);
+    v.expect(1);
+    assert!(
+        v.all()
+            .contains("suite `cs` does not launch instances in cloud `dev`"),
+        "{}",
+        v.all()
+    );
+}

@@ -210,6 +210,12 @@ pub fn promote(
     let (mut journal, _) = Journal::open_and_recover(state, &recoveries.kinds())?;
     let index = StatIndex::load(&state.stat_index_path());
     let cx = Context::new(desired, state, &index, false, false);
+    // the run's clouds: what the switch changes there is read anew by what follows
+    #[cfg(feature = "cloud")]
+    let cx = Context {
+        clouds: opts.clouds.clone(),
+        ..cx
+    };
     let address = candidate.address.clone();
     let resource = resource::all(&cx)?
         .into_iter()

@@ -26,6 +26,9 @@ pub const TAG_MACHINE: &str = "reconcile:machine";
 pub const TAG_REVISION: &str = "reconcile:revision";
 pub const TAG_DIGEST: &str = "reconcile:digest";
 pub const TAG_SNAPSHOT: &str = "reconcile:snapshot";
+/// In a cloud with a promotion gate: `candidate` (published, its gate not
+/// passed), `current` (what is launched), `previous` (current before it).
+pub const TAG_STATE: &str = "reconcile:state";
 /// The publish transaction's client token, on the snapshot from its start.
 pub const TAG_TOKEN: &str = "reconcile:token";
 /// On instances the cloud executor launches: the run they belong to.

@@ -665,6 +665,12 @@ pub struct Cloud {
     pub instance_type: Option<String>,
     /// Blocks uploaded at once when publishing a revision. Default 8.
     pub uploads_in_flight: Option<u32>,
+    /// Test a machine's new revision in this cloud before it is launched:
+    /// its image is registered tagged `reconcile:state = candidate`, the
+    /// suites named (executor `cloud`, this cloud) launch it, and only when
+    /// every test passed is it tagged `current` (the one before it
+    /// `previous`). The cloud executor launches the `current` image.
+    pub promote: Option<Promote>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -147,13 +147,32 @@ fn test(
     };
     let mut sel = select::select(desired, &filters)?;
     let image = c.address.starts_with("image.");
+    // `cloud.<cloud>.machine.<m>@<rev>`: the tests that launch it in that cloud
+    let cloud = c
+        .address
+        .strip_prefix("cloud.")
+        .and_then(|rest| rest.split_once(".machine."))
+        .map(|(cloud, _)| cloud.to_string());
     sel.selected.retain(|s| {
         let on = if image {
             s.case.on.image_name()
         } else {
             s.case.on.machine_name()
         };
+        let in_cloud = desired
+            .model
+            .suite
+            .get(&s.case.suite)
+            .map(|x| x.cloud.clone());
         on == Some(c.name.as_str())
+            && match &cloud {
+                Some(cl) => {
+                    s.case.executor == crate::config::model::Executor::Cloud
+                        && in_cloud.flatten().as_deref() == Some(cl.as_str())
+                }
+                // a machine's own gate: on the machine itself, never a cloud image of it
+                None => s.case.executor != crate::config::model::Executor::Cloud,
+            }
     });
     let cancel = opts.cancel.clone().unwrap_or_default();
     let mut ropts = run::Options::standard(desired, cancel.clone());

@@ -106,6 +106,7 @@ impl CloudInstance {
         machine: &str,
         m: &Machine,
         volume: &Volume,
+        revision: Option<u32>,
     ) -> Result<CloudInstance> {
         let model = &p.desired.model;
         let suite = suite.and_then(|s| model.suite.get(s)).ok_or_else(|| {
@@ -129,9 +130,18 @@ impl CloudInstance {
             }
         };
         let api = clouds.api(p.desired, cname)?;
-        let digest = stored_digest(volume, machine, m)?;
         let inventory = clouds.inventory(p.desired, cname)?;
-        let image = published_image(&api, &inventory.images, machine, m.revision, &digest)?;
+        // a gate's test launches its candidate; behind a gate, everything
+        // else launches what is current
+        let (revision, image) = match (revision, c.promote.is_some()) {
+            (None, true) => current_image(&api, &inventory.images, machine, m.revision)?,
+            (revision, _) => {
+                let revision = revision.unwrap_or(m.revision);
+                let digest = stored_digest(volume, machine, m, revision)?;
+                let image = published_image(&api, &inventory.images, machine, revision, &digest)?;
+                (revision, image)
+            }
+        };
         let instance_type = suite
             .instance_type
             .clone()
@@ -146,7 +156,7 @@ impl CloudInstance {
             api,
             state: p.state.clone(),
             machine: machine.to_string(),
-            revision: m.revision,
+            revision,
             image,
             instance_type,
             boot_timeout,
@@ -432,7 +442,7 @@ pub fn user_data(step: &Step, nonce: &str) -> String {
 }
 
 /// The content digest of the machine's current revision as stored on this host.
-fn stored_digest(volume: &Volume, name: &str, m: &Machine) -> Result<String> {
+fn stored_digest(volume: &Volume, name: &str, m: &Machine, revision: u32) -> Result<String> {
     if m.kind != MachineKind::Disk {
         return Err(Error::Usage(format!(
             "machine {name} is a root filesystem; the cloud executor boots disk machines"
@@ -442,14 +452,40 @@ fn stored_digest(volume: &Volume, name: &str, m: &Machine) -> Result<String> {
     let backend = layout.backend().map(|b| b.name()).unwrap_or("dir");
     let st = layout.observe(backend)?;
     st.entries
-        .get(&layout.rev_name(m.revision))
+        .get(&layout.rev_name(revision))
         .and_then(|e| e.receipt.as_ref())
         .filter(|r| r.kind == EntryKind::Revision)
         .map(|r| r.source_sha256.clone())
         .ok_or_else(|| {
             Error::Usage(format!(
-                "revision {} of machine {name} is not stored here: run `reconcile apply` first",
-                m.revision
+                "revision {revision} of machine {name} is not stored here: run `reconcile apply` first"
+            ))
+        })
+}
+
+/// Behind a gate: the newest available image of `machine` tagged `current`.
+fn current_image(
+    api: &Api,
+    images: &[crate::cloud::ec2::Image],
+    machine: &str,
+    declared: u32,
+) -> Result<(u32, String)> {
+    images
+        .iter()
+        .filter(|i| {
+            i.tags.get(TAG_MACHINE).map(String::as_str) == Some(machine)
+                && i.tags.get(cloud::TAG_STATE).map(String::as_str) == Some("current")
+                && i.state == "available"
+        })
+        .filter_map(|i| {
+            let rev = i.tags.get(cloud::TAG_REVISION)?.parse::<u32>().ok()?;
+            Some((rev, i.id.clone()))
+        })
+        .max()
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "no image of machine {machine} is current in cloud {} yet: revision {declared} is a candidate until its promotion gate passes (`reconcile apply`)",
+                api.cloud
             ))
         })
 }

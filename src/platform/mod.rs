@@ -236,10 +236,10 @@ pub fn provision(p: &Provision, executor: Executor, target: Target) -> Result<Bo
                 machine,
                 volume,
                 toolchain: None,
-                revision: None,
+                revision,
             },
         ) => Ok(Box::new(cloud::CloudInstance::provision(
-            p, p.suite, name, machine, volume,
+            p, p.suite, name, machine, volume, revision,
         )?)),
         #[cfg(not(feature = "cloud"))]
         (Executor::Cloud, _) => Err(Error::Usage(

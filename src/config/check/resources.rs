@@ -306,6 +306,42 @@ pub(super) fn plugins(c: &mut Checker, m: &DesiredFile, lock: &Lockfile) {
 
 /// Each cloud: upload parallelism and endpoints (a web identity token goes only to https or loopback).
 pub(super) fn clouds(c: &mut Checker, m: &DesiredFile) {
+    for (name, cl) in &m.cloud {
+        let Some(p) = &cl.promote else { continue };
+        if p.after.is_empty() {
+            c.value(
+                &["cloud", name, "promote", "after"],
+                "a promotion gate names at least one suite".into(),
+                "empty",
+                Some("name the suites a new image must pass, or drop `promote`".into()),
+            );
+        }
+        for (i, s) in p.after.iter().enumerate() {
+            let at = ["cloud", name, "promote", "after", &i.to_string()];
+            match m.suite.get(s) {
+                None => c.value(
+                    &at,
+                    format!("cloud `{name}` is promoted after undeclared suite `{s}`"),
+                    "no such suite",
+                    Some(did_you_mean(s, names(&m.suite), "suite")),
+                ),
+                Some(suite)
+                    if suite.executor != Executor::Cloud
+                        || suite.cloud.as_deref() != Some(name.as_str()) =>
+                {
+                    c.value(
+                        &at,
+                        format!("suite `{s}` does not launch instances in cloud `{name}`"),
+                        "cannot gate this cloud",
+                        Some(format!(
+                            "a gate suite has executor = \"cloud\" and cloud = \"{name}\""
+                        )),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+    }
     for (name, cloud) in &m.cloud {
         if cloud
             .uploads_in_flight

@@ -26,10 +26,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Action, ApplyContext, Change, Context, Detail, KindStatus, Observed, Resource, ResourceStatus,
+    Action, ApplyContext, Candidate, Change, Context, Detail, KindStatus, Observed, Resource,
+    ResourceStatus,
 };
 use crate::cloud::ec2::{Image, Snapshot};
-use crate::cloud::{TAG_DIGEST, TAG_MACHINE, TAG_REVISION, TAG_SNAPSHOT};
+use crate::cloud::{TAG_DIGEST, TAG_MACHINE, TAG_REVISION, TAG_SNAPSHOT, TAG_STATE};
 use crate::config::model::{Machine, MachineKind};
 use crate::error::{Error, Result};
 use crate::fsops::digest::sha256_bytes;
@@ -172,7 +173,16 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
             ) else {
                 continue;
             };
+            // behind a gate, what is launched stays until another image is
+            // current (it is `previous` then): retention never leaves none
+            let gated = model.cloud.get(cname).is_some_and(|c| c.promote.is_some());
+            let launched = inv.images.iter().any(|i| {
+                i.tags.get(TAG_MACHINE) == Some(machine)
+                    && i.tags.get(TAG_REVISION) == Some(&rev.to_string())
+                    && i.tags.get(TAG_STATE).map(String::as_str) == Some("current")
+            });
             if wanted.contains(&(cname.clone(), machine.clone(), rev))
+                || (gated && launched)
                 || !seen.insert((machine.clone(), rev))
             {
                 continue;
@@ -207,6 +217,97 @@ impl CloudImage {
             Detail::Cloud(c) => c,
             _ => unreachable!("a cloud image observes a cloud"),
         }
+    }
+
+    /// In a cloud with a gate, the image of the declared revision is a
+    /// candidate until it is tagged `current`: the candidate, when it is one.
+    fn candidate(&self, st: &CloudState, cx: &Context) -> Option<Candidate> {
+        let want = self.desired.as_ref()?;
+        let gate = cx.desired.model.cloud.get(&self.cloud)?.promote.as_ref()?;
+        if want.machine.revision != self.revision {
+            return None;
+        }
+        let current = st.images.iter().any(|i| {
+            i.tags.get(TAG_DIGEST) == Some(&want.digest)
+                && i.state != "failed"
+                && i.tags.get(TAG_STATE).map(String::as_str) == Some("current")
+        });
+        if current {
+            return None;
+        }
+        Some(Candidate::new(
+            cx,
+            &self.address,
+            &self.machine,
+            format!("image of revision {}", self.revision),
+            self.revision,
+            &want.digest,
+            &gate.after,
+        ))
+    }
+
+    /// Behind a gate, once the declared revision's image is current: other
+    /// images of the machine still tagged `current` (a switch interrupted
+    /// between its two tags), which become `previous`.
+    fn also_current(&self, st: &CloudState, cx: &Context) -> Result<Vec<Image>> {
+        let Some(want) = &self.desired else {
+            return Ok(vec![]);
+        };
+        let gated = cx
+            .desired
+            .model
+            .cloud
+            .get(&self.cloud)
+            .is_some_and(|c| c.promote.is_some());
+        let is_current = |i: &Image| i.tags.get(TAG_STATE).map(String::as_str) == Some("current");
+        let mine: Vec<&Image> = st
+            .images
+            .iter()
+            .filter(|i| i.tags.get(TAG_DIGEST) == Some(&want.digest) && is_current(i))
+            .collect();
+        if !gated || want.machine.revision != self.revision || mine.is_empty() {
+            return Ok(vec![]);
+        }
+        let inv = cx.clouds.inventory(cx.desired, &self.cloud)?;
+        Ok(inv
+            .images
+            .iter()
+            .filter(|i| {
+                i.tags.get(TAG_MACHINE) == Some(&self.machine)
+                    && is_current(i)
+                    && !mine.iter().any(|m| m.id == i.id)
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// The available image of this revision with the wanted digest, as the cloud lists it now.
+    fn published(&self, cx: &Context) -> Result<Option<Image>> {
+        let Some(want) = &self.desired else {
+            return Ok(None);
+        };
+        cx.clouds.forget(&self.cloud);
+        let inv = cx.clouds.inventory(cx.desired, &self.cloud)?;
+        Ok(inv
+            .images
+            .iter()
+            .find(|i| {
+                self.mine(&i.tags)
+                    && i.tags.get(TAG_DIGEST) == Some(&want.digest)
+                    && i.state != "failed"
+            })
+            .cloned())
+    }
+
+    /// Tag an image and its snapshot `reconcile:state = state`.
+    fn tag_state(&self, cx: &Context, image: &Image, state: &str) -> Result<()> {
+        let api = cx.clouds.api(cx.desired, &self.cloud)?;
+        let mut ids = vec![image.id.as_str()];
+        if let Some(s) = image.tags.get(TAG_SNAPSHOT) {
+            ids.push(s.as_str());
+        }
+        api.create_tags(&ids, &[(TAG_STATE.to_string(), state.to_string())])
+            .map_err(|e| crate::cloud::error(&api, "ec2", "CreateTags", e))
     }
 
     fn mine(&self, tags: &BTreeMap<String, String>) -> bool {
@@ -274,7 +375,7 @@ impl Resource for CloudImage {
         })
     }
 
-    fn diff(&self, observed: &Observed, _cx: &Context) -> Result<Vec<Change>> {
+    fn diff(&self, observed: &Observed, cx: &Context) -> Result<Vec<Change>> {
         let st = self.state(observed);
         let change = |action, reason: String| Ok(vec![Change::new(action, reason)]);
         let Some(want) = &self.desired else {
@@ -313,6 +414,22 @@ impl Resource for CloudImage {
             ),
             _ => Ok(vec![]),
         }
+        .and_then(|mut out: Vec<Change>| {
+            if let Some(c) = self.candidate(st, cx) {
+                out.push(Change::new(Action::Update, c.reason()).held(c));
+            }
+            for old in self.also_current(st, cx)? {
+                out.push(Change::new(
+                    Action::Update,
+                    format!(
+                        "{} (revision {}) is current too, left by an interrupted switch: it becomes previous",
+                        old.id,
+                        old.tags.get(TAG_REVISION).map(String::as_str).unwrap_or("?")
+                    ),
+                ));
+            }
+            Ok(out)
+        })
     }
 
     fn apply(&self, observed: &Observed, cx: &mut ApplyContext) -> Result<()> {
@@ -337,7 +454,44 @@ impl Resource for CloudImage {
             .collect();
         let stale_images: Vec<String> = stale.iter().map(|i| i.id.clone()).collect();
         let stale_snapshots = snapshots_of(&st, &stale.into_iter().cloned().collect::<Vec<_>>());
-        self.retire(&stale_images, &stale_snapshots, cx)
+        self.retire(&stale_images, &stale_snapshots, cx)?;
+        for old in self.also_current(&st, cx.cx)? {
+            self.tag_state(cx.cx, &old, "previous")?;
+        }
+        if let Some(c) = self.candidate(&st, cx.cx) {
+            // registered (now or before): tagged a candidate, and held
+            if let Some(image) = self.published(cx.cx)? {
+                if image.tags.get(TAG_STATE).map(String::as_str) != Some("candidate") {
+                    self.tag_state(cx.cx, &image, "candidate")?;
+                }
+            }
+            cx.held.push(c);
+        }
+        Ok(())
+    }
+
+    /// The candidate becomes what is launched: tagged `current` first, then
+    /// the image that was current tagged `previous`. A kill in between leaves
+    /// two current images, and the executor launches the newest of them: it
+    /// is never left with none.
+    fn promote(&self, c: &Candidate, cx: &mut ApplyContext) -> Result<()> {
+        let image = self.published(cx.cx)?.ok_or_else(|| Error::Resource {
+            address: self.address.clone(),
+            reason: format!("the {} is not published any more", c.what),
+        })?;
+        crate::fault::point(&self.address, "switch");
+        self.tag_state(cx.cx, &image, "current")?;
+        crate::fault::point(&self.address, "switched");
+        let inv = cx.cx.clouds.inventory(cx.cx.desired, &self.cloud)?;
+        for old in inv.images.iter().filter(|i| {
+            i.id != image.id
+                && i.tags.get(TAG_MACHINE) == Some(&self.machine)
+                && i.tags.get(TAG_STATE).map(String::as_str) == Some("current")
+        }) {
+            self.tag_state(cx.cx, old, "previous")?;
+        }
+        cx.cx.clouds.forget(&self.cloud);
+        Ok(())
     }
 
     fn watch_paths(&self) -> Vec<PathBuf> {
