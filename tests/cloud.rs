@@ -1120,6 +1120,13 @@ fn a_cloud_image_is_a_candidate_until_its_gate_passes_and_only_then_becomes_the_
     );
     assert_eq!(state_of(2), serde_json::json!(["candidate"]));
     assert_eq!(state_of(1), serde_json::json!(["current"]));
+    let st: serde_json::Value =
+        serde_json::from_str(&farm.run_env(&["status", "--json"], CLOUD_ENV).stdout).unwrap();
+    assert_eq!(
+        st["candidates"][0]["address"], "cloud.dev.machine.kit@2",
+        "{st}"
+    );
+    assert_eq!(st["candidates"][0]["state"], "failed", "{st}");
     // the tests outside the gate launch what is current: revision 1's image
     let current_image = moto.boto("print(json.dumps([i['id'] for i in ours() if i['tags'].get('reconcile:state') == 'current'][0]))");
     fs::write(&ok, "").unwrap();

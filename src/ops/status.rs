@@ -188,6 +188,45 @@ fn candidates(
             failed: record.map(|t| t.failed.clone()).unwrap_or_default(),
         });
     }
+    // clouds: an image tagged a candidate
+    for r in resources {
+        let crate::resource::KindStatus::Cloud {
+            cloud,
+            revision,
+            images,
+            ..
+        } = &r.kind
+        else {
+            continue;
+        };
+        let Some(p) = desired
+            .model
+            .cloud
+            .get(cloud)
+            .and_then(|c| c.promote.as_ref())
+        else {
+            continue;
+        };
+        if !images
+            .iter()
+            .any(|i| i.tags.get(crate::cloud::TAG_STATE).map(String::as_str) == Some("candidate"))
+        {
+            continue;
+        }
+        let record = records.get(&r.address).filter(|t| t.revision == *revision);
+        out.push(CandidateStatus {
+            address: r.address.clone(),
+            revision: *revision,
+            state: match record.map(|t| t.verdict) {
+                None => "not-tested",
+                Some(crate::state::candidates::Verdict::Failed) => "failed",
+                Some(crate::state::candidates::Verdict::Passed) => "passed",
+            },
+            after: p.after.clone(),
+            run: record.map(|t| t.run.clone()),
+            failed: record.map(|t| t.failed.clone()).unwrap_or_default(),
+        });
+    }
     // images: a candidate tree waits beside the published one
     for (name, img) in &desired.model.image {
         let Some(p) = &img.promote else { continue };
