@@ -1191,9 +1191,17 @@ fn a_cloud_image_is_a_candidate_until_its_gate_passes_and_only_then_becomes_the_
     assert_eq!(state_of(4), serde_json::json!(["current"]));
     assert_eq!(state_of(3), serde_json::json!(["previous"]));
 
-    // keep = 0 and a candidate that fails: the current image is not retired
-    // (nothing would be launched), only what is previous
+    // a candidate that fails never pushes out the current image's rollback
+    // (keep = 1: revision 3 stays beside current 4)…
     fs::remove_file(&ok).unwrap();
+    disk(&farm, "disk-5.img", 8 << 20, &[(0, 4096)], 5);
+    declare(5);
+    apply(&farm).expect(4);
+    assert_eq!(state_of(5), serde_json::json!(["candidate"]));
+    assert_eq!(state_of(4), serde_json::json!(["current"]));
+    assert_eq!(state_of(3), serde_json::json!(["previous"]));
+    // …and with keep = 0 the current image is still not retired (nothing
+    // would be launched), only what is previous
     let text = |rev: u32| {
         declare(rev);
         let t = fs::read_to_string(farm.path("reconcile.toml"))
@@ -1201,7 +1209,6 @@ fn a_cloud_image_is_a_candidate_until_its_gate_passes_and_only_then_becomes_the_
             .replace("keep = 1", "keep = 0");
         fs::write(farm.path("reconcile.toml"), t).unwrap();
     };
-    disk(&farm, "disk-5.img", 8 << 20, &[(0, 4096)], 5);
     text(5);
     apply(&farm).expect(4);
     assert_eq!(state_of(5), serde_json::json!(["candidate"]));

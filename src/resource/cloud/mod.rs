@@ -160,6 +160,12 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
     // what reconcile published that is not wanted any more, in every declared cloud
     for cname in model.cloud.keys() {
         let inv = cx.clouds.inventory(cx.desired, cname)?;
+        let gated = model.cloud.get(cname).is_some_and(|c| c.promote.is_some());
+        let held = if gated {
+            rollbacks(&inv.images, model)
+        } else {
+            BTreeSet::new()
+        };
         let mut seen: BTreeSet<(String, u32)> = BTreeSet::new();
         for tags in inv
             .images
@@ -173,16 +179,8 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
             ) else {
                 continue;
             };
-            // behind a gate, what is launched stays until another image is
-            // current (it is `previous` then): retention never leaves none
-            let gated = model.cloud.get(cname).is_some_and(|c| c.promote.is_some());
-            let launched = inv.images.iter().any(|i| {
-                i.tags.get(TAG_MACHINE) == Some(machine)
-                    && i.tags.get(TAG_REVISION) == Some(&rev.to_string())
-                    && i.tags.get(TAG_STATE).map(String::as_str) == Some("current")
-            });
             if wanted.contains(&(cname.clone(), machine.clone(), rev))
-                || (gated && launched)
+                || held.contains(&(machine.clone(), rev))
                 || !seen.insert((machine.clone(), rev))
             {
                 continue;
@@ -209,6 +207,46 @@ pub fn resources(cx: &Context) -> Result<Vec<Box<dyn Resource>>> {
         }
     }
     Ok(out)
+}
+
+/// Behind a gate, what retention keeps besides the declared revisions: the
+/// image that is launched (`current`) until another one is, and while the
+/// declared revision is still a candidate, the `keep` newest revisions
+/// before the current one (its rollback): a candidate counts like a
+/// revision, but never pushes those out.
+fn rollbacks(images: &[Image], model: &crate::config::DesiredFile) -> BTreeSet<(String, u32)> {
+    let mut out = BTreeSet::new();
+    let rev = |i: &Image| i.tags.get(TAG_REVISION).and_then(|r| r.parse::<u32>().ok());
+    let current = |i: &Image| i.tags.get(TAG_STATE).is_some_and(|s| s == "current");
+    for (name, m) in &model.machine {
+        let ours: Vec<&Image> = images
+            .iter()
+            .filter(|i| i.tags.get(TAG_MACHINE) == Some(name))
+            .collect();
+        let Some(current) = ours
+            .iter()
+            .filter(|i| current(i))
+            .filter_map(|i| rev(i))
+            .max()
+        else {
+            continue;
+        };
+        out.insert((name.clone(), current));
+        if current == m.revision {
+            continue;
+        }
+        let mut older: Vec<u32> = ours
+            .iter()
+            .filter_map(|i| rev(i))
+            .filter(|r| *r < current)
+            .collect();
+        older.sort_unstable_by(|a, b| b.cmp(a));
+        older.dedup();
+        for r in older.into_iter().take(m.keep as usize) {
+            out.insert((name.clone(), r));
+        }
+    }
+    out
 }
 
 impl CloudImage {
