@@ -76,19 +76,8 @@ pub fn converge(
     on: &mut dyn FnMut(Event),
 ) -> Result<Outcome> {
     let started = Instant::now();
-    let _lock = lock::acquire(state, &opts.command, opts.lock_timeout)?;
-    let recoveries = resource::recoveries(desired, state);
-    let (mut journal, recovered) = Journal::open_and_recover(state, &recoveries.kinds())?;
-    for r in &recovered {
-        on(Event::Recovered(r));
-    }
-    let index = StatIndex::load(&state.stat_index_path());
-    let cx = Context::new(desired, state, &index, opts.progress, opts.verify);
-    #[cfg(feature = "cloud")]
-    let cx = Context {
-        clouds: opts.clouds.clone(),
-        ..cx
-    };
+    let (_lock, mut journal, index) = begin(desired, state, opts, on)?;
+    let cx = context(desired, state, &index, opts);
     let resources = resource::all(&cx)?;
     if opts.require_targets {
         plan::require_matched(&resources, &opts.targets)?;
@@ -144,13 +133,7 @@ pub fn converge(
             changes: &p.changes,
         });
         let t = Instant::now();
-        let mut acx = ApplyContext {
-            cx: &cx,
-            journal: &mut journal,
-            roots: &mut roots,
-            said: Vec::new(),
-            held: Vec::new(),
-        };
+        let mut acx = ApplyContext::new(&cx, &mut journal, &mut roots);
         match p.resource.apply(&p.observed, &mut acx) {
             Ok(()) => {
                 outcome.held.append(&mut acx.held);
@@ -204,18 +187,11 @@ pub fn promote(
     state: &StateDir,
     candidate: &crate::resource::Candidate,
     opts: &Options,
+    on: &mut dyn FnMut(Event),
 ) -> Result<()> {
-    let _lock = lock::acquire(state, &opts.command, opts.lock_timeout)?;
-    let recoveries = resource::recoveries(desired, state);
-    let (mut journal, _) = Journal::open_and_recover(state, &recoveries.kinds())?;
-    let index = StatIndex::load(&state.stat_index_path());
-    let cx = Context::new(desired, state, &index, false, false);
+    let (_lock, mut journal, index) = begin(desired, state, opts, on)?;
     // the run's clouds: what the switch changes there is read anew by what follows
-    #[cfg(feature = "cloud")]
-    let cx = Context {
-        clouds: opts.clouds.clone(),
-        ..cx
-    };
+    let cx = context(desired, state, &index, opts);
     let address = candidate.address.clone();
     let resource = resource::all(&cx)?
         .into_iter()
@@ -225,20 +201,47 @@ pub fn promote(
             reason: "is not declared any more; nothing to promote".into(),
         })?;
     let mut roots = cx.roots.clone();
-    let mut acx = ApplyContext {
-        cx: &cx,
-        journal: &mut journal,
-        roots: &mut roots,
-        said: Vec::new(),
-        held: Vec::new(),
-    };
-    resource.promote(candidate, &mut acx)?;
+    resource.promote(
+        candidate,
+        &mut ApplyContext::new(&cx, &mut journal, &mut roots),
+    )?;
     journal.clear()?;
-    let mut records = state.candidates();
-    if records.remove(&address).is_some() {
-        state.save_candidates(&records)?;
+    state.update_candidates(|records| {
+        records.remove(&address);
+    })
+}
+
+/// Take the apply lock, then recover what an interrupted run left (each
+/// recovery said through `on`) and load the stat index.
+fn begin(
+    desired: &Desired,
+    state: &StateDir,
+    opts: &Options,
+    on: &mut dyn FnMut(Event),
+) -> Result<(lock::ApplyLock, Journal, StatIndex)> {
+    let held = lock::acquire(state, &opts.command, opts.lock_timeout)?;
+    let recoveries = resource::recoveries(desired, state);
+    let (journal, recovered) = Journal::open_and_recover(state, &recoveries.kinds())?;
+    for r in &recovered {
+        on(Event::Recovered(r));
     }
-    Ok(())
+    Ok((held, journal, StatIndex::load(&state.stat_index_path())))
+}
+
+/// The resources' context of an operation, with the run's clouds.
+fn context<'a>(
+    desired: &'a Desired,
+    state: &'a StateDir,
+    index: &'a StatIndex,
+    opts: &Options,
+) -> Context<'a> {
+    let cx = Context::new(desired, state, index, opts.progress, opts.verify);
+    #[cfg(feature = "cloud")]
+    let cx = Context {
+        clouds: opts.clouds.clone(),
+        ..cx
+    };
+    cx
 }
 
 /// Record how a candidate's gate went, under the apply lock.
@@ -249,9 +252,9 @@ pub fn record_candidate(
     opts: &Options,
 ) -> Result<()> {
     let _lock = lock::acquire(state, &opts.command, opts.lock_timeout)?;
-    let mut records = state.candidates();
-    records.insert(address.to_string(), tested);
-    state.save_candidates(&records)
+    state.update_candidates(|records| {
+        records.insert(address.to_string(), tested);
+    })
 }
 
 /// What a dry run observed, handed back so that a one-shot command can leave

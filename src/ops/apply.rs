@@ -129,7 +129,7 @@ pub fn converge_then_test(
     let started = Instant::now();
     let mut events = Vec::new();
     let mut plan = None;
-    let outcome = converge(desired, state, opts, &mut |e| {
+    let mut outcome = converge(desired, state, opts, &mut |e| {
         match &e {
             Event::Recovered(r) => events.push(Step::Recovered {
                 address: r.address.clone(),
@@ -156,7 +156,6 @@ pub fn converge_then_test(
         }
         on(Progress::Apply(e));
     })?;
-    let mut outcome = outcome;
     let mut gates = Vec::new();
     if !outcome.cancelled && !outcome.held.is_empty() {
         gates = run_gates(desired, state, &outcome.held, opts, on)?;

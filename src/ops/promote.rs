@@ -120,7 +120,7 @@ pub fn run_gates(
         if passed {
             crate::fault::point(&address, "promote");
             let t = std::time::Instant::now();
-            apply::promote(desired, state, c, opts)?;
+            apply::promote(desired, state, c, opts, &mut |e| on(Progress::Apply(e)))?;
             gate.switch_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
             gate.result = GateResult::Promoted;
             gate.failed.clear();

@@ -287,6 +287,18 @@ pub struct ApplyContext<'a, 'b> {
     pub held: Vec<Candidate>,
 }
 
+impl<'a, 'b> ApplyContext<'a, 'b> {
+    pub fn new(cx: &'b Context<'a>, journal: &'b mut Journal, roots: &'b mut Roots) -> Self {
+        ApplyContext {
+            cx,
+            journal,
+            roots,
+            said: Vec::new(),
+            held: Vec::new(),
+        }
+    }
+}
+
 /// What `status` shows of one resource (and `status --json` prints).
 #[derive(Debug, Clone, Serialize)]
 pub struct ResourceStatus {

@@ -48,8 +48,15 @@ impl StateDir {
             .unwrap_or_default()
     }
 
-    pub fn save_candidates(&self, c: &Candidates) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(c).expect("candidates serialise");
+    /// Change the records (the caller holds the apply lock); written only when they changed.
+    pub fn update_candidates(&self, change: impl FnOnce(&mut Candidates)) -> Result<()> {
+        let before = self.candidates();
+        let mut after = before.clone();
+        change(&mut after);
+        if after == before {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec_pretty(&after).expect("candidates serialise");
         self.write_file(CANDIDATES, &bytes)
     }
 }
