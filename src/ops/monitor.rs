@@ -27,7 +27,11 @@ use crate::config::Desired;
 use crate::error::Result;
 use crate::harness::report::Report;
 use crate::plan::Plan;
+use crate::resource::CandidateState;
 use crate::state::{now_rfc3339, LastApply, StateDir};
+
+/// The states a candidate is counted in while it is held.
+const HELD: [CandidateState; 2] = [CandidateState::NotTested, CandidateState::Failed];
 
 /// Converge durations: 10 ms to about 3 hours (a converge that builds a machine).
 const BUCKETS: [f64; 12] = [
@@ -160,7 +164,7 @@ struct Inner {
     desired: Option<Arc<Desired>>,
     commit: Option<String>,
     /// Candidates held, by address: `not-tested` or `failed`.
-    candidates: BTreeMap<String, &'static str>,
+    candidates: BTreeMap<String, CandidateState>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -243,8 +247,10 @@ impl Monitor {
             "Candidates held behind promotion gates, by state",
             metrics.candidates.clone(),
         );
-        for state in ["not-tested", "failed"] {
-            let _ = metrics.candidates.get_or_create(&StateLabel { state });
+        for state in HELD {
+            let _ = metrics.candidates.get_or_create(&StateLabel {
+                state: state.name(),
+            });
         }
         registry.register(
             "reconcile_git_info",
@@ -401,15 +407,21 @@ impl Monitor {
             use super::promote::GateResult;
             match g.result {
                 GateResult::Promoted => i.candidates.remove(&g.address),
-                GateResult::Failed => i.candidates.insert(g.address.clone(), "failed"),
-                GateResult::Interrupted => i.candidates.insert(g.address.clone(), "not-tested"),
+                GateResult::Failed => i
+                    .candidates
+                    .insert(g.address.clone(), CandidateState::Failed),
+                GateResult::Interrupted => i
+                    .candidates
+                    .insert(g.address.clone(), CandidateState::NotTested),
             };
         }
-        for state in ["not-tested", "failed"] {
+        for state in HELD {
             let n = i.candidates.values().filter(|s| **s == state).count();
             self.metrics
                 .candidates
-                .get_or_create(&StateLabel { state })
+                .get_or_create(&StateLabel {
+                    state: state.name(),
+                })
                 .set(n as i64);
         }
         i.last = Some(Converged {

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 use crate::fleet::git::Record;
 use crate::fsops::digest::StatIndex;
 use crate::harness::report::{Report, Summary};
-use crate::resource::{self, Context, ResourceStatus};
+use crate::resource::{self, CandidateState, Context, ResourceStatus};
+use crate::state::candidates::Tested;
 use crate::state::{LastApply, StateDir};
 
 /// What `status` reports (and `status --json` prints).
@@ -38,7 +39,7 @@ pub struct CandidateStatus {
     /// A machine's candidate revision (0 for an image's candidate tree).
     pub revision: u32,
     /// `not-tested`, `failed`, or `passed` (switched in by the next apply).
-    pub state: &'static str,
+    pub state: CandidateState,
     pub after: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -153,6 +154,19 @@ pub fn report(desired: &Desired, record: Option<Record>) -> Result<StatusReport>
     })
 }
 
+impl CandidateStatus {
+    fn of(address: String, revision: u32, after: &[String], record: Option<&Tested>) -> Self {
+        CandidateStatus {
+            address,
+            revision,
+            state: CandidateState::of(record.map(|t| t.verdict)),
+            after: after.to_vec(),
+            run: record.map(|t| t.run.clone()),
+            failed: record.map(|t| t.failed.clone()).unwrap_or_default(),
+        }
+    }
+}
+
 /// Machines with a gate whose declared revision is not the current one.
 fn candidates(
     desired: &Desired,
@@ -175,18 +189,7 @@ fn candidates(
             continue;
         }
         let record = records.get(&address).filter(|t| t.revision == m.revision);
-        out.push(CandidateStatus {
-            address,
-            revision: m.revision,
-            state: match record.map(|t| t.verdict) {
-                None => "not-tested",
-                Some(crate::state::candidates::Verdict::Failed) => "failed",
-                Some(crate::state::candidates::Verdict::Passed) => "passed",
-            },
-            after: p.after.clone(),
-            run: record.map(|t| t.run.clone()),
-            failed: record.map(|t| t.failed.clone()).unwrap_or_default(),
-        });
+        out.push(CandidateStatus::of(address, m.revision, &p.after, record));
     }
     // clouds: an image tagged a candidate
     for r in resources {
@@ -214,18 +217,12 @@ fn candidates(
             continue;
         }
         let record = records.get(&r.address).filter(|t| t.revision == *revision);
-        out.push(CandidateStatus {
-            address: r.address.clone(),
-            revision: *revision,
-            state: match record.map(|t| t.verdict) {
-                None => "not-tested",
-                Some(crate::state::candidates::Verdict::Failed) => "failed",
-                Some(crate::state::candidates::Verdict::Passed) => "passed",
-            },
-            after: p.after.clone(),
-            run: record.map(|t| t.run.clone()),
-            failed: record.map(|t| t.failed.clone()).unwrap_or_default(),
-        });
+        out.push(CandidateStatus::of(
+            r.address.clone(),
+            *revision,
+            &p.after,
+            record,
+        ));
     }
     // images: a candidate tree waits beside the published one
     for (name, img) in &desired.model.image {
@@ -235,18 +232,7 @@ fn candidates(
         }
         let address = format!("image.{name}");
         let record = records.get(&address);
-        out.push(CandidateStatus {
-            address,
-            revision: 0,
-            state: match record.map(|t| t.verdict) {
-                None => "not-tested",
-                Some(crate::state::candidates::Verdict::Failed) => "failed",
-                Some(crate::state::candidates::Verdict::Passed) => "passed",
-            },
-            after: p.after.clone(),
-            run: record.map(|t| t.run.clone()),
-            failed: record.map(|t| t.failed.clone()).unwrap_or_default(),
-        });
+        out.push(CandidateStatus::of(address, 0, &p.after, record));
     }
     out
 }

@@ -446,7 +446,7 @@ pub fn status(p: &Printer, st: &crate::ops::status::StatusReport) {
             } else {
                 String::new()
             },
-            c.state,
+            c.state.name(),
             escape(&c.after.join(", ")),
             c.run
                 .as_deref()

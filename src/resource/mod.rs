@@ -122,17 +122,12 @@ impl Candidate {
             .candidates()
             .remove(address)
             .filter(|t| t.inputs == inputs);
-        use crate::state::candidates::Verdict;
         Candidate {
             address: address.to_string(),
             name: name.to_string(),
             what,
             revision,
-            state: match last.as_ref().map(|t| t.verdict) {
-                None => CandidateState::NotTested,
-                Some(Verdict::Failed) => CandidateState::Failed,
-                Some(Verdict::Passed) => CandidateState::Passed,
-            },
+            state: CandidateState::of(last.as_ref().map(|t| t.verdict)),
             after: after.to_vec(),
             inputs,
             run: last.as_ref().map(|t| t.run.clone()),
@@ -170,6 +165,26 @@ pub enum CandidateState {
     Failed,
     /// Its suites passed: the switch is what is left (after a crash, say).
     Passed,
+}
+
+impl CandidateState {
+    /// Where the last test of the same candidate (if any) left it.
+    pub fn of(verdict: Option<crate::state::candidates::Verdict>) -> CandidateState {
+        use crate::state::candidates::Verdict;
+        match verdict {
+            None => CandidateState::NotTested,
+            Some(Verdict::Failed) => CandidateState::Failed,
+            Some(Verdict::Passed) => CandidateState::Passed,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CandidateState::NotTested => "not-tested",
+            CandidateState::Failed => "failed",
+            CandidateState::Passed => "passed",
+        }
+    }
 }
 
 impl Change {
