@@ -11,7 +11,7 @@ use super::Context;
 use crate::backend::remove_in;
 use crate::error::{Error, Result};
 use crate::fsops::{self, digest::sha256_bytes, Beneath, Previous};
-use crate::state::journal::Journal;
+use crate::state::journal::{Journal, Txn};
 
 /// What is at a managed directory's path.
 pub enum DirState {
@@ -154,41 +154,23 @@ pub fn replace_dir(
     rel: &Path,
     build: impl FnOnce(&Beneath, &str) -> Result<()>,
 ) -> Result<()> {
-    let target = root.shown(rel);
-    let (parent, name) = parent_of(root, rel)?;
-    // the staging names carry the transaction id, so recovery can tell them apart
-    let txn = begin_fs(journal, address, |id| Op::Publish {
-        target: target.clone(),
-        staging: fsops::staging_path(&target, id),
-        retired: fsops::retired_path(&target, id),
-    })?;
-    let staging = fsops::staging_name(name, &txn.id);
-    let retired = fsops::retired_name(name, &txn.id);
-    journal.step(&txn, "stage")?;
-    let io = |e: std::io::Error| Error::io(parent.shown(&staging), e);
-    let staged = parent
-        .create_dir(&staging, 0o755)
-        .and_then(|()| parent.open_dir(&staging))
+    let p = begin_publish(journal, address, root, rel)?;
+    let io = |e: std::io::Error| Error::io(p.parent.shown(&p.staging), e);
+    let staged = p
+        .parent
+        .create_dir(&p.staging, 0o755)
+        .and_then(|()| p.parent.open_dir(&p.staging))
         .map_err(io)
         .and_then(|dir| {
-            build(&dir, &txn.id)?;
+            build(&dir, &p.txn.id)?;
             fsops::sync_tree(&dir).map_err(io)
         });
     if let Err(e) = staged {
-        let _ = remove_in(&parent, &staging);
-        journal.done(txn)?;
+        let _ = remove_in(&p.parent, &p.staging);
+        journal.done(p.txn)?;
         return Err(e);
     }
-    journal.step(&txn, "exchange")?;
-    let previous = fsops::publish(&parent, &staging, name, &retired).map_err(|e| {
-        let _ = remove_in(&parent, &staging);
-        Error::io(&target, e)
-    })?;
-    journal.step(&txn, "cleanup")?;
-    if let Previous::At(old) = previous {
-        remove_in(&parent, &old).map_err(|e| Error::io(parent.shown(&old), e))?;
-    }
-    journal.done(txn)
+    exchange_in(journal, p, None)
 }
 
 /// Exchange the candidate directory `candidate` (beside `rel`, published
@@ -196,8 +178,9 @@ pub fn replace_dir(
 /// the candidate is first renamed to this transaction's staging name and
 /// its receipt made to carry the transaction (so recovery tells a done
 /// exchange from one that never happened), then one RENAME_EXCHANGE, then
-/// the old tree goes. A kill before the exchange leaves the old tree (and
-/// recovery removes the staged candidate); after it, the new one.
+/// the old tree goes. A kill before the exchange (fault point `switch`)
+/// leaves the old tree, and recovery removes the staged candidate; after it
+/// (`switched`), the new one.
 pub fn switch_in(
     journal: &mut Journal,
     address: &str,
@@ -205,12 +188,54 @@ pub fn switch_in(
     rel: &Path,
     candidate: &Path,
 ) -> Result<()> {
-    let target = root.shown(rel);
-    let (parent, name) = parent_of(root, rel)?;
     let cand = candidate
         .file_name()
         .map(Path::new)
         .ok_or_else(|| Error::io(root.shown(candidate), std::io::Error::other("no name")))?;
+    let p = begin_publish(journal, address, root, rel)?;
+    let io = |at: &Path, e: std::io::Error| Error::io(p.parent.shown(at), e);
+    p.parent.rename(cand, &p.staging).map_err(|e| io(cand, e))?;
+    let staged = p
+        .parent
+        .open_dir(&p.staging)
+        .map_err(|e| io(&p.staging, e))?;
+    let (mut receipt, _) = Receipt::read_in(&staged).ok_or_else(|| Error::Resource {
+        address: address.to_string(),
+        reason: format!(
+            "the candidate at {} has no receipt",
+            p.parent.shown(cand).display()
+        ),
+    })?;
+    receipt.txn = p.txn.id.clone();
+    let bytes = serde_json::to_vec_pretty(&receipt).expect("receipt serialises");
+    let name_of = Path::new(super::receipt::RECEIPT_NAME);
+    staged
+        .write_atomic(name_of, &bytes, 0o644)
+        .map_err(|e| Error::io(staged.shown(name_of), e))?;
+    crate::fault::point(address, "switch");
+    exchange_in(journal, p, Some("switched"))
+}
+
+/// A publish transaction begun: the target's parent, its name there, and
+/// the staging and retired names that carry the transaction id (so
+/// recovery can tell them apart). The caller fills the staging name.
+struct Publishing {
+    txn: Txn,
+    target: std::path::PathBuf,
+    parent: Beneath,
+    name: std::path::PathBuf,
+    staging: std::path::PathBuf,
+    retired: std::path::PathBuf,
+}
+
+fn begin_publish(
+    journal: &mut Journal,
+    address: &str,
+    root: &Beneath,
+    rel: &Path,
+) -> Result<Publishing> {
+    let target = root.shown(rel);
+    let (parent, name) = parent_of(root, rel)?;
     let txn = begin_fs(journal, address, |id| Op::Publish {
         target: target.clone(),
         staging: fsops::staging_path(&target, id),
@@ -218,32 +243,35 @@ pub fn switch_in(
     })?;
     let staging = fsops::staging_name(name, &txn.id);
     let retired = fsops::retired_name(name, &txn.id);
+    let name = name.to_path_buf();
     journal.step(&txn, "stage")?;
-    let io = |p: &Path, e: std::io::Error| Error::io(parent.shown(p), e);
-    parent.rename(cand, &staging).map_err(|e| io(cand, e))?;
-    let staged = parent.open_dir(&staging).map_err(|e| io(&staging, e))?;
-    let (mut receipt, _) = Receipt::read_in(&staged).ok_or_else(|| Error::Resource {
-        address: address.to_string(),
-        reason: format!(
-            "the candidate at {} has no receipt",
-            parent.shown(cand).display()
-        ),
+    Ok(Publishing {
+        txn,
+        target,
+        parent,
+        name,
+        staging,
+        retired,
+    })
+}
+
+/// What is staged goes in as the target (RENAME_EXCHANGE, or two renames
+/// where the filesystem refuses it), then the old copy goes; `exchanged`
+/// names a fault point right after the exchange.
+fn exchange_in(journal: &mut Journal, p: Publishing, exchanged: Option<&str>) -> Result<()> {
+    journal.step(&p.txn, "exchange")?;
+    let previous = fsops::publish(&p.parent, &p.staging, &p.name, &p.retired).map_err(|e| {
+        let _ = remove_in(&p.parent, &p.staging);
+        Error::io(&p.target, e)
     })?;
-    receipt.txn = txn.id.clone();
-    let bytes = serde_json::to_vec_pretty(&receipt).expect("receipt serialises");
-    let name_of = Path::new(super::receipt::RECEIPT_NAME);
-    staged
-        .write_atomic(name_of, &bytes, 0o644)
-        .map_err(|e| Error::io(staged.shown(name_of), e))?;
-    journal.step(&txn, "exchange")?;
-    crate::fault::point(address, "switch");
-    let previous = fsops::publish(&parent, &staging, name, &retired).map_err(|e| io(name, e))?;
-    crate::fault::point(address, "switched");
-    journal.step(&txn, "cleanup")?;
-    if let Previous::At(old) = previous {
-        remove_in(&parent, &old).map_err(|e| io(&old, e))?;
+    if let Some(point) = exchanged {
+        crate::fault::point(&p.txn.address, point);
     }
-    journal.done(txn)
+    journal.step(&p.txn, "cleanup")?;
+    if let Previous::At(old) = previous {
+        remove_in(&p.parent, &old).map_err(|e| Error::io(p.parent.shown(&old), e))?;
+    }
+    journal.done(p.txn)
 }
 
 /// Delete the directory (or btrfs subvolume) `rel` beneath `root`: renamed
