@@ -1212,10 +1212,26 @@ run = ["sh", "-c", "cat /etc/release; grep -qx A /etc/release"]
 
     // a kill around the exchange: the old tree or the new one, never neither
     let script = || fs::read_to_string(published.join("boot.ipxe")).unwrap_or_default();
-    for (step, x, after) in [
-        ("switch", " x=1", "console=ttyS0\n"),
-        ("switched", " x=2", "x=2"),
-    ] {
+    // a kill while the candidate is published: the old tree stays, and the
+    // next apply recovers, publishes it again and tests it
+    let before = script();
+    desired_with("initrd-a.img", &initrd_a, " x=1");
+    let killed = farm.run_env(
+        &["apply"],
+        &[("RECONCILE_FAULT", "image.kit-netboot:exchange")],
+    );
+    assert_eq!(killed.signal, Some(9), "{}", killed.all());
+    assert_eq!(script(), before);
+    let a = farm.run(&["apply"]);
+    a.expect(0);
+    assert!(
+        a.stderr.contains("recovered image.kit-netboot"),
+        "{}",
+        a.all()
+    );
+    assert!(script().contains("x=1"), "{}", script());
+    // a kill around the exchange: the old tree or the new one, never neither
+    for (step, x, after) in [("switch", " x=2", "x=1"), ("switched", " x=3", "x=3")] {
         let before = script();
         desired_with("initrd-a.img", &initrd_a, x);
         let killed = farm.run_env(

@@ -58,6 +58,22 @@ pub fn is_staging_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(STAGING_MARK)
 }
 
+const CANDIDATE: &str = "candidate";
+
+/// `<dir>/.<name>.reconcile-candidate` beside `target`: where a new tree
+/// waits behind a promotion gate. Staging-named, so observers and watchers
+/// pass it by; published there and recovered like any managed path.
+pub fn candidate_path(target: &Path) -> PathBuf {
+    beside(
+        target,
+        dotted(&file_name(target), &format!("{STAGING_MARK}{CANDIDATE}")),
+    )
+}
+
+pub fn is_candidate_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(&format!("{STAGING_MARK}{CANDIDATE}"))
+}
+
 /// Filesystems that refuse renameat2 flags (some FUSE and network filesystems)
 /// answer EINVAL; old kernels ENOSYS.
 fn flags_unsupported(e: &io::Error) -> bool {

@@ -118,8 +118,7 @@ fn dirs_at_depth(cx: &Context, root: &Path, depth: usize) -> Vec<PathBuf> {
 /// candidate waits behind its promotion gate. Staging-named, so pruning,
 /// watch and orphan detection pass it by.
 pub fn candidate_path(target: &Path) -> PathBuf {
-    let name = target.file_name().unwrap_or_default().to_string_lossy();
-    target.with_file_name(format!(".{name}{}candidate", crate::fsops::STAGING_MARK))
+    crate::fsops::candidate_path(target)
 }
 
 /// What the image should contain, as digests: per declared file (or the archive), and the iPXE script.

@@ -143,10 +143,15 @@ fn check(op: &Op, txn: &str, roots: &[PathBuf]) -> std::result::Result<Place, St
             sidecar,
         } => (target, Some(staging), retired, Some(sidecar)),
     };
+    // a managed path: no staging name in it, but for a candidate's own last name
+    let last = target.components().count().saturating_sub(1);
     let plain = target.is_absolute()
-        && target.components().skip(1).all(
-            |c| matches!(c, Component::Normal(n) if !fsops::is_staging_name(&n.to_string_lossy())),
-        );
+        && target.components().enumerate().skip(1).all(|(i, c)| {
+            matches!(c, Component::Normal(n) if {
+                let n = n.to_string_lossy();
+                !fsops::is_staging_name(&n) || (i == last && fsops::is_candidate_name(&n))
+            })
+        });
     let root = roots
         .iter()
         .filter(|r| plain && target.starts_with(r) && target != *r)
