@@ -191,7 +191,11 @@ async fn route(
             }
         }
         p if p.starts_with("/runs/") => {
-            let rel = PathBuf::from(percent_decoded(&p["/runs/".len()..]));
+            let rel = PathBuf::from(
+                percent_encoding::percent_decode_str(&p["/runs/".len()..])
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            );
             let name = rel.display().to_string();
             match blocking(move || monitor.run_file(&rel)).await {
                 Some(Ok(bytes)) => reply(
@@ -214,27 +218,6 @@ async fn route(
     }
 }
 
-/// `%XX` escapes decoded (a test's folder name may hold any character);
-/// a malformed escape stays as it is.
-fn percent_decoded(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,12 +235,5 @@ mod tests {
         );
         let e = parse_listen("localhost").unwrap_err();
         assert!(e.contains("not a port or an address"), "{e}");
-    }
-
-    #[test]
-    fn escapes_are_decoded_and_bad_ones_kept() {
-        assert_eq!(percent_decoded("a%20b/c%2Fd"), "a b/c/d");
-        assert_eq!(percent_decoded("100%"), "100%");
-        assert_eq!(percent_decoded("%zz%4"), "%zz%4");
     }
 }
