@@ -281,14 +281,11 @@ fn a_kill_while_the_candidate_is_tested_leaves_the_old_revision_current_and_the_
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !farm.path("started").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gate's test never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(
+        "the gate's test never started",
+        std::time::Duration::from_secs(60),
+        || farm.path("started").exists(),
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(current(&farm), "deb-1", "the old revision stays current");

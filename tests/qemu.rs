@@ -441,6 +441,39 @@ run = ["true"]
     assert_eq!(report(&farm)["incomplete"], true);
 }
 
+/// The busybox guest's kernel and `initrd` as the netboot image
+/// `kit-netboot` (booting with `cmdline`, plus `image_extra` lines), and the
+/// suite `pxe` whose test `release` runs `run` in it.
+fn netboot_toml(
+    kernel: &str,
+    initrd: &str,
+    sha: &str,
+    cmdline: &str,
+    image_extra: &str,
+    run: &str,
+) -> String {
+    format!(
+        r#"version = 1
+[image.kit-netboot]
+root = "tftp"
+arch = "amd64"
+release = "kit"
+purpose = "test"
+files.vmlinuz = {{ path = "netboot/vmlinuz", sha256 = "{kernel}" }}
+files."initrd.img" = {{ path = "netboot/{initrd}", sha256 = "{sha}" }}
+ipxe = {{ kernel = "vmlinuz", initrd = "initrd.img", cmdline = "{cmdline}" }}
+vm = {{ accel = "tcg", memory = "256M" }}
+console = {{ ready = 'kit: up', prompt = 'kit# ' }}
+{image_extra}
+[suite.pxe]
+images = ["kit-netboot"]
+executor = "qemu"
+[suite.pxe.test.release]
+run = ["sh", "-c", "{run}"]
+"#
+    )
+}
+
 #[test]
 #[ignore = "needs qemu-system-x86 and the guest-building tools (scripts/test installs them)"]
 fn pxe_boots_the_published_image_and_the_next_boot_sees_a_new_initrd() {
@@ -450,26 +483,14 @@ fn pxe_boots_the_published_image_and_the_next_boot_sees_a_new_initrd() {
     let initrd_a = guest.copy_to(&farm, "initrd.img", "netboot/initrd-a.img");
     let initrd_b = guest.copy_to(&farm, "initrd-b.img", "netboot/initrd-b.img");
     let desired = |initrd: &str, sha: &str| {
-        farm.desired(&format!(
-            r#"version = 1
-[image.kit-netboot]
-root = "tftp"
-arch = "amd64"
-release = "kit"
-purpose = "test"
-files.vmlinuz = {{ path = "netboot/vmlinuz", sha256 = "{kernel}" }}
-files."initrd.img" = {{ path = "netboot/{initrd}", sha256 = "{sha}" }}
-ipxe = {{ kernel = "vmlinuz", initrd = "initrd.img", cmdline = "console=ttyS0 kit.tag=pxe" }}
-vm = {{ accel = "tcg", memory = "256M" }}
-console = {{ ready = 'kit: up', prompt = 'kit# ' }}
-
-[suite.pxe]
-images = ["kit-netboot"]
-executor = "qemu"
-[suite.pxe.test.release]
-run = ["sh", "-c", "cat /proc/cmdline /etc/release"]
-"#
-        ));
+        farm.desired(&netboot_toml(
+            &kernel,
+            initrd,
+            sha,
+            "console=ttyS0 kit.tag=pxe",
+            "",
+            "cat /proc/cmdline /etc/release",
+        ))
     };
     desired("initrd-a.img", &initrd_a);
     farm.run(&["apply", "--no-test"]).expect(0);
@@ -1128,27 +1149,14 @@ fn an_image_candidate_is_pxe_booted_beside_the_tree_and_exchanged_in_only_when_i
     let initrd_b = guest.copy_to(&farm, "initrd-b.img", "netboot/initrd-b.img");
     // the gate passes on release A only
     let desired_with = |initrd: &str, sha: &str, extra: &str| {
-        farm.desired(&format!(
-            r#"version = 1
-[image.kit-netboot]
-root = "tftp"
-arch = "amd64"
-release = "kit"
-purpose = "test"
-files.vmlinuz = {{ path = "netboot/vmlinuz", sha256 = "{kernel}" }}
-files."initrd.img" = {{ path = "netboot/{initrd}", sha256 = "{sha}" }}
-ipxe = {{ kernel = "vmlinuz", initrd = "initrd.img", cmdline = "console=ttyS0{extra}" }}
-vm = {{ accel = "tcg", memory = "256M" }}
-console = {{ ready = 'kit: up', prompt = 'kit# ' }}
-promote = {{ after = ["pxe"] }}
-
-[suite.pxe]
-images = ["kit-netboot"]
-executor = "qemu"
-[suite.pxe.test.release]
-run = ["sh", "-c", "cat /etc/release; grep -qx A /etc/release"]
-"#
-        ));
+        farm.desired(&netboot_toml(
+            &kernel,
+            initrd,
+            sha,
+            &format!("console=ttyS0{extra}"),
+            "promote = { after = [\"pxe\"] }\n",
+            "cat /etc/release; grep -qx A /etc/release",
+        ))
     };
     let desired = |initrd: &str, sha: &str| desired_with(initrd, sha, "");
     let published = farm.path("tftp/amd64/generic/kit/test");

@@ -727,15 +727,6 @@ fn systemd_hears_ready_and_status_and_the_watchdog_goes_quiet_while_the_loop_sta
     next_message(&rx, &mut seen, |m| m.contains("STOPPING=1"));
 }
 
-/// A free port on 127.0.0.1 (bound and let go: another process may take it first, rarely).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn prometheus_scrapes_watch_and_chromium_shows_its_resources() {
     let have_prometheus = Path::new("/usr/bin/prometheus").exists();

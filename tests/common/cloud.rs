@@ -30,7 +30,8 @@ fn venv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin")
 }
 
-fn free_port() -> u16 {
+/// A free port on 127.0.0.1 (bound and let go: another process may take it first, rarely).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
