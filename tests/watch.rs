@@ -473,14 +473,19 @@ fn watch_listen_serves_metrics_probes_status_and_a_page() {
         Some(1.0),
         "{t}"
     );
-    assert_eq!(
-        sample(
-            t,
-            r#"reconcile_converge_duration_seconds_count{result="success"}"#
-        ),
-        Some(converges),
-        "{t}"
-    );
+    // every converge counted is timed (a scrape may land between the two updates)
+    eventually("each converge counted and timed", || {
+        let t = get(&w.url("/metrics")).body;
+        let total = sample(&t, r#"reconcile_converge_total{result="success"}"#);
+        let timed = sample(
+            &t,
+            r#"reconcile_converge_duration_seconds_count{result="success"}"#,
+        );
+        match (total, timed) {
+            (Some(a), Some(b)) if a == b && a >= converges => Ok(()),
+            _ => Err(t),
+        }
+    });
     assert!(
         sample(t, "reconcile_last_success_timestamp_seconds").unwrap() > 1.7e9,
         "{t}"
