@@ -207,6 +207,5 @@ fn test(
 /// Where an image's candidate is published: beside its tree, under a name
 /// no TFTP client asks for.
 pub fn candidate_tree(desired: &Desired, image: &str) -> std::path::PathBuf {
-    let img = &desired.model.image[image];
-    crate::resource::image::candidate_path(&img.target())
+    crate::fsops::candidate_path(&desired.model.image[image].target())
 }

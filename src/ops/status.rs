@@ -227,7 +227,7 @@ fn candidates(
     // images: a candidate tree waits beside the published one
     for (name, img) in &desired.model.image {
         let Some(p) = &img.promote else { continue };
-        if !crate::resource::image::candidate_path(&img.target()).is_dir() {
+        if !crate::fsops::candidate_path(&img.target()).is_dir() {
             continue;
         }
         let address = format!("image.{name}");

@@ -114,13 +114,6 @@ fn dirs_at_depth(cx: &Context, root: &Path, depth: usize) -> Vec<PathBuf> {
     out
 }
 
-/// `.<purpose>.reconcile-candidate` beside the tree at `target`: where a
-/// candidate waits behind its promotion gate. Staging-named, so pruning,
-/// watch and orphan detection pass it by.
-pub fn candidate_path(target: &Path) -> PathBuf {
-    crate::fsops::candidate_path(target)
-}
-
 /// What the image should contain, as digests: per declared file (or the archive), and the iPXE script.
 struct Wanted {
     /// `file:<name>`, `archive` and `ipxe` → sha256
@@ -219,7 +212,7 @@ impl ImageResource {
 
     /// Where the candidate waits: beside the tree, under a name no TFTP client asks for.
     fn candidate_rel(&self) -> PathBuf {
-        candidate_path(&self.rel())
+        crate::fsops::candidate_path(&self.rel())
     }
 
     fn install_once(&self, img: &Image, rel: &Path, cx: &mut ApplyContext) -> Result<()> {
